@@ -55,30 +55,36 @@ def generate(out_dir: Path) -> list[Path]:
     return sorted(set(generated))
 
 
-def committed_files() -> list[Path]:
-    """Generated files currently in services/ (what the drift test compares)."""
+def committed_files(out_dir: Path = OUT_DIR) -> list[Path]:
+    """Generated files currently in `out_dir` (what the drift check compares)."""
     found: list[Path] = []
-    for v1 in OUT_DIR.glob("portico/*/v1"):
+    for v1 in out_dir.glob("portico/*/v1"):
         found.extend(p for p in v1.iterdir() if p.name == "__init__.py" or p.name.endswith(GENERATED_SUFFIXES))
     return sorted(found)
+
+
+def drift(out_dir: Path = OUT_DIR) -> list[str]:
+    """Paths under `out_dir` that differ from, are missing from, or are extra to a fresh generation."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = {p.relative_to(tmp): p.read_bytes() for p in generate(Path(tmp))}
+    current = {p.relative_to(out_dir): p.read_bytes() for p in committed_files(out_dir)}
+    changed = sorted(str(k) for k in fresh.keys() ^ current.keys())
+    changed += sorted(str(k) for k in fresh.keys() & current.keys() if fresh[k] != current[k])
+    return changed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if services/ differs from a fresh generation")
     args = parser.parse_args()
-    if not args.check:
-        for stale in committed_files():
-            stale.unlink()
-        generate(OUT_DIR)
+    if args.check:
+        changed = drift()
+        if changed:
+            raise SystemExit("generated code drifted from proto/ (run `make protos`):\n  " + "\n  ".join(changed))
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = {p.relative_to(tmp): p.read_bytes() for p in generate(Path(tmp))}
-        current = {p.relative_to(OUT_DIR): p.read_bytes() for p in committed_files()}
-        drift = sorted(str(k) for k in fresh.keys() ^ current.keys())
-        drift += sorted(str(k) for k in fresh.keys() & current.keys() if fresh[k] != current[k])
-        if drift:
-            raise SystemExit("generated code drifted from proto/ (run `make protos`):\n  " + "\n  ".join(drift))
+    for stale in committed_files():
+        stale.unlink()
+    generate(OUT_DIR)
 
 
 if __name__ == "__main__":

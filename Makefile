@@ -1,0 +1,46 @@
+# Portico: `make run` starts the suite on embedded defaults, `make test` runs every check.
+# Both create the virtual environment and install everything (Python and npm) on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: install run test lint typecheck unit protos bench clean
+
+$(STAMP): pyproject.toml package.json package-lock.json
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start OpenBao (dev), the services and a demo account; Ctrl-C stops everything.
+run: install
+	$(BIN)/portico up $(ARGS)
+
+## Lint, type-check and run the whole test suite (CI runs exactly this).
+test: install lint typecheck unit
+
+lint: install
+	$(BIN)/ruff check services tests scripts
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest
+
+## Regenerate services/portico/*/v1 from proto/ (commit the result).
+protos: install
+	$(BIN)/python scripts/gen_protos.py
+	./node_modules/.bin/buf lint
+
+## Benchmarks (on demand; figures go to bench-results/).
+bench: install
+	$(BIN)/python -m tests.bench.bench_signer --out bench-results/signer.json
+
+clean:
+	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,136 @@
+"""The exception tree every service raises, and its mapping to gRPC statuses.
+
+Servicers raise a `PorticoError` subclass; the error interceptor turns it into
+the canonical status code plus one `google.rpc.ErrorInfo` (stable `reason`,
+`domain` = the service, `metadata`) and, for bad input, a `google.rpc.BadRequest`
+naming the field. Anything else becomes INTERNAL with a generic message, so no
+exception text (which might carry a secret) reaches a caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+__all__ = [
+    "AlreadyExists",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "PorticoError",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "error_info",
+    "to_grpc_status",
+]
+
+
+class PorticoError(Exception):
+    """A failure with a gRPC status code and a stable machine-readable reason."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    default_reason = "UNKNOWN"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(PorticoError):
+    """Bad input; `field` names the offending request field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str, *, reason: str | None = None,
+                 metadata: Mapping[str, str] | None = None):
+        super().__init__(f"{field}: {message}", reason=reason, metadata={"field": field, **(metadata or {})})
+        self.field = field
+        self.description = message
+
+
+class NotFound(PorticoError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(PorticoError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class PermissionDenied(PorticoError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(PorticoError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class FailedPrecondition(PorticoError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(PorticoError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(PorticoError):
+    """A dependency is down; the only status callers should retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(PorticoError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Internal(PorticoError):
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+
+def to_grpc_status(error: PorticoError, domain: str) -> grpc.Status:
+    """Build the rich status (code, message, ErrorInfo, BadRequest) for `error`."""
+    details = []
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))
+    details.append(info)
+    if isinstance(error, InvalidArgument):
+        bad = any_pb2.Any()
+        bad.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
+        ]))
+        details.append(bad)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    return rpc_status.to_status(status)
+
+
+def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """Extract the ErrorInfo detail of a failed call, for clients and tests."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+

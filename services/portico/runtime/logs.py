@@ -1,0 +1,75 @@
+"""Structured JSON logs that carry the current trace and span ids.
+
+One formatter for every service (configured by `PORTICO_LOG_LEVEL` and
+`PORTICO_LOG_FORMAT`). Extra fields passed with `logger.info(..., extra={...})`
+become JSON keys; any whose name suggests a secret is replaced by
+`[redacted]` as a last line of defence (the first is not logging secrets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import trace
+
+from portico.runtime.config import ConfigError, setting
+
+__all__ = ["JsonFormatter", "configure_logging"]
+
+LOG_LEVEL = setting("PORTICO_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
+LOG_FORMAT = setting("PORTICO_LOG_FORMAT", "json", "`json` (one object a line, with trace ids) or `text`.")
+
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
+_SECRET_NAME = re.compile(r"(secret|token|password|private|credential|api_key|seed|mnemonic)", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one JSON object with trace context and extras."""
+
+    def __init__(self, service: str):
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            entry["trace_id"] = format(span_context.trace_id, "032x")
+            entry["span_id"] = format(span_context.span_id, "016x")
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = REDACTED if _SECRET_NAME.search(key) else value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+def configure_logging(service: str, env: Mapping[str, str]) -> None:
+    """Send this process's logs to stderr in the configured format."""
+    level = LOG_LEVEL.get_str(env).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"{LOG_LEVEL.name} must be DEBUG, INFO, WARNING or ERROR")
+    fmt = LOG_FORMAT.get_str(env)
+    if fmt not in ("json", "text"):
+        raise ConfigError(f"{LOG_FORMAT.name} must be json or text")
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,207 @@
+"""The shared server runtime: error mapping, fail-closed scopes, TLS and mTLS, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from tests.support.certs import CertificateAuthority
+from tests.support.demo_server import build
+from tests.support.ports import free_port
+from tests.support.signer import make_tokens
+
+from portico.runtime.client import bearer, open_channel
+from portico.runtime.errors import error_info
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tokens() -> tuple[dict[str, str], str]:
+    return make_tokens()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    directory = tmp_path_factory.mktemp("pki")
+    good, rogue = CertificateAuthority(directory, "good"), CertificateAuthority(directory, "rogue")
+    return {"ca": good.cert_path, "server": good.issue("server", server=True),
+            "client": good.issue("client", server=False), "rogue_client": rogue.issue("client", server=False),
+            "rogue_ca": rogue.cert_path}
+
+
+async def start(env: dict[str, str]) -> tuple[object, str]:
+    server = build(env)
+    port = await server.start(["test.Demo"])
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def plain(tokens: tuple[dict[str, str], str]) -> AsyncIterator[str]:
+    server, target = await start({"PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": tokens[1]})
+    yield target
+    await server.stop(0)  # type: ignore[attr-defined]
+
+
+async def call(channel: grpc.aio.Channel, method: str, body: bytes, metadata: object = None) -> bytes:
+    rpc = channel.unary_unary(method)
+    return await rpc(body, metadata=metadata, timeout=10)  # type: ignore[no-any-return]
+
+
+async def test_invalid_argument_carries_error_info_and_bad_request(plain: str, tokens: tuple[dict[str, str], str]
+                                                                   ) -> None:
+    async with open_channel(plain) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(channel, "/test.Demo/Fail", b"invalid", bearer(tokens[0]["read"]))
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "price: must be on the tick"
+    info = error_info(error)
+    assert (info.reason, info.domain, info.metadata["field"]) == ("INVALID_ARGUMENT", "test.portico", "price")
+    status = rpc_status.from_call(error)
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR))
+    assert bad.field_violations[0].field == "price"
+
+
+async def test_unavailable_keeps_reason_and_metadata(plain: str, tokens: tuple[dict[str, str], str]) -> None:
+    async with open_channel(plain) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(channel, "/test.Demo/Fail", b"unavailable", bearer(tokens[0]["read"]))
+    info = error_info(caught.value)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (info.reason, dict(info.metadata)) == ("VENUE_UNREACHABLE", {"venue": "syndr"})
+
+
+async def test_unexpected_exception_is_internal_without_its_text(plain: str, tokens: tuple[dict[str, str], str]
+                                                                 ) -> None:
+    async with open_channel(plain) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(channel, "/test.Demo/Fail", b"boom", bearer(tokens[0]["read"]))
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        assert "deadbeef" not in (caught.value.details() or "")
+        assert await call(channel, "/test.Demo/Wait", b"1", bearer(tokens[0]["read"])) == b"1"  # still serving
+
+
+async def test_method_without_declared_scope_fails_closed(plain: str, tokens: tuple[dict[str, str], str]) -> None:
+    async with open_channel(plain) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(channel, "/test.Demo/Undeclared", b"1", bearer(tokens[0]["admin"]))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value).reason == "SCOPE_UNDECLARED"
+
+
+async def test_unknown_method_is_unimplemented(plain: str) -> None:
+    async with open_channel(plain) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(channel, "/test.Demo/Nope", b"")
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# --------------------------------------------------------------------------- TLS and mTLS
+
+
+def tls_env(pki: dict[str, object], tokens: tuple[dict[str, str], str], *, mtls: bool) -> dict[str, str]:
+    server = pki["server"]
+    env = {"PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": tokens[1],
+           "PORTICO_TLS_CERT_FILE": str(server.cert), "PORTICO_TLS_KEY_FILE": str(server.key)}  # type: ignore[attr-defined]
+    if mtls:
+        env["PORTICO_TLS_CLIENT_CA_FILE"] = str(pki["ca"])
+    return env
+
+
+async def test_tls_server_accepts_a_client_that_trusts_its_ca(pki: dict[str, object],
+                                                              tokens: tuple[dict[str, str], str]) -> None:
+    server, target = await start(tls_env(pki, tokens, mtls=False))
+    try:
+        async with open_channel(target, token=tokens[0]["read"], ca_file=pki["ca"]) as channel:  # type: ignore[arg-type]
+            assert await call(channel, "/test.Demo/Wait", b"1") == b"1"
+        async with open_channel(target, token=tokens[0]["read"], ca_file=pki["rogue_ca"]) as channel:  # type: ignore[arg-type]
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call(channel, "/test.Demo/Wait", b"1")
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(0)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("client", ["none", "rogue", "good"])
+async def test_mtls_requires_a_client_certificate_from_the_right_ca(pki: dict[str, object],
+                                                                    tokens: tuple[dict[str, str], str],
+                                                                    client: str) -> None:
+    server, target = await start(tls_env(pki, tokens, mtls=True))
+    cert = {"none": None, "rogue": pki["rogue_client"], "good": pki["client"]}[client]
+    client_cert = (cert.cert, cert.key) if cert is not None else None  # type: ignore[attr-defined]
+    try:
+        async with open_channel(target, token=tokens[0]["read"], ca_file=pki["ca"],  # type: ignore[arg-type]
+                                client_cert=client_cert) as channel:
+            if client == "good":
+                assert await call(channel, "/test.Demo/Wait", b"1") == b"1"
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call(channel, "/test.Demo/Wait", b"1")
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(0)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- graceful shutdown
+
+
+@pytest.fixture
+def demo_process(tokens: tuple[dict[str, str], str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    env = {**os.environ, "PORTICO_LISTEN_ADDR": f"127.0.0.1:{port}", "PORTICO_AUTH_TOKENS": tokens[1],
+           "PORTICO_SHUTDOWN_GRACE_SECONDS": "3"}
+    process = subprocess.Popen([sys.executable, "-m", "tests.support.demo_server"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == str(port)
+    yield process, f"127.0.0.1:{port}"
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
+        demo_process: tuple[subprocess.Popen[str], str], tokens: tuple[dict[str, str], str]) -> None:
+    process, target = demo_process
+    auth = bearer(tokens[0]["read"])
+    async with open_channel(target) as channel:
+        in_flight = asyncio.create_task(call(channel, "/test.Demo/Wait", b"1500", auth))
+        await asyncio.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError):  # new calls are refused while draining
+            await call(channel, "/test.Demo/Wait", b"1", auth)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+        assert await in_flight == b"1500"  # the in-flight call finished normally
+    started = time.monotonic()
+    assert await asyncio.to_thread(process.wait, 10) == 0
+    assert time.monotonic() - started < 5
+
+
+async def test_sigterm_cancels_calls_that_outlive_the_grace_period(
+        demo_process: tuple[subprocess.Popen[str], str], tokens: tuple[dict[str, str], str]) -> None:
+    process, target = demo_process
+    async with open_channel(target) as channel:
+        too_long = asyncio.create_task(call(channel, "/test.Demo/Wait", b"20000", bearer(tokens[0]["read"])))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await too_long
+    assert await asyncio.to_thread(process.wait, 10) == 0
+    assert time.monotonic() - started < 8  # grace is 3 s, not the call's 20 s

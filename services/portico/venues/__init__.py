@@ -1,0 +1,1 @@
+"""Venue adapters: each venue's wire protocol behind the Portico contracts."""

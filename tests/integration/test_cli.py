@@ -1,0 +1,136 @@
+"""The `portico` command: key administration against OpenBao, `portico up`, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import pytest
+from tests.support.openbao import OpenBaoDevServer
+from tests.support.ports import free_port
+
+from portico.runtime.auth import hash_token
+from portico.runtime.secp256k1 import recover_address
+from portico.signer.v1 import signer_service_pb2 as pb
+from portico.signer.v1 import signer_service_pb2_grpc
+from portico.venues.syndr import typed_data as syndr
+
+REPO = Path(__file__).resolve().parents[2]
+PORTICO = [sys.executable, "-m", "portico.cli"]
+
+
+def portico(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PORTICO, *args], env={**os.environ, **env}, input=stdin, capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+
+
+@pytest.fixture
+def vault_env(openbao: OpenBaoDevServer) -> dict[str, str]:
+    return {"VAULT_ADDR": openbao.addr, "VAULT_TOKEN": openbao.root_token,
+            "PORTICO_SIGNER_KEY_PREFIX": f"cli-test-{secrets.token_hex(3)}"}
+
+
+def test_keys_create_import_list_and_set_policy(vault_env: dict[str, str], openbao: OpenBaoDevServer) -> None:
+    created = portico(["signer", "keys", "create", "hot-1", "--primary-type", "Order", "--domain-name", "Syndr",
+                       "--chain-id", "421614"], vault_env)
+    assert created.returncode == 0, created.stderr
+    key_id, address = created.stdout.split()
+    assert key_id == "hot-1" and address.startswith("0x") and len(address) == 42
+    stored = openbao.client().secrets.kv.v2.read_secret_version(
+        path=f"{vault_env['PORTICO_SIGNER_KEY_PREFIX']}/keys/hot-1", raise_on_deleted_version=True)["data"]["data"]
+    assert stored["private_key"][2:] not in created.stdout + created.stderr  # never printed
+
+    private = "0x" + secrets.token_hex(32)
+    imported = portico(["signer", "keys", "import", "cold-1", "--primary-type", "SignKey"], vault_env, stdin=private)
+    assert imported.returncode == 0, imported.stderr
+    assert private[2:] not in imported.stdout + imported.stderr
+    from eth_account import Account
+
+    assert imported.stdout.split()[1] == Account.from_key(private).address
+
+    listed = portico(["signer", "keys", "list-addresses"], vault_env)
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines() == [f"cold-1\t{imported.stdout.split()[1]}", f"hot-1\t{address}"]
+
+    policy = portico(["signer", "keys", "set-policy", "hot-1", "--allow-raw-digest"], vault_env)
+    assert policy.returncode == 0, policy.stderr
+    doc = openbao.client().secrets.kv.v2.read_secret_version(
+        path=f"{vault_env['PORTICO_SIGNER_KEY_PREFIX']}/policies/hot-1", raise_on_deleted_version=True)["data"]["data"]
+    assert doc == {"primary_types": [], "domain_names": [], "chain_ids": [], "allow_raw_digest": True}
+
+
+def test_keys_errors_are_clear(vault_env: dict[str, str]) -> None:
+    assert portico(["signer", "keys", "create", "dup"], vault_env).returncode == 0
+    again = portico(["signer", "keys", "create", "dup"], vault_env)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    missing = portico(["signer", "keys", "set-policy", "ghost", "--primary-type", "Order"], vault_env)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    bad_id = portico(["signer", "keys", "create", "Bad Id"], vault_env)
+    assert bad_id.returncode == 1 and "invalid key id" in bad_id.stderr
+    bad_key = portico(["signer", "keys", "import", "imp"], vault_env, stdin="0xnot-hex-at-all")
+    assert bad_key.returncode == 1 and "not-hex-at-all" not in bad_key.stderr
+
+
+def test_token_new_prints_a_matching_entry() -> None:
+    result = portico(["token", "new", "desk-a", "--scopes", "read,trade"], {})
+    assert result.returncode == 0
+    token = result.stdout.splitlines()[0].split(": ", 1)[1]
+    entry = json.loads(result.stdout.splitlines()[1].split(": ", 1)[1])
+    assert entry == {"name": "desk-a", "sha256": hash_token(token), "scopes": ["read", "trade"]}
+    assert portico(["token", "new", "x", "--scopes", "root"], {}).returncode == 2
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None:
+    state_file = tmp_path / "state.json"
+    vault_port, signer_port = free_port(), free_port()
+    process = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, stopped with a signal below
+        [*PORTICO, "up", "--state-file", str(state_file), "--data-dir", str(tmp_path / "data"),
+         "--vault-port", str(vault_port), "--signer-port", str(signer_port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not state_file.exists():
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        state = json.loads(state_file.read_text())
+        assert oct(state_file.stat().st_mode & 0o777) == "0o600"
+        assert state["services"] == {"signer": f"127.0.0.1:{signer_port}"}
+        assert state["vault"]["addr"] == f"http://127.0.0.1:{vault_port}"
+        assert set(state["tokens"]) == {"read", "trade", "admin"}
+        demo = state["demo"]
+        data = syndr.order_typed_data(
+            verifying_contract="0x" + "ab" * 20, account=demo["account"], instrument_id=1, is_buy=True,
+            order_type=0, time_in_force=0, post_only=False, reduce_only=False, price=Decimal("3000"),
+            amount=Decimal("0.1"), salt=secrets.randbits(64), expiration=1_900_000_000_000,
+            timestamp=1_800_000_000_000)
+        async with grpc.aio.insecure_channel(state["services"]["signer"]) as channel:
+            reply = await signer_service_pb2_grpc.SignerServiceStub(channel).Sign(
+                pb.SignRequest(key_id=demo["signing_key_id"], typed_data_json=json.dumps(data)),
+                metadata=(("authorization", f"Bearer {state['tokens']['trade']}"),), timeout=10)
+        assert reply.address == demo["signing_key_address"]
+        assert recover_address(reply.digest, reply.signature) == reply.address
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=40)
+    assert process.returncode == 0, err
+    assert "Portico is up." in out
+    assert not state_file.exists()
+    assert not _port_open(vault_port) and not _port_open(signer_port)
+    for token in state["tokens"].values():  # tokens are in the state file only
+        assert token not in out + err

@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	npm ci --no-audit --no-fund --loglevel=error
+	# `npm install` rather than `npm ci`: npm 11 leaves buf's other-platform optional packages out of the
+	# lock file, which `npm ci` then rejects; the versions are still pinned by package.json and the lock.
+	npm install --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 install: $(STAMP)

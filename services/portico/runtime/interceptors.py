@@ -58,6 +58,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._domain = domain
         self._auth = authenticator
         self._scopes = dict(method_scopes)
+        # method -> (the handler, its wrapped form): built once per method, not once per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -69,8 +71,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service, _ = _split(method)
         if handler is None or service in PUBLIC_SERVICES:
             return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         scope = self._scopes.get(method)
-        return _rewrap(handler, lambda behavior, streaming: self._wrap(behavior, method, scope, streaming))
+        wrapped = _rewrap(handler, lambda behavior, streaming: self._wrap(behavior, method, scope, streaming))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _wrap(self, behavior: Behavior, method: str, scope: str | None, streaming: bool) -> Behavior:
         service, name = _split(method)

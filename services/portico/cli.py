@@ -25,7 +25,6 @@ def _all_settings_table() -> str:
     import portico.runtime.server
     import portico.runtime.telemetry
     import portico.runtime.vault
-    import portico.runtime.workers
     import portico.signer.settings  # noqa: F401
     from portico.runtime.config import config_table
 

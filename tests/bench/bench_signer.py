@@ -52,12 +52,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process and its live descendants (server workers) have used so far."""
+    """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        total += cpu_seconds(int(child))
-    return total
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- client worker (a subprocess)
@@ -87,6 +84,9 @@ async def worker(args: argparse.Namespace) -> None:
         async def call() -> None:
             if args.mode == "bare":
                 await health.Check(check, timeout=10)
+            elif args.mode == "raw":
+                await signer.Sign(pb.SignRequest(key_id="bench-raw", digest=rng.randbytes(32)), metadata=metadata,
+                                  timeout=10)
             else:
                 text = f"{head}{rng.getrandbits(120)}{tail}"
                 await signer.Sign(pb.SignRequest(key_id=args.key_id, typed_data_json=text), metadata=metadata,
@@ -152,7 +152,9 @@ async def provision(vault_addr: str, root_token: str) -> str:
     from portico.signer.policy import KeyPolicy
 
     async with VaultSession(VaultSettings(addr=vault_addr, auth_method="token", token=root_token)) as session:
-        return await KeyAdmin(session, KeyPaths()).create("bench", KeyPolicy.build(
+        admin = KeyAdmin(session, KeyPaths())
+        await admin.create("bench-raw", KeyPolicy.build(allow_raw_digest=True))
+        return await admin.create("bench", KeyPolicy.build(
             primary_types=["Order"], domain_names=["Syndr"], chain_ids=[421614]))
 
 
@@ -169,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "PORTICO_VAULT_TOKEN": vault.root_token, "PORTICO_AUTH_TOKENS": auth,
                "PORTICO_SIGNER_WATERMARK_DB": f"{tmp}/wm.sqlite3",
                "PORTICO_LOG_LEVEL": "INFO",  # the audit line per signature is part of the cost
-               "PORTICO_SIGNER_WATERMARK_SYNC": args.sync, "PORTICO_SERVER_PROCESSES": str(args.server_processes)}
+               "PORTICO_SIGNER_WATERMARK_SYNC": args.sync}
         server = subprocess.Popen([sys.executable, "-m", "portico.signer"], env=env, cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -195,6 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     for _ in range(args.repeats)])
             baseline = median_of([go("bare", args.clients, args.concurrency, args.seconds)
                                   for _ in range(args.repeats)])
+            raw = median_of([go("raw", args.clients, args.concurrency, args.seconds) for _ in range(args.repeats)])
             single = median_of([go("sign", 1, 1, args.seconds / 2) for _ in range(args.repeats)])
             half_rate = throughput["per_second"] / 2
             half = median_of([go("sign", args.clients, 0, args.seconds, rate=half_rate)
@@ -206,11 +209,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "signer",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpc": grpc.__version__},
-        "settings": {"server_processes": args.server_processes, "clients": args.clients,
+        "settings": {"clients": args.clients,
                      "concurrency_per_client": args.concurrency, "seconds_per_run": args.seconds,
                      "repeats": args.repeats, "watermark_sync": args.sync},
         "sign_throughput": throughput,
         "bare_grpc_throughput": baseline,
+        "raw_digest_sign_throughput": raw,
         "throughput_ratio_to_bare_grpc": throughput["per_second"] / baseline["per_second"],
         "sign_one_in_flight": single,
         "sign_at_half_max_rate": {"target_rate": half_rate, **half},
@@ -223,10 +227,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "signer.json")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=3, help="client processes")
+    parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight per client process")
-    parser.add_argument("--sync", choices=["FULL", "NORMAL"], default="FULL")
-    parser.add_argument("--server-processes", type=int, default=2, help="signer worker processes (SO_REUSEPORT)")
+    parser.add_argument("--sync", choices=["FULL", "NORMAL"], default="NORMAL")
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)

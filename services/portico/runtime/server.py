@@ -62,7 +62,6 @@ class ServerSettings:
     tls: TlsFiles | None = None
     shutdown_grace_s: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
-    reuse_port: bool = False  # several worker processes share the port
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], default_port: int) -> ServerSettings:
@@ -96,8 +95,8 @@ class GrpcServer:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1),
-                # Off by default so a second server on a taken port fails loudly.
-                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+                # Off, so that a second server on a taken port fails loudly.
+                ("grpc.so_reuseport", 0),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -10,6 +10,7 @@ log export failures. `OTEL_SERVICE_NAME` overrides the service name.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from opentelemetry.sdk.trace.export import (
 
 from portico.runtime.config import ConfigError, setting
 
-__all__ = ["FileSpanExporter", "configure_tracing"]
+__all__ = ["FileSpanExporter", "build_tracer_provider", "configure_tracing"]
 
 TRACES_FILE = setting(
     "PORTICO_TRACES_FILE", "", "File that `OTEL_TRACES_EXPORTER=file` appends spans to, one JSON object a line.")
@@ -62,6 +63,14 @@ class FileSpanExporter(SpanExporter):
 def configure_tracing(service_name: str, env: Mapping[str, str],
                       extra_exporters: Sequence[SpanExporter] = ()) -> TracerProvider:
     """Install and return the global tracer provider for this process."""
+    provider = build_tracer_provider(service_name, env, extra_exporters)
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def build_tracer_provider(service_name: str, env: Mapping[str, str],
+                          extra_exporters: Sequence[SpanExporter] = ()) -> TracerProvider:
+    """A tracer provider with the exporters `OTEL_TRACES_EXPORTER` names."""
     name = OTEL_SERVICE_NAME.get_str(env) or service_name
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
     for kind in (k.strip() for k in OTEL_TRACES_EXPORTER.get_str(env).split(",")):
@@ -72,7 +81,7 @@ def configure_tracing(service_name: str, env: Mapping[str, str],
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         elif kind == "console":
-            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
         elif kind == "file":
             path = TRACES_FILE.get_path(env)
             if path is None:
@@ -82,5 +91,4 @@ def configure_tracing(service_name: str, env: Mapping[str, str],
             raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {kind!r} (otlp, console, file, none)")
     for exporter in extra_exporters:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
     return provider

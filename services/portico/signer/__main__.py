@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
@@ -11,7 +10,6 @@ import sys
 from portico.runtime.config import ConfigError
 from portico.runtime.logs import configure_logging
 from portico.runtime.telemetry import configure_tracing
-from portico.runtime.workers import SERVER_PROCESSES, is_worker, supervise
 from portico.signer.service import SignerApp
 from portico.signer.settings import SignerSettings
 
@@ -19,18 +17,9 @@ from portico.signer.settings import SignerSettings
 def main() -> None:
     env = dict(os.environ)
     try:
-        processes = SERVER_PROCESSES.get_int(env, minimum=1)
-    except ConfigError as exc:
-        print(f"portico-signer: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if processes > 1 and not is_worker(env):
-        raise SystemExit(supervise(processes))
-    try:
         configure_logging("signer", env)
         provider = configure_tracing("portico-signer", env)
         settings = SignerSettings.from_env(env)
-        if processes > 1:
-            settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, reuse_port=True))
     except (ConfigError, ValueError) as exc:
         print(f"portico-signer: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -84,14 +85,16 @@ async def test_unavailable_keeps_reason_and_metadata(plain: str, tokens: tuple[d
     assert (info.reason, dict(info.metadata)) == ("VENUE_UNREACHABLE", {"venue": "syndr"})
 
 
-async def test_unexpected_exception_is_internal_without_its_text(plain: str, tokens: tuple[dict[str, str], str]
-                                                                 ) -> None:
+async def test_unexpected_exception_is_internal_without_its_text(plain: str, tokens: tuple[dict[str, str], str],
+                                                                 spans: Any) -> None:
     async with open_channel(plain) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(channel, "/test.Demo/Fail", b"boom", bearer(tokens[0]["read"]))
         assert caught.value.code() == grpc.StatusCode.INTERNAL
         assert "deadbeef" not in (caught.value.details() or "")
         assert await call(channel, "/test.Demo/Wait", b"1", bearer(tokens[0]["read"])) == b"1"  # still serving
+    exported = "\n".join(span.to_json() for span in spans.get_finished_spans())
+    assert "RuntimeError" in exported and "deadbeef" not in exported
 
 
 async def test_method_without_declared_scope_fails_closed(plain: str, tokens: tuple[dict[str, str], str]) -> None:

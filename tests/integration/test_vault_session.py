@@ -115,6 +115,9 @@ async def wait_until(predicate: Any, within_s: float, what: str) -> None:
     deadline = time.monotonic() + within_s
     while not predicate():
         if time.monotonic() > deadline:
+            import sys as _s
+            for t in asyncio.all_tasks():
+                t.print_stack(file=_s.stderr)
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
 

@@ -122,7 +122,8 @@ async def _start_vault(suite: Suite) -> tuple[str, str]:
         raise UpError(f"port {options.host}:{options.vault_port} for Vault is in use (choose --vault-port)")
     root_token = "root-" + secrets.token_hex(16)
     addr = f"http://{options.host}:{options.vault_port}"
-    suite.spawn("vault", [_bao_binary(), "server", "-dev", f"-dev-root-token-id={root_token}",
+    # -dev-no-store-token: do not write ~/.vault-token, which other Vault clients would pick up.
+    suite.spawn("vault", [_bao_binary(), "server", "-dev", "-dev-no-store-token", f"-dev-root-token-id={root_token}",
                           f"-dev-listen-address={options.host}:{options.vault_port}"], {})
     client = hvac.Client(url=addr, token=root_token, timeout=2)
     deadline = time.monotonic() + options.ready_timeout_s

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import threading
@@ -112,13 +113,14 @@ async def read_for(session: VaultSession, path: str, seconds: float, every: floa
 
 
 async def wait_until(predicate: Any, within_s: float, what: str) -> None:
+    """Poll `predicate`; on timeout, fail with every task's stack to show what is stuck."""
     deadline = time.monotonic() + within_s
     while not predicate():
         if time.monotonic() > deadline:
-            import sys as _s
-            for t in asyncio.all_tasks():
-                t.print_stack(file=_s.stderr)
-            raise AssertionError(f"timed out waiting for {what}")
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(file=stacks)
+            raise AssertionError(f"timed out after {within_s}s waiting for {what}\n{stacks.getvalue()}")
         await asyncio.sleep(0.05)
 
 
@@ -292,6 +294,17 @@ async def test_revoked_token_relogin_retries_reads_not_writes(
     assert len(events(vault_log, "login")) == 3
 
 
+async def test_aclose_right_after_a_token_refresh_does_not_hang(bao: OpenBaoDevServer) -> None:
+    """Regression: with wait_for on 3.11, a cancel racing the wake-up was swallowed forever."""
+    for _ in range(3):
+        vault = VaultSession(VaultSettings(addr=bao.addr, token=bao.root_token))
+        await vault.start()
+        await asyncio.sleep(0.01)  # let the maintenance task park on its wake-up event
+        vault._wake.set()  # white-box: what a re-login does, immediately followed by aclose()
+        async with asyncio.timeout(5):
+            await vault.aclose()
+
+
 # --------------------------------------------------------------------------- outages
 
 
@@ -334,7 +347,9 @@ async def test_unreachable_is_fast_and_recovers(bao: OpenBaoDevServer, prefix: s
             assert (await vault.health()).available
 
 
-async def test_background_recovery_after_outage(bao: OpenBaoDevServer, prefix: str) -> None:
+async def test_background_recovery_after_outage(
+    bao: OpenBaoDevServer, prefix: str, vault_log: pytest.LogCaptureFixture
+) -> None:
     """Vault down at start, then down for longer than the token TTL: the session heals itself."""
     async with TcpProxy("127.0.0.1", bao.port) as proxy:
         settings = approle(bao, f"http://{proxy.addr}", ttl="2s", max_ttl="60s", timeout_s=1.0)
@@ -349,13 +364,13 @@ async def test_background_recovery_after_outage(bao: OpenBaoDevServer, prefix: s
             assert all(isinstance(o, VaultUnavailable) for o in outcomes), outcomes
             assert time.monotonic() - started < settings.timeout_s
             await proxy.unblock()
-            await wait_until(lambda: vault.authenticated, 3, "background login")
+            await wait_until(lambda: vault.authenticated, 10, "background login")
             await vault.write_kv(f"{prefix}/s", {"v": "1"})
 
             await proxy.block()
-            await wait_until(lambda: not vault.authenticated, 3, "token expiry during the outage")
+            await wait_until(lambda: not vault.authenticated, 10, "token expiry during the outage")
             await proxy.unblock()
-            await wait_until(lambda: vault.authenticated, 3, "background re-login")
+            await wait_until(lambda: vault.authenticated, 10, "background re-login")
             assert await vault.read_kv(f"{prefix}/s") == {"v": "1"}
 
 

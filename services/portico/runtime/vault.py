@@ -442,8 +442,12 @@ class VaultSession:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we are being cancelled ourselves: do not swallow it
         self._state = None
         with self._adapters_lock:
             adapters, self._adapters = self._adapters, []
@@ -927,7 +931,9 @@ class VaultSession:
                         raise  # Vault is not answering: back off and try again
                     # Vault answered but will not extend this token (expired, revoked,
                     # "past the max TTL" comes back as a 500): replace it if we can.
-                    log.warning(
+                    # Expected at the max TTL when we can log in again; worth a warning otherwise.
+                    log.log(
+                        logging.INFO if self._can_relogin else logging.WARNING,
                         "vault token renewal refused",
                         extra=self._extra("renew_refused", error=type(exc).__name__, detail=str(exc)),
                     )
@@ -943,12 +949,15 @@ class VaultSession:
     async def _maintain(self) -> None:
         """Renew or replace the token forever, backing off while Vault is unreachable."""
         backoff = self._backoff_initial
-        while True:
+        while not self._closed:
             self._wake.clear()
             delay = self._next_step_in()
             if delay > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                # lands just as the event fires, and aclose() would then wait forever.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
                 else:

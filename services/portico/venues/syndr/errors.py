@@ -1,0 +1,159 @@
+"""What can go wrong talking to Syndr, as one exception hierarchy.
+
+    SyndrError
+    ├── SyndrTransportError        no answer: connection refused/reset, timeout, HTTP 5xx.
+    │   │                          For a non-idempotent call the outcome is UNKNOWN.
+    │   ├── SyndrTimeout
+    │   ├── SyndrConnectionError
+    │   └── SyndrHttpError         (status)
+    ├── SyndrProtocolError         an answer that is not valid JSON-RPC / not the documented shape
+    └── SyndrRpcError              the venue answered with a JSON-RPC error object (code, message)
+        ├── SyndrInvalidRequest    parse error, invalid request/params, unknown method
+        ├── SyndrAuthError         unauthorized / forbidden
+        ├── SyndrRateLimited       too many requests
+        ├── SyndrNotFound          instrument / order / API key not found
+        └── SyndrRejected          the venue refused an order or action (funds, post-only, signature, ...)
+
+`to_portico_error` is the one table that turns these into the gRPC status
+classes the services return, with the venue's code in ErrorInfo metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portico.runtime.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PorticoError,
+    ResourceExhausted,
+    Unavailable,
+)
+from portico.venues.syndr.constants import ErrorCode
+
+__all__ = [
+    "SyndrAuthError",
+    "SyndrConnectionError",
+    "SyndrError",
+    "SyndrHttpError",
+    "SyndrInvalidRequest",
+    "SyndrNotFound",
+    "SyndrProtocolError",
+    "SyndrRateLimited",
+    "SyndrRejected",
+    "SyndrRpcError",
+    "SyndrTimeout",
+    "SyndrTransportError",
+    "rpc_error_from_object",
+    "to_portico_error",
+]
+
+
+class SyndrError(Exception):
+    """Anything that went wrong talking to Syndr."""
+
+    retryable = False
+
+
+class SyndrTransportError(SyndrError):
+    """No (usable) answer arrived; a non-idempotent call may or may not have happened."""
+
+    retryable = True
+
+
+class SyndrTimeout(SyndrTransportError):
+    pass
+
+
+class SyndrConnectionError(SyndrTransportError):
+    pass
+
+
+class SyndrHttpError(SyndrTransportError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class SyndrProtocolError(SyndrError):
+    """The venue's answer did not have the documented shape."""
+
+
+class SyndrRpcError(SyndrError):
+    """The venue answered with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None, *, method: str = ""):
+        super().__init__(f"{method}: {message} ({code})" if method else f"{message} ({code})")
+        self.code = code
+        self.venue_message = message
+        self.data = data
+        self.method = method
+
+
+class SyndrInvalidRequest(SyndrRpcError):
+    pass
+
+
+class SyndrAuthError(SyndrRpcError):
+    pass
+
+
+class SyndrRateLimited(SyndrRpcError):
+    retryable = True
+
+
+class SyndrNotFound(SyndrRpcError):
+    pass
+
+
+class SyndrRejected(SyndrRpcError):
+    pass
+
+
+_CLASS_BY_CODE: dict[int, type[SyndrRpcError]] = {
+    ErrorCode.PARSE_ERROR: SyndrInvalidRequest,
+    ErrorCode.INVALID_REQUEST: SyndrInvalidRequest,
+    ErrorCode.METHOD_NOT_FOUND: SyndrInvalidRequest,
+    ErrorCode.INVALID_PARAMS: SyndrInvalidRequest,
+    ErrorCode.UNAUTHORIZED: SyndrAuthError,
+    ErrorCode.FORBIDDEN: SyndrAuthError,
+    ErrorCode.TOO_MANY_REQUESTS: SyndrRateLimited,
+    ErrorCode.INSTRUMENT_NOT_FOUND: SyndrNotFound,
+    ErrorCode.ORDER_NOT_FOUND: SyndrNotFound,
+    ErrorCode.API_KEY_NOT_FOUND: SyndrNotFound,
+}
+
+
+def rpc_error_from_object(error: Any, *, method: str = "") -> SyndrRpcError:
+    """Build the right exception from a JSON-RPC `error` object."""
+    if not isinstance(error, dict) or not isinstance(error.get("code"), int):
+        raise SyndrProtocolError(f"{method}: malformed JSON-RPC error object")
+    code = int(error["code"])
+    message = str(error.get("message", ""))
+    cls = _CLASS_BY_CODE.get(code, SyndrRejected if code > 0 else SyndrInvalidRequest)
+    return cls(code, message, error.get("data"), method=method)
+
+
+def to_portico_error(error: SyndrError, *, venue: str = "syndr") -> PorticoError:
+    """The gRPC status class a service returns for a venue failure (the one table)."""
+    if isinstance(error, SyndrRpcError):
+        metadata = {"venue": venue, "venue_code": str(error.code), "venue_message": error.venue_message}
+        reason = f"VENUE_{ErrorCode(error.code).name}" if error.code in ErrorCode._value2member_map_ \
+            else "VENUE_ERROR"
+        if isinstance(error, SyndrRateLimited):
+            return ResourceExhausted(str(error), reason=reason, metadata=metadata)
+        if isinstance(error, SyndrNotFound):
+            return NotFound(str(error), reason=reason, metadata=metadata)
+        if isinstance(error, SyndrAuthError):
+            # Our credentials were refused: the caller cannot fix that; operators must.
+            return PermissionDenied(str(error), reason=reason, metadata=metadata)
+        if isinstance(error, SyndrInvalidRequest):
+            return InvalidArgument("venue", str(error), reason=reason, metadata=metadata)
+        return FailedPrecondition(str(error), reason=reason, metadata=metadata)
+    if isinstance(error, SyndrTransportError):
+        return Unavailable(f"venue {venue} unreachable: {error}", reason="VENUE_UNAVAILABLE",
+                           metadata={"venue": venue})
+    return Internal(f"venue {venue} answered unexpectedly", reason="VENUE_PROTOCOL_ERROR", metadata={"venue": venue})

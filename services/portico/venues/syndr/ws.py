@@ -1,0 +1,740 @@
+"""Syndr JSON-RPC over one WebSocket: calls, subscriptions, heartbeats, reconnects, book gap detection.
+
+One background task (the *runner*) owns the connection: it connects, sends
+`public/auth` when credentials are given, re-subscribes every channel any live
+`Subscription` needs, then waits on the *reader* task, which is the only code
+that reads the socket. When the connection drops (venue close, network error,
+or silence), the runner fails the calls in flight, tells every subscription
+(`Disconnected`), and reconnects with bounded, jittered exponential backoff;
+once authenticated and re-subscribed it tells them again (`Reconnected`),
+before any message of the new connection, so consumers know to resync.
+
+Decisions a consumer must know:
+
+* Calls in flight when the connection drops fail with `SyndrConnectionError`:
+  the venue may or may not have acted on them (an order may be live).
+* Each subscription has a bounded queue. A consumer that falls `max_queue`
+  events behind is *reset*: its whole backlog (control events included) is
+  discarded, it receives one `Overflow(dropped=<messages lost>)` and delivery
+  resumes with the message that did not fit (its book-gap trackers restart
+  too). Nothing is dropped silently and other
+  subscriptions are unaffected. `Overflow`, like `Reconnected`, means "your
+  state is stale; re-snapshot".
+* On `book.*.raw` channels each subscription checks the change-id chain: when
+  a message's `previous_change_id` is not the last `change_id`, it receives
+  `GapDetected(channel, gap)` right before that message (which is still
+  delivered). The first message after a (re)subscribe, reconnect or overflow
+  starts a new chain.
+* Silence: we ping every `heartbeat_s`; if no frame at all (data or pong)
+  arrives for `silence_timeout_s`, the connection is dropped and replaced.
+* Frames are never logged (the auth frame carries the API secret):
+  websockets gets its own logger pinned at INFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self, TypeAlias
+
+import orjson
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+from websockets.uri import parse_uri
+
+from portico.venues.syndr.constants import NOTIFICATION_METHODS, WS_PATH, ErrorCode
+from portico.venues.syndr.credentials import ApiCredentials
+from portico.venues.syndr.errors import (
+    SyndrAuthError,
+    SyndrConnectionError,
+    SyndrError,
+    SyndrProtocolError,
+    SyndrRpcError,
+    SyndrTimeout,
+)
+from portico.venues.syndr.http import (
+    RpcResult,
+    backoff_s,
+    parse_response,
+    record_error_on_span,
+    record_result_on_span,
+    with_default_path,
+)
+from portico.venues.syndr.ratelimit import RateBudget
+
+__all__ = [
+    "ChangeIdTracker",
+    "Disconnected",
+    "Gap",
+    "GapDetected",
+    "Message",
+    "Overflow",
+    "Reconnected",
+    "Subscription",
+    "SyndrWebSocket",
+    "WsEvent",
+    "is_book_raw_channel",
+]
+
+log = logging.getLogger("portico.venues.syndr.ws")
+tracer = trace.get_tracer("portico.venues.syndr")
+
+# websockets logs every frame at DEBUG, and the auth frame holds the API secret:
+# give it a logger of its own that stays at INFO whatever the root level is.
+_wire_log = logging.getLogger("portico.venues.syndr.ws.wire")
+_wire_log.setLevel(logging.INFO)
+
+DEFAULT_MAX_QUEUE: Final = 10_000
+# Channels per (re)subscribe call, so a large resubscribe stays a modest frame.
+_SUBSCRIBE_CHUNK: Final = 100
+_CLOSE_TIMEOUT_S: Final = 1.0
+_MAX_FRAME_BYTES: Final = 16 * 2**20
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A break in a book channel's change-id chain: the venue skipped `expected_previous`'s successor(s)."""
+
+    expected_previous: int
+    got_previous: int
+    change_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One notification; `raw` is the whole frame so typed parsing can happen downstream."""
+
+    channel: str
+    data: Any
+    raw: bytes
+    received_ns: int  # time.time_ns() when the frame was read, comparable with venue timestamps
+
+
+@dataclass(frozen=True, slots=True)
+class GapDetected:
+    """Delivered right before the message whose `previous_change_id` broke the chain."""
+
+    channel: str
+    gap: Gap
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """The consumer fell behind: its backlog (`dropped` messages) was discarded; treat state as stale."""
+
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The connection dropped; messages stop until `Reconnected`."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    """Re-connected, re-authenticated and every channel re-subscribed after `attempt` tries; resync state."""
+
+    attempt: int
+
+
+WsEvent: TypeAlias = Message | GapDetected | Overflow | Disconnected | Reconnected
+
+
+def is_book_raw_channel(channel: str) -> bool:
+    """`book.{instrument}.{depth}.raw`: the channels that carry a change-id chain."""
+    return channel.startswith("book.") and channel.endswith(".raw")
+
+
+class ChangeIdTracker:
+    """Checks one book channel's `change_id` / `previous_change_id` chain."""
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    @property
+    def last_change_id(self) -> int | None:
+        return self._last
+
+    def reset(self) -> None:
+        """Forget the chain: the next message starts a new one (after a (re)subscribe or snapshot)."""
+        self._last = None
+
+    def check(self, change_id: int, previous_change_id: int | None) -> Gap | None:
+        """Record `change_id`; return the `Gap` if `previous_change_id` is not the last one seen.
+
+        The first message after a reset establishes the chain, as does one
+        without a `previous_change_id` (a snapshot).
+        """
+        last, self._last = self._last, change_id
+        if last is None or previous_change_id is None or previous_change_id == last:
+            return None
+        return Gap(last, previous_change_id, change_id)
+
+
+def _change_ids(data: Any) -> tuple[int, int | None] | None:
+    if not isinstance(data, dict):
+        return None
+    change_id, previous = data.get("change_id"), data.get("previous_change_id")
+    if not isinstance(change_id, int) or isinstance(change_id, bool):
+        return None
+    return change_id, previous if isinstance(previous, int) and not isinstance(previous, bool) else None
+
+
+# --------------------------------------------------------------------------- subscription
+
+
+class Subscription:
+    """An async iterator of `WsEvent`s for some channels, in arrival order; `close()` to stop."""
+
+    def __init__(self, owner: SyndrWebSocket, channels: tuple[str, ...], max_queue: int) -> None:
+        self._owner = owner
+        self.channels = channels
+        self.max_queue = max_queue
+        self.overflows = 0
+        # Unbounded container, bounded by `_deliver_message`: control events and the
+        # end marker must always fit, only messages count against `max_queue`.
+        self._queue: asyncio.Queue[WsEvent | None] = asyncio.Queue()
+        self._trackers: dict[str, ChangeIdTracker] = {}
+        self._detached = False
+        self._ended = False
+
+    def __repr__(self) -> str:
+        return f"Subscription({list(self.channels)!r}, queued={self._queue.qsize()}, closed={self._detached})"
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> WsEvent:
+        if self._ended and self._queue.empty():
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            self._ended = True
+            raise StopAsyncIteration
+        return event
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._detached
+
+    def pending(self) -> int:
+        """Events queued and not yet consumed."""
+        return self._queue.qsize()
+
+    async def close(self) -> None:
+        """Stop delivery, end the iterator, and unsubscribe channels no other subscription needs."""
+        await self._owner._release(self)
+
+    # Called by SyndrWebSocket only (same task as the reader, no awaits).
+
+    def _deliver_message(self, channel: str, data: Any, raw: bytes, received_ns: int) -> None:
+        if self._detached:
+            return
+        gap: Gap | None = None
+        ids = _change_ids(data) if is_book_raw_channel(channel) else None
+        if ids is not None:
+            gap = self._trackers.setdefault(channel, ChangeIdTracker()).check(*ids)
+        needed = 2 if gap is not None else 1
+        if self._queue.qsize() + needed > self.max_queue:
+            dropped = self._discard_backlog()
+            self.overflows += 1
+            log.warning("subscription %s fell behind: %d messages dropped", list(self.channels), dropped)
+            self._queue.put_nowait(Overflow(dropped))
+            for tracker in self._trackers.values():
+                tracker.reset()
+            if ids is not None:  # this message starts the new chain
+                self._trackers[channel].check(*ids)
+            gap = None
+        if gap is not None:
+            self._queue.put_nowait(GapDetected(channel, gap))
+        self._queue.put_nowait(Message(channel, data, raw, received_ns))
+
+    def _deliver(self, event: Disconnected | Reconnected) -> None:
+        if self._detached:
+            return
+        if isinstance(event, Reconnected):
+            for tracker in self._trackers.values():
+                tracker.reset()
+        self._queue.put_nowait(event)
+
+    def _discard_backlog(self) -> int:
+        """Empty the queue; return the messages lost (an earlier, unread `Overflow` carries its count over)."""
+        dropped = 0
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            if isinstance(event, Message):
+                dropped += 1
+            elif isinstance(event, Overflow):
+                dropped += event.dropped
+        return dropped
+
+    def _end(self) -> None:
+        if not self._detached:
+            self._detached = True
+            self._queue.put_nowait(None)
+
+
+# --------------------------------------------------------------------------- client
+
+
+class SyndrWebSocket:
+    """JSON-RPC calls and channel subscriptions over one self-healing WebSocket to Syndr."""
+
+    def __init__(self, url: str, *, credentials: ApiCredentials | None = None, heartbeat_s: float = 10.0,
+                 silence_timeout_s: float = 15.0, reconnect_initial_s: float = 0.2, reconnect_max_s: float = 10.0,
+                 call_timeout_s: float = 5.0, rate_budget: RateBudget | None = None) -> None:
+        if not 0 < heartbeat_s < silence_timeout_s:
+            # Otherwise a quiet but healthy connection would look silent.
+            raise ValueError("need 0 < heartbeat_s < silence_timeout_s")
+        if not 0 < reconnect_initial_s <= reconnect_max_s:
+            raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
+        if call_timeout_s <= 0:
+            raise ValueError("call_timeout_s must be positive")
+        self.url = with_default_path(url, WS_PATH)
+        try:
+            parse_uri(self.url)  # fail here, not in an endless reconnect loop
+        except InvalidURI:
+            raise ValueError(f"not a ws:// or wss:// URL: {self.url!r}") from None
+        self._credentials = credentials
+        self._heartbeat_s = heartbeat_s
+        self._silence_s = silence_timeout_s
+        self._reconnect_initial_s = reconnect_initial_s
+        self._reconnect_max_s = reconnect_max_s
+        self._call_timeout_s = call_timeout_s
+        self._budget = rate_budget
+        self._ids = itertools.count(1)
+        self._ws: ClientConnection | None = None
+        self._ready = asyncio.Event()  # connected, authenticated, re-subscribed (or closing)
+        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._subs: list[Subscription] = []
+        self._subs_by_channel: dict[str, list[Subscription]] = {}
+        self._sub_lock = asyncio.Lock()
+        # Notifications that arrive before a (re)connection is resynced wait here, so
+        # `Reconnected` reaches consumers before any message of the new connection.
+        self._buffering = True
+        self._buffer: list[tuple[str, Any, bytes, int]] = []
+        self._last_rx = time.monotonic()
+        self._runner: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._closing = False
+        self.reconnects = 0
+
+    def __repr__(self) -> str:
+        return (f"SyndrWebSocket({self.url!r}, credentials={self._credentials!r}, connected={self.connected}, "
+                f"subscriptions={len(self._subs)})")
+
+    @property
+    def connected(self) -> bool:
+        """Connected, authenticated and re-subscribed."""
+        return self._ready.is_set() and not self._closing
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect (retrying with backoff) and authenticate; return once calls can be made.
+
+        Raises the venue's error if it refuses the credentials on the first
+        connection. If `start` fails or is cancelled, the client is closed.
+        """
+        if self._closing:
+            raise SyndrConnectionError("client is closed")
+        if self._runner is None:
+            self._started = asyncio.get_running_loop().create_future()
+            self._runner = asyncio.create_task(self._run_guarded(), name=f"syndr-ws {self.url}")
+        assert self._started is not None
+        try:
+            await asyncio.shield(self._started)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop reconnecting, close the socket, fail calls in flight and end every subscription."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._ws is not None:  # the runner closes it; this covers a runner that never started
+            await self._ws.close()
+            self._ws = None
+        self._fail_pending("client closed")
+        for sub in self._subs:
+            sub._end()
+        self._subs.clear()
+        self._subs_by_channel.clear()
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(SyndrConnectionError("client closed before connecting"))
+            self._started.exception()  # retrieved: start() may not be awaiting it
+        self._ready.set()  # wake callers waiting for a connection; they see `_closing`
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
+                   timeout_s: float | None = None) -> RpcResult:
+        """Send one JSON-RPC call over the socket and wait for its answer.
+
+        Waits (within the timeout) for a connection if one is being
+        re-established; raises `SyndrConnectionError` if none comes or if the
+        connection drops before the answer (outcome unknown), `SyndrTimeout`
+        if the answer is late.
+        """
+        if self._closing:
+            raise SyndrConnectionError(f"{method}: client is closed")
+        if method.startswith("private/") and self._credentials is None:
+            raise SyndrAuthError(ErrorCode.UNAUTHORIZED, "no API credentials configured", method=method)
+        limit_s = self._call_timeout_s if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(limit_s):
+                await self._ready.wait()
+        except TimeoutError:
+            raise SyndrConnectionError(f"{method}: not connected within {limit_s:g} s") from None
+        ws = self._ws
+        if self._closing or ws is None:
+            raise SyndrConnectionError(f"{method}: client is closed")
+        return await self._call_on(ws, method, params, limit_s)
+
+    async def _call_on(self, ws: ClientConnection, method: str, params: Mapping[str, Any] | None,
+                       limit_s: float) -> RpcResult:
+        """Budget, span and one request/response on a given connection."""
+        if self._budget is not None:
+            await self._budget.acquire(method)
+        attributes: dict[str, str | int] = {"rpc.system": "jsonrpc", "rpc.method": method,
+                                            "rpc.jsonrpc.version": "2.0", "network.transport": "websocket"}
+        with tracer.start_as_current_span(method, kind=SpanKind.CLIENT, attributes=attributes,
+                                          record_exception=False, set_status_on_exception=False) as span:
+            try:
+                request_id = next(self._ids)
+                span.set_attribute("rpc.jsonrpc.request_id", str(request_id))
+                answer, raw = await self._exchange(ws, method, request_id, params, limit_s)
+                result = parse_response(answer, raw, method=method, credentials=self._credentials)
+                record_result_on_span(span, result)
+                return result
+            except SyndrError as exc:
+                record_error_on_span(span, exc)
+                raise
+
+    async def _exchange(self, ws: ClientConnection, method: str, request_id: int,
+                        params: Mapping[str, Any] | None, limit_s: float) -> tuple[dict[str, Any], bytes]:
+        future: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method,
+                             "params": dict(params) if params is not None else {}})
+        try:
+            async with asyncio.timeout(limit_s):
+                try:
+                    await ws.send(body, text=True)
+                except ConnectionClosed:
+                    raise SyndrConnectionError(f"{method}: connection closed before sending") from None
+                return await future
+        except TimeoutError:
+            raise SyndrTimeout(f"{method}: no answer within {limit_s:g} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(SyndrConnectionError(f"connection lost ({reason}); outcome unknown"))
+                future.exception()  # mark retrieved: the caller may have timed out already
+
+    # ------------------------------------------------------------------ subscriptions
+
+    async def subscribe(self, channels: Sequence[str], *, max_queue: int = DEFAULT_MAX_QUEUE) -> Subscription:
+        """Subscribe to `channels` (`private/subscribe` for `user.*`, `public/subscribe` otherwise).
+
+        Channels already subscribed upstream by another `Subscription` are
+        shared, not subscribed again. `max_queue` bounds this subscription's
+        backlog (see `Overflow`).
+        """
+        if isinstance(channels, str):
+            raise TypeError("channels must be a sequence of channel names, not a string")
+        wanted = tuple(dict.fromkeys(channels))
+        if not wanted:
+            raise ValueError("no channels")
+        if max_queue < 2:
+            raise ValueError("max_queue must be >= 2")
+        if self._closing:
+            raise SyndrConnectionError("client is closed")
+        if self._credentials is None and any(_is_private(c) for c in wanted):
+            raise SyndrAuthError(ErrorCode.UNAUTHORIZED, "no API credentials configured", method="private/subscribe")
+        sub = Subscription(self, wanted, max_queue)
+        async with self._sub_lock:
+            new = [c for c in wanted if not self._subs_by_channel.get(c)]
+            # Attach first: notifications can arrive before the subscribe answer.
+            self._subs.append(sub)
+            for channel in wanted:
+                self._subs_by_channel.setdefault(channel, []).append(sub)
+            try:
+                await self._upstream("subscribe", new)
+            except BaseException:
+                self._detach(sub)
+                sub._end()
+                raise
+        return sub
+
+    async def _release(self, sub: Subscription) -> None:
+        if sub.closed:
+            return
+        orphaned = self._detach(sub)
+        sub._end()
+        if not orphaned or self._closing:
+            return
+        async with self._sub_lock:
+            # Someone may have subscribed again while we waited for the lock.
+            orphaned = [c for c in orphaned if not self._subs_by_channel.get(c)]
+            if not orphaned or not self.connected:
+                return  # not connected: the next connection simply will not subscribe them
+            try:
+                await self._upstream("unsubscribe", orphaned)
+            except SyndrError as exc:
+                log.info("unsubscribe of %d channel(s) failed: %s", len(orphaned), exc)
+
+    def _detach(self, sub: Subscription) -> list[str]:
+        """Remove `sub` from the routing tables; return the channels nobody needs any more."""
+        with contextlib.suppress(ValueError):
+            self._subs.remove(sub)
+        orphaned: list[str] = []
+        for channel in sub.channels:
+            subs = self._subs_by_channel.get(channel)
+            if subs is None:
+                continue
+            with contextlib.suppress(ValueError):
+                subs.remove(sub)
+            if not subs:
+                del self._subs_by_channel[channel]
+                orphaned.append(channel)
+        return orphaned
+
+    async def _upstream(self, action: str, channels: Sequence[str]) -> None:
+        for method, group in _by_visibility(action, channels):
+            result = await self.call(method, {"channels": group})
+            _warn_missing(method, group, result.result)
+
+    # ------------------------------------------------------------------ connection
+
+    async def _run_guarded(self) -> None:
+        """`_run`, but a bug in it fails `start()` and ends subscriptions instead of hanging them."""
+        try:
+            await self._run()
+        except Exception as exc:
+            log.exception("syndr websocket runner crashed")
+            if self._started is not None and not self._started.done():
+                self._started.set_exception(SyndrConnectionError(f"websocket runner crashed: {type(exc).__name__}"))
+            self._fail_pending("runner crashed")
+            for sub in list(self._subs):
+                sub._deliver(Disconnected("runner crashed"))
+                sub._end()
+
+    async def _run(self) -> None:
+        """Connect, resync, serve until the connection drops; repeat until closed."""
+        attempt = 0
+        ever_ready = False
+        while not self._closing:
+            attempt += 1
+            if ever_ready or attempt > 1:
+                await asyncio.sleep(backoff_s(attempt if ever_ready else attempt - 1,
+                                              self._reconnect_initial_s, self._reconnect_max_s))
+            try:
+                ws = await connect(self.url, open_timeout=self._call_timeout_s, ping_interval=None,
+                                   ping_timeout=None, close_timeout=_CLOSE_TIMEOUT_S, max_size=_MAX_FRAME_BYTES,
+                                   logger=_wire_log)
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                log.warning("syndr websocket connect attempt %d failed: %s", attempt, _describe(exc))
+                continue
+            self._ws = ws
+            self._buffering = True
+            self._buffer.clear()
+            self._last_rx = time.monotonic()
+            reader = asyncio.create_task(self._read(ws), name="syndr-ws-reader")
+            heartbeat = asyncio.create_task(self._heartbeat(ws), name="syndr-ws-heartbeat")
+            try:
+                try:
+                    await self._resync(ws)
+                except SyndrRpcError as exc:
+                    if not ever_ready and self._started is not None and not self._started.done():
+                        self._started.set_exception(exc)  # e.g. credentials refused: retrying will not help
+                        return
+                    log.error("syndr websocket resync refused: %s", exc)
+                    continue
+                except SyndrError as exc:
+                    log.warning("syndr websocket resync failed: %s", exc)
+                    continue
+                self._go_live(attempt if ever_ready else 0)
+                ever_ready, attempt = True, 0
+                if self._started is not None and not self._started.done():
+                    self._started.set_result(None)
+                reason = await reader
+                log.warning("syndr websocket disconnected: %s", reason)
+                for sub in list(self._subs):
+                    sub._deliver(Disconnected(reason))
+            finally:
+                self._ready.clear()
+                self._buffering = True
+                heartbeat.cancel()
+                reader.cancel()
+                await asyncio.gather(heartbeat, reader, return_exceptions=True)
+                self._ws = None
+                with contextlib.suppress(Exception):
+                    await ws.close()
+
+    async def _resync(self, ws: ClientConnection) -> None:
+        """Authenticate, then re-subscribe every channel a live subscription needs."""
+        if self._credentials is not None:
+            await self._call_on(ws, "public/auth", self._credentials.auth_params(), self._call_timeout_s)
+        for method, group in _by_visibility("subscribe", list(self._subs_by_channel)):
+            try:
+                result = await self._call_on(ws, method, {"channels": group}, self._call_timeout_s)
+            except SyndrRpcError as exc:
+                # The venue accepted these before; one refused channel must not stop the others.
+                log.error("re-subscribe of %d channel(s) refused: %s", len(group), exc)
+                continue
+            _warn_missing(method, group, result.result)
+
+    def _go_live(self, reconnect_attempt: int) -> None:
+        """Announce `Reconnected`, then release buffered messages, then open for calls (no await between)."""
+        if reconnect_attempt:
+            self.reconnects += 1
+            log.info("syndr websocket reconnected after %d attempt(s)", reconnect_attempt)
+            for sub in list(self._subs):
+                sub._deliver(Reconnected(reconnect_attempt))
+        buffered, self._buffer = self._buffer, []
+        self._buffering = False
+        for channel, data, raw, received_ns in buffered:
+            self._route(channel, data, raw, received_ns)
+        self._ready.set()
+
+    async def _read(self, ws: ClientConnection) -> str:
+        """Own the socket's receive side until it closes or goes silent; return why it ended."""
+        try:
+            while True:
+                remaining = self._last_rx + self._silence_s - time.monotonic()
+                if remaining <= 0:
+                    ws.transport.abort()  # a silent peer will not complete a close handshake
+                    return f"no frame for {self._silence_s:g} s"
+                try:
+                    async with asyncio.timeout(remaining):
+                        frame = await ws.recv(decode=False)
+                except TimeoutError:
+                    continue  # a pong may have arrived meanwhile; re-check the deadline
+                self._last_rx = time.monotonic()
+                try:
+                    self._on_frame(frame, time.time_ns())
+                except Exception:  # a bug in one frame's handling must not kill the connection
+                    log.exception("syndr websocket frame handling failed")
+        except ConnectionClosed as exc:
+            return _describe(exc)
+        finally:
+            self._ready.clear()
+            self._fail_pending("connection closed")
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        """Ping every `heartbeat_s`; each pong counts as a received frame for silence detection."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                pong = asyncio.ensure_future(await ws.ping())
+            except ConnectionClosed:
+                return
+            pong.add_done_callback(self._on_pong)
+
+    def _on_pong(self, pong: asyncio.Future[float]) -> None:
+        if not pong.cancelled() and pong.exception() is None:
+            self._last_rx = time.monotonic()
+
+    def _on_frame(self, frame: bytes, received_ns: int) -> None:
+        try:
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            log.warning("syndr websocket: undecodable frame (%d bytes) ignored", len(frame))
+            return
+        if not isinstance(message, dict):
+            log.warning("syndr websocket: non-object frame ignored")
+            return
+        if message.get("method") in NOTIFICATION_METHODS:
+            params = message.get("params")
+            channel = params.get("channel") if isinstance(params, dict) else None
+            if not isinstance(channel, str) or not isinstance(params, dict):
+                log.warning("syndr websocket: notification without channel ignored")
+                return
+            if self._buffering:
+                self._buffer.append((channel, params.get("data"), frame, received_ns))
+            else:
+                self._route(channel, params.get("data"), frame, received_ns)
+            return
+        request_id = message.get("id")
+        future = self._pending.get(request_id) if isinstance(request_id, int) else None
+        if future is not None:
+            if not future.done():
+                future.set_result((message, frame))
+        elif "result" in message or "error" in message:
+            log.debug("syndr websocket: answer to unknown or expired request id ignored")
+        else:
+            log.debug("syndr websocket: unexpected frame ignored")
+
+    def _route(self, channel: str, data: Any, raw: bytes, received_ns: int) -> None:
+        for sub in self._subs_by_channel.get(channel, ()):
+            sub._deliver_message(channel, data, raw, received_ns)
+
+
+def _is_private(channel: str) -> bool:
+    return channel.startswith("user.")
+
+
+def _by_visibility(action: str, channels: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(method, channel chunk) pairs: `private/<action>` for `user.*`, `public/<action>` for the rest."""
+    calls: list[tuple[str, list[str]]] = []
+    for prefix, private in (("private", True), ("public", False)):
+        group = [c for c in channels if _is_private(c) == private]
+        for start in range(0, len(group), _SUBSCRIBE_CHUNK):
+            calls.append((f"{prefix}/{action}", group[start:start + _SUBSCRIBE_CHUNK]))
+    return calls
+
+
+def _warn_missing(method: str, requested: Sequence[str], result: Any) -> None:
+    """The venue answers with the channels it (un)subscribed; say so if some are missing."""
+    if not isinstance(result, list):
+        raise SyndrProtocolError(f"{method}: result is not a list of channels")
+    missing = set(requested) - set(result)
+    if missing:
+        log.warning("%s: venue did not confirm %d channel(s): %s", method, len(missing), sorted(missing)[:10])
+
+
+def _describe(exc: BaseException) -> str:
+    """Short, secret-free text for a connection failure."""
+    if isinstance(exc, ConnectionClosed):
+        if exc.rcvd is not None:
+            return f"closed by venue (code {exc.rcvd.code}{', ' + exc.rcvd.reason if exc.rcvd.reason else ''})"
+        return "connection lost (no close frame)"
+    return f"{type(exc).__name__}: {exc}"[:200]

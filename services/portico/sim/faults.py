@@ -1,0 +1,64 @@
+"""Fault knobs, so tests can make the venue misbehave the way real ones do.
+
+Set through `Simulator.faults` in-process or `POST /admin/faults` when the
+simulator runs on its own. Every decision uses the simulator's seeded RNG.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["Faults"]
+
+
+@dataclass
+class Faults:
+    """What to break. All rates are probabilities per call or per frame."""
+
+    fail_rate: float = 0.0  # answer calls with a JSON-RPC internal error (nothing executed)
+    http_5xx_rate: float = 0.0  # answer HTTP calls with 503 (nothing executed)
+    drop_response_rate: float = 0.0  # execute the call, then lose the response (the caller cannot know)
+    delay_ms: float = 0.0  # delay every WebSocket frame (responses and notifications) by this much
+    reorder_rate: float = 0.0  # swap a WebSocket notification with the next one
+    silent: bool = False  # WebSocket: send nothing at all, not even pongs
+    skip_change_ids: dict[str, int] = field(default_factory=dict)  # instrument -> raw book frames to drop
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply `{"knob": value}`; unknown knobs or bad values raise ValueError."""
+        known = {f.name: f for f in fields(self)}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown fault knob {name!r}")
+            if name == "silent":
+                if not isinstance(value, bool):
+                    raise ValueError("silent must be true or false")
+            elif name == "skip_change_ids":
+                if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
+                    raise ValueError("skip_change_ids must map instrument names to counts")
+                value = {**self.skip_change_ids, **value}
+            else:
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise ValueError(f"{name} must be a non-negative number")
+                if name.endswith("_rate") and value > 1:
+                    raise ValueError(f"{name} must be at most 1")
+            setattr(self, name, value)
+
+    def reset(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, f.default_factory() if callable(f.default_factory) else f.default)
+
+    def roll(self, rng: random.Random, rate: float) -> bool:
+        return rate > 0 and rng.random() < rate
+
+    def take_skip(self, instrument: str) -> bool:
+        """True (and count down) if this instrument's next raw book frame is to be dropped."""
+        left = self.skip_change_ids.get(instrument, 0)
+        if left <= 0:
+            return False
+        self.skip_change_ids[instrument] = left - 1
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

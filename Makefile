@@ -43,6 +43,8 @@ protos: install
 ## Benchmarks (on demand; figures go to bench-results/).
 bench: install
 	$(BIN)/python -m tests.bench.bench_signer --out bench-results/signer.json
+	$(BIN)/python -m tests.bench.bench_syndr_parse --out bench-results/syndr_parse.json
+	$(BIN)/python -m tests.bench.bench_sim_engine --out bench-results/sim_engine.json
 
 clean:
 	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SEED = Path("/work/shared/seeds/002_1080faa2c7e60ae3.txt")
+# shared/ sits beside the checkout.
+DEFAULT_SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "002_1080faa2c7e60ae3.txt"
 DEFAULT_OUT = REPO / "tests" / "resources" / "syndr"
 
 METHOD_HEADING = re.compile(r"(?:public|private)/[a-z0-9_]+")

@@ -1,6 +1,7 @@
 """The `portico` command: run the suite, administer keys and tokens.
 
     portico up [--state-file PATH]        start everything on embedded defaults
+    portico sim [--port 8700 ...]         run the Syndr-compatible venue simulator on its own
     portico signer keys create ID ...     manage signing keys in Vault (no gRPC)
     portico token new NAME --scopes ...   mint a bearer token and its config entry
     portico config-table                  print the configuration table (README)
@@ -20,12 +21,6 @@ __all__ = ["main"]
 
 def _all_settings_table() -> str:
     # Importing a module declares its settings; list every module that has some.
-    import portico.runtime.auth
-    import portico.runtime.logs
-    import portico.runtime.server
-    import portico.runtime.telemetry
-    import portico.runtime.vault
-    import portico.signer.settings  # noqa: F401
     from portico.runtime.config import config_table
 
     return config_table()
@@ -42,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address every component binds (127.0.0.1)")
     up.add_argument("--vault-port", type=int, default=8200)
     up.add_argument("--signer-port", type=int, default=50055)
+
+    sim = sub.add_parser("sim", help="run the Syndr-compatible venue simulator")
+    from portico.sim import __main__ as sim_main
+
+    sim_main.add_arguments(sim)
 
     signer = sub.add_parser("signer", help="signer administration (talks to Vault directly)")
     from portico.signer import admin
@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(run_up(UpOptions(host=args.host, vault_port=args.vault_port, signer_port=args.signer_port,
                                           data_dir=args.data_dir, state_file=args.state_file)))
+    if args.command == "sim":
+        from portico.sim import __main__ as sim_main
+
+        raise SystemExit(sim_main.run(args))
     if args.command == "signer":
         from portico.signer import admin
 

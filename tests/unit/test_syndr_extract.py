@@ -19,7 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "extract_syndr_examples.py"
 RESOURCES = REPO / "tests" / "resources" / "syndr"
-SEED = Path(os.environ.get("SYNDR_SEED", "/work/shared/seeds/002_1080faa2c7e60ae3.txt"))
+# shared/ sits beside the checkout (as on developers' machines and in CI).
+SEED = Path(os.environ.get("SYNDR_SEED", Path(__file__).resolve().parents[3] / "shared" / "seeds"
+                           / "002_1080faa2c7e60ae3.txt"))
 
 
 def load_extractor() -> ModuleType:

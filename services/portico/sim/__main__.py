@@ -8,10 +8,14 @@ import os
 import signal
 from decimal import Decimal
 
+from portico.runtime.config import setting
 from portico.runtime.logs import configure_logging
 from portico.sim.server import SimConfig, Simulator
 
 __all__ = ["add_arguments", "main", "run"]
+
+ADMIN_TOKEN = setting("PORTICO_SIM_ADMIN_TOKEN", "", "Bearer token the simulator's `/admin/` interface requires "
+                      "(unset: open, for loopback development).", scope="simulator", secret=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,15 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extra-instruments", type=int, default=0, help="generate this many more instruments")
     parser.add_argument("--default-collateral", default=str(defaults.default_collateral),
                         help="USDT credited to an account when it registers a signing key")
-    parser.add_argument("--admin-token-env", default="PORTICO_SIM_ADMIN_TOKEN",
-                        help="environment variable holding the /admin/ bearer token (unset: admin is open)")
 
 
 def config_from(args: argparse.Namespace) -> SimConfig:
     return SimConfig(host=args.host, port=args.port, seed=args.seed,
                      book_changes_per_second=args.book_changes_per_second, market_maker=not args.no_market_maker,
                      catalog_extra=args.extra_instruments, default_collateral=Decimal(args.default_collateral),
-                     admin_token=os.environ.get(args.admin_token_env) or None)
+                     admin_token=ADMIN_TOKEN.get_str(os.environ) or None)
 
 
 async def _serve(config: SimConfig) -> None:

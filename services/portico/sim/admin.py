@@ -13,6 +13,8 @@ venue). Protected by a bearer token when the simulator has one.
     POST   /admin/accounts                    {"address": "0x...", "collateral": {"USDT": "1000"}}
     GET    /admin/requests  DELETE /admin/requests   the request log (secrets redacted)
     POST   /admin/market-maker                {"book_changes_per_second": 5000}
+    POST   /admin/bursts                      {"account": "0x...", "instrument_name": "ETH-PERP"}: an on-chain
+                                              failure notice on user.bursts.*
 """
 
 from __future__ import annotations
@@ -125,6 +127,14 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         sim.market_maker.changes_per_second = float(rate)
         return web.json_response({"book_changes_per_second": float(rate)})
 
+    async def burst(request: web.Request) -> web.Response:
+        data = await body(request)
+        account = parse_address(data.get("account"), "account")
+        name = str(data.get("instrument_name", ""))
+        sim.engine.instrument(name)
+        sim.notifier.burst(account, name)
+        return web.json_response({"sent": True})
+
     app.router.add_get("/admin/instruments", list_instruments)
     app.router.add_post("/admin/instruments", add_instrument)
     app.router.add_patch("/admin/instruments/{name}", change_instrument)
@@ -137,6 +147,7 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
     app.router.add_get("/admin/requests", requests_log)
     app.router.add_delete("/admin/requests", clear_requests)
     app.router.add_post("/admin/market-maker", market_maker)
+    app.router.add_post("/admin/bursts", burst)
 
 
 def _dumps(obj: Any) -> str:

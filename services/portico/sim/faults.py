@@ -19,6 +19,7 @@ class Faults:
 
     fail_rate: float = 0.0  # answer calls with a JSON-RPC internal error (nothing executed)
     http_5xx_rate: float = 0.0  # answer HTTP calls with 503 (nothing executed)
+    http_5xx_next: int = 0  # answer exactly the next N HTTP calls with 503 (deterministic, for tests)
     drop_response_rate: float = 0.0  # execute the call, then lose the response (the caller cannot know)
     delay_ms: float = 0.0  # delay every WebSocket frame (responses and notifications) by this much
     reorder_rate: float = 0.0  # swap a WebSocket notification with the next one
@@ -34,6 +35,9 @@ class Faults:
             if name == "silent":
                 if not isinstance(value, bool):
                     raise ValueError("silent must be true or false")
+            elif name == "http_5xx_next":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError("http_5xx_next must be a non-negative integer")
             elif name == "skip_change_ids":
                 if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
                     raise ValueError("skip_change_ids must map instrument names to counts")
@@ -51,6 +55,13 @@ class Faults:
 
     def roll(self, rng: random.Random, rate: float) -> bool:
         return rate > 0 and rng.random() < rate
+
+    def take_http_5xx(self, rng: random.Random) -> bool:
+        """True if this HTTP call is to be answered 503."""
+        if self.http_5xx_next > 0:
+            self.http_5xx_next -= 1
+            return True
+        return self.roll(rng, self.http_5xx_rate)
 
     def take_skip(self, instrument: str) -> bool:
         """True (and count down) if this instrument's next raw book frame is to be dropped."""

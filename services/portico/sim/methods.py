@@ -275,7 +275,8 @@ def cancel_all(sim: Simulator, p: Params, ctx: CallContext) -> Any:
 
 
 def cancel_all_by_instrument(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    return len(sim.engine.cancel_all(_account(ctx), instrument_name=p.text("instrument_name")))
+    sim.engine.cancel_all(_account(ctx), instrument_name=p.text("instrument_name"))
+    return "All orders cancelled"  # the document's result: a string acknowledgement, not a count
 
 
 def update_instrument_leverage(sim: Simulator, p: Params, ctx: CallContext) -> Any:
@@ -304,21 +305,23 @@ def get_positions(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     return sim.engine.positions(_account(ctx))
 
 
-def _paging(p: Params) -> tuple[int, int]:
-    return min(p.integer("count", 100, minimum=1), 1000), p.integer("offset", 0, minimum=0)
+def _paging(p: Params) -> dict[str, Any]:
+    """count / offset, and the document's start_time / end_time (in seconds) as a millisecond window."""
+    start, end = p.integer("start_time", None, minimum=0), p.integer("end_time", None, minimum=0)
+    return {"count": min(p.integer("count", 100, minimum=1), 1000), "offset": p.integer("offset", 0, minimum=0),
+            "start_ms": None if start is None else start * 1000,
+            "end_ms": None if end is None else end * 1000 + 999}
 
 
 def get_order_history_by_kind(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     kind = p.text("kind", "any", choices=(*KINDS, "spot", "any"))
-    count, offset = _paging(p)
     return [o.to_wire() for o in sim.engine.order_history(
-        _account(ctx), kind=None if kind == "any" else kind, count=count, offset=offset)]
+        _account(ctx), kind=None if kind == "any" else kind, **_paging(p))]
 
 
 def get_order_history_by_instrument(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    count, offset = _paging(p)
     return [o.to_wire() for o in sim.engine.order_history(
-        _account(ctx), instrument_name=p.text("instrument_name"), count=count, offset=offset)]
+        _account(ctx), instrument_name=p.text("instrument_name"), **_paging(p))]
 
 
 def _sort_asc(p: Params) -> bool:
@@ -374,6 +377,8 @@ _PUBLIC_CHANNELS = [
 _USER_CHANNELS = [
     re.compile(rf"user\.fills\.(?:ALL|{_INSTRUMENT})"),
     re.compile(rf"user\.orders\.(?:ALL|{_INSTRUMENT})\.raw"),
+    # The document's own private/subscribe example uses `user.orders.ETH-PERP`, without `.raw`.
+    re.compile(rf"user\.orders\.{_INSTRUMENT}"),
     re.compile(r"user\.positions"),
     re.compile(rf"user\.bursts\.(?:ALL|{_INSTRUMENT})"),
     re.compile(r"user\.transactions"),
@@ -517,6 +522,7 @@ class Notifier:
             order = event.order_wire
             data = {"update_type": order["order_state"], "order": order}
             self._publish(f"user.orders.{order['instrument_name']}.raw", data, user=event.account)
+            self._publish(f"user.orders.{order['instrument_name']}", data, user=event.account)
             self._publish("user.orders.ALL.raw", data, user=event.account)
         elif isinstance(event, engine.UserFill):
             fill = event.fill_wire
@@ -528,7 +534,7 @@ class Notifier:
                                                 "tx_hash": "0x" + self.sim.rng.randbytes(32).hex(),
                                                 "tx_status": "success"}, user=event.account)
         elif isinstance(event, engine.PositionChanged):
-            self._publish("user.positions", event.position_wire, user=event.account)
+            self._position_changed(event.account, event.position_wire)
         elif isinstance(event, engine.TickerChanged):
             self._dirty_tickers.add(event.instrument_name)
 
@@ -542,6 +548,22 @@ class Notifier:
         if self.sim.faults.take_skip(name):
             return  # fault: this change never reaches subscribers, so change_id jumps
         self.sim.publish(channel, self._frame(NOTIFICATION_METHOD_PUBLIC, channel, event.to_wire()))
+
+    def _position_changed(self, account: str, position: dict[str, Any]) -> None:
+        """user.positions: the table's `updated_position` and the example's `fills_manager`, both."""
+        if not self.sim.has_subscribers(f"user.positions@{account}"):
+            return
+        name = position["instrument_name"]
+        instrument = self.sim.engine.instrument(name)
+        self._publish("user.positions", {
+            "instrument_name": name,
+            "underlying": instrument.underlying_name,
+            "instrument_kind": str(instrument.kind),
+            "updated_position": position,
+            "fills_manager": {"pending_fills": [], "latest_size": position["size"],
+                              "latest_average_price": position["average_price"],
+                              "latest_realized_pnl": position["realized_pnl"]},
+        }, user=account)
 
     def burst(self, account: str, instrument_name: str) -> None:
         """Fault knob: report an on-chain failure of the account's trade batch."""

@@ -176,6 +176,31 @@ def _error(code: ErrorCode | int, message: str, request_id: Any, us_in: int) -> 
             "usIn": us_in, "usOut": us_out, "usDiff": us_out - us_in}
 
 
+MAX_NESTING = 64
+
+
+def _nesting(text: str) -> int:
+    """Deepest bracket nesting outside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _redact(params: Any) -> dict[str, Any]:
     if not isinstance(params, dict):
         return {}
@@ -425,14 +450,21 @@ class Simulator:
 
     @staticmethod
     def decode(body: bytes | str) -> Any:
-        """Parse a request with floats kept exact (`parse_float=Decimal`)."""
-        return json.loads(body, parse_float=Decimal)
+        """Parse a request with floats kept exact (`parse_float=Decimal`).
+
+        Nesting deeper than MAX_NESTING is refused before parsing, so the answer
+        to a nested-JSON bomb does not depend on the interpreter's recursion limit.
+        """
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        if text.count("[") + text.count("{") > MAX_NESTING and _nesting(text) > MAX_NESTING:
+            raise ValueError("nested too deeply")
+        return json.loads(text, parse_float=Decimal)
 
     # ------------------------------------------------------------------ HTTP
 
     async def _handle_http(self, request: web.Request) -> web.StreamResponse:
         us_in = _now_us()
-        if self.faults.roll(self.rng, self.faults.http_5xx_rate):
+        if self.faults.take_http_5xx(self.rng):
             return web.Response(status=503, text="service unavailable (simulated)")
         try:
             body = await request.read()

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -19,10 +20,23 @@ from portico.runtime.auth import SCOPES, hash_token, new_token
 __all__ = ["main"]
 
 
+# Every module that declares settings: importing it registers them for the table.
+SETTINGS_MODULES = (
+    "portico.runtime.auth",
+    "portico.runtime.logs",
+    "portico.runtime.server",
+    "portico.runtime.telemetry",
+    "portico.runtime.vault",
+    "portico.signer.settings",
+    "portico.sim.__main__",
+)
+
+
 def _all_settings_table() -> str:
-    # Importing a module declares its settings; list every module that has some.
     from portico.runtime.config import config_table
 
+    for module in SETTINGS_MODULES:
+        importlib.import_module(module)
     return config_table()
 
 

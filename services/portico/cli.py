@@ -28,6 +28,9 @@ SETTINGS_MODULES = (
     "portico.runtime.telemetry",
     "portico.runtime.vault",
     "portico.signer.settings",
+    "portico.refdata.settings",
+    "portico.venues.syndr.settings",
+    "portico.gateway.__main__",
     "portico.sim.__main__",
 )
 

@@ -1,0 +1,61 @@
+"""`python -m portico.gateway` / `portico-gateway`: serve the REST edge until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from portico.gateway.app import Gateway
+from portico.runtime.client import open_channel
+from portico.runtime.config import ConfigError, setting
+from portico.runtime.main import run_service
+
+LISTEN = setting("PORTICO_GATEWAY_LISTEN_ADDR", "127.0.0.1:8080", "host:port the REST gateway serves HTTP on.",
+                 scope="gateway")
+REFDATA_ADDR = setting("PORTICO_REFDATA_ADDR", "127.0.0.1:50051", "host:port of the reference-data gRPC service.",
+                       scope="gateway")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str
+    port: int
+    refdata_addr: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
+        host, _, port = LISTEN.get_str(env).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{LISTEN.name} must be host:port")
+        return cls(host, int(port), REFDATA_ADDR.get_str(env))
+
+
+class GatewayApp:
+    def __init__(self, settings: GatewaySettings, env: Mapping[str, str]):
+        self.settings = settings
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with open_channel(self.settings.refdata_addr) as refdata:
+            runner = web.AppRunner(Gateway(refdata).app(), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, self.settings.host, self.settings.port).start()
+            try:
+                await stop.wait()
+            finally:
+                await runner.cleanup()  # finishes in-flight requests
+
+
+def main() -> None:
+    run_service("gateway", GatewaySettings.from_env, GatewayApp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""`portico gateway`: the HTTP/JSON edge of the source documents, in front of the gRPC services.
+
+    POST /api/v3/market/instrument/sync          the sync document: {venue, symbols?} -> {data, success, errno, error}
+    GET  /v1/instruments/{exchange}/{symbol}     the metadata document's single-instrument endpoint
+    GET  /v1/instruments/{exchange}?filter=...   its filter endpoint (url-encoded JSON filter)
+    GET  /healthz                                liveness for HTTP probes
+
+The gateway holds no credentials of its own: it forwards the caller's
+`Authorization: Bearer` token to the gRPC services, whose scopes decide
+(`admin` for sync, `read` for instruments). gRPC statuses become HTTP codes
+through one table, `HTTP_STATUS`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import orjson
+from aiohttp import web
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from portico.refdata.v1 import instrument_pb2
+from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb2
+from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
+from portico.runtime.errors import error_info
+
+__all__ = ["HTTP_STATUS", "Gateway", "instrument_json"]
+
+log = logging.getLogger("portico.gateway")
+
+# The one table from gRPC status to HTTP status.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+_HTTP_TITLES = {400: "Invalid request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+                409: "Conflict", 429: "Too many requests", 499: "Cancelled", 501: "Not implemented",
+                503: "Service unavailable", 504: "Timeout", 500: "Internal error"}
+CALL_TIMEOUT_S = 30.0
+_FILTER_KEYS = {"baseCurrency", "quoteCurrency", "type", "contractType", "active"}
+_TYPES = {"spot": instrument_pb2.INSTRUMENT_TYPE_SPOT, "perpetual": instrument_pb2.INSTRUMENT_TYPE_PERPETUAL,
+          "future": instrument_pb2.INSTRUMENT_TYPE_FUTURE, "option": instrument_pb2.INSTRUMENT_TYPE_OPTION}
+_TYPE_NAMES = {v: k for k, v in _TYPES.items()}
+_CONTRACT_TYPES = {v.name.removeprefix("CONTRACT_TYPE_").lower(): v.number
+                   for v in instrument_pb2.ContractType.DESCRIPTOR.values if v.number != 0}
+_CONTRACT_NAMES = {v: k for k, v in _CONTRACT_TYPES.items()}
+_OPTION_NAMES = {instrument_pb2.OPTION_TYPE_CALL: "call", instrument_pb2.OPTION_TYPE_PUT: "put"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _iso(stamp: Timestamp) -> str:
+    """ISO 8601 with milliseconds and Z, as the metadata document writes dates."""
+    return stamp.ToDatetime().strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.nanos // 1_000_000:03d}Z"
+
+
+def _number(text: str) -> Any:
+    """A decimal string written as an exact JSON number (the document's numbers; never a float)."""
+    Decimal(text)  # refuses anything that is not a decimal
+    return orjson.Fragment(text.encode())
+
+
+def instrument_json(message: instrument_pb2.Instrument) -> dict[str, Any]:
+    """The metadata document's record (camelCase, its sample's types), plus Syndr's native fields."""
+    record: dict[str, Any] = {
+        "id": message.symbol,
+        "datasetId": message.dataset_id,
+        "exchange": message.venue,
+        "baseCurrency": message.base_currency,
+        "quoteCurrency": message.quote_currency,
+        "type": _TYPE_NAMES.get(message.type, "unknown"),
+        "active": message.active,
+        "availableSince": _iso(message.available_since),
+    }
+    if message.HasField("available_to"):
+        record["availableTo"] = _iso(message.available_to)
+    if message.HasField("expiry"):
+        record["expiry"] = _iso(message.expiry)
+    record.update({
+        "priceIncrement": _number(message.price_increment),
+        "amountIncrement": _number(message.amount_increment),
+        "minTradeAmount": _number(message.min_trade_amount),
+        "makerFee": _number(message.maker_fee),
+        "takerFee": _number(message.taker_fee),
+    })
+    if message.HasField("inverse"):
+        record["inverse"] = message.inverse
+    if message.contract_type:
+        record["contractType"] = _CONTRACT_NAMES[message.contract_type]
+    if message.HasField("contract_multiplier"):
+        record["contractMultiplier"] = _number(message.contract_multiplier)
+    if message.HasField("quanto") and message.quanto:
+        record["quanto"] = True
+    if message.HasField("settlement_currency"):
+        record["settlementCurrency"] = message.settlement_currency
+    if message.HasField("strike_price"):
+        record["strikePrice"] = _number(message.strike_price)
+    if message.option_type:
+        record["optionType"] = _OPTION_NAMES[message.option_type]
+    if message.changes:
+        changes = []
+        for change in message.changes:
+            entry: dict[str, Any] = {"until": _iso(change.until)}
+            if change.HasField("price_increment"):
+                entry["priceIncrement"] = _number(change.price_increment)
+            if change.HasField("amount_increment"):
+                entry["amountIncrement"] = _number(change.amount_increment)
+            if change.HasField("contract_multiplier"):
+                entry["contractMultiplier"] = _number(change.contract_multiplier)
+            changes.append(entry)
+        record["changes"] = changes
+    record.update({
+        "venueInstrumentId": message.venue_instrument_id,
+        "venueKind": message.venue_kind,
+        "maxLeverage": _number(message.max_leverage) if message.max_leverage else None,
+        "priceIndex": message.price_index,
+        "underlying": message.underlying,
+        "settlementPeriod": message.settlement_period,
+    })
+    return record
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _one_or_many(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise HttpError(400, f"filter.{key} must be a string or a non-empty list of strings")
+
+
+def filter_message(raw: str | None) -> instrument_pb2.InstrumentFilter:
+    """The document's url-encoded JSON filter as the contract's InstrumentFilter."""
+    message = instrument_pb2.InstrumentFilter()
+    if not raw:
+        return message
+    try:
+        data = json.loads(raw)  # aiohttp has already url-decoded the query string
+    except ValueError:
+        raise HttpError(400, "filter must be url-encoded JSON") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "filter must be a JSON object")
+    unknown = set(data) - _FILTER_KEYS
+    if unknown:
+        raise HttpError(400, f"unknown filter fields: {', '.join(sorted(unknown))}")
+    if "baseCurrency" in data:
+        message.base_currencies.extend(_one_or_many(data["baseCurrency"], "baseCurrency"))
+    if "quoteCurrency" in data:
+        message.quote_currencies.extend(_one_or_many(data["quoteCurrency"], "quoteCurrency"))
+    for value in _one_or_many(data["type"], "type") if "type" in data else []:
+        if value not in _TYPES:
+            raise HttpError(400, f"filter.type: unknown type {value!r}")
+        message.types.append(_TYPES[value])
+    for value in _one_or_many(data["contractType"], "contractType") if "contractType" in data else []:
+        if value not in _CONTRACT_TYPES:
+            raise HttpError(400, f"filter.contractType: unknown contract type {value!r}")
+        message.contract_types.append(instrument_pb2.ContractType.ValueType(_CONTRACT_TYPES[value]))
+    if "active" in data:
+        if not isinstance(data["active"], bool):
+            raise HttpError(400, "filter.active must be true or false")
+        message.active = data["active"]
+    return message
+
+
+class Gateway:
+    """The aiohttp application, calling reference data over a gRPC channel."""
+
+    def __init__(self, refdata: grpc.aio.Channel):
+        self._refdata = refdata_grpc.ReferenceDataServiceStub(refdata)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_post("/api/v3/market/instrument/sync", self._sync)
+        app.router.add_get("/v1/instruments/{exchange}/{symbol}", self._instrument)
+        app.router.add_get("/v1/instruments/{exchange}", self._instruments)
+        app.router.add_get("/healthz", self._health)
+        return app
+
+    @staticmethod
+    def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
+        header = request.headers.get("Authorization")
+        if not header:
+            raise HttpError(401, "missing bearer token")
+        return (("authorization", header),)
+
+    async def _call(self, request: web.Request, rpc: Callable[..., Awaitable[Any]], message: Any) -> Any:
+        try:
+            return await rpc(message, metadata=self._metadata(request), timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            status = HTTP_STATUS.get(exc.code(), 500)
+            info = error_info(exc)
+            detail = exc.details() if status < 500 or status in (503, 504) else "internal error"
+            raise HttpError(status, detail or (info.reason if info else "")) from None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _sync(self, request: web.Request) -> web.Response:
+        """The sync document, envelope and all."""
+        try:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise HttpError(400, "body must be JSON: {venue, symbols?}") from None
+            if not isinstance(body, dict) or not isinstance(body.get("venue"), str) or not body["venue"]:
+                raise HttpError(400, "venue is required")
+            symbols = body.get("symbols")
+            if symbols is not None and (not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols)):
+                raise HttpError(400, "symbols must be a list of strings")
+            reply = await self._call(request, self._refdata.SyncInstruments, refdata_pb2.SyncInstrumentsRequest(
+                venue=body["venue"], symbols=symbols or []))
+        except HttpError as error:
+            return _json({"data": None, "success": False, "errno": error.status,
+                          "error": f"{_HTTP_TITLES.get(error.status, 'Error')}: {error.detail}"}, error.status)
+        return _json({"data": {"venue": reply.venue, "synced": reply.synced, "added": reply.added,
+                               "updated": reply.updated, "deactivated": reply.deactivated},
+                      "success": True, "errno": 0, "error": None})
+
+    async def _instrument(self, request: web.Request) -> web.Response:
+        try:
+            reply = await self._call(request, self._refdata.GetInstrument, refdata_pb2.GetInstrumentRequest(
+                venue=request.match_info["exchange"], symbol=request.match_info["symbol"]))
+        except HttpError as error:
+            return _json({"error": f"{_HTTP_TITLES.get(error.status, 'Error')}: {error.detail}"}, error.status)
+        return _json(instrument_json(reply.instrument))
+
+    async def _instruments(self, request: web.Request) -> web.Response:
+        try:
+            flt = filter_message(request.query.get("filter"))
+            records: list[dict[str, Any]] = []
+            token = ""
+            while True:
+                reply = await self._call(request, self._refdata.ListInstruments, refdata_pb2.ListInstrumentsRequest(
+                    venue=request.match_info["exchange"], filter=flt, page_size=1000, page_token=token))
+                records.extend(instrument_json(i) for i in reply.instruments)
+                token = reply.next_page_token
+                if not token:
+                    break
+        except HttpError as error:
+            return _json({"error": f"{_HTTP_TITLES.get(error.status, 'Error')}: {error.detail}"}, error.status)
+        return _json(records)

@@ -1,0 +1,1 @@
+"""Reference data: instrument sync, normalised records with change history, filtered listing."""

@@ -1,0 +1,154 @@
+"""Syncing a venue's instruments into the store, and telling watchers what changed.
+
+A sync fetches the venue's whole list (Syndr's `public/get_instruments` with
+`kind=any` lists only active instruments), normalises it, and hands it to the
+store, which diffs and writes in one transaction. Syncs of one venue are
+serialised in this process by a lock and across processes by the store, so
+concurrent requests neither corrupt nor double-count: the second one sees the
+first one's result and reports what is left to change (usually nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from portico.refdata.model import InstrumentRecord
+from portico.refdata.normalize import normalize_syndr
+from portico.refdata.store import InstrumentEvent, InstrumentStore, SyncOutcome
+from portico.runtime.errors import InvalidArgument, ResourceExhausted
+from portico.venues.syndr import models
+from portico.venues.syndr.errors import SyndrError, to_portico_error
+from portico.venues.syndr.http import SyndrHttpClient
+
+__all__ = ["EventHub", "InstrumentSyncer", "SyndrInstrumentSource", "VenueSource"]
+
+log = logging.getLogger("portico.refdata.sync")
+
+VenueSource = Callable[[], Awaitable[list[InstrumentRecord]]]
+
+
+class SyndrInstrumentSource:
+    """Every instrument Syndr lists, normalised."""
+
+    def __init__(self, client: SyndrHttpClient):
+        self._client = client
+
+    async def __call__(self) -> list[InstrumentRecord]:
+        try:
+            answer = await self._client.call("public/get_instruments", {"kind": "any"})
+            listed = models.parse_instruments(answer.result)
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+        records = []
+        for name, instrument in listed.items():
+            try:
+                records.append(normalize_syndr(instrument))
+            except ValueError as exc:  # a name we cannot read: skip it rather than fail the whole sync
+                log.warning("skipping an instrument that cannot be normalised",
+                            extra={"venue": "syndr", "symbol": name, "error": str(exc)})
+        return records
+
+
+@dataclass(eq=False)  # watchers live in a set: identity, not value
+class _Watcher:
+    queue: asyncio.Queue[InstrumentEvent]
+    overflowed: bool = False
+
+
+class EventHub:
+    """Fan-out of instrument events to WatchInstruments streams, one bounded queue each."""
+
+    def __init__(self, queue_size: int = 100_000):
+        self._queue_size = queue_size
+        self._watchers: dict[str, set[_Watcher]] = {}
+
+    def publish(self, venue: str, events: Sequence[InstrumentEvent]) -> None:
+        for watcher in tuple(self._watchers.get(venue, ())):
+            for event in events:
+                try:
+                    watcher.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    watcher.overflowed = True  # the stream ends with RESOURCE_EXHAUSTED, never silently short
+                    break
+
+    async def watch(self, venue: str, batch: int = 500) -> AsyncIterator[list[InstrumentEvent]]:
+        """Batches of events for `venue`, in order, until the caller stops iterating."""
+        watcher = _Watcher(asyncio.Queue(self._queue_size))
+        self._watchers.setdefault(venue, set()).add(watcher)
+        try:
+            while True:
+                events = [await watcher.queue.get()]
+                while len(events) < batch and not watcher.queue.empty():
+                    events.append(watcher.queue.get_nowait())
+                if watcher.overflowed:
+                    raise ResourceExhausted("the watcher fell too far behind; watch again and re-list",
+                                            reason="WATCHER_TOO_SLOW")
+                yield events
+        finally:
+            watchers = self._watchers.get(venue)
+            if watchers is not None:
+                watchers.discard(watcher)
+                if not watchers:
+                    del self._watchers[venue]
+
+    def watchers(self, venue: str) -> int:
+        return len(self._watchers.get(venue, ()))
+
+
+class InstrumentSyncer:
+    """Runs syncs: validates the request, fetches, stores, publishes."""
+
+    def __init__(self, store: InstrumentStore, sources: Mapping[str, VenueSource], hub: EventHub,
+                 *, now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000):
+        self._store = store
+        self._sources = dict(sources)
+        self._hub = hub
+        self._now_ms = now_ms
+        self._locks = {venue: asyncio.Lock() for venue in self._sources}
+
+    @property
+    def venues(self) -> tuple[str, ...]:
+        return tuple(self._sources)
+
+    def check_venue(self, venue: str, field: str = "venue") -> str:
+        """The canonical venue id, or INVALID_ARGUMENT naming the field."""
+        canonical = venue.strip().lower()
+        if canonical not in self._sources:
+            known = ", ".join(sorted(self._sources)) or "none"
+            raise InvalidArgument(field, f"unknown venue {venue!r} (known: {known})", reason="UNKNOWN_VENUE")
+        return canonical
+
+    async def sync(self, venue: str, symbols: Sequence[str] = ()) -> tuple[str, SyncOutcome]:
+        canonical = self.check_venue(venue)
+        records = await self._sources[canonical]()
+        full = not symbols
+        if symbols:
+            by_symbol = {r.symbol: r for r in records}
+            unknown = [s for s in symbols if s not in by_symbol]
+            if unknown:
+                raise InvalidArgument("symbols", f"{canonical} does not list {', '.join(unknown)}",
+                                      reason="UNKNOWN_SYMBOL", metadata={"symbols": ",".join(unknown)})
+            records = [by_symbol[s] for s in dict.fromkeys(symbols)]
+        async with self._locks[canonical]:
+            outcome = await self._store.sync_venue(canonical, records, full=full, now_ms=self._now_ms())
+        self._hub.publish(canonical, outcome.events)
+        log.info("synced", extra={"venue": canonical, "synced": outcome.synced, "added": outcome.added,
+                                  "updated": outcome.updated, "deactivated": outcome.deactivated, "full": full})
+        return canonical, outcome
+
+    async def sync_all(self) -> None:
+        """Sync every venue; one venue failing does not stop the others."""
+        for venue in self._sources:
+            try:
+                await self.sync(venue)
+            except Exception as exc:  # logged; the next scheduled run tries again
+                log.warning("scheduled sync failed", extra={"venue": venue, "error": str(exc)})
+
+    async def run_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.sync_all()

@@ -1,0 +1,57 @@
+"""Run the reference-data service (and the gateway) in-process against a simulator, for tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from portico.refdata.service import RefdataApp
+from portico.refdata.settings import RefdataSettings
+from portico.refdata.v1 import reference_data_service_pb2_grpc
+from tests.support.postgres import fresh_database, postgres_reachable
+from tests.support.signer import make_tokens
+
+
+@dataclass
+class RunningRefdata:
+    app: RefdataApp
+    target: str
+    tokens: dict[str, str]
+
+    def metadata(self, scope: str = "admin") -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.tokens[scope]}"),)
+
+    def stub(self, channel: grpc.aio.Channel) -> reference_data_service_pb2_grpc.ReferenceDataServiceStub:
+        return reference_data_service_pb2_grpc.ReferenceDataServiceStub(channel)
+
+
+@contextlib.contextmanager
+def database(backend: str, tmp: Path) -> Iterator[dict[str, str]]:
+    """Environment selecting a fresh SQLite file or a fresh PostgreSQL database."""
+    if backend == "sqlite":
+        yield {"PORTICO_REFDATA_DB": str(tmp / "instruments.sqlite3")}
+        return
+    if not postgres_reachable():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    with fresh_database() as dsn:
+        yield {"PORTICO_REFDATA_DSN": dsn}
+
+
+@contextlib.asynccontextmanager
+async def running_refdata(sim_http_url: str, db_env: dict[str, str],
+                          extra_env: dict[str, str] | None = None) -> AsyncIterator[RunningRefdata]:
+    tokens, auth = make_tokens()
+    env = {"PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": auth,
+           "PORTICO_SYNDR_HTTP_URL": sim_http_url, "PORTICO_SHUTDOWN_GRACE_SECONDS": "1", **db_env,
+           **(extra_env or {})}
+    app = RefdataApp(RefdataSettings.from_env(env), env)
+    await app.start()
+    try:
+        yield RunningRefdata(app, f"127.0.0.1:{app.port}", tokens)
+    finally:
+        await app.aclose(grace_s=0.5)

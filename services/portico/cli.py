@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--vault-port", type=int, default=8200)
     up.add_argument("--sim-port", type=int, default=8700, help="the Syndr simulator's HTTP + WebSocket port")
     up.add_argument("--signer-port", type=int, default=50055)
+    up.add_argument("--refdata-port", type=int, default=50051)
+    up.add_argument("--gateway-port", type=int, default=8080)
 
     sim = sub.add_parser("sim", help="run the Syndr-compatible venue simulator")
     from portico.sim import __main__ as sim_main
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         from portico.up import UpOptions, run_up
 
         raise SystemExit(run_up(UpOptions(host=args.host, vault_port=args.vault_port, sim_port=args.sim_port,
-                                          signer_port=args.signer_port,
+                                          signer_port=args.signer_port, refdata_port=args.refdata_port,
+                                          gateway_port=args.gateway_port,
                                           data_dir=args.data_dir, state_file=args.state_file)))
     if args.command == "sim":
         from portico.sim import __main__ as sim_main

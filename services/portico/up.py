@@ -29,6 +29,7 @@ import grpc
 import hvac
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from portico.refdata.service import SERVICE_NAME as REFDATA_SERVICE
 from portico.runtime.auth import SCOPES, hash_token, new_token
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.signer.admin import KeyAdmin
@@ -53,7 +54,9 @@ class UpOptions:
     host: str = "127.0.0.1"
     vault_port: int = 8200
     sim_port: int = 8700
+    refdata_port: int = 50051
     signer_port: int = 50055
+    gateway_port: int = 8080
     data_dir: Path = Path("var/up")
     state_file: Path | None = None
     ready_timeout_s: float = 60.0
@@ -119,8 +122,7 @@ class Suite:
 
 async def _start_vault(suite: Suite) -> tuple[str, str]:
     options = suite.options
-    if not _port_free(options.host, options.vault_port):
-        raise UpError(f"port {options.host}:{options.vault_port} for Vault is in use (choose --vault-port)")
+    _require_free(options.host, options.vault_port, "Vault", "--vault-port")
     root_token = "root-" + secrets.token_hex(16)
     addr = f"http://{options.host}:{options.vault_port}"
     # -dev-no-store-token: do not write ~/.vault-token, which other Vault clients would pick up.
@@ -167,8 +169,7 @@ async def _start_simulator(suite: Suite) -> dict[str, str]:
     import httpx
 
     options = suite.options
-    if not _port_free(options.host, options.sim_port):
-        raise UpError(f"port {options.host}:{options.sim_port} for the simulator is in use (choose --sim-port)")
+    _require_free(options.host, options.sim_port, "the simulator", "--sim-port")
     suite.spawn("simulator", [sys.executable, "-m", "portico.sim", "--host", options.host,
                               "--port", str(options.sim_port)], {"PORTICO_LOG_FORMAT": "json"})
     http = f"http://{options.host}:{options.sim_port}/api/v1"
@@ -188,6 +189,28 @@ async def _start_simulator(suite: Suite) -> dict[str, str]:
             await asyncio.sleep(0.1)
     return {"http": http, "ws": f"ws://{options.host}:{options.sim_port}/ws/api/v1",
             "admin": f"http://{options.host}:{options.sim_port}/admin"}
+
+
+def _require_free(host: str, port: int, what: str, flag: str) -> None:
+    if not _port_free(host, port):
+        raise UpError(f"port {host}:{port} for {what} is in use (choose {flag})")
+
+
+async def _wait_http(url: str, suite: Suite) -> None:
+    import httpx
+
+    deadline = time.monotonic() + suite.options.ready_timeout_s
+    async with httpx.AsyncClient(timeout=1) as client:
+        while True:
+            suite.check_alive()
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise UpError(f"{url} did not answer in time")
+            await asyncio.sleep(0.1)
 
 
 async def _wait_serving(target: str, service: str, suite: Suite) -> None:
@@ -233,8 +256,7 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     client = hvac.Client(url=vault_addr, token=root_token)
     signer_vault_token = _service_token(client, "signer")
 
-    if not _port_free(options.host, options.signer_port):
-        raise UpError(f"port {options.host}:{options.signer_port} for the signer is in use (choose --signer-port)")
+    _require_free(options.host, options.signer_port, "the signer", "--signer-port")
     signer_addr = f"{options.host}:{options.signer_port}"
     suite.spawn("signer", [sys.executable, "-m", "portico.signer"], {
         **common_env,
@@ -247,6 +269,29 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     })
     await _wait_serving(signer_addr, SIGNER_SERVICE, suite)
     suite.state["services"]["signer"] = signer_addr
+
+    refdata_addr = f"{options.host}:{options.refdata_port}"
+    _require_free(options.host, options.refdata_port, "reference data", "--refdata-port")
+    suite.spawn("refdata", [sys.executable, "-m", "portico.refdata"], {
+        **common_env,
+        "PORTICO_LISTEN_ADDR": refdata_addr,
+        "PORTICO_REFDATA_DB": str(options.data_dir / "refdata" / "instruments.sqlite3"),
+        "PORTICO_REFDATA_SYNC_ON_START": "true",
+        "PORTICO_SYNDR_HTTP_URL": suite.state["simulator"]["http"],
+        "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", "portico-refdata"),
+    })
+    await _wait_serving(refdata_addr, REFDATA_SERVICE, suite)
+    suite.state["services"]["refdata"] = refdata_addr
+
+    _require_free(options.host, options.gateway_port, "the gateway", "--gateway-port")
+    gateway = f"http://{options.host}:{options.gateway_port}"
+    suite.spawn("gateway", [sys.executable, "-m", "portico.gateway"], {
+        **common_env,
+        "PORTICO_GATEWAY_LISTEN_ADDR": f"{options.host}:{options.gateway_port}",
+        "PORTICO_REFDATA_ADDR": refdata_addr,
+    })
+    await _wait_http(f"{gateway}/healthz", suite)
+    suite.state["gateway"] = gateway
     suite.state["tokens"] = tokens
     suite.state["demo"] = {
         "venue": "syndr",
@@ -266,6 +311,7 @@ def _print_summary(state: Mapping[str, Any]) -> None:
     for name, target in state["services"].items():
         print(f"  {name:<10} grpc://{target}")
     print(f"  {'vault':<10} {state['vault']['addr']}")
+    print(f"  {'gateway':<10} {state['gateway']}")
     print(f"  {'venue':<10} {state['simulator']['http']}  {state['simulator']['ws']}  (Syndr simulator)")
     print(f"  demo account {state['demo']['account']} (signing key {state['demo']['signing_key_id']}: "
           f"{state['demo']['signing_key_address']})")

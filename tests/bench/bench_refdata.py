@@ -73,7 +73,7 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "portico.sim", "--port", str(port), "--no-market-maker",
+    sim = subprocess.Popen([sys.executable, "-m", "portico.sim",  # noqa: ASYNC220 - runs for the whole benchmark "--port", str(port), "--no-market-maker",
                             "--extra-instruments", str(args.instruments - 24)], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sim_url = f"http://127.0.0.1:{port}/api/v1"

@@ -1,6 +1,8 @@
 """The `portico` command: run the suite, administer keys and tokens.
 
     portico up [--state-file PATH]        start everything on embedded defaults
+    portico book ETH-PERP [--depth 10]    watch a live order book (every update checked against its checksum)
+    portico trades ETH-PERP               watch the public trade tape
     portico sim [--port 8700 ...]         run the Syndr-compatible venue simulator on its own
     portico signer keys create ID ...     manage signing keys in Vault (no gRPC)
     portico token new NAME --scopes ...   mint a bearer token and its config entry
@@ -31,6 +33,7 @@ SETTINGS_MODULES = (
     "portico.refdata.settings",
     "portico.venues.syndr.settings",
     "portico.gateway.__main__",
+    "portico.marketdata.service",
     "portico.sim.__main__",
 )
 
@@ -56,7 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sim-port", type=int, default=8700, help="the Syndr simulator's HTTP + WebSocket port")
     up.add_argument("--signer-port", type=int, default=50055)
     up.add_argument("--refdata-port", type=int, default=50051)
+    up.add_argument("--marketdata-port", type=int, default=50052)
     up.add_argument("--gateway-port", type=int, default=8080)
+
+    from portico import terminal
+
+    book = sub.add_parser("book", help="watch a live order book (verified against the stream's checksums)")
+    trades = sub.add_parser("trades", help="watch the public trade tape")
+    terminal.add_arguments(book, trades)
 
     sim = sub.add_parser("sim", help="run the Syndr-compatible venue simulator")
     from portico.sim import __main__ as sim_main
@@ -85,8 +95,12 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(run_up(UpOptions(host=args.host, vault_port=args.vault_port, sim_port=args.sim_port,
                                           signer_port=args.signer_port, refdata_port=args.refdata_port,
-                                          gateway_port=args.gateway_port,
+                                          gateway_port=args.gateway_port, marketdata_port=args.marketdata_port,
                                           data_dir=args.data_dir, state_file=args.state_file)))
+    if args.command in ("book", "trades"):
+        from portico import terminal
+
+        raise SystemExit(terminal.run_book(args) if args.command == "book" else terminal.run_trades(args))
     if args.command == "sim":
         from portico.sim import __main__ as sim_main
 

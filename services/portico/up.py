@@ -29,6 +29,7 @@ import grpc
 import hvac
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from portico.marketdata.service import SERVICE_NAME as MARKETDATA_SERVICE
 from portico.refdata.service import SERVICE_NAME as REFDATA_SERVICE
 from portico.runtime.auth import SCOPES, hash_token, new_token
 from portico.runtime.vault import VaultSession, VaultSettings
@@ -55,6 +56,7 @@ class UpOptions:
     vault_port: int = 8200
     sim_port: int = 8700
     refdata_port: int = 50051
+    marketdata_port: int = 50052
     signer_port: int = 50055
     gateway_port: int = 8080
     data_dir: Path = Path("var/up")
@@ -282,6 +284,20 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     })
     await _wait_serving(refdata_addr, REFDATA_SERVICE, suite)
     suite.state["services"]["refdata"] = refdata_addr
+
+    marketdata_addr = f"{options.host}:{options.marketdata_port}"
+    _require_free(options.host, options.marketdata_port, "market data", "--marketdata-port")
+    suite.spawn("marketdata", [sys.executable, "-m", "portico.marketdata"], {
+        **common_env,
+        "PORTICO_LISTEN_ADDR": marketdata_addr,
+        "PORTICO_SYNDR_HTTP_URL": suite.state["simulator"]["http"],
+        "PORTICO_SYNDR_WS_URL": suite.state["simulator"]["ws"],
+        "PORTICO_MARKETDATA_REFDATA_ADDR": refdata_addr,
+        "PORTICO_SERVICE_TOKEN": tokens["read"],
+        "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", "portico-marketdata"),
+    })
+    await _wait_serving(marketdata_addr, MARKETDATA_SERVICE, suite)
+    suite.state["services"]["marketdata"] = marketdata_addr
 
     _require_free(options.host, options.gateway_port, "the gateway", "--gateway-port")
     gateway = f"http://{options.host}:{options.gateway_port}"

@@ -99,11 +99,12 @@ def _port_open(port: int) -> bool:
 
 async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None:
     state_file = tmp_path / "state.json"
-    vault_port, signer_port, sim_port, refdata_port, gateway_port = (free_port() for _ in range(5))
+    vault_port, signer_port, sim_port, refdata_port, gateway_port, marketdata_port = (free_port() for _ in range(6))
     process = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, stopped with a signal below
         [*PORTICO, "up", "--state-file", str(state_file), "--data-dir", str(tmp_path / "data"),
          "--vault-port", str(vault_port), "--signer-port", str(signer_port), "--sim-port", str(sim_port),
-         "--refdata-port", str(refdata_port), "--gateway-port", str(gateway_port)],
+         "--refdata-port", str(refdata_port), "--gateway-port", str(gateway_port),
+         "--marketdata-port", str(marketdata_port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -113,7 +114,13 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
             await asyncio.sleep(0.1)
         state = json.loads(state_file.read_text())
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
-        assert state["services"] == {"signer": f"127.0.0.1:{signer_port}", "refdata": f"127.0.0.1:{refdata_port}"}
+        assert state["services"] == {"signer": f"127.0.0.1:{signer_port}", "refdata": f"127.0.0.1:{refdata_port}",
+                                     "marketdata": f"127.0.0.1:{marketdata_port}"}
+        book = await asyncio.to_thread(
+            subprocess.run, [*PORTICO, "book", "ETH-PERP", "--state-file", str(state_file), "--seconds", "2"],
+            cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert book.returncode == 0, book.stderr  # the terminal view verified every update's checksum
+        assert "ETH-PERP" in book.stdout and "LIVE" in book.stdout
         assert state["gateway"] == f"http://127.0.0.1:{gateway_port}"
         async with httpx.AsyncClient() as http:  # reference data was synced on start, through the gateway
             perp = await http.get(f"{state['gateway']}/v1/instruments/syndr/ETH-PERP",
@@ -143,6 +150,7 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
     assert process.returncode == 0, err
     assert "Portico is up." in out
     assert not state_file.exists()
-    assert not any(_port_open(port) for port in (vault_port, signer_port, sim_port, refdata_port, gateway_port))
+    assert not any(_port_open(port) for port in (vault_port, signer_port, sim_port, refdata_port, gateway_port,
+                                                 marketdata_port))
     for token in state["tokens"].values():  # tokens are in the state file only
         assert token not in out + err

@@ -641,15 +641,30 @@ class OrderBook:
     funding_rate: Decimal | None = None
     open_interest: Decimal | None = None
     stats: MarketStats | None = None
+    # The venue's own strings of each level (for checksums computed from them), and the change id
+    # the book reflects (a field this project's venue adds so a snapshot lines up with book.*.raw).
+    bids_raw: tuple[RawBookLevel, ...] = ()
+    asks_raw: tuple[RawBookLevel, ...] = ()
+    change_id: int | None = None
+
+
+def _raw_levels(value: Any) -> tuple[RawBookLevel, ...]:
+    return tuple((str(price), str(amount)) for price, amount in value)
 
 
 def parse_order_book(obj: Any, *, where: str = "public/get_order_book") -> OrderBook:
     o = _object(obj, where)
+    bids = _levels(_required(o, where, "bids")[1], where, "bids")
+    asks = _levels(_required(o, where, "asks")[1], where, "asks")
+    change_id = o.get("change_id")
     return OrderBook(
+        bids_raw=_raw_levels(o["bids"]),
+        asks_raw=_raw_levels(o["asks"]),
+        change_id=change_id if isinstance(change_id, int) and not isinstance(change_id, bool) else None,
         instrument_name=_str(o, where, "instrument_name"),
         timestamp=_ms(o, where, "timestamp"),
-        bids=_levels(_required(o, where, "bids")[1], where, "bids"),
-        asks=_levels(_required(o, where, "asks")[1], where, "asks"),
+        bids=bids,
+        asks=asks,
         best_bid_price=_opt_dec(o, where, "best_bid_price"),
         best_bid_amount=_opt_dec(o, where, "best_bid_amount"),
         best_ask_price=_opt_dec(o, where, "best_ask_price"),

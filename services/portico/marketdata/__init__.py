@@ -1,0 +1,1 @@
+"""Market data: exact live books, tickers and trades fanned out to many gRPC consumers."""

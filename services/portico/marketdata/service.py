@@ -1,0 +1,393 @@
+"""`portico.marketdata.v1.MarketDataService`, and the app that wires it to the venue and reference data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import grpc
+
+from portico.common.v1 import side_pb2
+from portico.marketdata.book import book_checksum
+from portico.marketdata.feed import LATENCY, QUEUE_DEPTH, FeedSettings, VenueBooks
+from portico.marketdata.v1 import market_data_service_pb2 as pb
+from portico.marketdata.v1 import order_book_pb2, ticker_pb2, trade_pb2
+from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb2
+from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
+from portico.runtime.auth import TokenAuthenticator
+from portico.runtime.client import bearer, open_channel
+from portico.runtime.config import ConfigError, setting
+from portico.runtime.decimals import format_decimal
+from portico.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from portico.runtime.server import GrpcServer, ServerSettings
+from portico.venues.syndr import models
+from portico.venues.syndr.errors import SyndrError, SyndrNotFound, to_portico_error
+from portico.venues.syndr.http import SyndrHttpClient
+from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL
+from portico.venues.syndr.ws import Message, Overflow, SyndrWebSocket
+
+__all__ = ["SERVICE_NAME", "MarketDataApp", "MarketDataServicer", "MarketDataSettings"]
+
+log = logging.getLogger("portico.marketdata")
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["MarketDataService"]
+SERVICE_NAME = _SERVICE.full_name
+METHOD_SCOPES = {f"/{SERVICE_NAME}/{m.name}": "read" for m in _SERVICE.methods}
+ERROR_DOMAIN = "marketdata.portico"
+DEFAULT_PORT = 50052
+MAX_DEPTH = 100
+DEFAULT_DEPTH = 10
+VENUES = ("syndr",)
+_SCOPE = "marketdata"
+
+REFDATA_ADDR = setting("PORTICO_MARKETDATA_REFDATA_ADDR", "", "host:port of reference data, to check symbols "
+                       "(unset: symbols are checked against the venue).", scope=_SCOPE)
+SERVICE_TOKEN = setting("PORTICO_SERVICE_TOKEN", "", "Bearer token this service presents to other Portico "
+                        "services (scope `read` is enough for market data).", scope="services calling services",
+                        secret=True)
+LINGER_MS = setting("PORTICO_MARKETDATA_LINGER_MS", "2", "How long a stream waits for more updates before sending "
+                    "a batch.", scope=_SCOPE)
+MAX_QUEUE = setting("PORTICO_MARKETDATA_MAX_QUEUE", "5000", "Updates a book consumer may have pending before it is "
+                    "conflated to a fresh snapshot.", scope=_SCOPE)
+SILENCE_S = setting("PORTICO_MARKETDATA_SILENCE_SECONDS", "10", "No upstream change for this long marks a book STALE.",
+                    scope=_SCOPE)
+LINGER_UNSUBSCRIBE_S = setting("PORTICO_MARKETDATA_UNSUBSCRIBE_LINGER_SECONDS", "5", "Keep an upstream "
+                               "subscription this long after its last consumer leaves.", scope=_SCOPE)
+
+
+@dataclass(frozen=True)
+class MarketDataSettings:
+    server: ServerSettings
+    syndr_http_url: str
+    syndr_ws_url: str
+    refdata_addr: str | None
+    service_token: str | None
+    feed: FeedSettings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> MarketDataSettings:
+        refdata = REFDATA_ADDR.get_str(env) or None
+        token = SERVICE_TOKEN.get_str(env) or None
+        if refdata and not token:
+            raise ConfigError(f"{REFDATA_ADDR.name} needs {SERVICE_TOKEN.name} to call reference data")
+        feed = FeedSettings(linger_s=LINGER_MS.get_float(env, minimum=0) / 1000,
+                            max_queue=MAX_QUEUE.get_int(env, minimum=10),
+                            silence_limit_s=SILENCE_S.get_float(env, minimum=0.1),
+                            linger_unsubscribe_s=LINGER_UNSUBSCRIBE_S.get_float(env, minimum=0))
+        return cls(ServerSettings.from_env(env, DEFAULT_PORT), SYNDR_HTTP_URL.get_str(env), SYNDR_WS_URL.get_str(env),
+                   refdata, token, feed)
+
+
+def _ts(target: Any, ms: int) -> None:
+    target.FromMilliseconds(ms)
+
+
+def _d(value: Decimal | None) -> str:
+    return format_decimal(value) if value is not None else ""
+
+
+def ticker_proto(venue: str, t: models.Ticker) -> ticker_pb2.Ticker:
+    message = ticker_pb2.Ticker(
+        venue=venue, symbol=t.instrument_name, best_bid_price=_d(t.best_bid_price),
+        best_bid_amount=_d(t.best_bid_amount), best_ask_price=_d(t.best_ask_price),
+        best_ask_amount=_d(t.best_ask_amount), last_price=_d(t.last_price), mark_price=_d(t.mark_price),
+        index_price=_d(t.index_price), funding_rate=_d(t.funding_rate), funding_8h=_d(t.funding_8h),
+        open_interest=_d(t.open_interest), max_price=_d(t.max_price), min_price=_d(t.min_price))
+    if t.stats is not None:
+        message.stats.CopyFrom(ticker_pb2.TickerStats(
+            change_24h=_d(t.stats.change_24h or t.stats.price_change), max_24h=_d(t.stats.max_24h or t.stats.high),
+            min_24h=_d(t.stats.min_24h or t.stats.low), volume_24h=_d(t.stats.volume_24h or t.stats.volume)))
+    if t.greeks is not None:
+        g = t.greeks
+        message.greeks.CopyFrom(ticker_pb2.Greeks(delta=_d(g.delta), gamma=_d(g.gamma), rho=_d(g.rho),
+                                                  sigma=_d(g.sigma), tau=_d(g.tau), theta=_d(g.theta),
+                                                  vega=_d(g.vega)))
+    _ts(message.venue_time, t.timestamp)
+    return message
+
+
+def trade_proto(venue: str, t: models.Trade) -> trade_pb2.Trade:
+    message = trade_pb2.Trade(venue=venue, symbol=t.instrument_name, trade_id=t.id, price=_d(t.price),
+                              amount=_d(t.amount),
+                              taker_side=side_pb2.SIDE_BUY if t.side == "buy" else side_pb2.SIDE_SELL)
+    _ts(message.trade_time, t.timestamp)
+    return message
+
+
+_RESOLUTIONS = {trade_pb2.CANDLE_RESOLUTION_1_MINUTE: "1", trade_pb2.CANDLE_RESOLUTION_5_MINUTES: "5",
+                trade_pb2.CANDLE_RESOLUTION_30_MINUTES: "30", trade_pb2.CANDLE_RESOLUTION_1_HOUR: "60",
+                trade_pb2.CANDLE_RESOLUTION_4_HOURS: "240", trade_pb2.CANDLE_RESOLUTION_1_DAY: "1D"}
+
+
+class MarketDataServicer:
+    """The RPCs; StreamOrderBook yields pre-encoded response bytes (see `handlers`)."""
+
+    def __init__(self, books: Mapping[str, VenueBooks], symbols: SymbolCheck, settings: FeedSettings):
+        self._books = books
+        self._symbols = symbols
+        self._settings = settings
+
+    def _venue(self, venue: str) -> VenueBooks:
+        books = self._books.get(venue.strip().lower())
+        if books is None:
+            raise InvalidArgument("venue", f"unknown venue {venue!r} (known: {', '.join(self._books)})",
+                                  reason="UNKNOWN_VENUE")
+        return books
+
+    @staticmethod
+    def _depth(depth: int) -> int:
+        if depth < 0 or depth > MAX_DEPTH:
+            raise InvalidArgument("depth", f"must be between 1 and {MAX_DEPTH} (0 for the default, {DEFAULT_DEPTH})")
+        return depth or DEFAULT_DEPTH
+
+    async def StreamOrderBook(self, request: pb.StreamOrderBookRequest,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        books = self._venue(request.venue)
+        depth = self._depth(request.depth)
+        await self._symbols.check(books.venue, request.symbol)
+        consumer = await books.attach(request.symbol, depth)
+        linger = self._settings.linger_s
+        try:
+            while True:
+                await consumer.wakeup.wait()
+                if consumer.error is not None:
+                    raise consumer.error
+                if linger and len(consumer.frames) < self._settings.max_batch:
+                    await asyncio.sleep(linger)  # let a few more updates join this message
+                    if consumer.error is not None:
+                        raise consumer.error
+                batch, count, oldest = consumer.take()
+                if count:
+                    QUEUE_DEPTH.record(count)
+                    LATENCY.record((time.time_ns() - oldest) / 1e6)
+                    yield batch
+        finally:
+            books.detach(consumer)
+
+    async def GetOrderBook(self, request: pb.GetOrderBookRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetOrderBookResponse:
+        books = self._venue(request.venue)
+        depth = self._depth(request.depth)
+        await self._symbols.check(books.venue, request.symbol)
+        feed = books.feeds.get(request.symbol)
+        message = order_book_pb2.OrderBook(venue=books.venue, symbol=request.symbol)
+        if feed is not None and feed.live and feed.book is not None:  # the live book
+            bids, asks = feed.book.top(depth)
+            message.sequence = feed.book.change_id
+            _ts(message.venue_time, feed.venue_time_ms)
+        else:
+            snapshot = await _venue_call(books.http, "public/get_order_book",
+                                         {"instrument_name": request.symbol, "depth": depth}, models.parse_order_book)
+            bids, asks = list(snapshot.bids_raw[:depth]), list(snapshot.asks_raw[:depth])
+            message.sequence = snapshot.change_id or 0
+            message.mark_price, message.index_price = _d(snapshot.mark_price), _d(snapshot.index_price)
+            _ts(message.venue_time, snapshot.timestamp)
+        message.bids.extend(order_book_pb2.PriceLevel(price=p, amount=a) for p, a in bids)
+        message.asks.extend(order_book_pb2.PriceLevel(price=p, amount=a) for p, a in asks)
+        message.checksum = book_checksum(bids, asks)
+        return pb.GetOrderBookResponse(order_book=message)
+
+    async def GetTicker(self, request: pb.GetTickerRequest, context: grpc.aio.ServicerContext) -> pb.GetTickerResponse:
+        books = self._venue(request.venue)
+        await self._symbols.check(books.venue, request.symbol)
+        ticker = await _venue_call(books.http, "public/ticker", {"instrument_name": request.symbol},
+                                   models.parse_ticker)
+        return pb.GetTickerResponse(ticker=ticker_proto(books.venue, ticker))
+
+    async def ListTrades(self, request: pb.ListTradesRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ListTradesResponse:
+        books = self._venue(request.venue)
+        if request.page_size < 0 or request.page_token:
+            raise InvalidArgument("page_token" if request.page_token else "page_size",
+                                  "recent trades come in one page of up to 1000")
+        await self._symbols.check(books.venue, request.symbol)
+        trades = await _venue_call(books.http, "public/get_trades",
+                                   {"instrument_name": request.symbol, "count": min(request.page_size or 100, 1000)},
+                                   models.parse_trades)
+        ordered = sorted(trades, key=lambda t: t.timestamp, reverse=True)
+        return pb.ListTradesResponse(trades=[trade_proto(books.venue, t) for t in ordered])
+
+    async def GetCandles(self, request: pb.GetCandlesRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.GetCandlesResponse:
+        books = self._venue(request.venue)
+        resolution = _RESOLUTIONS.get(request.resolution)
+        if resolution is None:
+            raise InvalidArgument("resolution", "must be a specified candle resolution")
+        start, end = request.start_time.ToMilliseconds(), request.end_time.ToMilliseconds()
+        if not request.HasField("start_time") or not request.HasField("end_time") or end <= start:
+            raise InvalidArgument("end_time", "start_time and end_time are required, end after start")
+        await self._symbols.check(books.venue, request.symbol)
+        candles = await _venue_call(books.http, "public/get_tradingview_chart_data",
+                                    {"instrument_name": request.symbol, "resolution": resolution, "from": start,
+                                     "to": end}, models.parse_chart_data)
+        response = pb.GetCandlesResponse()
+        for c in candles:
+            candle = response.candles.add(open=_d(c.open), high=_d(c.high), low=_d(c.low), close=_d(c.close),
+                                          volume=_d(c.volume))
+            _ts(candle.open_time, c.time)
+            _ts(candle.update_time, c.last_updated_time or c.time)
+        return response
+
+    async def _symbols_of(self, books: VenueBooks, symbols: list[str]) -> list[str]:
+        if not symbols:
+            raise InvalidArgument("symbols", "at least one symbol is required")
+        for symbol in symbols:
+            await self._symbols.check(books.venue, symbol)
+        return list(dict.fromkeys(symbols))
+
+    async def StreamTickers(self, request: pb.StreamTickersRequest, context: grpc.aio.ServicerContext
+                            ) -> AsyncIterator[pb.StreamTickersResponse]:
+        books = self._venue(request.venue)
+        symbols = await self._symbols_of(books, list(request.symbols))
+        async with await books.ws.subscribe([f"ticker.{s}" for s in symbols]) as subscription:
+            async for event in subscription:
+                if isinstance(event, Message):
+                    yield pb.StreamTickersResponse(tickers=[ticker_proto(books.venue, models.parse_ticker(event.data))])
+
+    async def StreamTrades(self, request: pb.StreamTradesRequest, context: grpc.aio.ServicerContext
+                           ) -> AsyncIterator[pb.StreamTradesResponse]:
+        books = self._venue(request.venue)
+        symbols = await self._symbols_of(books, list(request.symbols))
+        async with await books.ws.subscribe([f"trades.{s}.raw" for s in symbols]) as subscription:
+            async for event in subscription:
+                if isinstance(event, Overflow):
+                    raise ResourceExhausted("the trade stream fell behind; trades would be missing",
+                                            reason="CONSUMER_TOO_SLOW")
+                if isinstance(event, Message):
+                    yield pb.StreamTradesResponse(trades=[trade_proto(books.venue, models.parse_trade(event.data))])
+
+
+async def _venue_call(http: SyndrHttpClient, method: str, params: dict[str, Any], parse: Any) -> Any:
+    try:
+        return parse((await http.call(method, params)).result)
+    except SyndrError as exc:
+        raise to_portico_error(exc) from None
+
+
+class SymbolCheck:
+    """Unknown symbols are NOT_FOUND: checked against reference data (or the venue), cached briefly."""
+
+    def __init__(self, http: Mapping[str, SyndrHttpClient], refdata: grpc.aio.Channel | None, token: str | None,
+                 ttl_s: float = 60.0):
+        self._http = http
+        self._refdata = refdata_grpc.ReferenceDataServiceStub(refdata) if refdata is not None else None
+        self._token = token
+        self._ttl = ttl_s
+        self._known: dict[tuple[str, str], float] = {}
+
+    async def check(self, venue: str, symbol: str) -> None:
+        if not symbol:
+            raise InvalidArgument("symbol", "is required")
+        key = (venue, symbol)
+        if time.monotonic() - self._known.get(key, -1e9) < self._ttl:
+            return
+        if self._refdata is not None:
+            try:
+                reply = await self._refdata.GetInstrument(refdata_pb2.GetInstrumentRequest(venue=venue, symbol=symbol),
+                                                          metadata=bearer(self._token or ""), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise NotFound(f"{venue} has no instrument {symbol!r}", reason="INSTRUMENT_NOT_FOUND") from None
+                raise Unavailable(f"reference data unavailable: {exc.code().name}",
+                                  reason="REFDATA_UNAVAILABLE") from None
+            if not reply.instrument.active:
+                raise NotFound(f"{venue} no longer lists {symbol!r}", reason="INSTRUMENT_INACTIVE")
+        else:
+            try:
+                await self._http[venue].call("public/get_instrument", {"instrument_name": symbol})
+            except SyndrNotFound:
+                raise NotFound(f"{venue} has no instrument {symbol!r}", reason="INSTRUMENT_NOT_FOUND") from None
+            except SyndrError as exc:
+                raise to_portico_error(exc) from None
+        self._known[key] = time.monotonic()
+
+
+def handlers(servicer: MarketDataServicer) -> grpc.GenericRpcHandler:
+    """The service's method handlers; StreamOrderBook sends its pre-encoded bytes untouched."""
+    def stream(behavior: Any, request: Any, response: Any, identity: bool = False) -> grpc.RpcMethodHandler:
+        return grpc.unary_stream_rpc_method_handler(
+            behavior, request_deserializer=request.FromString,
+            response_serializer=(lambda b: b) if identity else response.SerializeToString)
+
+    def unary(behavior: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=request.FromString,
+                                                   response_serializer=response.SerializeToString)
+
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "StreamOrderBook": stream(servicer.StreamOrderBook, pb.StreamOrderBookRequest, pb.StreamOrderBookResponse,
+                                  identity=True),
+        "StreamTickers": stream(servicer.StreamTickers, pb.StreamTickersRequest, pb.StreamTickersResponse),
+        "StreamTrades": stream(servicer.StreamTrades, pb.StreamTradesRequest, pb.StreamTradesResponse),
+        "GetOrderBook": unary(servicer.GetOrderBook, pb.GetOrderBookRequest, pb.GetOrderBookResponse),
+        "GetTicker": unary(servicer.GetTicker, pb.GetTickerRequest, pb.GetTickerResponse),
+        "ListTrades": unary(servicer.ListTrades, pb.ListTradesRequest, pb.ListTradesResponse),
+        "GetCandles": unary(servicer.GetCandles, pb.GetCandlesRequest, pb.GetCandlesResponse),
+    })
+
+
+class MarketDataApp:
+    """The market-data process: venue connections, book feeds, symbol checks, gRPC server."""
+
+    def __init__(self, settings: MarketDataSettings, env: Mapping[str, str]):
+        self.settings = settings
+        self.http = SyndrHttpClient(settings.syndr_http_url)
+        self.ws = SyndrWebSocket(settings.syndr_ws_url)
+        self.books = {"syndr": VenueBooks("syndr", self.ws, self.http, settings.feed)}
+        self.refdata = open_channel(settings.refdata_addr) if settings.refdata_addr else None
+        self.symbols = SymbolCheck({"syndr": self.http}, self.refdata, settings.service_token)
+        self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
+                                 authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
+        self.server.grpc.add_generic_rpc_handlers([handlers(MarketDataServicer(self.books, self.symbols,
+                                                                               settings.feed))])
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        await self.ws.start()
+        await self.server.start([SERVICE_NAME])
+        if self.refdata is not None:
+            self._watch = asyncio.create_task(self._watch_reference_data(), name="marketdata-refdata-watch")
+
+    async def _watch_reference_data(self) -> None:
+        """A tick-size (or any) change of an instrument from reference data rebuilds that book."""
+        assert self.refdata is not None
+        stub = refdata_grpc.ReferenceDataServiceStub(self.refdata)
+        while True:
+            try:
+                async for message in stub.WatchInstruments(refdata_pb2.WatchInstrumentsRequest(venue="syndr"),
+                                                           metadata=bearer(self.settings.service_token or "")):
+                    for event in message.events:
+                        if event.type == refdata_pb2.INSTRUMENT_EVENT_TYPE_UPDATED:
+                            self.books["syndr"].resync(event.instrument.symbol, "reference data changed")
+            except grpc.aio.AioRpcError as exc:
+                log.warning("reference-data watch ended; retrying", extra={"code": exc.code().name})
+            await asyncio.sleep(1)
+
+    async def aclose(self, grace_s: float | None = None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.server.stop(grace_s)
+        for books in self.books.values():
+            await books.aclose()
+        await self.ws.aclose()
+        await self.http.aclose()
+        if self.refdata is not None:
+            await self.refdata.close()
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            await self.server.run_until_signalled()
+        finally:
+            await self.aclose(grace_s=0)

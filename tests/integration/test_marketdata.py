@@ -1,0 +1,283 @@
+"""MarketDataService against the simulator: exact books under faults, fan-out, slow consumers, the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from tests.support.signer import make_tokens
+
+from portico.marketdata.book import Book, book_checksum
+from portico.marketdata.service import MarketDataApp, MarketDataSettings
+from portico.marketdata.v1 import market_data_service_pb2 as pb
+from portico.marketdata.v1 import market_data_service_pb2_grpc as pb_grpc
+from portico.marketdata.v1 import order_book_pb2, trade_pb2
+from portico.runtime.client import open_channel
+from portico.sim.instruments import fmt_decimal
+from portico.sim.server import SimConfig, Simulator
+
+SNAPSHOT, DELTA = order_book_pb2.BOOK_EVENT_TYPE_SNAPSHOT, order_book_pb2.BOOK_EVENT_TYPE_DELTA
+RESYNCING, STALE = order_book_pb2.BOOK_EVENT_TYPE_RESYNCING, order_book_pb2.BOOK_EVENT_TYPE_STALE
+
+
+@dataclass
+class Running:
+    app: MarketDataApp
+    target: str
+    tokens: dict[str, str]
+
+    def metadata(self) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.tokens['read']}"),)
+
+
+@contextlib.asynccontextmanager
+async def running_marketdata(sim: Simulator, **env: str) -> AsyncIterator[Running]:
+    tokens, auth = make_tokens()
+    full = {"PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": auth, "PORTICO_SYNDR_HTTP_URL": sim.http_url,
+            "PORTICO_SYNDR_WS_URL": sim.ws_url, "PORTICO_SHUTDOWN_GRACE_SECONDS": "0.5", **env}
+    app = MarketDataApp(MarketDataSettings.from_env(full), full)
+    await app.start()
+    try:
+        yield Running(app, f"127.0.0.1:{app.port}", tokens)
+    finally:
+        await app.aclose(grace_s=0.2)
+
+
+@dataclass
+class Consumer:
+    """Applies every message as a client must, and checks every chain and checksum."""
+
+    depth: int
+    book: Book | None = None
+    sequence: int = 0
+    epoch: int = -1
+    updates: int = 0
+    snapshots: int = 0
+    broken: list[str] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+    def apply(self, update: order_book_pb2.BookUpdate) -> None:
+        self.updates += 1
+        levels = ([(lv.price, lv.amount) for lv in update.bids], [(lv.price, lv.amount) for lv in update.asks])
+        if update.type == SNAPSHOT:
+            self.book = Book.from_snapshot(*levels, update.sequence)
+            self.sequence, self.epoch = update.sequence, update.epoch
+            self.snapshots += 1
+        elif update.type == DELTA:
+            if self.book is None or update.epoch != self.epoch or update.previous_sequence != self.sequence:
+                self.broken.append(f"delta {update.previous_sequence}->{update.sequence} on {self.sequence}")
+                return
+            self.book.apply(*levels)
+            self.sequence = update.sequence
+        else:
+            self.statuses.append(update.type)
+            return
+        assert self.book is not None
+        if book_checksum(*self.book.top(self.depth)) != update.checksum:
+            self.broken.append(f"checksum mismatch at {update.sequence}")
+
+    def top(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        assert self.book is not None
+        return self.book.top(self.depth)
+
+
+async def consume(stub: pb_grpc.MarketDataServiceStub, running: Running, consumer: Consumer,
+                  symbol: str = "ETH-PERP") -> None:
+    stream = stub.StreamOrderBook(pb.StreamOrderBookRequest(venue="syndr", symbol=symbol, depth=consumer.depth),
+                                  metadata=running.metadata())
+    with contextlib.suppress(asyncio.CancelledError):
+        async for message in stream:
+            for update in message.updates:
+                consumer.apply(update)
+
+
+def venue_top(sim: Simulator, symbol: str, depth: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    view = sim.engine.book(symbol, depth)
+    return ([(fmt_decimal(p), fmt_decimal(a)) for p, a in view.bids],
+            [(fmt_decimal(p), fmt_decimal(a)) for p, a in view.asks])
+
+
+async def until(predicate: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimConfig(port=0, seed=21, book_changes_per_second=1500)) as simulator:
+        yield simulator
+
+
+async def test_consumers_hold_the_venues_book_exactly_through_faults(sim: Simulator) -> None:
+    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
+        stub = pb_grpc.MarketDataServiceStub(channel)
+        consumers = [Consumer(depth) for depth in (1, 5, 10, 10, 50)]
+        tasks = [asyncio.create_task(consume(stub, running, c)) for c in consumers]
+        await until(lambda: all(c.snapshots for c in consumers))
+        await asyncio.sleep(1.5)
+        await sim.close_websockets()  # upstream drops: reconnect, resubscribe, rebuild
+        await asyncio.sleep(1.5)
+        await sim.close_websockets()
+        await asyncio.sleep(1.5)
+        # Gaps last, so that no later rebuild could hide a mishandled one: each dropped change must
+        # be noticed and repaired by the service itself.
+        for _ in range(4):
+            sim.faults.update({"skip_change_ids": {"ETH-PERP": 1}})
+            await asyncio.sleep(0.4)
+        sim.market_maker.changes_per_second = 0  # let everything drain, then compare
+        feed = running.app.books["syndr"].feeds["ETH-PERP"]
+        await until(lambda: feed.live and feed.book is not None
+                    and feed.book.change_id == sim.engine.book("ETH-PERP", 1).change_id)
+        await until(lambda: all(c.sequence == feed.book.change_id or c.top() == venue_top(sim, "ETH-PERP", c.depth)
+                                for c in consumers if feed.book is not None))
+        await asyncio.sleep(0.3)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert feed.rebuilds >= 7  # the start, two reconnects and each of the four gaps
+    for consumer in consumers:
+        assert consumer.broken == []
+        assert consumer.top() == venue_top(sim, "ETH-PERP", consumer.depth)
+        assert consumer.updates > 100 and consumer.snapshots >= 3 and RESYNCING in consumer.statuses
+
+
+async def test_many_consumers_share_one_upstream_subscription(sim: Simulator) -> None:
+    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
+        stub = pb_grpc.MarketDataServiceStub(channel)
+        consumers = [Consumer(10) for _ in range(25)]
+        tasks = [asyncio.create_task(consume(stub, running, c)) for c in consumers]
+        await until(lambda: all(c.updates > 20 for c in consumers))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    subscribed = [c for r in sim.requests if r.method == "public/subscribe" for c in r.params["channels"]]
+    assert subscribed.count("book.ETH-PERP.15.raw") == 1
+    assert all(c.broken == [] for c in consumers)
+
+
+async def test_a_consumer_that_stops_reading_is_conflated_and_cut_off() -> None:
+    async with Simulator(SimConfig(port=0, seed=3, book_changes_per_second=6000)) as sim, \
+            running_marketdata(sim, PORTICO_MARKETDATA_MAX_QUEUE="50") as running, \
+            open_channel(running.target) as channel:
+        stub = pb_grpc.MarketDataServiceStub(channel)
+        readers = [Consumer(10) for _ in range(3)]
+        tasks = [asyncio.create_task(consume(stub, running, c)) for c in readers]
+        # The slow consumer has its own connection with a small, fixed flow-control window (no BDP
+        # probing), so the server's writes to it block as soon as it stops reading.
+        async with open_channel(running.target, options={"grpc.http2.bdp_probe": 0}) as slow_channel:
+            slow = pb_grpc.MarketDataServiceStub(slow_channel).StreamOrderBook(
+                pb.StreamOrderBookRequest(venue="syndr", symbol="ETH-PERP", depth=50), metadata=running.metadata())
+            await slow.read()  # opened, then never read again
+            feed = running.app.books["syndr"].feeds["ETH-PERP"]
+            peak = 0
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                queues = [len(c.frames) for v in feed.views.values() for c in v.consumers]
+                peak = max(peak, *queues)
+                if len(queues) == 3:  # the slow one has been cut off
+                    break
+                await asyncio.sleep(0.05)
+            counts = [c.updates for c in readers]
+            await asyncio.sleep(1)
+            assert all(c.updates > n for c, n in zip(readers, counts, strict=True))  # the others keep flowing
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async with asyncio.timeout(20):
+                    while True:
+                        await slow.read()
+            slow.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert peak <= 50  # the server never held more than the bound for it
+    assert all(c.broken == [] for c in readers)
+
+
+async def test_cancelled_streams_free_their_resources_and_unsubscribe(sim: Simulator) -> None:
+    async with running_marketdata(sim, PORTICO_MARKETDATA_UNSUBSCRIBE_LINGER_SECONDS="0.2") as running, \
+            open_channel(running.target) as channel:
+        stub = pb_grpc.MarketDataServiceStub(channel)
+        consumers = [Consumer(10) for _ in range(3)]
+        tasks = [asyncio.create_task(consume(stub, running, c)) for c in consumers]
+        await until(lambda: all(c.snapshots for c in consumers))
+        books = running.app.books["syndr"]
+        assert books.feeds["ETH-PERP"].consumers() == 3
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await until(lambda: "ETH-PERP" not in books.feeds)
+    assert any(r.method == "public/unsubscribe" and "book.ETH-PERP.15.raw" in r.params["channels"]
+               for r in sim.requests)
+
+
+async def test_a_silent_book_is_reported_stale() -> None:
+    async with Simulator(SimConfig(port=0, market_maker=False)) as quiet, \
+            running_marketdata(quiet, PORTICO_MARKETDATA_SILENCE_SECONDS="0.3") as running, \
+            open_channel(running.target) as channel:
+        consumer = Consumer(5)
+        task = asyncio.create_task(consume(pb_grpc.MarketDataServiceStub(channel), running, consumer))
+        await until(lambda: STALE in consumer.statuses, timeout_s=5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert consumer.snapshots == 1 and consumer.broken == []
+
+
+@pytest.mark.parametrize(("request_", "code"), [
+    (pb.StreamOrderBookRequest(venue="syndr", symbol="DOGE-PERP", depth=5), grpc.StatusCode.NOT_FOUND),
+    (pb.StreamOrderBookRequest(venue="syndr", symbol="ETH-PERP", depth=1000), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.StreamOrderBookRequest(venue="syndr", symbol="ETH-PERP", depth=-1), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.StreamOrderBookRequest(venue="kraken", symbol="ETH-PERP"), grpc.StatusCode.INVALID_ARGUMENT),
+])
+async def test_bad_stream_requests(sim: Simulator, request_: pb.StreamOrderBookRequest, code: grpc.StatusCode) -> None:
+    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in pb_grpc.MarketDataServiceStub(channel).StreamOrderBook(request_,
+                                                                                  metadata=running.metadata()):
+                pass
+    assert caught.value.code() == code
+
+
+async def test_unary_reads_and_ticker_and_trade_streams(sim: Simulator) -> None:
+    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
+        stub = pb_grpc.MarketDataServiceStub(channel)
+        md = running.metadata()
+        book = (await stub.GetOrderBook(pb.GetOrderBookRequest(venue="syndr", symbol="ETH-PERP", depth=5),
+                                        metadata=md)).order_book
+        assert len(book.bids) == 5 and book.sequence > 0
+        assert book.checksum == book_checksum([(lv.price, lv.amount) for lv in book.bids],
+                                              [(lv.price, lv.amount) for lv in book.asks])
+        ticker = (await stub.GetTicker(pb.GetTickerRequest(venue="syndr", symbol="ETH-PERP"), metadata=md)).ticker
+        assert ticker.mark_price and ticker.symbol == "ETH-PERP"
+        tickers = stub.StreamTickers(pb.StreamTickersRequest(venue="syndr", symbols=["ETH-PERP", "BTC-PERP"]),
+                                     metadata=md)
+        seen = set()
+        async for message in tickers:
+            seen.update(t.symbol for t in message.tickers)
+            if seen == {"ETH-PERP", "BTC-PERP"}:
+                break
+        tickers.cancel()
+        trades = stub.StreamTrades(pb.StreamTradesRequest(venue="syndr", symbols=["ETH-PERP"]), metadata=md)
+        first = await asyncio.wait_for(trades.read(), 10)
+        trades.cancel()
+        assert first.trades[0].symbol == "ETH-PERP" and first.trades[0].price
+        recent = (await stub.ListTrades(pb.ListTradesRequest(venue="syndr", symbol="ETH-PERP"), metadata=md)).trades
+        assert recent and recent[0].trade_time.ToMilliseconds() >= recent[-1].trade_time.ToMilliseconds()
+        start, end = Timestamp(), Timestamp()
+        start.FromMilliseconds(int(time.time() * 1000) - 3_600_000)
+        end.FromMilliseconds(int(time.time() * 1000) + 60_000)
+        candles = (await stub.GetCandles(pb.GetCandlesRequest(
+            venue="syndr", symbol="ETH-PERP", resolution=trade_pb2.CANDLE_RESOLUTION_1_MINUTE, start_time=start,
+            end_time=end), metadata=md)).candles
+        assert candles and candles[-1].close
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetCandles(pb.GetCandlesRequest(venue="syndr", symbol="ETH-PERP", start_time=start,
+                                                       end_time=end), metadata=md)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
@@ -281,3 +282,29 @@ async def test_unary_reads_and_ticker_and_trade_streams(sim: Simulator) -> None:
             await stub.GetCandles(pb.GetCandlesRequest(venue="syndr", symbol="ETH-PERP", start_time=start,
                                                        end_time=end), metadata=md)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_tick_size_change_in_reference_data_rebuilds_the_book(sim: Simulator, tmp_path: Path) -> None:
+    from tests.support.refdata import database, running_refdata
+
+    from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
+
+    with database("sqlite", tmp_path) as db_env:
+        async with running_refdata(sim.http_url, db_env) as refdata, open_channel(refdata.target) as refdata_channel:
+            sync = refdata.stub(refdata_channel).SyncInstruments
+            await sync(refdata_pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata())
+            async with running_marketdata(sim, PORTICO_MARKETDATA_REFDATA_ADDR=refdata.target,
+                                          PORTICO_SERVICE_TOKEN=refdata.tokens["read"]) as running, \
+                    open_channel(running.target) as channel:
+                consumer = Consumer(10)
+                task = asyncio.create_task(consume(pb_grpc.MarketDataServiceStub(channel), running, consumer))
+                await until(lambda: consumer.snapshots == 1)
+                await asyncio.sleep(0.3)  # the service's reference-data watch is established
+                epoch = consumer.epoch
+                sim.update_instrument("ETH-PERP", tick_size="0.2")
+                await sync(refdata_pb.SyncInstrumentsRequest(venue="syndr", symbols=["ETH-PERP"]),
+                           metadata=refdata.metadata())
+                await until(lambda: consumer.snapshots == 2)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    assert consumer.epoch > epoch and RESYNCING in consumer.statuses and consumer.broken == []

@@ -308,3 +308,21 @@ async def test_a_tick_size_change_in_reference_data_rebuilds_the_book(sim: Simul
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
     assert consumer.epoch > epoch and RESYNCING in consumer.statuses and consumer.broken == []
+
+
+async def test_the_audit_finds_no_divergence_and_repairs_a_corrupted_book(sim: Simulator) -> None:
+    async with running_marketdata(sim, PORTICO_MARKETDATA_AUDIT_SECONDS="0.2") as running, \
+            open_channel(running.target) as channel:
+        consumer = Consumer(10)
+        task = asyncio.create_task(consume(pb_grpc.MarketDataServiceStub(channel), running, consumer))
+        await until(lambda: consumer.snapshots == 1)
+        feed = running.app.books["syndr"].feeds["ETH-PERP"]
+        await until(lambda: feed.audits >= 3)
+        assert feed.divergences == 0
+        assert feed.book is not None
+        feed.book.apply([("1", "7")], [])  # corrupt the service's own book, far from the top
+        await until(lambda: feed.divergences == 1 and feed.live)
+        await until(lambda: consumer.snapshots >= 2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert consumer.broken == []

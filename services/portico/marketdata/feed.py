@@ -49,6 +49,9 @@ CONSUMERS = _meter.create_up_down_counter("marketdata.consumers", description="l
 QUEUE_DEPTH = _meter.create_histogram("marketdata.queue.depth", description="updates per batch sent to a consumer")
 LATENCY = _meter.create_histogram("marketdata.latency", unit="ms",
                                   description="upstream frame received to batch handed to gRPC")
+AUDITS = _meter.create_counter("marketdata.audits", description="books compared with the venue's snapshot")
+DIVERGENCE = _meter.create_histogram("marketdata.audit.divergence",
+                                     description="levels that differed from the venue's book at the same change id")
 
 BookUpdate = order_book_pb2.BookUpdate
 _UPDATES_TAG = bytes([(pb.StreamOrderBookResponse.DESCRIPTOR.fields_by_name["updates"].number << 3) | 2])
@@ -83,6 +86,7 @@ class FeedSettings:
     silence_limit_s: float = 10.0  # no upstream change for this long -> STALE
     linger_unsubscribe_s: float = 5.0  # keep the upstream subscription this long after the last consumer
     max_buffer: int = 100_000  # changes buffered during a rebuild before the rebuild starts over
+    audit_interval_s: float = 30.0  # compare each live book with the venue's snapshot this often (0: never)
 
 
 @dataclass(eq=False)
@@ -209,6 +213,10 @@ class InstrumentFeed:
         self._rebuild: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.rebuilds = 0
+        self.audits = 0
+        self.divergences = 0
+        self.audits_skipped = 0
+        self._audit: models.OrderBook | None = None  # a venue snapshot ahead of our book, to compare at its id
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -302,6 +310,10 @@ class InstrumentFeed:
         if self.book.crossed():
             self.resync("crossed book")
             return
+        if self._audit is not None and self.book.change_id >= (self._audit.change_id or 0):
+            snapshot, self._audit = self._audit, None
+            if self.book.change_id == snapshot.change_id and not self._compare(snapshot):
+                return
         for view in self.views.values():
             data = view.changed(self.book)
             if data is not None:
@@ -375,6 +387,44 @@ class InstrumentFeed:
                 view.publish(view.snapshot_frame(), now)
             return
 
+    # ------------------------------------------------------------------ audit
+
+    async def audit(self) -> None:
+        """Fetch the venue's book and compare it with ours at the same change id."""
+        if not self.live or self.book is None:
+            return
+        try:
+            snapshot = models.parse_order_book((await self._http.call(
+                "public/get_order_book", {"instrument_name": self.symbol, "depth": 10_000})).result)
+        except SyndrError as exc:
+            log.warning("audit snapshot failed", extra={"symbol": self.symbol, "error": str(exc)})
+            return
+        if not self.live or self.book is None or snapshot.change_id is None:
+            return
+        if snapshot.change_id == self.book.change_id:
+            self._compare(snapshot)
+        elif snapshot.change_id > self.book.change_id:
+            self._audit = snapshot  # compared when our book reaches that change id
+        else:
+            self.audits_skipped += 1  # we are already past it; the next audit will line up
+
+    def _compare(self, snapshot: models.OrderBook) -> bool:
+        """Record the divergence; rebuild if there is any. True if the books agree."""
+        assert self.book is not None
+        ours = dict(self.book.bids.values()), dict(self.book.asks.values())
+        theirs = dict(snapshot.bids_raw), dict(snapshot.asks_raw)
+        differing = sum(len(set(o.items()) ^ set(t.items())) for o, t in zip(ours, theirs, strict=True))
+        self.audits += 1
+        AUDITS.add(1)
+        DIVERGENCE.record(differing)
+        if differing:
+            self.divergences += 1
+            log.warning("book diverged from the venue; rebuilding",
+                        extra={"symbol": self.symbol, "change_id": snapshot.change_id, "levels": differing})
+            self.resync("audit divergence")
+            return False
+        return True
+
     async def _watch_silence(self) -> None:
         limit = self._settings.silence_limit_s
         while True:
@@ -396,6 +446,17 @@ class VenueBooks:
         self.feeds: dict[str, InstrumentFeed] = {}
         self._starting: dict[str, asyncio.Future[InstrumentFeed]] = {}
         self._closing: dict[str, asyncio.TimerHandle] = {}
+        self._auditor: asyncio.Task[None] | None = None
+
+    def start_audits(self) -> None:
+        if self.settings.audit_interval_s > 0 and self._auditor is None:
+            self._auditor = asyncio.create_task(self._audit_loop(), name=f"audit-{self.venue}")
+
+    async def _audit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.audit_interval_s)
+            for feed in list(self.feeds.values()):
+                await feed.audit()
 
     async def attach(self, symbol: str, depth: int) -> BookConsumer:
         pending_close = self._closing.pop(symbol, None)
@@ -444,6 +505,10 @@ class VenueBooks:
             feed.resync(reason)
 
     async def aclose(self) -> None:
+        if self._auditor is not None:
+            self._auditor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._auditor
         for handle in self._closing.values():
             handle.cancel()
         for feed in list(self.feeds.values()):

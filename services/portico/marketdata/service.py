@@ -57,6 +57,8 @@ MAX_QUEUE = setting("PORTICO_MARKETDATA_MAX_QUEUE", "5000", "Updates a book cons
                     "conflated to a fresh snapshot.", scope=_SCOPE)
 SILENCE_S = setting("PORTICO_MARKETDATA_SILENCE_SECONDS", "10", "No upstream change for this long marks a book STALE.",
                     scope=_SCOPE)
+AUDIT_S = setting("PORTICO_MARKETDATA_AUDIT_SECONDS", "30", "Compare each live book with the venue's snapshot at the "
+                  "same change id this often (0: never); a divergence is counted and repaired.", scope=_SCOPE)
 LINGER_UNSUBSCRIBE_S = setting("PORTICO_MARKETDATA_UNSUBSCRIBE_LINGER_SECONDS", "5", "Keep an upstream "
                                "subscription this long after its last consumer leaves.", scope=_SCOPE)
 
@@ -79,7 +81,8 @@ class MarketDataSettings:
         feed = FeedSettings(linger_s=LINGER_MS.get_float(env, minimum=0) / 1000,
                             max_queue=MAX_QUEUE.get_int(env, minimum=10),
                             silence_limit_s=SILENCE_S.get_float(env, minimum=0.1),
-                            linger_unsubscribe_s=LINGER_UNSUBSCRIBE_S.get_float(env, minimum=0))
+                            linger_unsubscribe_s=LINGER_UNSUBSCRIBE_S.get_float(env, minimum=0),
+                            audit_interval_s=AUDIT_S.get_float(env, minimum=0))
         return cls(ServerSettings.from_env(env, DEFAULT_PORT), SYNDR_HTTP_URL.get_str(env), SYNDR_WS_URL.get_str(env),
                    refdata, token, feed)
 
@@ -353,6 +356,8 @@ class MarketDataApp:
 
     async def start(self) -> None:
         await self.ws.start()
+        for books in self.books.values():
+            books.start_audits()
         await self.server.start([SERVICE_NAME])
         if self.refdata is not None:
             self._watch = asyncio.create_task(self._watch_reference_data(), name="marketdata-refdata-watch")

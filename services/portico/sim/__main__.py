@@ -18,6 +18,13 @@ ADMIN_TOKEN = setting("PORTICO_SIM_ADMIN_TOKEN", "", "Bearer token the simulator
                       "(unset: open, for loopback development).", scope="simulator", secret=True)
 
 
+def _names(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected one or more instrument names, comma-separated")
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SimConfig()
     parser.add_argument("--host", default=defaults.host, help="address to bind (default 127.0.0.1)")
@@ -26,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--book-changes-per-second", type=float, default=defaults.book_changes_per_second,
                         help="market-maker activity across all instruments")
     parser.add_argument("--no-market-maker", action="store_true", help="books move only with client orders")
+    parser.add_argument("--market-maker-instruments", type=_names, default=None, metavar="NAME[,NAME...]",
+                        help="concentrate market-maker activity on these instruments (default: all)")
     parser.add_argument("--extra-instruments", type=int, default=0, help="generate this many more instruments")
     parser.add_argument("--default-collateral", default=str(defaults.default_collateral),
                         help="USDT credited to an account when it registers a signing key")
@@ -34,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace) -> SimConfig:
     return SimConfig(host=args.host, port=args.port, seed=args.seed,
                      book_changes_per_second=args.book_changes_per_second, market_maker=not args.no_market_maker,
+                     market_maker_instruments=args.market_maker_instruments,
                      catalog_extra=args.extra_instruments, default_collateral=Decimal(args.default_collateral),
                      admin_token=ADMIN_TOKEN.get_str(os.environ) or None)
 

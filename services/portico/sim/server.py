@@ -58,6 +58,7 @@ class SimConfig:
     seed: int = 7
     book_changes_per_second: float = 200.0  # market-maker activity across all instruments
     market_maker: bool = True
+    market_maker_instruments: tuple[str, ...] | None = None  # None: the market maker works every instrument
     catalog_extra: int = 0  # extra generated instruments (e.g. 10,000 for a sync benchmark)
     default_collateral: Decimal = Decimal("1000000")  # USDT credited to an account when it registers
     admin_token: str | None = None  # bearer token for /admin/ (None: open, for loopback development)
@@ -230,7 +231,9 @@ class Simulator:
         self.security = Security(orderbook_address=self.orderbook_address,
                                  signing_keys_manager_address=self.signing_keys_manager_address)
         self.market_maker = MarketMaker(self.engine, rng=random.Random(self.config.seed + 2),
-                                        changes_per_second=self.config.book_changes_per_second)
+                                        changes_per_second=self.config.book_changes_per_second,
+                                        instruments=(list(self.config.market_maker_instruments)
+                                                     if self.config.market_maker_instruments is not None else None))
         self.faults = Faults()
         self.buckets = CreditBuckets(capacity=self.config.rate_limit_capacity,
                                      refill_per_s=self.config.rate_limit_refill_per_s)

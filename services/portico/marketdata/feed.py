@@ -19,7 +19,6 @@ RESOURCE_EXHAUSTED, so it never slows the others or grows memory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -32,6 +31,7 @@ from portico.marketdata.book import Book, Level, book_checksum, top_diff
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import order_book_pb2
 from portico.runtime.errors import PorticoError, ResourceExhausted
+from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError
 from portico.venues.syndr.http import SyndrHttpClient
@@ -228,10 +228,7 @@ class InstrumentFeed:
 
     async def aclose(self) -> None:
         for task in (self._reader, self._rebuild, self._watchdog):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
         if self._subscription is not None:
             await self._subscription.close()
         for view in self.views.values():
@@ -505,10 +502,7 @@ class VenueBooks:
             feed.resync(reason)
 
     async def aclose(self) -> None:
-        if self._auditor is not None:
-            self._auditor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._auditor
+        await cancel_and_wait(self._auditor)
         for handle in self._closing.values():
             handle.cancel()
         for feed in list(self.feeds.values()):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -25,6 +24,7 @@ from portico.runtime.client import bearer, open_channel
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.decimals import format_decimal
 from portico.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
 from portico.runtime.server import GrpcServer, ServerSettings
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, SyndrNotFound, to_portico_error
@@ -334,7 +334,7 @@ def handlers(servicer: MarketDataServicer) -> grpc.GenericRpcHandler:
     })
 
 
-class MarketDataApp:
+class MarketDataApp(GrpcServiceApp):
     """The market-data process: venue connections, book feeds, symbol checks, gRPC server."""
 
     def __init__(self, settings: MarketDataSettings, env: Mapping[str, str]):
@@ -349,10 +349,6 @@ class MarketDataApp:
         self.server.grpc.add_generic_rpc_handlers([handlers(MarketDataServicer(self.books, self.symbols,
                                                                                settings.feed))])
         self._watch: asyncio.Task[None] | None = None
-
-    @property
-    def port(self) -> int:
-        return self.server.port
 
     async def start(self) -> None:
         await self.ws.start()
@@ -378,10 +374,7 @@ class MarketDataApp:
             await asyncio.sleep(1)
 
     async def aclose(self, grace_s: float | None = None) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await cancel_and_wait(self._watch)
         await self.server.stop(grace_s)
         for books in self.books.values():
             await books.aclose()
@@ -389,10 +382,3 @@ class MarketDataApp:
         await self.http.aclose()
         if self.refdata is not None:
             await self.refdata.close()
-
-    async def run(self) -> None:
-        await self.start()
-        try:
-            await self.server.run_until_signalled()
-        finally:
-            await self.aclose(grace_s=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +22,7 @@ from portico.refdata.v1 import instrument_pb2, reference_data_service_pb2, refer
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.decimals import format_decimal
 from portico.runtime.errors import InvalidArgument, NotFound
+from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
 from portico.runtime.server import GrpcServer
 from portico.venues.syndr.http import SyndrHttpClient
 
@@ -211,7 +211,7 @@ def _event(event: InstrumentEvent) -> reference_data_service_pb2.InstrumentEvent
     return message
 
 
-class RefdataApp:
+class RefdataApp(GrpcServiceApp):
     """The reference-data process: store, venue clients, syncer, gRPC server, scheduled syncs."""
 
     def __init__(self, settings: RefdataSettings, env: Mapping[str, str]):
@@ -226,10 +226,6 @@ class RefdataApp:
             ReferenceDataServicer(self.store, self.syncer, self.hub), self.server.grpc)
         self._scheduled: asyncio.Task[None] | None = None
 
-    @property
-    def port(self) -> int:
-        return self.server.port
-
     async def start(self) -> None:
         await self.store.start()
         if self.settings.sync_on_start:
@@ -240,17 +236,7 @@ class RefdataApp:
                                                   name="refdata-scheduled-sync")
 
     async def aclose(self, grace_s: float | None = None) -> None:
-        if self._scheduled is not None:
-            self._scheduled.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduled
+        await cancel_and_wait(self._scheduled)
         await self.server.stop(grace_s)
         await self.syndr.aclose()
         await self.store.aclose()
-
-    async def run(self) -> None:
-        await self.start()
-        try:
-            await self.server.run_until_signalled()
-        finally:
-            await self.aclose(grace_s=0)

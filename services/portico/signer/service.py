@@ -8,7 +8,6 @@ writes one audit line. It never returns, logs or traces key material.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ import grpc
 from portico.runtime.auth import TokenAuthenticator, current_principal
 from portico.runtime.eip712 import TypedDataError, TypedDataHash, hash_typed_data
 from portico.runtime.errors import InvalidArgument
+from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
 from portico.runtime.server import GrpcServer
 from portico.runtime.vault import VaultSession
 from portico.signer.keystore import KeyPaths, KeyStore, check_key_id
@@ -112,7 +112,7 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
             raise InvalidArgument("typed_data_json", "types are nested too deeply") from None
 
 
-class SignerApp:
+class SignerApp(GrpcServiceApp):
     """The signer process: Vault session, key store, salt ledger, gRPC server, Vault watch."""
 
     def __init__(self, settings: SignerSettings, env: Mapping[str, str]):
@@ -126,10 +126,6 @@ class SignerApp:
             SignerServicer(self.keys, self.ledger, max_payload_bytes=settings.max_payload_bytes), self.server.grpc)
         self.vault_available: bool | None = None  # unknown until the first check
         self._watch: asyncio.Task[None] | None = None
-
-    @property
-    def port(self) -> int:
-        return self.server.port
 
     async def start(self) -> None:
         await self.ledger.start()
@@ -163,19 +159,8 @@ class SignerApp:
             await self._check_vault()
 
     async def aclose(self, grace_s: float | None = None) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await cancel_and_wait(self._watch)
         await self.server.stop(grace_s)
         self.keys.clear()
         await self.ledger.aclose()
         await self.vault.aclose()
-
-    async def run(self) -> None:
-        """Start, serve until SIGTERM/SIGINT, drain, and close."""
-        await self.start()
-        try:
-            await self.server.run_until_signalled()
-        finally:
-            await self.aclose(grace_s=0)

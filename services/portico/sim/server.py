@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from portico.runtime.lifecycle import cancel_and_wait
 from portico.sim.errors import RpcFailure
 from portico.sim.faults import Faults
 from portico.sim.params import Params
@@ -141,9 +142,7 @@ class Connection:
             return
         self.closed = True
         self.sim.unsubscribe_all(self)
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        await cancel_and_wait(self._writer)
         with contextlib.suppress(Exception):
             await self.ws.close(code=code, message=message.encode())
 
@@ -289,10 +288,7 @@ class Simulator:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
         await self.close_websockets(code=1001, message="venue shutting down")
         if self._runner is not None:

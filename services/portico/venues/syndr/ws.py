@@ -50,6 +50,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
 from websockets.uri import parse_uri
 
+from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr.constants import NOTIFICATION_METHODS, WS_PATH, ErrorCode
 from portico.venues.syndr.credentials import ApiCredentials
 from portico.venues.syndr.errors import (
@@ -381,10 +382,7 @@ class SyndrWebSocket:
         if self._closing:
             return
         self._closing = True
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        await cancel_and_wait(self._runner)
         if self._ws is not None:  # the runner closes it; this covers a runner that never started
             await self._ws.close()
             self._ws = None

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -202,7 +203,8 @@ async def test_a_consumer_that_stops_reading_is_conflated_and_cut_off() -> None:
     assert all(c.broken == [] for c in readers)
 
 
-async def test_cancelled_streams_free_their_resources_and_unsubscribe(sim: Simulator) -> None:
+async def test_cancelled_streams_free_their_resources_and_unsubscribe(sim: Simulator, spans: Any,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     async with running_marketdata(sim, PORTICO_MARKETDATA_UNSUBSCRIBE_LINGER_SECONDS="0.2") as running, \
             open_channel(running.target) as channel:
         stub = pb_grpc.MarketDataServiceStub(channel)
@@ -217,6 +219,11 @@ async def test_cancelled_streams_free_their_resources_and_unsubscribe(sim: Simul
         await until(lambda: "ETH-PERP" not in books.feeds)
     assert any(r.method == "public/unsubscribe" and "book.ETH-PERP.15.raw" in r.params["channels"]
                for r in sim.requests)
+    # Each cancelled stream's server span was ended, and nothing failed while cleaning up.
+    ended = [s for s in spans.get_finished_spans()
+             if s.name == "portico.marketdata.v1.MarketDataService/StreamOrderBook" and s.kind.name == "SERVER"]
+    assert len(ended) == 3
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 async def test_a_silent_book_is_reported_stale() -> None:

@@ -100,9 +100,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             current_principal.set(principal)
 
         def finish(span: trace.Span, ctx_token: object, principal_token: object) -> None:
-            current_principal.reset(principal_token)  # type: ignore[arg-type]
-            otel_context.detach(ctx_token)  # type: ignore[arg-type]
             span.end()
+            try:
+                current_principal.reset(principal_token)  # type: ignore[arg-type]
+            except ValueError:
+                # A cancelled stream's generator is closed from another context: the
+                # variables set in ours are gone with it, and so must the OTel context be.
+                return
+            otel_context.detach(ctx_token)  # type: ignore[arg-type]
 
         async def fail(exc: BaseException, span: trace.Span, context: grpc.aio.ServicerContext) -> None:
             if isinstance(exc, PorticoError):

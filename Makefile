@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_syndr_parse --out bench-results/syndr_parse.json
 	$(BIN)/python -m tests.bench.bench_sim_engine --out bench-results/sim_engine.json
 	$(BIN)/python -m tests.bench.bench_refdata --out bench-results/refdata.json
+	$(BIN)/python -m tests.bench.bench_marketdata --out bench-results/marketdata.json
 
 clean:
 	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache

@@ -37,7 +37,7 @@ import grpc
 import orjson
 from websockets.asyncio.client import connect
 
-from portico.marketdata.feed import FeedSettings
+from portico.marketdata.feed import FeedSettings, frame
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import order_book_pb2
 
@@ -46,24 +46,10 @@ __all__ = ["Bridge", "main"]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MarketDataService"].full_name
 SNAPSHOT = order_book_pb2.BOOK_EVENT_TYPE_SNAPSHOT
 DELTA = order_book_pb2.BOOK_EVENT_TYPE_DELTA
-_UPDATES_TAG = bytes([(pb.StreamOrderBookResponse.DESCRIPTOR.fields_by_name["updates"].number << 3) | 2])
 BookUpdate = order_book_pb2.BookUpdate
 PriceLevel = order_book_pb2.PriceLevel
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def encode(update: order_book_pb2.BookUpdate) -> bytes:
-    """One update as an element of `StreamOrderBookResponse.updates` (a response is a concatenation of these)."""
-    body = update.SerializeToString()
-    return _UPDATES_TAG + _varint(len(body)) + body
+# The same encoding the service uses (pure framing, no book logic), so the baseline batches identically.
+encode = frame
 
 
 class Consumer:

@@ -271,8 +271,8 @@ class InstrumentFeed:
         assert self._subscription is not None
         async for event in self._subscription:
             if isinstance(event, Message):
-                try:
-                    change = models.parse_book_change(event.raw)
+                try:  # the WebSocket layer has decoded the frame already: build the change from that
+                    change = models.book_change_from_data(event.channel, event.data)
                 except SyndrError:
                     log.warning("unreadable book frame; rebuilding", extra={"symbol": self.symbol})
                     self.resync("unreadable frame")

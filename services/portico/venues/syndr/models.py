@@ -87,6 +87,7 @@ __all__ = [
     "Trade",
     "TransactionUpdate",
     "UserTrade",
+    "book_change_from_data",
     "decode",
     "parse_account_summary",
     "parse_api_key_deactivation",
@@ -926,6 +927,11 @@ def _book_change(channel: str, data: Any) -> BookChange:
         previous_change_id=(previous_change_id if previous_change_id is None or type(previous_change_id) is int
                             else _to_int(previous_change_id, channel, "previous_change_id")),
     )
+
+
+def book_change_from_data(channel: str, data: Any) -> BookChange:
+    """A ``book.*`` notification's already-decoded ``data`` as a BookChange (no second JSON parse)."""
+    return _book_change(channel, data)
 
 
 def parse_book_change(frame: Frame) -> BookChange:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 __all__ = ["CONTRACT_TYPES", "INSTRUMENT_TYPES", "TRACKED_FIELDS", "InstrumentChange", "InstrumentFilter",
            "InstrumentRecord"]
 
-InstrumentType = Literal["spot", "perpetual", "future", "option"]
 INSTRUMENT_TYPES: tuple[str, ...] = ("spot", "perpetual", "future", "option")
 CONTRACT_TYPES: tuple[str, ...] = (
     "move", "linear_future", "inverse_future", "quanto_future", "linear_perpetual", "inverse_perpetual",

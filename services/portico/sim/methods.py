@@ -71,28 +71,10 @@ def get_instrument(sim: Simulator, p: Params, ctx: CallContext) -> Any:
 
 
 def get_order_book(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    name = p.text("instrument_name")
+    """The document's result, plus the `change_id` the book reflects (so a client can line it up
+    with the book.*.raw stream) and an optional `depth` (default 50)."""
     depth = p.integer("depth", 50, minimum=1)
-    book = sim.engine.book(name, min(depth, 10_000))
-    ticker = sim.engine.ticker(name)
-    best_bid = book.bids[0] if book.bids else (Decimal(0), Decimal(0))
-    best_ask = book.asks[0] if book.asks else (Decimal(0), Decimal(0))
-    return {
-        "asks": [[_s(px), _s(amt)] for px, amt in book.asks],
-        "best_ask_amount": _s(best_ask[1]), "best_ask_price": _s(best_ask[0]),
-        "best_bid_amount": _s(best_bid[1]), "best_bid_price": _s(best_bid[0]),
-        "bids": [[_s(px), _s(amt)] for px, amt in book.bids],
-        "funding_rate": ticker["funding_rate"], "index_price": ticker["index_price"],
-        "instrument_name": name, "last_price": ticker["last_price"], "mark_price": ticker["mark_price"],
-        "max_price": ticker["max_price"], "min_price": ticker["min_price"],
-        "open_interest": ticker["open_interest"],
-        "stats": {"high": ticker["stats"]["max_24h"], "low": ticker["stats"]["min_24h"],
-                  "price_change": ticker["stats"]["change_24h"], "volume": ticker["stats"]["volume_24h"]},
-        "timestamp": str(book.timestamp_ms),
-        # Not in the document: the change id the book reflects, so a client can
-        # line this snapshot up with the book.*.raw stream.
-        "change_id": book.change_id,
-    }
+    return sim.engine.order_book(p.text("instrument_name"), min(depth, 10_000))
 
 
 def get_trades(sim: Simulator, p: Params, ctx: CallContext) -> Any:

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,17 +131,11 @@ async def _start_vault(suite: Suite) -> tuple[str, str]:
     suite.spawn("vault", [_bao_binary(), "server", "-dev", "-dev-no-store-token", f"-dev-root-token-id={root_token}",
                           f"-dev-listen-address={options.host}:{options.vault_port}"], {})
     client = hvac.Client(url=addr, token=root_token, timeout=2)
-    deadline = time.monotonic() + options.ready_timeout_s
-    while True:
-        suite.check_alive()
-        try:
-            if client.sys.is_initialized() and not client.sys.is_sealed():
-                break
-        except Exception:  # noqa: S110 - not listening yet; retried until the deadline
-            pass
-        if time.monotonic() > deadline:
-            raise UpError("Vault did not become ready in time")
-        await asyncio.sleep(0.1)
+
+    async def unsealed() -> bool:
+        return bool(client.sys.is_initialized() and not client.sys.is_sealed())
+
+    await _until_ready(suite, "Vault", unsealed)
     return addr, root_token
 
 
@@ -175,20 +169,13 @@ async def _start_simulator(suite: Suite) -> dict[str, str]:
     suite.spawn("simulator", [sys.executable, "-m", "portico.sim", "--host", options.host,
                               "--port", str(options.sim_port)], {"PORTICO_LOG_FORMAT": "json"})
     http = f"http://{options.host}:{options.sim_port}/api/v1"
-    deadline = time.monotonic() + options.ready_timeout_s
     async with httpx.AsyncClient(timeout=1) as client:
-        while True:
-            suite.check_alive()
-            try:
-                reply = await client.post(http, json={"jsonrpc": "2.0", "id": 1,
-                                                      "method": "public/get_all_instrument_names"})
-                if reply.status_code == 200 and "result" in reply.json():
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise UpError("the simulator did not become ready in time")
-            await asyncio.sleep(0.1)
+        async def answers() -> bool:
+            reply = await client.post(http, json={"jsonrpc": "2.0", "id": 1,
+                                                  "method": "public/get_all_instrument_names"})
+            return reply.status_code == 200 and "result" in reply.json()
+
+        await _until_ready(suite, "the simulator", answers)
     return {"http": http, "ws": f"ws://{options.host}:{options.sim_port}/ws/api/v1",
             "admin": f"http://{options.host}:{options.sim_port}/admin"}
 
@@ -198,38 +185,40 @@ def _require_free(host: str, port: int, what: str, flag: str) -> None:
         raise UpError(f"port {host}:{port} for {what} is in use (choose {flag})")
 
 
+async def _until_ready(suite: Suite, what: str, probe: Callable[[], Awaitable[bool]]) -> None:
+    """Poll `probe` until it says ready; fail if a process died or the deadline passed."""
+    deadline = time.monotonic() + suite.options.ready_timeout_s
+    while True:
+        suite.check_alive()
+        try:
+            if await probe():
+                return
+        except Exception:  # noqa: S110 - not listening yet; retried until the deadline
+            pass
+        if time.monotonic() > deadline:
+            raise UpError(f"{what} did not become ready in time")
+        await asyncio.sleep(0.1)
+
+
 async def _wait_http(url: str, suite: Suite) -> None:
     import httpx
 
-    deadline = time.monotonic() + suite.options.ready_timeout_s
     async with httpx.AsyncClient(timeout=1) as client:
-        while True:
-            suite.check_alive()
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise UpError(f"{url} did not answer in time")
-            await asyncio.sleep(0.1)
+        async def ok() -> bool:
+            return (await client.get(url)).status_code == 200
+
+        await _until_ready(suite, url, ok)
 
 
 async def _wait_serving(target: str, service: str, suite: Suite) -> None:
-    deadline = time.monotonic() + suite.options.ready_timeout_s
     async with grpc.aio.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            suite.check_alive()
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise UpError(f"{service} at {target} did not report SERVING in time")
-            await asyncio.sleep(0.1)
+
+        async def serving() -> bool:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        await _until_ready(suite, f"{service} at {target}", serving)
 
 
 def _write_state(path: Path, state: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ __all__ = ["main"]
 # Every module that declares settings: importing it registers them for the table.
 SETTINGS_MODULES = (
     "portico.runtime.auth",
+    "portico.runtime.client",
     "portico.runtime.logs",
     "portico.runtime.server",
     "portico.runtime.telemetry",

@@ -20,7 +20,7 @@ from portico.marketdata.v1 import order_book_pb2, ticker_pb2, trade_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb2
 from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
 from portico.runtime.auth import TokenAuthenticator
-from portico.runtime.client import bearer, open_channel
+from portico.runtime.client import SERVICE_TOKEN, bearer, open_channel
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.decimals import format_decimal
 from portico.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -48,9 +48,6 @@ _SCOPE = "marketdata"
 
 REFDATA_ADDR = setting("PORTICO_MARKETDATA_REFDATA_ADDR", "", "host:port of reference data, to check symbols "
                        "(unset: symbols are checked against the venue).", scope=_SCOPE)
-SERVICE_TOKEN = setting("PORTICO_SERVICE_TOKEN", "", "Bearer token this service presents to other Portico "
-                        "services (scope `read` is enough for market data).", scope="services calling services",
-                        secret=True)
 LINGER_MS = setting("PORTICO_MARKETDATA_LINGER_MS", "2", "How long a stream waits for more updates before sending "
                     "a batch.", scope=_SCOPE)
 MAX_QUEUE = setting("PORTICO_MARKETDATA_MAX_QUEUE", "5000", "Updates a book consumer may have pending before it is "

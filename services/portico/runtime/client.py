@@ -11,9 +11,14 @@ from pathlib import Path
 
 import grpc
 
+from portico.runtime.config import setting
 from portico.runtime.interceptors import client_interceptors
 
-__all__ = ["bearer", "open_channel"]
+__all__ = ["SERVICE_TOKEN", "bearer", "open_channel"]
+
+SERVICE_TOKEN = setting("PORTICO_SERVICE_TOKEN", "", "Bearer token this service presents to other Portico services "
+                        "(market data needs scope `read`; execution `read` and `trade`).",
+                        scope="services calling services", secret=True)
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:

@@ -12,6 +12,9 @@ wins over a SQLite path):
   (autocommit connections; transactions are explicit, so a read is one round
   trip and never leaves a transaction open).
 
+The worker thread, the pool and the migration runner are `portico.runtime.sqlstore`'s, shared with the
+other SQL-backed stores.
+
 Schema (see `MIGRATIONS`; versions in `schema_version`): `instruments` has one
 row per (venue, symbol); the whole normalised record, change history included,
 is the `record` JSON (TEXT in SQLite, `json` in PostgreSQL: never queried
@@ -41,29 +44,31 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
-import functools
 import sqlite3
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from portico.refdata.model import TRACKED_FIELDS, InstrumentChange, InstrumentFilter, InstrumentRecord
+from portico.runtime.sqlstore import (
+    Migration,
+    Schema,
+    SchemaVersionError,
+    SqliteWorker,
+    immediate_transaction,
+    open_postgres_pool,
+    pg_scalar,
+)
 
 if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL store starts: the SQLite backend does not need it
-    from psycopg import AsyncConnection
-    from psycopg_pool import AsyncConnectionPool
-
-    _Pool = AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]
+    from portico.runtime.sqlstore import PostgresPool as _Pool
 
 __all__ = [
     "MIGRATIONS",
@@ -77,9 +82,6 @@ __all__ = [
     "SyncOutcome",
     "open_store",
 ]
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 EventKind = Literal["added", "updated", "deactivated"]
 
@@ -104,22 +106,8 @@ class SyncOutcome:
     events: tuple[InstrumentEvent, ...] = ()
 
 
-class SchemaVersionError(RuntimeError):
-    """The database's schema is newer than this code: running on it could corrupt it."""
-
-
 # --------------------------------------------------------------------------------------------------------------
-# Schema migrations
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One schema step; each is applied in its own transaction together with its `schema_version` row."""
-
-    version: int
-    description: str
-    sqlite: tuple[str, ...]
-    postgres: tuple[str, ...]
+# Schema migrations (applied by `portico.runtime.sqlstore`)
 
 
 _FILTER_INDEXES = (
@@ -172,41 +160,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
-SCHEMA_VERSION = MIGRATIONS[-1].version
-
-_VERSION_TABLE_SQLITE = """CREATE TABLE IF NOT EXISTS schema_version (
-    version       INTEGER PRIMARY KEY,
-    description   TEXT    NOT NULL,
-    applied_at_ms INTEGER NOT NULL
-)"""
-_VERSION_TABLE_POSTGRES = """CREATE TABLE IF NOT EXISTS schema_version (
-    version       INTEGER PRIMARY KEY,
-    description   TEXT    NOT NULL,
-    applied_at_ms BIGINT  NOT NULL
-)"""
-# Advisory lock key serialising migrations across processes. Above the int4 range, so it can never collide
-# with a venue's lock key (`hashtext` is an int4).
-_MIGRATION_LOCK = 0x706F727469636F  # "portico"
-
-
-def _check_migrations(migrations: Sequence[Migration]) -> None:
-    if [m.version for m in migrations] != list(range(1, len(migrations) + 1)):
-        raise RuntimeError("refdata migrations must be numbered 1, 2, 3, ... in order")
-
-
-_check_migrations(MIGRATIONS)
-
-
-def _refuse_newer(found: int) -> None:
-    if found > SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"the instrument database is at schema version {found}, newer than this code knows "
-            f"({SCHEMA_VERSION}): a newer portico has migrated it; run that version (or restore a backup) "
-            "instead of downgrading")
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+SCHEMA = Schema("the instrument database", MIGRATIONS)  # checks the numbering; version table `schema_version`
+SCHEMA_VERSION = SCHEMA.version
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -421,106 +376,24 @@ class SqliteInstrumentStore(InstrumentStore):
     """SQLite on one dedicated worker thread, WAL journal."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0, synchronous: str = "NORMAL"):
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError("synchronous must be FULL or NORMAL")
-        self._path = path
-        self._busy_timeout_ms = int(busy_timeout_s * 1000)
-        self._synchronous = synchronous
-        self._executor: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None  # opened, used and closed on the worker thread only
-
-    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._executor is None:
-            raise RuntimeError("SqliteInstrumentStore.start() was not awaited (or the store is closed)")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the SQLite instrument store is closed")
-        return self._db
+        self._worker = SqliteWorker(path, SCHEMA, label="SqliteInstrumentStore", busy_timeout_s=busy_timeout_s,
+                                    synchronous=synchronous)
 
     async def start(self) -> None:
-        if self._executor is not None:
-            return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refdata-sqlite")
-        try:
-            await self._call(self._open)
-        except BaseException:
-            await self.aclose()
-            raise
-
-    def _open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; every write below is in an explicit BEGIN IMMEDIATE.
-        db = sqlite3.connect(self._path, isolation_level=None)
-        self._db = db
-        db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        self._migrate(db)
-
-    @staticmethod
-    def _version(db: sqlite3.Connection) -> int | None:
-        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
-        if exists is None:
-            return None
-        found: int | None = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-        return found or 0
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        current = self._version(db)
-        if current is not None:
-            _refuse_newer(current)
-            if current == SCHEMA_VERSION:
-                return  # up to date: not even a lock
-        for migration in MIGRATIONS:
-            with self._transaction(db):
-                db.execute(_VERSION_TABLE_SQLITE)
-                current = self._version(db) or 0  # again, under the lock: another process may have migrated
-                _refuse_newer(current)
-                if current >= migration.version:
-                    continue
-                for statement in migration.sqlite:
-                    db.execute(statement)
-                db.execute("INSERT INTO schema_version (version, description, applied_at_ms) VALUES (?, ?, ?)",
-                           (migration.version, migration.description, _now_ms()))
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-        """BEGIN IMMEDIATE: takes the write lock up front, so the reads inside see the last committed sync."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        await self._worker.start()
 
     async def aclose(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close)
-        finally:
-            executor.shutdown(wait=False)  # its one thread is idle now and exits by itself
-
-    def _close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            db.close()
+        await self._worker.aclose()
 
     async def sync_venue(self, venue: str, records: Sequence[InstrumentRecord], *, full: bool,
                          now_ms: int) -> SyncOutcome:
         _check_records(venue, records)
-        return await self._call(self._sync, venue, records, full, now_ms)
+        return await self._worker.call(self._sync, venue, records, full, now_ms)
 
-    def _sync(self, venue: str, records: Sequence[InstrumentRecord], full: bool, now_ms: int) -> SyncOutcome:
-        db = self._conn()
-        with self._transaction(db):
+    @staticmethod
+    def _sync(db: sqlite3.Connection, venue: str, records: Sequence[InstrumentRecord], full: bool,
+              now_ms: int) -> SyncOutcome:
+        with immediate_transaction(db):
             if full:
                 cursor = db.execute("SELECT record FROM instruments WHERE venue = ?", (venue,))
             else:  # only the given symbols: one parameter (a JSON array), whatever the number of symbols
@@ -537,10 +410,11 @@ class SqliteInstrumentStore(InstrumentStore):
         return plan.outcome
 
     async def get(self, venue: str, symbol: str) -> InstrumentRecord | None:
-        return await self._call(self._get, venue, symbol)
+        return await self._worker.call(self._get, venue, symbol)
 
-    def _get(self, venue: str, symbol: str) -> InstrumentRecord | None:
-        row = self._conn().execute("SELECT record FROM instruments WHERE venue = ? AND symbol = ?",
+    @staticmethod
+    def _get(db: sqlite3.Connection, venue: str, symbol: str) -> InstrumentRecord | None:
+        row = db.execute("SELECT record FROM instruments WHERE venue = ? AND symbol = ?",
                                    (venue, symbol)).fetchone()
         return None if row is None else _decode(row[0])
 
@@ -549,9 +423,10 @@ class SqliteInstrumentStore(InstrumentStore):
         _validate_limit(limit)
         if limit == 0:
             return []
-        return await self._call(self._list, venue, flt, limit, after_symbol)
+        return await self._worker.call(self._list, venue, flt, limit, after_symbol)
 
-    def _list(self, venue: str, flt: InstrumentFilter, limit: int,
+    @staticmethod
+    def _list(db: sqlite3.Connection, venue: str, flt: InstrumentFilter, limit: int,
               after_symbol: str | None) -> builtins.list[InstrumentRecord]:
         where = ["venue = ?"]
         params: builtins.list[Any] = [venue]
@@ -572,20 +447,22 @@ class SqliteInstrumentStore(InstrumentStore):
         # the records directly, SQLite walks the primary key and reads every wide row to test the filter.
         query = (f"SELECT record FROM instruments WHERE rowid IN (SELECT rowid FROM instruments "  # noqa: S608
                  f"WHERE {' AND '.join(where)} ORDER BY symbol LIMIT ?) ORDER BY symbol")
-        return _decode_rows(self._conn().execute(query, params))
+        return _decode_rows(db.execute(query, params))
 
     async def count(self, venue: str) -> int:
-        return await self._call(self._scalar, "SELECT COUNT(*) FROM instruments WHERE venue = ?", (venue,))
+        return await self._worker.call(self._scalar, "SELECT COUNT(*) FROM instruments WHERE venue = ?", (venue,))
 
-    def _scalar(self, query: str, params: Sequence[Any]) -> int:
-        value: int = self._conn().execute(query, params).fetchone()[0]
+    @staticmethod
+    def _scalar(db: sqlite3.Connection, query: str, params: Sequence[Any]) -> int:
+        value: int = db.execute(query, params).fetchone()[0]
         return value
 
     async def venues(self) -> builtins.list[str]:
-        return await self._call(self._venues)
+        return await self._worker.call(self._venues)
 
-    def _venues(self) -> builtins.list[str]:
-        return [row[0] for row in self._conn().execute("SELECT DISTINCT venue FROM instruments ORDER BY venue")]
+    @staticmethod
+    def _venues(db: sqlite3.Connection) -> builtins.list[str]:
+        return [row[0] for row in db.execute("SELECT DISTINCT venue FROM instruments ORDER BY venue")]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -605,53 +482,8 @@ class PostgresInstrumentStore(InstrumentStore):
     async def start(self) -> None:
         if self._pool is not None:
             return
-        from psycopg_pool import AsyncConnectionPool
-
-        pool = AsyncConnectionPool(self._dsn, min_size=self._min_size, max_size=self._max_size, open=False,
-                                   kwargs={"autocommit": True}, name="portico-refdata")
-        try:
-            await pool.open(wait=True, timeout=self._connect_timeout_s)
-            await self._migrate(pool)
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
-
-    @staticmethod
-    async def _scalar(conn: AsyncConnection[tuple[Any, ...]], query: str, params: Sequence[Any] = ()) -> Any:
-        cursor = await conn.execute(query, params)
-        row = await cursor.fetchone()
-        if row is None:
-            raise RuntimeError(f"no row from {query!r}")
-        return row[0]
-
-    @classmethod
-    async def _version(cls, conn: AsyncConnection[tuple[Any, ...]]) -> int | None:
-        if not await cls._scalar(conn, "SELECT to_regclass('schema_version') IS NOT NULL"):
-            return None
-        found: int = await cls._scalar(conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version")
-        return found
-
-    async def _migrate(self, pool: _Pool) -> None:
-        async with pool.connection() as conn:
-            current = await self._version(conn)
-            if current is not None:
-                _refuse_newer(current)
-                if current == SCHEMA_VERSION:
-                    return  # up to date: not even a lock
-            for migration in MIGRATIONS:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                    await conn.execute(_VERSION_TABLE_POSTGRES)
-                    current = await self._version(conn) or 0  # again, under the lock
-                    _refuse_newer(current)
-                    if current >= migration.version:
-                        continue
-                    for statement in migration.postgres:
-                        await conn.execute(statement)
-                    await conn.execute(
-                        "INSERT INTO schema_version (version, description, applied_at_ms) VALUES (%s, %s, %s)",
-                        (migration.version, migration.description, _now_ms()))
+        self._pool = await open_postgres_pool(self._dsn, SCHEMA, name="portico-refdata", min_size=self._min_size,
+                                              max_size=self._max_size, connect_timeout_s=self._connect_timeout_s)
 
     def _started(self) -> _Pool:
         if self._pool is None:
@@ -688,7 +520,7 @@ class PostgresInstrumentStore(InstrumentStore):
         if _worth_analyzing(plan.outcome):  # after COMMIT: the venue's lock is not held for it
             async with self._started().connection() as conn:
                 changed = plan.outcome.added + plan.outcome.deactivated
-                if _stats_stale(changed, await self._scalar(conn, "SELECT COUNT(*) FROM instruments")):
+                if _stats_stale(changed, await pg_scalar(conn, "SELECT COUNT(*) FROM instruments")):
                     await conn.execute("ANALYZE instruments")  # a table we do not own: a warning, not an error
         return plan.outcome
 
@@ -734,7 +566,7 @@ class PostgresInstrumentStore(InstrumentStore):
 
     async def count(self, venue: str) -> int:
         async with self._started().connection() as conn:
-            found: int = await self._scalar(conn, "SELECT COUNT(*) FROM instruments WHERE venue = %s", (venue,))
+            found: int = await pg_scalar(conn, "SELECT COUNT(*) FROM instruments WHERE venue = %s", (venue,))
         return found
 
     async def venues(self) -> builtins.list[str]:

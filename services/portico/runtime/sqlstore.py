@@ -1,0 +1,317 @@
+"""What every SQL-backed store shares: versioned migrations, SQLite on one worker thread, a PostgreSQL pool.
+
+A store describes its schema as a `Schema` (an ordered tuple of `Migration`s,
+each with its SQLite and PostgreSQL statements) and gets it applied by
+`SqliteWorker.start()` or `open_postgres_pool()`:
+
+- Each migration runs in its own transaction together with its row in the
+  schema's version table, so a crash leaves the database at a whole version.
+- Concurrent first starts (several processes, or several stores in one) migrate
+  exactly once: SQLite serialises them on `BEGIN IMMEDIATE` (the file's single
+  writer lock), PostgreSQL on a transaction-scoped advisory lock; the version is
+  read again under the lock before each step.
+- A database at a newer version than the code knows is refused
+  (`SchemaVersionError`): running old code on it could corrupt it.
+- An up-to-date database costs one read and no lock.
+
+Each schema names its own version table, so stores of different services can
+share one PostgreSQL database without their version numbers colliding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL pool opens: SQLite-only deployments do not need it
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+    PostgresPool = AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]
+
+__all__ = [
+    "MIGRATION_LOCK",
+    "Migration",
+    "Schema",
+    "SchemaVersionError",
+    "SqliteWorker",
+    "immediate_transaction",
+    "now_ms",
+    "open_postgres_pool",
+    "pg_scalar",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Advisory lock key serialising migrations across processes. Above the int4 range, so it can never collide
+# with a key from `hashtext` (an int4), which stores use for their own locks.
+MIGRATION_LOCK = 0x706F727469636F  # "portico"
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+class SchemaVersionError(RuntimeError):
+    """The database's schema is newer than this code: running on it could corrupt it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step; each is applied in its own transaction together with its version row."""
+
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """A store's migrations, what to call its database in errors, and the table recording its version.
+
+    Append new steps at the end with the next version number; never edit a released step.
+    """
+
+    what: str  # "the instrument database": for error messages
+    migrations: tuple[Migration, ...]
+    version_table: str = "schema_version"
+
+    def __post_init__(self) -> None:
+        if [m.version for m in self.migrations] != list(range(1, len(self.migrations) + 1)):
+            raise RuntimeError(f"the migrations of {self.what} must be numbered 1, 2, 3, ... in order")
+        if not _IDENTIFIER.fullmatch(self.version_table):  # it is spliced into SQL
+            raise ValueError(f"bad version table name {self.version_table!r}")
+
+    @property
+    def version(self) -> int:
+        """The version this code migrates to."""
+        return self.migrations[-1].version if self.migrations else 0
+
+    def refuse_newer(self, found: int) -> None:
+        if found > self.version:
+            raise SchemaVersionError(
+                f"{self.what} is at schema version {found}, newer than this code knows ({self.version}): "
+                "a newer portico has migrated it; run that version (or restore a backup) instead of downgrading")
+
+    def version_table_sql(self, integer: str) -> str:
+        return (f"CREATE TABLE IF NOT EXISTS {self.version_table} (\n"
+                "    version       INTEGER PRIMARY KEY,\n"
+                "    description   TEXT    NOT NULL,\n"
+                f"    applied_at_ms {integer:<7} NOT NULL\n"
+                ")")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SQLite
+
+
+@contextlib.contextmanager
+def immediate_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE: takes the write lock up front, so the reads inside see the last committed write.
+
+    (A deferred transaction that reads, then writes, fails with "database is locked" instead of waiting
+    when another connection wrote in between.)
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+class SqliteWorker:
+    """One SQLite connection, opened, used and closed on ONE dedicated thread (a single-thread executor).
+
+    Why: the stdlib `sqlite3` module blocks, so no call may run on the event loop; and a connection must
+    only be used by the thread that opened it. One thread also serialises the store's own calls, so the
+    store needs no lock of its own. WAL journal: readers (other processes included) are not blocked by a
+    writer. `synchronous=NORMAL` survives a process crash; FULL also a power loss, at an fsync per commit.
+    The connection is in autocommit mode (`isolation_level=None`): writes that must be atomic use
+    `immediate_transaction`.
+    """
+
+    def __init__(self, path: Path, schema: Schema, *, label: str, busy_timeout_s: float = 30.0,
+                 synchronous: str = "NORMAL"):
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous must be FULL or NORMAL")
+        self._path = path
+        self._schema = schema
+        self._label = label  # the owning class's name, for errors and the thread's name
+        self._busy_timeout_s = busy_timeout_s
+        self._synchronous = synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None  # touched on the worker thread only
+
+    async def start(self) -> None:
+        """Open the file (creating its directory) and migrate the schema; a no-op when already started."""
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self._label}-sqlite")
+        try:
+            await self._submit(self._open)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def call(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args,
+                   **kwargs: P.kwargs) -> T:
+        """`fn(connection, *args, **kwargs)` on the worker thread."""
+        def run() -> T:
+            if self._db is None:
+                raise RuntimeError(f"the SQLite database of {self._label} is closed")
+            return fn(self._db, *args, **kwargs)
+
+        return await self._submit(run)
+
+    async def _submit(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise RuntimeError(f"{self._label}.start() was not awaited (or it is closed)")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None)
+        self._db = db
+        db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+        self._enable_wal(db)
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._migrate(db)
+
+    def _enable_wal(self, db: sqlite3.Connection) -> None:
+        # Switching a new file to WAL needs an exclusive lock and SQLite does not always wait for it through
+        # the busy handler (it returns SQLITE_BUSY at once when waiting could deadlock): when several
+        # connections open a new file together, retry until the busy timeout.
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _version(self, db: sqlite3.Connection) -> int | None:
+        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (self._schema.version_table,)).fetchone()
+        if exists is None:
+            return None
+        found: int | None = db.execute(
+            f"SELECT MAX(version) FROM {self._schema.version_table}").fetchone()[0]  # noqa: S608 (checked name)
+        return found or 0
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        schema = self._schema
+        current = self._version(db)
+        if current is not None:
+            schema.refuse_newer(current)
+            if current == schema.version:
+                return  # up to date: not even a lock
+        for migration in schema.migrations:
+            with immediate_transaction(db):
+                db.execute(schema.version_table_sql("INTEGER"))
+                current = self._version(db) or 0  # again, under the lock: another process may have migrated
+                schema.refuse_newer(current)
+                if current >= migration.version:
+                    continue
+                for statement in migration.sqlite:
+                    db.execute(statement)
+                db.execute(f"INSERT INTO {schema.version_table} "  # noqa: S608 (checked name)
+                           "(version, description, applied_at_ms) VALUES (?, ?, ?)",
+                           (migration.version, migration.description, now_ms()))
+
+    async def aclose(self) -> None:
+        """Close the connection on its thread and let the thread go; idempotent."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        finally:
+            executor.shutdown(wait=False)  # its one thread is idle now and exits by itself
+
+    def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+async def pg_scalar(conn: AsyncConnection[tuple[Any, ...]], query: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row (a RuntimeError if there is no row)."""
+    cursor = await conn.execute(query, params)
+    row = await cursor.fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from {query!r}")
+    return row[0]
+
+
+async def open_postgres_pool(dsn: str, schema: Schema, *, name: str, min_size: int = 1, max_size: int = 8,
+                             connect_timeout_s: float = 10.0) -> PostgresPool:
+    """An open psycopg 3 async pool on `dsn` with `schema` migrated; closed again if either step fails.
+
+    Autocommit connections: transactions are explicit (`conn.transaction()`), so a read is one round trip
+    and never leaves a transaction open.
+    """
+    from psycopg_pool import AsyncConnectionPool
+
+    pool: PostgresPool = AsyncConnectionPool(dsn, min_size=min_size, max_size=max_size, open=False,
+                                             kwargs={"autocommit": True}, name=name)
+    try:
+        await pool.open(wait=True, timeout=connect_timeout_s)
+        await _migrate_postgres(pool, schema)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+async def _pg_version(conn: AsyncConnection[tuple[Any, ...]], schema: Schema) -> int | None:
+    if not await pg_scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", (schema.version_table,)):
+        return None
+    found: int = await pg_scalar(
+        conn, f"SELECT COALESCE(MAX(version), 0) FROM {schema.version_table}")  # noqa: S608 (checked name)
+    return found
+
+
+async def _migrate_postgres(pool: PostgresPool, schema: Schema) -> None:
+    async with pool.connection() as conn:
+        current = await _pg_version(conn, schema)
+        if current is not None:
+            schema.refuse_newer(current)
+            if current == schema.version:
+                return  # up to date: not even a lock
+        for migration in schema.migrations:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                await conn.execute(schema.version_table_sql("BIGINT"))
+                current = await _pg_version(conn, schema) or 0  # again, under the lock
+                schema.refuse_newer(current)
+                if current >= migration.version:
+                    continue
+                for statement in migration.postgres:
+                    await conn.execute(statement)
+                await conn.execute(
+                    f"INSERT INTO {schema.version_table} "  # noqa: S608 (checked name)
+                    "(version, description, applied_at_ms) VALUES (%s, %s, %s)",
+                    (migration.version, migration.description, now_ms()))

@@ -35,6 +35,7 @@ SETTINGS_MODULES = (
     "portico.venues.syndr.settings",
     "portico.gateway.__main__",
     "portico.marketdata.service",
+    "portico.execution.settings",
     "portico.sim.__main__",
 )
 

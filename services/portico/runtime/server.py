@@ -104,8 +104,12 @@ class GrpcServer:
         self.port = 0
         self._stopping: asyncio.Event | None = None
 
-    async def start(self, service_names: Sequence[str]) -> int:
-        """Bind, start serving and mark every service SERVING; return the port."""
+    async def start(self, service_names: Sequence[str], *, serving: bool = True) -> int:
+        """Bind, start serving and mark every service SERVING; return the port.
+
+        `serving=False` reports NOT_SERVING until `set_serving` says otherwise
+        (a service with work to finish before it takes traffic).
+        """
         self._services = list(service_names)
         reflection.enable_server_reflection(
             [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
@@ -125,7 +129,7 @@ class GrpcServer:
             raise OSError(f"cannot listen on {self.settings.listen_addr}")
         await self.grpc.start()
         for name in ("", *self._services):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.set_serving(name, serving)
         log.info("serving", extra={"listen": self.settings.listen_addr, "port": self.port,
                                    "tls": tls is not None, "mtls": bool(tls and tls.client_ca)})
         return self.port

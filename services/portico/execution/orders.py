@@ -1,0 +1,419 @@
+"""Idempotent order placement, reconciliation, amendments and cancellations.
+
+The rules that keep an order from being placed twice or lost:
+
+1. An intent is signed once. The signed request (salt, times, signature, the
+   exact params) is written to the journal *before* the venue is called; a
+   retry sends those bytes again, never a newly signed order.
+2. The same (venue, account, client_order_id) again returns the journaled
+   order (after reconciling it if its outcome is unknown); the same id with a
+   different order is ALREADY_EXISTS.
+3. Every venue call ends accepted, rejected, or unknown (timeout, dropped
+   connection, 5xx, garbled answer). Unknown is journaled as UNKNOWN and the
+   caller gets UNAVAILABLE; no new order on that instrument and account is
+   sent until it is resolved.
+4. Reconciling looks the order up at the venue by its salt (open orders,
+   then history). Found: its state is journaled. Not found: the same bytes
+   are sent again; the venue accepts a salt once, so the original and the
+   resend cannot both become orders. If the signature has expired, the order
+   can no longer reach the venue and is journaled REJECTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any, Final
+
+import orjson
+
+from portico.execution.journal import OrderJournal
+from portico.execution.model import JournalEntry, OrderIntent, OrderState
+from portico.execution.signing import OrderSigner
+from portico.execution.validation import Instruments, check_against_instrument
+from portico.execution.venue import SyndrVenue
+from portico.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from portico.venues.syndr import typed_data
+from portico.venues.syndr.constants import ErrorCode
+from portico.venues.syndr.errors import (
+    SyndrError,
+    SyndrNotFound,
+    SyndrRpcError,
+    rpc_error_from_object,
+    to_portico_error,
+)
+
+__all__ = ["OrderManager", "venue_state"]
+
+log = logging.getLogger("portico.execution.orders")
+
+_VENUE_STATES: Final = {"open": OrderState.OPEN, "filled": OrderState.FILLED, "cancelled": OrderState.CANCELLED,
+                        "rejected": OrderState.REJECTED, "expired": OrderState.EXPIRED}
+_SALT_BITS: Final = 64
+
+JournalListener = Callable[[JournalEntry], None]
+
+
+def venue_state(order: dict[str, Any]) -> OrderState:
+    """The journal state of a venue order object."""
+    return _VENUE_STATES.get(str(order.get("order_state", "")).lower(), OrderState.OPEN)
+
+
+def _rejection(entry: JournalEntry) -> Exception:
+    """The error a rejected order answers with, the first time and on every repeat of its client id."""
+    if entry.reject_code:
+        error = rpc_error_from_object({"code": entry.reject_code, "message": entry.reject_reason},
+                                      method=f"private/{entry.intent.side}")
+        return to_portico_error(error)
+    return FailedPrecondition(f"order {entry.intent.client_order_id} was rejected: {entry.reject_reason}",
+                              reason="ORDER_REJECTED")
+
+
+class OrderManager:
+    """Places, reconciles, amends and cancels orders; the journal is its memory."""
+
+    def __init__(self, journal: OrderJournal, venue: SyndrVenue, signer: OrderSigner, instruments: Instruments, *,
+                 order_ttl_s: float):
+        self.journal = journal
+        self.venue = venue
+        self.signer = signer
+        self.instruments = instruments
+        self._order_ttl_ms = int(order_ttl_s * 1000)
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[JournalEntry]] = {}
+        self._reconcile_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self.listeners: list[JournalListener] = []
+        self.wake_reconciler: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------------ placing
+
+    async def place(self, intent: OrderIntent) -> JournalEntry:
+        """Place `intent` once, whatever happens; return its journal entry (raise for rejections)."""
+        key = (intent.venue, intent.account, intent.client_order_id)
+        running = self._inflight.get(key)
+        if running is not None:  # the same id is being placed by another call of this process
+            await asyncio.shield(running)
+            return await self._repeat(await self._get(key), intent)
+        future: asyncio.Future[JournalEntry] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            entry = await self._place_once(intent)
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters look at the journal, not at this error
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def _get(self, key: tuple[str, str, str]) -> JournalEntry:
+        entry = await self.journal.get(*key)
+        if entry is None:  # the first call failed before journaling anything: nothing was sent
+            raise Unavailable("the first attempt with this client_order_id failed before sending; retry",
+                              reason="ORDER_NOT_SENT")
+        return entry
+
+    async def _place_once(self, intent: OrderIntent) -> JournalEntry:
+        existing = await self.journal.get(intent.venue, intent.account, intent.client_order_id)
+        if existing is not None:
+            return await self._repeat(existing, intent)
+        rules = await self.instruments.get(intent.venue, intent.symbol)
+        check_against_instrument(intent.price, intent.amount, rules)
+        await self._require_resolved(intent.venue, intent.account, intent.symbol)
+        session = await self.venue.session(intent.account)
+        orderbook = await self.venue.orderbook_address()
+        salt = secrets.randbits(_SALT_BITS)
+        now_ms = time.time_ns() // 1_000_000
+        expiration_ms = now_ms + self._order_ttl_ms
+        price = intent.price if intent.price is not None else Decimal(0)
+        data = typed_data.order_typed_data(
+            verifying_contract=orderbook, account=intent.account, instrument_id=rules.venue_instrument_id,
+            is_buy=intent.side == "buy", order_type=int(typed_data.OrderType.from_wire(intent.order_type)),
+            time_in_force=int(typed_data.TimeInForce.from_wire(intent.time_in_force)), post_only=intent.post_only,
+            reduce_only=intent.reduce_only, price=price, amount=intent.amount, salt=salt, expiration=expiration_ms,
+            timestamp=now_ms)
+        signature, signer_address = await self.signer.sign(session.record.signing_key_id, data)
+        params: dict[str, Any] = {
+            "instrument_name": intent.symbol, "amount": str(intent.amount), "order_type": intent.order_type,
+            "time_in_force": intent.time_in_force, "post_only": intent.post_only, "reduce_only": intent.reduce_only,
+            "label": intent.label or intent.client_order_id, "salt": salt, "expiration": expiration_ms,
+            "timestamp": now_ms, "signature": signature}
+        if intent.price is not None:
+            params["price"] = str(intent.price)
+        entry = JournalEntry(intent=intent, salt=salt, timestamp_ms=now_ms, expiration_ms=expiration_ms,
+                             signer_address=signer_address, request=orjson.dumps(params))
+        stored = await self.journal.insert(entry)
+        if stored.salt != salt:  # another process journaled this client id first: its order is the order
+            return await self._repeat(stored, intent)
+        self._notify(stored)
+        return await self._send(stored)
+
+    async def _repeat(self, entry: JournalEntry, intent: OrderIntent) -> JournalEntry:
+        """The answer for a client id seen before."""
+        if entry.fingerprint != intent.fingerprint():
+            raise AlreadyExists(f"client_order_id {intent.client_order_id!r} was already used for a different order",
+                                reason="CLIENT_ORDER_ID_REUSED")
+        if entry.unresolved:
+            entry = await self.reconcile(entry)
+            if entry.unresolved:
+                raise Unavailable(f"order {intent.client_order_id}: outcome at the venue still unknown; retry",
+                                  reason="ORDER_OUTCOME_UNKNOWN")
+        if entry.state == OrderState.REJECTED:
+            raise _rejection(entry)
+        return entry
+
+    async def _require_resolved(self, venue: str, account: str, symbol: str) -> None:
+        """No new order on an instrument while an earlier one's outcome there is unknown."""
+        for entry in await self.journal.unresolved(venue, account, symbol):
+            if entry.key in self._inflight and entry.state == OrderState.PENDING:
+                continue  # being sent right now by this process: its outcome is not unknown (yet)
+            entry = await self.reconcile(entry)
+            if entry.unresolved:
+                raise Unavailable(f"order {entry.intent.client_order_id} on {symbol} has an unknown outcome at the "
+                                  "venue; no new order there until it is reconciled", reason="ORDER_OUTCOME_UNKNOWN",
+                                  metadata={"client_order_id": entry.intent.client_order_id})
+
+    async def _send(self, entry: JournalEntry) -> JournalEntry:
+        """One venue call with the journaled bytes; journal what it ended in."""
+        method = f"private/{entry.intent.side}"
+        try:
+            result = await self.venue.call(entry.intent.account, method, orjson.loads(entry.request))
+        except SyndrRpcError as exc:
+            if exc.code == ErrorCode.SALT_REUSED and entry.attempts > 1:
+                # A resend refused because the venue already took this salt: the first send did arrive.
+                return await self._record(entry.with_changes(state=OrderState.UNKNOWN))
+            entry = await self._record(entry.with_changes(state=OrderState.REJECTED, reject_code=exc.code,
+                                                          reject_reason=exc.venue_message))
+            raise to_portico_error(exc) from None
+        except SyndrError as exc:  # transport or protocol: the venue may or may not have the order
+            await self._record(entry.with_changes(state=OrderState.UNKNOWN))
+            self.wake_reconciler()
+            log.warning("order outcome unknown", extra={"client_order_id": entry.intent.client_order_id,
+                                                        "error": type(exc).__name__})
+            raise Unavailable(f"venue did not answer for order {entry.intent.client_order_id} ({exc}); it is being "
+                              "reconciled: retry with the same client_order_id", reason="ORDER_OUTCOME_UNKNOWN",
+                              metadata={"client_order_id": entry.intent.client_order_id}) from None
+        order = result.result.get("order", result.result) if isinstance(result.result, dict) else result.result
+        if not isinstance(order, dict) or "order_id" not in order:
+            await self._record(entry.with_changes(state=OrderState.UNKNOWN))
+            self.wake_reconciler()
+            raise Unavailable(f"venue answered order {entry.intent.client_order_id} without an order; reconciling",
+                              reason="ORDER_OUTCOME_UNKNOWN")
+        return await self.apply_venue_order(entry, order)
+
+    # ------------------------------------------------------------------ reconciling
+
+    async def reconcile(self, entry: JournalEntry) -> JournalEntry:
+        """Resolve an order of unknown outcome if the venue can tell; return the entry as now journaled."""
+        lock = self._reconcile_locks.setdefault(entry.key, asyncio.Lock())
+        async with lock:
+            current = await self.journal.get(*entry.key)
+            if current is None or not current.unresolved:
+                return current or entry
+            try:
+                found = await self.venue.find_by_salt(current.intent.account, current.intent.symbol, current.salt,
+                                                      current.timestamp_ms)
+                if found is not None:
+                    return await self.apply_venue_order(current, found)
+                if time.time_ns() // 1_000_000 >= current.expiration_ms:
+                    return await self._record(current.with_changes(
+                        state=OrderState.REJECTED, reject_reason="never reached the venue before its signature "
+                                                                 "expired"))
+                resend = await self._record(current.with_changes(state=OrderState.UNKNOWN,
+                                                                 attempts=current.attempts + 1))
+                try:
+                    return await self._send(resend)
+                except (Unavailable, AlreadyExists):
+                    return await self._get(entry.key)
+                except Exception:
+                    return await self._get(entry.key)
+            except SyndrError as exc:
+                log.info("reconcile deferred", extra={"client_order_id": current.intent.client_order_id,
+                                                      "error": type(exc).__name__})
+                return current
+
+    async def reconcile_all(self) -> int:
+        """Try every unresolved entry once; return how many are still unresolved."""
+        remaining = 0
+        for entry in await self.journal.unresolved():
+            if entry.key in self._inflight:
+                continue
+            try:
+                entry = await self.reconcile(entry)
+            except Exception:
+                log.exception("reconcile failed", extra={"client_order_id": entry.intent.client_order_id})
+            remaining += entry.unresolved
+        return remaining
+
+    # ------------------------------------------------------------------ venue order updates
+
+    async def apply_venue_order(self, entry: JournalEntry, order: dict[str, Any]) -> JournalEntry:
+        """Journal the venue's latest word on an order of ours."""
+        if entry.venue_order and _newer(orjson.loads(entry.venue_order), order):
+            return entry  # an update that raced ahead (e.g. from the order stream) is newer
+        return await self._record(entry.with_changes(state=venue_state(order), order_id=str(order["order_id"]),
+                                                     venue_order=orjson.dumps(order)))
+
+    async def on_venue_order(self, venue: str, account: str, order: dict[str, Any]) -> JournalEntry | None:
+        """An order update from the venue (stream or read): journal it if the order is ours."""
+        entry = await self.journal.find_order(venue, account, str(order.get("order_id", "")))
+        if entry is None and order.get("salt") is not None:
+            try:
+                entry = await self.journal.find_salt(venue, account, int(order["salt"]))
+            except (TypeError, ValueError):
+                entry = None
+        if entry is None:
+            return None
+        return await self.apply_venue_order(entry, order)
+
+    async def _record(self, entry: JournalEntry) -> JournalEntry:
+        stored = await self.journal.update(entry)
+        self._notify(stored)
+        return stored
+
+    def _notify(self, entry: JournalEntry) -> None:
+        for listener in self.listeners:
+            listener(entry)
+
+    # ------------------------------------------------------------------ finding, amending, cancelling
+
+    async def locate(self, venue: str, account: str, order_id: str, client_order_id: str
+                     ) -> tuple[JournalEntry | None, str]:
+        """(journal entry if ours, venue order id) for a request naming exactly one of the two ids."""
+        if bool(order_id) == bool(client_order_id):
+            raise InvalidArgument("order_id", "give exactly one of order_id and client_order_id")
+        if client_order_id:
+            entry = await self.journal.get(venue, account, client_order_id)
+            if entry is None:
+                raise NotFound(f"no order with client_order_id {client_order_id!r}", reason="ORDER_NOT_FOUND")
+            if entry.unresolved:
+                entry = await self.reconcile(entry)
+            if not entry.order_id:
+                if entry.unresolved:
+                    raise Unavailable(f"order {client_order_id}: outcome at the venue still unknown; retry",
+                                      reason="ORDER_OUTCOME_UNKNOWN")
+                raise FailedPrecondition(f"order {client_order_id} never reached the book ({entry.state})",
+                                         reason="ORDER_NOT_AT_VENUE")
+            return entry, entry.order_id
+        return await self.journal.find_order(venue, account, order_id), order_id
+
+    async def fetch(self, venue: str, account: str, order_id: str, client_order_id: str
+                    ) -> tuple[JournalEntry | None, dict[str, Any]]:
+        """The venue's current view of one order (journaled if ours)."""
+        entry, venue_order_id = await self.locate(venue, account, order_id, client_order_id)
+        try:
+            order = await self.venue.find_by_id(account, venue_order_id, entry.intent.symbol if entry else None)
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+        if order is None:
+            raise NotFound(f"the venue has no order {venue_order_id}", reason="ORDER_NOT_FOUND")
+        if entry is not None:
+            entry = await self.apply_venue_order(entry, order)
+        return entry, order
+
+    async def amend(self, venue: str, account: str, order_id: str, client_order_id: str, amount: str,
+                    price: str) -> tuple[JournalEntry | None, dict[str, Any]]:
+        """`private/edit`, re-signed over the new price and amount with a fresh salt (salts sign one payload)."""
+        from portico.runtime.decimals import parse_optional_decimal
+
+        new_amount = parse_optional_decimal(amount, "amount", positive=True)
+        new_price = parse_optional_decimal(price, "price", positive=True)
+        if new_amount is None and new_price is None:
+            raise InvalidArgument("amount", "give a new amount, a new price, or both")
+        entry, current = await self.fetch(venue, account, order_id, client_order_id)
+        if str(current.get("order_state")) != "open":
+            raise FailedPrecondition(f"order {current['order_id']} is {current.get('order_state')}, not open",
+                                     reason="ORDER_NOT_OPEN")
+        if str(current.get("order_type")) != "limit":
+            raise FailedPrecondition("only limit orders can be amended", reason="ORDER_NOT_LIMIT")
+        symbol = str(current["instrument_name"])
+        rules = await self.instruments.get(venue, symbol)
+        final_amount = new_amount if new_amount is not None else Decimal(str(current["amount"]))
+        final_price = new_price if new_price is not None else Decimal(str(current["price"]))
+        check_against_instrument(final_price, final_amount, rules)
+        session = await self.venue.session(account)
+        salt = secrets.randbits(_SALT_BITS)
+        now_ms = time.time_ns() // 1_000_000
+        expiration_ms = int(current.get("expiration") or now_ms + self._order_ttl_ms)
+        data = typed_data.order_typed_data(
+            verifying_contract=await self.venue.orderbook_address(), account=account,
+            instrument_id=rules.venue_instrument_id, is_buy=current["direction"] == "buy",
+            order_type=int(typed_data.OrderType.from_wire(str(current["order_type"]))),
+            time_in_force=int(typed_data.TimeInForce.from_wire(str(current.get("time_in_force") or "GTC"))),
+            post_only=bool(current.get("post_only")), reduce_only=bool(current.get("reduce_only")),
+            price=final_price, amount=final_amount, salt=salt, expiration=expiration_ms, timestamp=now_ms)
+        signature, _ = await self.signer.sign(session.record.signing_key_id, data)
+        params = {"order_id": current["order_id"], "instrument_name": symbol, "amount": str(final_amount),
+                  "price": str(final_price), "salt": salt, "expiration": expiration_ms, "timestamp": now_ms,
+                  "signature": signature}
+        try:
+            result = await self.venue.call(account, "private/edit", params)
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+        order = result.result.get("result", result.result) if isinstance(result.result, dict) else result.result
+        if entry is not None:
+            entry = await self.apply_venue_order(entry, order)
+        return entry, order
+
+    async def cancel(self, venue: str, account: str, order_id: str, client_order_id: str
+                     ) -> tuple[JournalEntry | None, dict[str, Any]]:
+        entry, venue_order_id = await self.locate(venue, account, order_id, client_order_id)
+        try:
+            result = await self.venue.call(account, "private/cancel", {"order_id": venue_order_id})
+        except SyndrNotFound:
+            raise NotFound(f"the venue has no open order {venue_order_id}", reason="ORDER_NOT_FOUND") from None
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+        order = result.result.get("order", result.result) if isinstance(result.result, dict) else result.result
+        if entry is None:
+            entry = await self.journal.find_order(venue, account, venue_order_id)
+        if entry is not None:
+            entry = await self.apply_venue_order(entry, order)
+        return entry, order
+
+    async def cancel_all(self, venue: str, account: str, symbol: str | None,
+                         call: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None) -> int:
+        """Cancel the account's open orders (on one instrument); return how many were open; journal them."""
+        try:
+            before = [o for o in await _open(self.venue, account) if symbol is None or o["instrument_name"] == symbol]
+            send = call or (lambda method, params: self.venue.call(account, method, params))
+            if symbol is None:
+                await send("private/cancel_all", {})
+            else:
+                await send("private/cancel_all_by_instrument", {"instrument_name": symbol})
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+        for order in before:
+            await self.on_venue_order(venue, account, {**order, "order_state": "cancelled"})
+        return len(before)
+
+
+async def _open(venue: SyndrVenue, account: str) -> list[dict[str, Any]]:
+    from portico.execution.venue import open_orders
+
+    return await open_orders(venue, account)
+
+
+def _newer(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:
+    """True when the journaled venue order is strictly newer than `incoming` (updates may arrive out of order)."""
+    if stored.get("order_id") != incoming.get("order_id"):
+        return False
+    try:
+        stored_ts = int(stored.get("last_update_timestamp") or 0)
+        incoming_ts = int(incoming.get("last_update_timestamp") or 0)
+    except (TypeError, ValueError):
+        return False
+    if stored_ts != incoming_ts:
+        return stored_ts > incoming_ts
+    # Same millisecond: a closed state or more filled wins.
+    closed = {"filled", "cancelled", "rejected", "expired"}
+    if (stored.get("order_state") in closed) != (incoming.get("order_state") in closed):
+        return stored.get("order_state") in closed
+    try:
+        return Decimal(str(stored.get("filled_amount") or 0)) > Decimal(str(incoming.get("filled_amount") or 0))
+    except ArithmeticError:
+        return False

@@ -1,0 +1,349 @@
+"""`portico.execution.v1.ExecutionService`, and the app that wires it to the journal, signer, venue and Vault."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
+
+import orjson
+
+from portico.execution.convert import fill_proto, order_proto
+from portico.execution.deadman import DeadmanSwitches
+from portico.execution.journal import OrderJournal, open_journal
+from portico.execution.model import JournalEntry, OrderState
+from portico.execution.orders import OrderManager
+from portico.execution.settings import ExecutionSettings
+from portico.execution.signing import OrderSigner
+from portico.execution.streams import AccountFeeds, StreamConsumer
+from portico.execution.v1 import execution_service_pb2 as pb
+from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from portico.execution.validation import (
+    Instruments,
+    check_account,
+    check_client_order_id,
+    check_venue,
+    intent_from_request,
+)
+from portico.execution.venue import SyndrVenue, open_orders, order_history_page
+from portico.runtime.auth import TokenAuthenticator
+from portico.runtime.client import open_channel
+from portico.runtime.errors import AlreadyExists, InvalidArgument, NotFound
+from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
+from portico.runtime.server import GrpcServer
+from portico.runtime.vault import VaultSession
+from portico.venues.accounts import VenueAccountStore
+from portico.venues.syndr import models
+from portico.venues.syndr.errors import SyndrError, to_portico_error
+
+__all__ = ["SERVICE_NAME", "ExecutionApp", "ExecutionServicer"]
+
+log = logging.getLogger("portico.execution")
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["ExecutionService"]
+SERVICE_NAME = _SERVICE.full_name
+_TRADE_METHODS = frozenset({"PlaceOrder", "AmendOrder", "CancelOrder", "CancelAllOrders", "ArmDeadman"})
+METHOD_SCOPES = {f"/{SERVICE_NAME}/{m.name}": "trade" if m.name in _TRADE_METHODS else "read"
+                 for m in _SERVICE.methods}
+ERROR_DOMAIN = "execution.portico"
+DEFAULT_PAGE: Final = 100
+MAX_PAGE: Final = 1000
+MAX_DEADMAN_TTL_S: Final = 86_400
+
+
+def _page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(value or DEFAULT_PAGE, MAX_PAGE)
+
+
+def _query_tag(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
+def _page_token(offset: int, tag: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"o": offset, "q": tag})).decode()
+
+
+def _offset(token: str, tag: str) -> int:
+    """The offset a page token stands for; tokens only work for the query that issued them."""
+    if not token:
+        return 0
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(token.encode()))
+        offset = data["o"]
+        if data["q"] != tag or type(offset) is not int or offset < 0:
+            raise ValueError
+        return int(offset)
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        raise InvalidArgument("page_token", "not a token of this query") from None
+
+
+def _venue_errors(method: Any) -> Any:
+    """Venue failures outside the order path proper (contract look-up, reads) as gRPC statuses."""
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+    return wrapper
+
+
+class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
+    """The RPCs; the order rules live in `OrderManager`."""
+
+    def __init__(self, orders: OrderManager, feeds: AccountFeeds, deadman: DeadmanSwitches):
+        self.orders = orders
+        self.venue = orders.venue
+        self.journal = orders.journal
+        self.feeds = feeds
+        self.deadman = deadman
+
+    def _order(self, venue: str, account: str, order: dict[str, Any] | None,
+               entry: JournalEntry | None) -> Any:
+        return order_proto(venue, account, order, entry)
+
+    @_venue_errors
+    async def PlaceOrder(self, request: pb.PlaceOrderRequest, context: Any) -> pb.PlaceOrderResponse:
+        intent = intent_from_request(request)
+        try:
+            entry = await self.orders.place(intent)
+        except (InvalidArgument, AlreadyExists, NotFound):
+            raise
+        except Exception:
+            self.feeds.ensure(intent.venue, intent.account)  # follow the account: the order may be live
+            raise
+        self.feeds.ensure(intent.venue, intent.account)  # the journal follows the order to its end
+        return pb.PlaceOrderResponse(order=self._order(intent.venue, intent.account, entry.venue_order_json(), entry))
+
+    @_venue_errors
+    async def AmendOrder(self, request: pb.AmendOrderRequest, context: Any) -> pb.AmendOrderResponse:
+        venue, account = check_venue(request.venue), check_account(request.account)
+        entry, order = await self.orders.amend(venue, account, request.order_id, self._client_id(request),
+                                               request.amount, request.price)
+        return pb.AmendOrderResponse(order=self._order(venue, account, order, entry))
+
+    @_venue_errors
+    async def CancelOrder(self, request: pb.CancelOrderRequest, context: Any) -> pb.CancelOrderResponse:
+        venue, account = check_venue(request.venue), check_account(request.account)
+        entry, order = await self.orders.cancel(venue, account, request.order_id, self._client_id(request))
+        return pb.CancelOrderResponse(order=self._order(venue, account, order, entry))
+
+    @_venue_errors
+    async def CancelAllOrders(self, request: pb.CancelAllOrdersRequest, context: Any) -> pb.CancelAllOrdersResponse:
+        venue, account = check_venue(request.venue), check_account(request.account)
+        symbol = request.symbol if request.HasField("symbol") else None
+        if symbol == "":
+            raise InvalidArgument("symbol", "must not be empty when given")
+        count = await self.orders.cancel_all(venue, account, symbol)
+        return pb.CancelAllOrdersResponse(cancelled_count=count)
+
+    @_venue_errors
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Any) -> pb.GetOrderResponse:
+        venue, account = check_venue(request.venue), check_account(request.account)
+        client_id = self._client_id(request)
+        if client_id and not request.order_id:
+            entry = await self.journal.get(venue, account, client_id)
+            if entry is not None and entry.unresolved:
+                entry = await self.orders.reconcile(entry)
+            if entry is not None and not entry.order_id:  # never reached the book: the journal is all there is
+                return pb.GetOrderResponse(order=self._order(venue, account, None, entry))
+        entry, order = await self.orders.fetch(venue, account, request.order_id, client_id)
+        return pb.GetOrderResponse(order=self._order(venue, account, order, entry))
+
+    @_venue_errors
+    async def ListOpenOrders(self, request: pb.ListOpenOrdersRequest, context: Any) -> pb.ListOpenOrdersResponse:
+        venue, account = check_venue(request.venue), check_account(request.account)
+        symbol = request.symbol if request.HasField("symbol") else None
+        size = _page_size(request.page_size)
+        tag = _query_tag("open", venue, account, symbol)
+        offset = _offset(request.page_token, tag)
+        try:
+            orders = [o for o in await open_orders(self.venue, account)
+                      if symbol is None or o.get("instrument_name") == symbol]
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+        orders.sort(key=lambda o: (int(o.get("creation_timestamp") or 0), str(o.get("order_id"))), reverse=True)
+        page = orders[offset:offset + size]
+        more = offset + size < len(orders)
+        return pb.ListOpenOrdersResponse(orders=await self._with_journal(venue, account, page),
+                                         next_page_token=_page_token(offset + size, tag) if more else "")
+
+    @_venue_errors
+    async def ListOrderHistory(self, request: pb.ListOrderHistoryRequest,
+                               context: Any) -> pb.ListOrderHistoryResponse:
+        venue, account = check_venue(request.venue), check_account(request.account)
+        symbol = request.symbol if request.HasField("symbol") else None
+        size = _page_size(request.page_size)
+        tag = _query_tag("history", venue, account, symbol)
+        offset = _offset(request.page_token, tag)
+        try:
+            page = await order_history_page(self.venue, account, symbol, offset, size + 1)
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+        more = len(page) > size
+        return pb.ListOrderHistoryResponse(orders=await self._with_journal(venue, account, page[:size]),
+                                           next_page_token=_page_token(offset + size, tag) if more else "")
+
+    @_venue_errors
+    async def ListFills(self, request: pb.ListFillsRequest, context: Any) -> pb.ListFillsResponse:
+        venue, account = check_venue(request.venue), check_account(request.account)
+        symbol = request.symbol if request.HasField("symbol") else None
+        order_id = request.order_id if request.HasField("order_id") else None
+        size = _page_size(request.page_size)
+        tag = _query_tag("fills", venue, account, symbol, order_id)
+        offset = _offset(request.page_token, tag)
+        if order_id is not None:
+            method, params = "private/get_user_trades_by_order", {"order_id": order_id}
+        elif symbol is not None:
+            method, params = "private/get_user_trades_by_instrument", {"instrument_name": symbol}
+        else:
+            method, params = "private/get_user_trades_by_kind", {"kind": "any"}
+        try:
+            trades = models.parse_user_trades((await self.venue.call(account, method,
+                                                                     {**params, "sort_by": "DESC"})).result)
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+        trades = tuple(t for t in trades if symbol is None or t.instrument_name == symbol)
+        page = trades[offset:offset + size]
+        client_ids: dict[str, str] = {}
+        for trade in page:
+            for oid in (trade.incoming_order_id, trade.book_order_id):
+                if oid and oid not in client_ids:
+                    entry = await self.journal.find_order(venue, account, oid)
+                    if entry is not None:
+                        client_ids[oid] = entry.intent.client_order_id
+        more = offset + size < len(trades)
+        return pb.ListFillsResponse(fills=[fill_proto(venue, account, t, client_ids) for t in page],
+                                    next_page_token=_page_token(offset + size, tag) if more else "")
+
+    @_venue_errors
+    async def ArmDeadman(self, request: pb.ArmDeadmanRequest, context: Any) -> pb.ArmDeadmanResponse:
+        venue, account = check_venue(request.venue), check_account(request.account)
+        if not request.HasField("ttl"):
+            raise InvalidArgument("ttl", "required (zero disarms)")
+        ttl_s = request.ttl.ToTimedelta().total_seconds()
+        if ttl_s < 0 or ttl_s > MAX_DEADMAN_TTL_S:
+            raise InvalidArgument("ttl", f"must be between 0 and {MAX_DEADMAN_TTL_S} seconds")
+        if 0 < ttl_s < 1:
+            raise InvalidArgument("ttl", "must be at least one second (or zero to disarm)")
+        fire_at = await self.deadman.arm(venue, account, ttl_s)
+        response = pb.ArmDeadmanResponse()
+        if fire_at is not None:
+            response.fire_time.FromNanoseconds(int(fire_at * 1e9))
+        return response
+
+    async def StreamOrderUpdates(self, request: pb.StreamOrderUpdatesRequest,
+                                 context: Any) -> AsyncIterator[pb.StreamOrderUpdatesResponse]:
+        async for batch in self._stream(request.venue, request.account, "orders"):
+            yield pb.StreamOrderUpdatesResponse(updates=batch)
+
+    async def StreamFills(self, request: pb.StreamFillsRequest,
+                          context: Any) -> AsyncIterator[pb.StreamFillsResponse]:
+        async for batch in self._stream(request.venue, request.account, "fills"):
+            yield pb.StreamFillsResponse(updates=batch)
+
+    async def _stream(self, venue: str, account: str, kind: str) -> AsyncIterator[list[Any]]:
+        venue, account = check_venue(venue), check_account(account)
+        try:
+            feed = await self.feeds.get(venue, account)
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+        consumer = StreamConsumer(kind)
+        feed.add(consumer)
+        try:
+            while True:
+                batch = await consumer.batch()
+                updates = [u for u in batch if u is not None]
+                if updates:
+                    yield updates
+                if consumer.error is not None:
+                    raise consumer.error
+        finally:
+            feed.remove(consumer)
+
+    @staticmethod
+    def _client_id(request: Any) -> str:
+        return check_client_order_id(request.client_order_id) if request.client_order_id else ""
+
+    async def _with_journal(self, venue: str, account: str, orders: list[dict[str, Any]]) -> list[Any]:
+        out = []
+        for order in orders:
+            entry = await self.journal.find_order(venue, account, str(order.get("order_id")))
+            out.append(self._order(venue, account, order, entry))
+        return out
+
+
+class ExecutionApp(GrpcServiceApp):
+    """The execution process: journal, Vault, signer and refdata channels, venue clients, gRPC server.
+
+    It reports NOT_SERVING until every journaled order of unknown outcome has
+    been reconciled against the venue, and keeps reconciling in the
+    background (woken at once when a call ends unknown).
+    """
+
+    def __init__(self, settings: ExecutionSettings, env: Mapping[str, str]):
+        self.settings = settings
+        self.vault = VaultSession(settings.vault)
+        self.journal: OrderJournal = open_journal(sqlite_path=settings.journal_db, dsn=settings.journal_dsn,
+                                                  synchronous=settings.journal_sync)
+        self.signer_channel = open_channel(settings.signer_addr)
+        self.refdata_channel = open_channel(settings.refdata_addr)
+        self.venue = SyndrVenue(settings.syndr_http_url,
+                                VenueAccountStore(self.vault, cache_ttl_s=settings.credentials_cache_s),
+                                timeout_s=settings.venue_timeout_s)
+        self.orders = OrderManager(
+            self.journal, self.venue, OrderSigner(self.signer_channel, settings.service_token),
+            Instruments(self.refdata_channel, settings.service_token, cache_s=settings.instrument_cache_s),
+            order_ttl_s=settings.order_ttl_s)
+        self.feeds = AccountFeeds(settings.syndr_ws_url, self.venue, self.orders)
+        self.deadman = DeadmanSwitches(self.venue)
+        self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
+                                 authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
+        pb_grpc.add_ExecutionServiceServicer_to_server(ExecutionServicer(self.orders, self.feeds, self.deadman),
+                                                       self.server.grpc)
+        self._wake = asyncio.Event()
+        self.orders.wake_reconciler = self._wake.set
+        self.reconciled = asyncio.Event()
+        self._reconciler: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.vault.start()
+        await self.journal.start()
+        await self.server.start([SERVICE_NAME], serving=False)
+        self._reconciler = asyncio.create_task(self._reconcile_forever(), name="execution-reconciler")
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                remaining = await self.orders.reconcile_all()
+            except Exception:
+                log.exception("reconciliation pass failed")
+                remaining = -1
+            if remaining == 0 and not self.reconciled.is_set():
+                self.reconciled.set()
+                await self.server.set_serving(SERVICE_NAME, True)
+                await self.server.set_serving("", True)
+                log.info("journal reconciled; serving")
+                for venue, account in await self.journal.accounts({OrderState.OPEN}):
+                    self.feeds.ensure(venue, account)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_s)
+
+    async def aclose(self, grace_s: float | None = None) -> None:
+        await cancel_and_wait(self._reconciler)
+        await self.server.stop(grace_s)
+        await self.deadman.aclose()
+        await self.feeds.aclose()
+        await self.venue.aclose()
+        await self.journal.aclose()
+        await self.signer_channel.close()
+        await self.refdata_channel.close()
+        await self.vault.aclose()

@@ -1,0 +1,168 @@
+"""Every order is checked against reference data before anything is signed or sent.
+
+Request-shape checks (`intent_from_request`) name the field; instrument
+rules (`check_against_instrument`) name the rule in ErrorInfo's reason, so a
+caller can tell "price not on tick" from "amount below minimum" without
+parsing text. None of them calls the venue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+import grpc
+
+from portico.common.v1 import side_pb2
+from portico.execution.model import OrderIntent
+from portico.execution.v1 import execution_service_pb2 as pb
+from portico.execution.v1 import order_pb2
+from portico.refdata.v1 import instrument_pb2
+from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
+from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
+from portico.runtime.client import bearer
+from portico.runtime.decimals import parse_decimal
+from portico.runtime.errors import InvalidArgument, Unavailable
+from portico.runtime.secp256k1 import to_checksum_address
+
+__all__ = ["VENUES", "Instruments", "check_account", "check_against_instrument", "check_client_order_id",
+           "intent_from_request"]
+
+VENUES = ("syndr",)
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_SIDES = {side_pb2.SIDE_BUY: "buy", side_pb2.SIDE_SELL: "sell"}
+_TYPES = {order_pb2.ORDER_TYPE_LIMIT: "limit", order_pb2.ORDER_TYPE_MARKET: "market"}
+_TIF = {order_pb2.TIME_IN_FORCE_UNSPECIFIED: "GTC", order_pb2.TIME_IN_FORCE_GOOD_TIL_CANCELLED: "GTC",
+        order_pb2.TIME_IN_FORCE_IMMEDIATE_OR_CANCEL: "IOC", order_pb2.TIME_IN_FORCE_FILL_OR_KILL: "FOK"}
+
+
+def check_venue(venue: str) -> str:
+    if venue not in VENUES:
+        raise InvalidArgument("venue", f"unknown venue {venue!r} (known: {', '.join(VENUES)})")
+    return venue
+
+
+def check_account(account: str) -> str:
+    """A 0x address, returned checksummed (the journal and Vault key on it)."""
+    if not _ADDRESS.fullmatch(account or ""):
+        raise InvalidArgument("account", "must be a 0x-prefixed 20-byte hex address")
+    return to_checksum_address(account)
+
+
+def check_client_order_id(value: str, field: str = "client_order_id") -> str:
+    if not _CLIENT_ID.fullmatch(value or ""):
+        raise InvalidArgument(field, "required: 1-64 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def intent_from_request(request: pb.PlaceOrderRequest) -> OrderIntent:
+    """The request as an OrderIntent, or INVALID_ARGUMENT naming the first bad field."""
+    venue = check_venue(request.venue)
+    account = check_account(request.account)
+    if not request.symbol:
+        raise InvalidArgument("symbol", "required")
+    side = _SIDES.get(request.side)
+    if side is None:
+        raise InvalidArgument("side", "must be SIDE_BUY or SIDE_SELL")
+    order_type = _TYPES.get(request.type)
+    if order_type is None:
+        raise InvalidArgument("type", "must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET")
+    time_in_force = _TIF.get(request.time_in_force)
+    if time_in_force is None:
+        raise InvalidArgument("time_in_force", f"unknown value {request.time_in_force}")
+    amount = parse_decimal(request.amount, "amount", positive=True)
+    price: Decimal | None = None
+    if order_type == "limit":
+        if not request.price:
+            raise InvalidArgument("price", "required for limit orders")
+        price = parse_decimal(request.price, "price", positive=True)
+    elif request.price:
+        raise InvalidArgument("price", "must be empty for market orders")
+    if request.post_only and order_type == "market":
+        raise InvalidArgument("post_only", "a market order cannot be post-only", reason="POST_ONLY_MARKET")
+    if request.post_only and time_in_force != "GTC":
+        raise InvalidArgument("post_only", f"a post-only order must rest (GTC), not {time_in_force}",
+                              reason="POST_ONLY_NOT_GTC")
+    if len(request.label) > 64:
+        raise InvalidArgument("label", "at most 64 characters")
+    return OrderIntent(venue=venue, account=account, client_order_id=check_client_order_id(request.client_order_id),
+                       symbol=request.symbol, side=side, order_type=order_type, time_in_force=time_in_force,
+                       post_only=request.post_only, reduce_only=request.reduce_only, price=price, amount=amount,
+                       label=request.label)
+
+
+@dataclass(frozen=True)
+class InstrumentRules:
+    """The parts of a reference-data instrument an order is checked against."""
+
+    symbol: str
+    venue_instrument_id: int
+    active: bool
+    price_increment: Decimal
+    amount_increment: Decimal
+    min_trade_amount: Decimal
+    max_leverage: Decimal | None
+
+    @classmethod
+    def from_proto(cls, i: instrument_pb2.Instrument) -> InstrumentRules:
+        return cls(symbol=i.symbol, venue_instrument_id=i.venue_instrument_id, active=i.active,
+                   price_increment=Decimal(i.price_increment), amount_increment=Decimal(i.amount_increment),
+                   min_trade_amount=Decimal(i.min_trade_amount or "0"),
+                   max_leverage=Decimal(i.max_leverage) if i.max_leverage else None)
+
+
+def check_against_instrument(price: Decimal | None, amount: Decimal, rules: InstrumentRules) -> None:
+    """INVALID_ARGUMENT naming the rule broken; nothing here reaches the venue."""
+    if not rules.active:
+        raise InvalidArgument("symbol", f"{rules.symbol} is not active", reason="INSTRUMENT_INACTIVE")
+    if price is not None and rules.price_increment > 0 and price % rules.price_increment != 0:
+        raise InvalidArgument("price", f"{price} is not on the tick size {rules.price_increment}",
+                              reason="PRICE_NOT_ON_TICK", metadata={"tick_size": str(rules.price_increment)})
+    if rules.amount_increment > 0 and amount % rules.amount_increment != 0:
+        raise InvalidArgument("amount", f"{amount} is not a multiple of the amount increment "
+                              f"{rules.amount_increment}", reason="AMOUNT_NOT_ON_INCREMENT",
+                              metadata={"amount_increment": str(rules.amount_increment)})
+    if amount < rules.min_trade_amount:
+        raise InvalidArgument("amount", f"{amount} is below the minimum {rules.min_trade_amount}",
+                              reason="AMOUNT_TOO_SMALL", metadata={"min_trade_amount": str(rules.min_trade_amount)})
+
+
+class Instruments:
+    """Instrument rules from reference data, cached briefly; an unknown symbol is INVALID_ARGUMENT."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str, *, cache_s: float = 10.0, timeout_s: float = 5.0):
+        self._stub = refdata_grpc.ReferenceDataServiceStub(channel)
+        self._metadata = bearer(token)
+        self._cache_s = cache_s
+        self._timeout_s = timeout_s
+        self._cache: dict[tuple[str, str], tuple[float, InstrumentRules]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def forget(self, venue: str, symbol: str) -> None:
+        self._cache.pop((venue, symbol), None)
+
+    async def get(self, venue: str, symbol: str) -> InstrumentRules:
+        key = (venue, symbol)
+        cached = self._cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self._cache_s:
+            return cached[1]
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            cached = self._cache.get(key)
+            if cached is not None and time.monotonic() - cached[0] < self._cache_s:
+                return cached[1]
+            try:
+                reply = await self._stub.GetInstrument(refdata_pb.GetInstrumentRequest(venue=venue, symbol=symbol),
+                                                       metadata=self._metadata, timeout=self._timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise InvalidArgument("symbol", f"{venue} has no instrument {symbol!r}",
+                                          reason="INSTRUMENT_NOT_FOUND") from None
+                raise Unavailable(f"reference data unavailable: {exc.code().name}",
+                                  reason="REFDATA_UNAVAILABLE") from None
+            rules = InstrumentRules.from_proto(reply.instrument)
+            self._cache[key] = (time.monotonic(), rules)
+            return rules

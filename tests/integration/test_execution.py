@@ -1,0 +1,400 @@
+"""ExecutionService end to end: a real simulator, OpenBao, signer, reference data and journal; no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from tests.support.execution import ExecutionStack, execution_stack, running_execution
+from tests.support.openbao import OpenBaoDevServer
+
+from portico.common.v1 import side_pb2
+from portico.execution.model import FINAL_STATES, OrderState
+from portico.execution.v1 import execution_service_pb2 as pb
+from portico.execution.v1 import order_pb2
+from portico.runtime.client import open_channel
+from portico.runtime.errors import error_info
+from portico.sim.server import SimConfig, Simulator
+
+SYMBOL = "ETH-PERP"
+ORDER_METHODS = ("private/buy", "private/sell")
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimConfig(port=0, seed=11, book_changes_per_second=50,
+                                   market_maker_instruments=(SYMBOL,), rate_limit_capacity=100_000,
+                                   rate_limit_refill_per_s=100_000)) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
+    async with execution_stack(sim, openbao, tmp_path) as s:
+        yield s
+
+
+def order_calls(sim: Simulator) -> list[Any]:
+    return [r for r in sim.requests if r.method in ORDER_METHODS]
+
+
+def best(sim: Simulator) -> tuple[Decimal, Decimal]:
+    book = sim.engine.book(SYMBOL, 1)
+    return book.bids[0][0], book.asks[0][0]
+
+
+def place_request(stack: ExecutionStack, client_order_id: str, *, side: int = side_pb2.SIDE_BUY,
+                  price: str | None = None, amount: str = "0.1", **fields: Any) -> pb.PlaceOrderRequest:
+    request = pb.PlaceOrderRequest(venue="syndr", account=stack.account.address, symbol=SYMBOL, side=side,
+                                   type=order_pb2.ORDER_TYPE_LIMIT, amount=amount, client_order_id=client_order_id,
+                                   **fields)
+    if price is not None:
+        request.price = price
+    return request
+
+
+def far_bid(sim: Simulator) -> str:
+    """A bid price on the tick well below the market: it rests."""
+    bid, _ = best(sim)
+    tick = sim.engine.instrument(SYMBOL).tick_size
+    return str(((bid * Decimal("0.8")) // tick) * tick)
+
+
+async def resync(stack: ExecutionStack) -> None:
+    from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
+    from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
+    from portico.runtime.client import bearer
+
+    async with open_channel(stack.refdata_target) as channel:
+        await refdata_grpc.ReferenceDataServiceStub(channel).SyncInstruments(
+            refdata_pb.SyncInstrumentsRequest(venue="syndr"), metadata=bearer(stack.tokens["admin"]))
+
+
+async def until(predicate: Any, timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110 - polls state that no event announces
+            await asyncio.sleep(0.02)
+
+
+async def test_place_partial_fill_amend_cancel_with_streams(stack: ExecutionStack) -> None:
+    sim = stack.sim
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        account = stack.account.address
+        updates: list[pb.OrderUpdate] = []
+        fills: list[pb.FillUpdate] = []
+
+        async def follow_orders() -> None:
+            async for message in stub.StreamOrderUpdates(pb.StreamOrderUpdatesRequest(venue="syndr", account=account),
+                                                         metadata=running.metadata("read")):
+                updates.extend(message.updates)
+
+        async def follow_fills() -> None:
+            async for message in stub.StreamFills(pb.StreamFillsRequest(venue="syndr", account=account),
+                                                  metadata=running.metadata("read")):
+                fills.extend(message.updates)
+
+        streams = [asyncio.create_task(follow_orders()), asyncio.create_task(follow_fills())]
+        await asyncio.sleep(0.3)
+
+        # A resting bid: OPEN, signed by the signing key held in Vault, verified by the venue.
+        rest = await stub.PlaceOrder(place_request(stack, "rest-1", price=far_bid(sim)), metadata=running.metadata())
+        assert rest.order.state == order_pb2.ORDER_STATE_OPEN
+        assert rest.order.order_id and rest.order.client_order_id == "rest-1"
+        assert rest.order.signer_address.lower() == stack.account.signing_key.address.lower()
+        venue_order = sim.engine.order(account, rest.order.order_id).to_wire()
+        assert venue_order["order_signer"].lower() == stack.account.signing_key.address.lower()
+        assert str(venue_order["salt"]) == rest.order.salt
+
+        # Amend: re-signed, same order id, new price at the venue.
+        tick = sim.engine.instrument(SYMBOL).tick_size
+        new_price = Decimal(rest.order.price) - tick * 3
+        amended = await stub.AmendOrder(pb.AmendOrderRequest(venue="syndr", account=account, client_order_id="rest-1",
+                                                             price=str(new_price)), metadata=running.metadata())
+        assert amended.order.order_id == rest.order.order_id
+        assert Decimal(amended.order.price) == new_price
+        assert Decimal(str(sim.engine.order(account, rest.order.order_id).to_wire()["price"])) == new_price
+
+        # Cancel by order id.
+        cancelled = await stub.CancelOrder(pb.CancelOrderRequest(venue="syndr", account=account,
+                                                                 order_id=rest.order.order_id),
+                                           metadata=running.metadata())
+        assert cancelled.order.state == order_pb2.ORDER_STATE_CANCELLED
+
+        # A bid through the best ask for more than the market maker shows: partly filled, the rest resting.
+        book = sim.engine.book(SYMBOL, 1)
+        ask_price, ask_amount = book.asks[0]
+        amount = ask_amount + sim.engine.instrument(SYMBOL).contract_size * 5
+        taker = await stub.PlaceOrder(place_request(stack, "take-1", price=str(ask_price), amount=str(amount)),
+                                      metadata=running.metadata())
+        assert Decimal(taker.order.filled_amount) > 0
+        assert taker.order.state in (order_pb2.ORDER_STATE_OPEN, order_pb2.ORDER_STATE_FILLED)
+
+        await until(lambda: any(f.fill.order_id == taker.order.order_id for f in fills))
+        await until(lambda: any(u.order.order_id == rest.order.order_id
+                                and u.order.state == order_pb2.ORDER_STATE_CANCELLED for u in updates))
+        assert [u.sequence for u in updates] == list(range(updates[0].sequence, updates[0].sequence + len(updates)))
+        assert [f.sequence for f in fills] == list(range(fills[0].sequence, fills[0].sequence + len(fills)))
+        ours = [f for f in fills if f.fill.order_id == taker.order.order_id]
+        assert ours[0].fill.client_order_id in ("", "take-1")
+        assert ours[0].fill.liquidity == order_pb2.LIQUIDITY_TAKER
+        assert sum(Decimal(f.fill.amount) for f in ours) == Decimal(
+            str(sim.engine.order(account, taker.order.order_id).to_wire()["filled_amount"]))
+
+        listed = await stub.ListFills(pb.ListFillsRequest(venue="syndr", account=account,
+                                                          order_id=taker.order.order_id),
+                                      metadata=running.metadata("read"))
+        assert {f.fill_id for f in listed.fills} == {f.fill.fill_id for f in ours}
+        assert all(f.client_order_id == "take-1" for f in listed.fills)
+
+        history = await stub.ListOrderHistory(pb.ListOrderHistoryRequest(venue="syndr", account=account),
+                                              metadata=running.metadata("read"))
+        assert {o.client_order_id for o in history.orders} >= {"rest-1", "take-1"}
+
+        got = await stub.GetOrder(pb.GetOrderRequest(venue="syndr", account=account, client_order_id="rest-1"),
+                                  metadata=running.metadata("read"))
+        assert got.order.state == order_pb2.ORDER_STATE_CANCELLED
+        for task in streams:
+            task.cancel()
+        entry = await running.app.journal.get("syndr", account, "rest-1")
+        assert entry is not None and entry.state == OrderState.CANCELLED
+
+
+async def test_same_client_order_id_places_once(stack: ExecutionStack) -> None:
+    sim = stack.sim
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        request = place_request(stack, "dup-1", price=far_bid(sim))
+        first, second = await asyncio.gather(stub.PlaceOrder(request, metadata=running.metadata()),
+                                             stub.PlaceOrder(request, metadata=running.metadata()))
+        third = await stub.PlaceOrder(request, metadata=running.metadata())
+        assert first.order.order_id == second.order.order_id == third.order.order_id
+        assert len(order_calls(sim)) == 1
+
+        other = place_request(stack, "dup-1", price=far_bid(sim), amount="0.2")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(other, metadata=running.metadata())
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert len(order_calls(sim)) == 1
+
+
+async def test_unknown_outcome_is_reconciled_and_never_doubled(stack: ExecutionStack) -> None:
+    sim = stack.sim
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        price = far_bid(sim)
+        await stub.PlaceOrder(place_request(stack, "warm-up", price=price), metadata=running.metadata())
+        sim.requests.clear()
+        sim.faults.update({"drop_response_rate": 1.0})
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(place_request(stack, "lost-1", price=price), metadata=running.metadata())
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_info(caught.value)
+        assert info is not None and info.reason == "ORDER_OUTCOME_UNKNOWN"
+        sim.faults.reset()
+        # The order reached the venue; the retry finds it by salt instead of placing another.
+        again = await stub.PlaceOrder(place_request(stack, "lost-1", price=price), metadata=running.metadata())
+        assert again.order.state == order_pb2.ORDER_STATE_OPEN
+        assert len(order_calls(sim)) == 1
+        assert [o.order_id for o in sim.engine.open_orders(stack.account.address)
+                if o.label == "lost-1"] == [again.order.order_id]
+
+        # A call that never reached the matching core (HTTP 503): the same bytes are sent again, once.
+        sim.faults.update({"http_5xx_next": 1})
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.PlaceOrder(place_request(stack, "lost-2", price=price), metadata=running.metadata())
+        entry = await running.app.journal.get("syndr", stack.account.address, "lost-2")
+        assert entry is not None
+        retried = await stub.PlaceOrder(place_request(stack, "lost-2", price=price), metadata=running.metadata())
+        # The 503 was answered before the venue logged or executed anything; the retry sent the journaled bytes.
+        calls = [r for r in order_calls(sim) if r.params.get("label") == "lost-2"]
+        assert len(calls) == 1
+        assert calls[0].params["signature"] == orjson.loads(entry.request)["signature"]
+        assert retried.order.salt == str(entry.salt)
+        final = await running.app.journal.get("syndr", stack.account.address, "lost-2")
+        assert final is not None and final.attempts == 2 and final.state == OrderState.OPEN
+        assert len(sim.engine.open_orders(stack.account.address)) == 3
+
+
+async def test_restart_reconciles_before_serving(stack: ExecutionStack) -> None:
+    sim = stack.sim
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        await stub.PlaceOrder(place_request(stack, "warm-up", price=far_bid(sim)), metadata=running.metadata())
+        sim.requests.clear()
+        sim.faults.update({"drop_response_rate": 1.0})
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.PlaceOrder(place_request(stack, "crash-0", price=far_bid(sim)), metadata=running.metadata())
+        # While crash-0's outcome is unknown, nothing new is sent on that instrument and account.
+        with pytest.raises(grpc.aio.AioRpcError) as blocked:
+            await stub.PlaceOrder(place_request(stack, "crash-1", price=far_bid(sim)), metadata=running.metadata())
+        info = error_info(blocked.value)
+        assert blocked.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info is not None and info.reason == "ORDER_OUTCOME_UNKNOWN"
+        assert info.metadata["client_order_id"] == "crash-0"
+        assert [r.params["label"] for r in order_calls(sim)] == ["crash-0"]
+        await running.app.aclose(grace_s=0)  # "crash" with crash-0 journaled as UNKNOWN
+    sim.faults.reset()
+    async with running_execution(stack, wait_serving=False) as restarted:
+        await asyncio.wait_for(restarted.app.reconciled.wait(), 10)
+        entry = await restarted.app.journal.get("syndr", stack.account.address, "crash-0")
+        assert entry is not None and entry.state == OrderState.OPEN
+        assert await restarted.app.journal.get("syndr", stack.account.address, "crash-1") is None
+    assert [r.params["label"] for r in order_calls(sim)] == ["crash-0"]  # found by salt, not sent again
+
+
+@pytest.mark.parametrize(("fields", "field", "reason"), [
+    ({"symbol": "NOPE-PERP"}, "symbol", "INSTRUMENT_NOT_FOUND"),
+    ({"price": "TICK+"}, "price", "PRICE_NOT_ON_TICK"),
+    ({"amount": "INC+"}, "amount", "AMOUNT_NOT_ON_INCREMENT"),
+    ({"amount": "MIN-"}, "amount", "AMOUNT_TOO_SMALL"),
+    ({"type": order_pb2.ORDER_TYPE_MARKET, "post_only": True, "price": ""}, "post_only", "POST_ONLY_MARKET"),
+    ({"time_in_force": order_pb2.TIME_IN_FORCE_IMMEDIATE_OR_CANCEL, "post_only": True}, "post_only",
+     "POST_ONLY_NOT_GTC"),
+    ({"price": ""}, "price", "INVALID_ARGUMENT"),
+    ({"type": order_pb2.ORDER_TYPE_MARKET}, "price", "INVALID_ARGUMENT"),
+    ({"side": side_pb2.SIDE_UNSPECIFIED}, "side", "INVALID_ARGUMENT"),
+    ({"type": order_pb2.ORDER_TYPE_UNSPECIFIED}, "type", "INVALID_ARGUMENT"),
+    ({"amount": "-1"}, "amount", "INVALID_ARGUMENT"),
+    ({"amount": "1e3"}, "amount", "INVALID_ARGUMENT"),
+    ({"account": "0x123"}, "account", "INVALID_ARGUMENT"),
+    ({"venue": "nowhere"}, "venue", "INVALID_ARGUMENT"),
+    ({"client_order_id": ""}, "client_order_id", "INVALID_ARGUMENT"),
+    ({"client_order_id": "has space"}, "client_order_id", "INVALID_ARGUMENT"),
+])
+async def test_each_validation_rule_answers_without_calling_the_venue(
+        stack: ExecutionStack, fields: dict[str, Any], field: str, reason: str) -> None:
+    sim = stack.sim
+    inst = sim.engine.instrument(SYMBOL)
+    price = Decimal(far_bid(sim))
+    values = dict(fields)
+    if values.get("price") == "TICK+":
+        values["price"] = str(price + inst.tick_size / 2)
+    if values.get("amount") == "INC+":
+        values["amount"] = str(inst.min_trade_amount + inst.contract_size / 2)
+    if values.get("amount") == "MIN-":
+        # Raise the minimum above the increment at the venue, and let reference data see it.
+        inst = sim.engine.update_instrument(SYMBOL, min_trade_amount=inst.contract_size * 10)
+        await resync(stack)
+        values["amount"] = str(inst.min_trade_amount - inst.contract_size)
+    request = place_request(stack, "bad-1", price=str(price), amount=str(inst.min_trade_amount))
+    for key, value in values.items():
+        if key == "price" and value == "":
+            request.ClearField("price")
+        else:
+            setattr(request, key, value)
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        sim.requests.clear()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await running.stub(channel).PlaceOrder(request, metadata=running.metadata())
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        info = error_info(caught.value)
+        assert info is not None and info.reason == reason and info.metadata["field"] == field
+        assert order_calls(sim) == []
+        assert [r.method for r in sim.requests if r.method.startswith("private/")] == []
+
+
+async def test_inactive_instrument_is_refused_without_calling_the_venue(stack: ExecutionStack) -> None:
+    sim = stack.sim
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        sim.engine.delist("BTC-PERP")
+        await resync(stack)
+        request = place_request(stack, "inactive-1", price="100")
+        request.symbol = "BTC-PERP"
+        sim.requests.clear()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await running.stub(channel).PlaceOrder(request, metadata=running.metadata())
+        info = error_info(caught.value)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info is not None and info.reason == "INSTRUMENT_INACTIVE"
+        assert order_calls(sim) == []
+
+
+async def test_venue_rejection_maps_to_status_with_venue_code(stack: ExecutionStack) -> None:
+    sim = stack.sim
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        _, ask = best(sim)
+        # Post-only through the market: the venue refuses it.
+        request = place_request(stack, "po-1", price=str(ask), post_only=True)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(request, metadata=running.metadata())
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(caught.value)
+        assert info is not None and info.metadata["venue_code"] == "11054"
+        # The same id again: the same answer, and no second venue call.
+        calls = len(order_calls(sim))
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await stub.PlaceOrder(request, metadata=running.metadata())
+        assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert len(order_calls(sim)) == calls
+        entry = await running.app.journal.get("syndr", stack.account.address, "po-1")
+        assert entry is not None and entry.state == OrderState.REJECTED and entry.reject_code == 11054
+
+
+async def test_scopes(stack: ExecutionStack) -> None:
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(place_request(stack, "scope-1", price=far_bid(stack.sim)),
+                                  metadata=running.metadata("read"))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        listed = await stub.ListOpenOrders(pb.ListOpenOrdersRequest(venue="syndr", account=stack.account.address),
+                                           metadata=running.metadata("read"))
+        assert list(listed.orders) == []
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.ListOpenOrders(pb.ListOpenOrdersRequest(venue="syndr", account="0x" + "ab" * 20),
+                                      metadata=running.metadata("read"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_deadman_cancels_everything_unless_rearmed(stack: ExecutionStack) -> None:
+    sim = stack.sim
+    account = stack.account.address
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        for i in range(3):
+            await stub.PlaceOrder(place_request(stack, f"dm-{i}", price=far_bid(sim)), metadata=running.metadata())
+        armed = await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account,
+                                                           ttl=Duration(seconds=1)), metadata=running.metadata())
+        assert armed.HasField("fire_time")
+        await asyncio.sleep(0.6)
+        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
+                              metadata=running.metadata())
+        await asyncio.sleep(0.6)
+        assert len(sim.engine.open_orders(account)) == 3  # re-armed in time
+        await until(lambda: len(sim.engine.open_orders(account)) == 0, 5)
+        # Disarmed: nothing fires.
+        await stub.PlaceOrder(place_request(stack, "dm-after", price=far_bid(sim)), metadata=running.metadata())
+        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
+                              metadata=running.metadata())
+        disarmed = await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration()),
+                                         metadata=running.metadata())
+        assert not disarmed.HasField("fire_time")
+        await asyncio.sleep(1.3)
+        assert len(sim.engine.open_orders(account)) == 1
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=-1)),
+                                  metadata=running.metadata())
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_cancel_all_journals_final_states(stack: ExecutionStack) -> None:
+    sim = stack.sim
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        for i in range(4):
+            await stub.PlaceOrder(place_request(stack, f"ca-{i}", price=far_bid(sim)), metadata=running.metadata())
+        reply = await stub.CancelAllOrders(pb.CancelAllOrdersRequest(venue="syndr", account=stack.account.address,
+                                                                     symbol=SYMBOL), metadata=running.metadata())
+        assert reply.cancelled_count == 4
+        assert sim.engine.open_orders(stack.account.address) == []
+        entries = await running.app.journal.entries("syndr", stack.account.address)
+        assert len(entries) == 4 and all(e.state in FINAL_STATES for e in entries)

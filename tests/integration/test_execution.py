@@ -108,6 +108,7 @@ async def test_place_partial_fill_amend_cancel_with_streams(stack: ExecutionStac
         rest = await stub.PlaceOrder(place_request(stack, "rest-1", price=far_bid(sim)), metadata=running.metadata())
         assert rest.order.state == order_pb2.ORDER_STATE_OPEN
         assert rest.order.order_id and rest.order.client_order_id == "rest-1"
+        assert 0 < rest.order.venue_timing.us_in <= rest.order.venue_timing.us_out
         assert rest.order.signer_address.lower() == stack.account.signing_key.address.lower()
         venue_order = sim.engine.order(account, rest.order.order_id).to_wire()
         assert venue_order["order_signer"].lower() == stack.account.signing_key.address.lower()

@@ -57,6 +57,10 @@ def order_proto(venue: str, account: str, venue_order: dict[str, Any] | None,
         message.create_time.FromMilliseconds(entry.created_ms or entry.timestamp_ms)
         message.update_time.FromMilliseconds(entry.updated_ms or entry.timestamp_ms)
         message.order_id = entry.order_id
+        if entry.venue_timing is not None:
+            us_in, us_out, us_diff = entry.venue_timing
+            message.venue_timing.us_in, message.venue_timing.us_out, message.venue_timing.us_diff = \
+                us_in, us_out, us_diff
     if venue_order is None:
         return message
     o = models.parse_order(venue_order)

@@ -102,6 +102,8 @@ class JournalEntry:
     updated_ms: int = 0
     attempts: int = 1  # venue calls made with `request` (the first send counts)
     fingerprint: str = field(default="")
+    # The venue's (usIn, usOut, usDiff) of the call that produced this state; not journaled.
+    venue_timing: tuple[int, int, int] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.fingerprint:

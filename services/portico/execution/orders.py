@@ -203,7 +203,12 @@ class OrderManager:
             self.wake_reconciler()
             raise Unavailable(f"venue answered order {entry.intent.client_order_id} without an order; reconciling",
                               reason="ORDER_OUTCOME_UNKNOWN")
-        return await self.apply_venue_order(entry, order)
+        entry = await self.apply_venue_order(entry, order)
+        if result.us_in is not None and result.us_out is not None:
+            entry = entry.with_changes(venue_timing=(result.us_in, result.us_out,
+                                                     result.us_diff if result.us_diff is not None
+                                                     else result.us_out - result.us_in))
+        return entry
 
     # ------------------------------------------------------------------ reconciling
 

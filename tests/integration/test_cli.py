@@ -17,13 +17,16 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.openbao import OpenBaoDevServer
 from tests.support.ports import free_port
 
+from portico.execution.service import SERVICE_NAME as EXECUTION_SERVICE
 from portico.runtime.auth import hash_token
 from portico.runtime.secp256k1 import recover_address
 from portico.signer.v1 import signer_service_pb2 as pb
 from portico.signer.v1 import signer_service_pb2_grpc
+from portico.venues.syndr import models
 from portico.venues.syndr import typed_data as syndr
 from portico.venues.syndr.http import SyndrHttpClient
 
@@ -97,14 +100,57 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+async def _portico_async(*args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, [*PORTICO, *args], cwd=REPO, capture_output=True, text=True,
+                                   timeout=60)
+
+
+async def _order_round_trip(state: dict[str, object], state_file: Path) -> None:
+    """`portico order buy` rests an order on the demo account (registered by `portico up`), then cancel and list."""
+    simulator = state["simulator"]
+    assert isinstance(simulator, dict)
+    async with SyndrHttpClient(simulator["http"]) as venue:
+        book = (await venue.call("public/get_order_book", {"instrument_name": "ETH-PERP", "depth": 1})).result
+        instruments = models.parse_instruments((await venue.call("public/get_instruments", {"kind": "any"})).result)
+    tick = instruments["ETH-PERP"].tick_size
+    # 20% under the best bid, on the tick: rests without filling.
+    price = (Decimal(book["best_bid_price"]) * Decimal("0.8") / tick).to_integral_value() * tick
+    files = ("--state-file", str(state_file))
+
+    bought = await _portico_async("order", "buy", "ETH-PERP", "0.1", "--price", str(price), *files)
+    assert bought.returncode == 0, bought.stdout + bought.stderr
+    first, placed = bought.stdout.splitlines()
+    client_order_id = first.split()[1]
+    assert client_order_id.startswith("cli-") and f"--client-order-id {client_order_id}" in first
+    assert placed.startswith("OPEN  buy 0.1 ETH-PERP @ ") and f"client-order-id {client_order_id}" in placed
+    assert Decimal(placed.split(" @ ")[1].split()[0]) == price and "filled 0" in placed
+
+    listed = await _portico_async("order", "list", *files)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split()[:2] == ["ORDER", "ID"] and client_order_id in listed.stdout
+
+    cancelled = await _portico_async("order", "cancel", "--client-order-id", client_order_id, *files)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert cancelled.stdout.startswith("CANCELLED  buy 0.1 ETH-PERP") and client_order_id in cancelled.stdout
+
+    listed = await _portico_async("order", "list", *files)
+    assert (listed.returncode, listed.stdout) == (0, "no open orders\n"), listed.stderr
+
+    off_tick = await _portico_async("order", "buy", "ETH-PERP", "0.1", "--price", str(price + tick / 2), *files)
+    assert off_tick.returncode == 1
+    assert off_tick.stderr.startswith("portico order buy: INVALID_ARGUMENT from ")
+    assert off_tick.stderr.rstrip().endswith("[PRICE_NOT_ON_TICK]")
+
+
 async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None:
     state_file = tmp_path / "state.json"
-    vault_port, signer_port, sim_port, refdata_port, gateway_port, marketdata_port = (free_port() for _ in range(6))
+    vault_port, signer_port, sim_port, refdata_port, gateway_port, marketdata_port, execution_port = (
+        free_port() for _ in range(7))
     process = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, stopped with a signal below
         [*PORTICO, "up", "--state-file", str(state_file), "--data-dir", str(tmp_path / "data"),
          "--vault-port", str(vault_port), "--signer-port", str(signer_port), "--sim-port", str(sim_port),
          "--refdata-port", str(refdata_port), "--gateway-port", str(gateway_port),
-         "--marketdata-port", str(marketdata_port)],
+         "--marketdata-port", str(marketdata_port), "--execution-port", str(execution_port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -115,7 +161,17 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
         state = json.loads(state_file.read_text())
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
         assert state["services"] == {"signer": f"127.0.0.1:{signer_port}", "refdata": f"127.0.0.1:{refdata_port}",
-                                     "marketdata": f"127.0.0.1:{marketdata_port}"}
+                                     "marketdata": f"127.0.0.1:{marketdata_port}",
+                                     "execution": f"127.0.0.1:{execution_port}"}
+        for name, target in state["services"].items():  # every service listed is SERVING (as a whole)
+            async with grpc.aio.insecure_channel(target) as channel:
+                health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING, name
+        async with grpc.aio.insecure_channel(state["services"]["execution"]) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=EXECUTION_SERVICE), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        await _order_round_trip(state, state_file)
         book = await asyncio.to_thread(
             subprocess.run, [*PORTICO, "book", "ETH-PERP", "--state-file", str(state_file), "--seconds", "2"],
             cwd=REPO, capture_output=True, text=True, timeout=30)
@@ -133,6 +189,8 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
             assert "ETH-PERP" in (await venue.call("public/get_all_instrument_names")).result
         assert set(state["tokens"]) == {"read", "trade", "admin"}
         demo = state["demo"]
+        # The venue API key pair went to Vault only: nothing of it in the state file.
+        assert set(demo) == {"venue", "account", "account_key_id", "signing_key_id", "signing_key_address"}
         data = syndr.order_typed_data(
             verifying_contract="0x" + "ab" * 20, account=demo["account"], instrument_id=1, is_buy=True,
             order_type=0, time_in_force=0, post_only=False, reduce_only=False, price=Decimal("3000"),
@@ -151,6 +209,6 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
     assert "Portico is up." in out
     assert not state_file.exists()
     assert not any(_port_open(port) for port in (vault_port, signer_port, sim_port, refdata_port, gateway_port,
-                                                 marketdata_port))
+                                                 marketdata_port, execution_port))
     for token in state["tokens"].values():  # tokens are in the state file only
         assert token not in out + err

@@ -1,0 +1,121 @@
+"""Where a terminal command (`portico book`, `portico order`, ...) connects, and with which token.
+
+Each command talks to one service. Its address comes from `--target`, else from
+the `portico up` state file (`services.<service>`); its bearer token from the
+environment variable named by `--token-env`, else from the state file
+(`tokens.<scope>`). There is deliberately no working `--token`:
+command-line arguments are visible to every user through `ps`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from portico.runtime.errors import error_info
+
+__all__ = [
+    "DEFAULT_STATE_FILE",
+    "ConfigError",
+    "StateFile",
+    "add_connection_arguments",
+    "connection",
+    "describe_rpc_error",
+]
+
+DEFAULT_STATE_FILE = Path("var/up/state.json")  # where `portico up` writes it by default
+
+
+class ConfigError(Exception):
+    """The target, token or another default could not be found; the message is safe to print."""
+
+
+class RefuseToken(argparse.Action):
+    """`--token` exists only to explain why it is refused."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error("--token is not accepted: command-line arguments are visible to everyone through `ps`; "
+                     "use --token-env VAR or the state file")
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser, *, service: str, what: str, scope: str) -> None:
+    """`--state-file`, `--target`, `--token-env` (and a refused `--token`) for a command that calls `service`.
+
+    `what` names the service for people ("market-data service"); `scope` is the
+    token the command takes from the state file by default. Abbreviations are
+    turned off so that `--token X` cannot be taken as `--token-env X`.
+    """
+    parser.allow_abbrev = False
+    parser.add_argument("--token", action=RefuseToken, help=argparse.SUPPRESS)
+    parser.add_argument("--state-file", type=Path,
+                        help=f"`portico up` state file with the {what} address and tokens ({DEFAULT_STATE_FILE})")
+    parser.add_argument("--target", metavar="HOST:PORT",
+                        help=f"{what} address (default: services.{service} in the state file)")
+    parser.add_argument("--token-env", metavar="VAR",
+                        help=f"take the bearer token (scope {scope}) from this environment variable "
+                             f"(default: tokens.{scope} in the state file)")
+
+
+class StateFile:
+    """The `portico up` state file, read once and only when a value is actually needed."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or DEFAULT_STATE_FILE
+        self._document: Any = None
+        self._loaded = False
+
+    def document(self) -> Any:
+        if not self._loaded:
+            try:
+                text = self.path.read_text()
+            except FileNotFoundError:
+                raise ConfigError(f"no state file at {self.path}: start `portico up`, pass --state-file, "
+                                  f"or pass --target and --token-env") from None
+            except OSError as exc:
+                raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from None
+            try:
+                self._document = json.loads(text)
+            except ValueError:
+                raise ConfigError(f"{self.path} is not a JSON document") from None
+            self._loaded = True
+        return self._document
+
+    def value(self, *path: str) -> str:
+        """The non-empty string at `path` (e.g. "services", "marketdata"), or ConfigError naming it."""
+        value = self.document()
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.path} has no {'.'.join(path)}")
+        return value
+
+
+def connection(args: argparse.Namespace, *, service: str, scope: str,
+               state: StateFile | None = None) -> tuple[str, str]:
+    """The target and bearer token: `--target` and `--token-env` first, else the state file."""
+    state = state or StateFile(args.state_file)
+    target: str = args.target or state.value("services", service)
+    if args.token_env:
+        token = os.environ.get(args.token_env, "").strip()
+        if not token:
+            raise ConfigError(f"environment variable {args.token_env} is not set or empty")
+    else:
+        token = state.value("tokens", scope).strip()
+    return target, token
+
+
+def describe_rpc_error(error: grpc.aio.AioRpcError, target: str) -> str:
+    """One readable line for a failed call: code, the server's message, and its reason when it gives one."""
+    details = " ".join((error.details() or "").split()) or "no details"
+    try:
+        info = error_info(error)
+    except Exception:  # a malformed status detail must not hide the error itself
+        info = None
+    reason = f" [{info.reason}]" if info is not None and info.reason else ""
+    return f"{error.code().name} from {target}: {details}{reason}"

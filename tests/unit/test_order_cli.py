@@ -1,0 +1,192 @@
+"""`portico order`: argument parsing and validation, requests, rendering, exit codes (no server)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from portico.cli import build_parser
+from portico.common.v1 import side_pb2
+from portico.execution.v1 import order_pb2
+from portico.order_cli import (
+    CLIENT_ORDER_ID,
+    UsageError,
+    check_arguments,
+    new_client_order_id,
+    place_request,
+    render_order,
+    render_orders,
+    run,
+)
+
+ACCOUNT = "0x" + "ab" * 20
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["order", *argv])
+
+
+def rejected(*argv: str) -> None:
+    """Parse `argv`, which argparse must refuse as a usage error (exit code 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv)
+    assert exit_info.value.code == 2
+
+
+def test_buy_defaults_and_request() -> None:
+    args = parse("buy", "ETH-PERP", "0.1", "--price", "3000.50")
+    assert (args.order_command, args.symbol, args.amount, args.price, args.market, args.client_order_id,
+            args.post_only, args.reduce_only, args.tif, args.label, args.venue, args.account, args.scope,
+            args.state_file, args.target, args.token_env) == (
+        "buy", "ETH-PERP", "0.1", "3000.50", False, None, False, False, None, "", "syndr", None, "trade",
+        None, None, None)
+    check_arguments(args)
+    request = place_request(args, "syndr", ACCOUNT, "cli-1")
+    assert (request.side, request.type, request.amount, request.price, request.time_in_force,
+            request.client_order_id, request.account) == (
+        side_pb2.SIDE_BUY, order_pb2.ORDER_TYPE_LIMIT, "0.1", "3000.50", order_pb2.TIME_IN_FORCE_UNSPECIFIED,
+        "cli-1", ACCOUNT)
+
+
+def test_sell_market_with_options() -> None:
+    args = parse("sell", "BTC-PERP", "1e-2", "--market", "--tif", "IOC", "--reduce-only", "--label", "x",
+                 "--client-order-id", "desk.a:1_b-2", "--account", ACCOUNT)
+    check_arguments(args)
+    request = place_request(args, "syndr", args.account, args.client_order_id)
+    # A decimal in exponent form becomes a plain decimal string; never a float.
+    assert (request.side, request.type, request.amount, request.price, request.time_in_force,
+            request.reduce_only, request.label, request.client_order_id) == (
+        side_pb2.SIDE_SELL, order_pb2.ORDER_TYPE_MARKET, "0.01", "", order_pb2.TIME_IN_FORCE_IMMEDIATE_OR_CANCEL,
+        True, "x", "desk.a:1_b-2")
+    assert parse("buy", "X", "0.30000000000000000001", "--price", "1").amount == "0.30000000000000000001"
+
+
+@pytest.mark.parametrize("argv", [
+    ["buy", "ETH-PERP", "0.1"],  # neither --price nor --market
+    ["buy", "ETH-PERP", "0.1", "--price", "3000", "--market"],
+    ["buy", "ETH-PERP", "0", "--price", "3000"],
+    ["buy", "ETH-PERP", "-0.1", "--price", "3000"],
+    ["buy", "ETH-PERP", "abc", "--price", "3000"],
+    ["buy", "ETH-PERP", "NaN", "--price", "3000"],
+    ["buy", "ETH-PERP", "Infinity", "--price", "3000"],
+    ["buy", "ETH-PERP", "0.1", "--price", "0"],
+    ["buy", "ETH-PERP", "0.1", "--price", "3,000"],
+    ["buy", "ETH-PERP", "0.1", "--price", "3000", "--tif", "day"],
+    ["buy", "ETH-PERP", "0.1", "--price", "3000", "--client-order-id", "has space"],
+    ["buy", "ETH-PERP", "0.1", "--price", "3000", "--client-order-id", "x" * 65],
+    ["buy", "ETH-PERP", "0.1", "--price", "3000", "--client", "abc"],  # no abbreviations
+    ["buy", "ETH-PERP", "0.1", "--price", "3000", "--timeout", "0"],
+    ["buy", "ETH-PERP", "0.1", "--price", "3000", "--token", "secret"],
+    ["buy", "ETH-PERP", "0.1", "--price", "3000", "--tok", "secret"],
+    ["sell", "ETH-PERP", "--price", "3000"],  # no amount
+    ["cancel"],  # what to cancel?
+    ["cancel", "--order-id", "1", "--client-order-id", "a"],
+    ["cancel", "--order-id", "1", "--all"],
+    ["list", "--token=secret"],
+    ["amend", "x"],
+    [],
+])
+def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
+    rejected(*argv)
+
+
+def test_token_on_the_command_line_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    rejected("list", "--token", "secret")
+    assert "--token is not accepted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["buy", "ETH-PERP", "0.1", "--market", "--post-only"], "--post-only needs a limit price"),
+    (["cancel", "--order-id", "1", "--symbol", "ETH-PERP"], "--symbol only goes with --all"),
+    (["list", "--account", "0x1234"], "is not a 0x-prefixed 20-byte hex address"),
+])
+def test_rules_between_arguments(argv: list[str], message: str) -> None:
+    args = parse(*argv)
+    with pytest.raises(UsageError, match=message):
+        check_arguments(args)
+
+
+def test_cancel_and_list_arguments() -> None:
+    args = parse("cancel", "--all", "--symbol", "ETH-PERP")
+    check_arguments(args)
+    assert (args.all, args.symbol, args.order_id, args.client_order_id, args.scope) == (
+        True, "ETH-PERP", None, None, "trade")
+    args = parse("cancel", "--client-order-id", "cli-1")
+    check_arguments(args)
+    assert (args.all, args.client_order_id) == (False, "cli-1")
+    args = parse("list")
+    assert (args.symbol, args.scope) == (None, "read")  # listing only needs the read token
+
+
+def test_generated_client_order_ids_are_valid_and_fresh() -> None:
+    ids = {new_client_order_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(CLIENT_ORDER_ID.fullmatch(i) and i.startswith("cli-") for i in ids)
+
+
+def order(**fields: object) -> order_pb2.Order:
+    base: dict[str, object] = {"order_id": "77", "client_order_id": "cli-1", "symbol": "ETH-PERP",
+                               "side": side_pb2.SIDE_BUY, "price": "2400.5", "amount": "0.1",
+                               "filled_amount": "0", "state": order_pb2.ORDER_STATE_OPEN}
+    return order_pb2.Order(**{**base, **fields})
+
+
+def test_render_order_line() -> None:
+    assert render_order(order()) == (
+        "OPEN  buy 0.1 ETH-PERP @ 2400.5  filled 0  order-id 77  client-order-id cli-1")
+    line = render_order(order(state=order_pb2.ORDER_STATE_REJECTED, price="", order_id="", side=side_pb2.SIDE_SELL,
+                              reject_reason="post only would take"))
+    assert line == ("REJECTED  sell 0.1 ETH-PERP @ market  filled 0  order-id -  client-order-id cli-1"
+                    "  reason: post only would take")
+
+
+def test_render_orders_table_is_aligned() -> None:
+    assert render_orders([]) == ["no open orders"]
+    lines = render_orders([order(), order(order_id="123456", client_order_id="a", price="10", amount="12.25",
+                                          filled_amount="2.25")])
+    assert lines == [
+        "ORDER ID  CLIENT ORDER ID  SYMBOL    SIDE   PRICE  AMOUNT  FILLED  STATE",
+        "77        cli-1            ETH-PERP  buy   2400.5     0.1       0  OPEN",
+        "123456    a                ETH-PERP  buy       10   12.25    2.25  OPEN",
+    ]
+
+
+def test_missing_state_file_and_missing_values_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    args = parse("list", "--state-file", str(tmp_path / "none.json"))
+    assert run(args) == 2
+    assert capsys.readouterr().err.startswith(f"portico order: no state file at {tmp_path / 'none.json'}")
+
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"services": {"execution": "127.0.0.1:1"}, "tokens": {"read": "r"}}))
+    assert run(parse("buy", "ETH-PERP", "0.1", "--price", "1", "--state-file", str(state))) == 2
+    assert "has no tokens.trade" in capsys.readouterr().err  # trading needs the trade token
+    assert run(parse("list", "--state-file", str(state))) == 2
+    assert "has no demo.account" in capsys.readouterr().err
+
+    monkeypatch.delenv("PORTICO_TEST_TOKEN", raising=False)
+    assert run(parse("list", "--target", "127.0.0.1:1", "--token-env", "PORTICO_TEST_TOKEN",
+                     "--account", ACCOUNT)) == 2
+    assert "PORTICO_TEST_TOKEN is not set or empty" in capsys.readouterr().err
+    assert run(parse("buy", "X", "1", "--market", "--post-only", "--state-file", str(state))) == 2
+    assert "--post-only needs a limit price" in capsys.readouterr().err
+
+
+def test_a_failed_call_exits_1_with_the_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTICO_TEST_TOKEN", "t")
+    out, err = io.StringIO(), io.StringIO()
+    args = parse("cancel", "--order-id", "1", "--target", "127.0.0.1:1", "--token-env", "PORTICO_TEST_TOKEN",
+                 "--account", ACCOUNT, "--timeout", "2")
+    assert run(args, out=out, err=err) == 1
+    assert err.getvalue().startswith("portico order cancel: UNAVAILABLE from 127.0.0.1:1: ")
+    assert out.getvalue() == ""
+    # An order placed without an id gets one, printed before the call so that it can be retried.
+    args = parse("buy", "ETH-PERP", "0.1", "--price", "1", "--target", "127.0.0.1:1", "--token-env",
+                 "PORTICO_TEST_TOKEN", "--account", ACCOUNT, "--timeout", "2")
+    assert run(args, out=out, err=err) == 1
+    generated = out.getvalue().split()[1]
+    assert generated.startswith("cli-") and f"--client-order-id {generated}" in out.getvalue()

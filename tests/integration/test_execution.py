@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,8 +12,10 @@ import grpc
 import orjson
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.execution import ExecutionStack, execution_stack, running_execution
 from tests.support.openbao import OpenBaoDevServer
+from tests.support.postgres import fresh_database
 from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
@@ -219,9 +221,26 @@ async def test_unknown_outcome_is_reconciled_and_never_doubled(stack: ExecutionS
         assert len(sim.engine.open_orders(stack.account.address)) == 3
 
 
-async def test_restart_reconciles_before_serving(stack: ExecutionStack) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def journal_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The journal on a fresh SQLite file or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield {"PORTICO_EXECUTION_JOURNAL_DB": str(tmp_path / "journal-param.sqlite3")}
+        return
+    with fresh_database("portico_exec") as dsn:
+        yield {"PORTICO_EXECUTION_JOURNAL_DSN": dsn}
+
+
+async def health(target: str) -> int:
+    async with open_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="portico.execution.v1.ExecutionService"), timeout=2)
+        return int(reply.status)
+
+
+async def test_restart_reconciles_before_serving(stack: ExecutionStack, journal_env: dict[str, str]) -> None:
     sim = stack.sim
-    async with running_execution(stack) as running, open_channel(running.target) as channel:
+    async with running_execution(stack, journal_env) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
         await stub.PlaceOrder(place_request(stack, "warm-up", price=far_bid(sim)), metadata=running.metadata())
         sim.requests.clear()
@@ -237,9 +256,14 @@ async def test_restart_reconciles_before_serving(stack: ExecutionStack) -> None:
         assert info.metadata["client_order_id"] == "crash-0"
         assert [r.params["label"] for r in order_calls(sim)] == ["crash-0"]
         await running.app.aclose(grace_s=0)  # "crash" with crash-0 journaled as UNKNOWN
-    sim.faults.reset()
-    async with running_execution(stack, wait_serving=False) as restarted:
+    # Restarted while the venue still loses every answer: NOT_SERVING, since crash-0 cannot be resolved.
+    async with running_execution(stack, journal_env, wait_serving=False) as restarted:
+        await asyncio.sleep(0.6)
+        assert not restarted.app.reconciled.is_set()
+        assert await health(restarted.target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        sim.faults.reset()
         await asyncio.wait_for(restarted.app.reconciled.wait(), 10)
+        assert await health(restarted.target) == health_pb2.HealthCheckResponse.SERVING
         entry = await restarted.app.journal.get("syndr", stack.account.address, "crash-0")
         assert entry is not None and entry.state == OrderState.OPEN
         assert await restarted.app.journal.get("syndr", stack.account.address, "crash-1") is None

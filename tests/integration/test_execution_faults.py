@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -177,11 +178,18 @@ async def test_order_stream_catches_up_after_the_websocket_is_cut(stack: Executi
 
 
 async def test_one_trace_per_order_across_execution_signer_and_venue(stack: ExecutionStack,
-                                                                     spans: InMemorySpanExporter) -> None:
+                                                                     spans: InMemorySpanExporter,
+                                                                     log_lines: io.StringIO) -> None:
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         spans.clear()
-        await running.stub(channel).PlaceOrder(order_request(stack, 2), metadata=running.metadata())
+        reply = await running.stub(channel).PlaceOrder(order_request(stack, 2), metadata=running.metadata())
+        sim_order = stack.sim.engine.order(stack.account.address, reply.order.order_id)
+        assert sim_order.order_id == reply.order.order_id
     finished = spans.get_finished_spans()
+    # No secret anywhere: not the venue API secret, not the bearer token, in no log line or span.
+    secrets = [stack.account.credentials.api_secret, stack.tokens["trade"], stack.service_token]
+    exported = log_lines.getvalue() + "".join(span.to_json() for span in finished) + str(reply)
+    assert not [secret for secret in secrets if secret in exported]
     place = [s for s in finished if s.kind == SpanKind.SERVER and s.name.endswith("ExecutionService/PlaceOrder")]
     assert len(place) == 1
     trace_id = place[0].context.trace_id

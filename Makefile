@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_sim_engine --out bench-results/sim_engine.json
 	$(BIN)/python -m tests.bench.bench_refdata --out bench-results/refdata.json
 	$(BIN)/python -m tests.bench.bench_marketdata --out bench-results/marketdata.json
+	$(BIN)/python -m tests.bench.bench_execution --out bench-results/execution.json
 
 clean:
 	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache

@@ -25,7 +25,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
@@ -35,7 +36,8 @@ from portico.execution.journal import OrderJournal
 from portico.execution.model import JournalEntry, OrderIntent, OrderState
 from portico.execution.signing import OrderSigner
 from portico.execution.validation import Instruments, check_against_instrument
-from portico.execution.venue import SyndrVenue
+from portico.execution.venue import SyndrVenue, open_orders
+from portico.runtime.decimals import parse_optional_decimal
 from portico.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from portico.venues.syndr import typed_data
 from portico.venues.syndr.constants import ErrorCode
@@ -54,6 +56,7 @@ log = logging.getLogger("portico.execution.orders")
 _VENUE_STATES: Final = {"open": OrderState.OPEN, "filled": OrderState.FILLED, "cancelled": OrderState.CANCELLED,
                         "rejected": OrderState.REJECTED, "expired": OrderState.EXPIRED}
 _SALT_BITS: Final = 64
+_JOURNALED_MEMORY: Final = 100_000  # order ids whose last journaled venue state is remembered
 
 JournalListener = Callable[[JournalEntry], None]
 
@@ -87,6 +90,17 @@ class OrderManager:
         self._reconcile_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self.listeners: list[JournalListener] = []
         self.wake_reconciler: Callable[[], None] = lambda: None
+        # What the journal holds, mirrored so the hot path asks it less: unresolved entries per
+        # (venue, account, symbol), and the last venue state journaled per order id. This process
+        # is the journal's only writer (one execution replica per journal, as the README says).
+        self._unresolved: dict[tuple[str, str, str], set[tuple[str, str, str]]] = {}
+        self._journaled: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+
+    async def load(self) -> None:
+        """Build the in-memory index from the journal (at start, before serving)."""
+        self._unresolved.clear()
+        for entry in await self.journal.unresolved():
+            self._index(entry)
 
     # ------------------------------------------------------------------ placing
 
@@ -149,6 +163,7 @@ class OrderManager:
         stored = await self.journal.insert(entry)
         if stored.salt != salt:  # another process journaled this client id first: its order is the order
             return await self._repeat(stored, intent)
+        self._index(stored)
         self._notify(stored)
         return await self._send(stored)
 
@@ -168,6 +183,8 @@ class OrderManager:
 
     async def _require_resolved(self, venue: str, account: str, symbol: str) -> None:
         """No new order on an instrument while an earlier one's outcome there is unknown."""
+        if not self._unresolved.get((venue, account, symbol)):
+            return
         for entry in await self.journal.unresolved(venue, account, symbol):
             if entry.key in self._inflight and entry.state == OrderState.PENDING:
                 continue  # being sent right now by this process: its outcome is not unknown (yet)
@@ -264,7 +281,12 @@ class OrderManager:
                                                      venue_order=orjson.dumps(order)))
 
     async def on_venue_order(self, venue: str, account: str, order: dict[str, Any]) -> JournalEntry | None:
-        """An order update from the venue (stream or read): journal it if the order is ours."""
+        """An order update from the venue (stream or read): journal it if the order is ours.
+
+        The stream echoes every order just placed; what the journal already holds is not written again.
+        """
+        if self._journaled.get(str(order.get("order_id", ""))) == _venue_version(order):
+            return None
         entry = await self.journal.find_order(venue, account, str(order.get("order_id", "")))
         if entry is None and order.get("salt") is not None:
             try:
@@ -277,8 +299,21 @@ class OrderManager:
 
     async def _record(self, entry: JournalEntry) -> JournalEntry:
         stored = await self.journal.update(entry)
+        self._index(stored)
         self._notify(stored)
         return stored
+
+    def _index(self, entry: JournalEntry) -> None:
+        group = self._unresolved.setdefault((entry.intent.venue, entry.intent.account, entry.intent.symbol), set())
+        if entry.unresolved:
+            group.add(entry.key)
+        else:
+            group.discard(entry.key)
+        if entry.order_id and entry.venue_order:
+            self._journaled[entry.order_id] = _venue_version(orjson.loads(entry.venue_order))
+            self._journaled.move_to_end(entry.order_id)
+            if len(self._journaled) > _JOURNALED_MEMORY:
+                self._journaled.popitem(last=False)
 
     def _notify(self, entry: JournalEntry) -> None:
         for listener in self.listeners:
@@ -323,8 +358,6 @@ class OrderManager:
     async def amend(self, venue: str, account: str, order_id: str, client_order_id: str, amount: str,
                     price: str) -> tuple[JournalEntry | None, dict[str, Any]]:
         """`private/edit`, re-signed over the new price and amount with a fresh salt (salts sign one payload)."""
-        from portico.runtime.decimals import parse_optional_decimal
-
         new_amount = parse_optional_decimal(amount, "amount", positive=True)
         new_price = parse_optional_decimal(price, "price", positive=True)
         if new_amount is None and new_price is None:
@@ -380,16 +413,15 @@ class OrderManager:
             entry = await self.apply_venue_order(entry, order)
         return entry, order
 
-    async def cancel_all(self, venue: str, account: str, symbol: str | None,
-                         call: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None) -> int:
+    async def cancel_all(self, venue: str, account: str, symbol: str | None) -> int:
         """Cancel the account's open orders (on one instrument); return how many were open; journal them."""
         try:
-            before = [o for o in await _open(self.venue, account) if symbol is None or o["instrument_name"] == symbol]
-            send = call or (lambda method, params: self.venue.call(account, method, params))
+            before = [o for o in await open_orders(self.venue, account)
+                      if symbol is None or o["instrument_name"] == symbol]
             if symbol is None:
-                await send("private/cancel_all", {})
+                await self.venue.call(account, "private/cancel_all", {})
             else:
-                await send("private/cancel_all_by_instrument", {"instrument_name": symbol})
+                await self.venue.call(account, "private/cancel_all_by_instrument", {"instrument_name": symbol})
         except SyndrError as exc:
             raise to_portico_error(exc) from None
         for order in before:
@@ -397,10 +429,10 @@ class OrderManager:
         return len(before)
 
 
-async def _open(venue: SyndrVenue, account: str) -> list[dict[str, Any]]:
-    from portico.execution.venue import open_orders
-
-    return await open_orders(venue, account)
+def _venue_version(order: dict[str, Any]) -> tuple[Any, ...]:
+    """What distinguishes one venue state of an order from the next."""
+    return (order.get("last_update_timestamp"), order.get("order_state"), str(order.get("filled_amount")),
+            str(order.get("amount")), str(order.get("price")))
 
 
 def _newer(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:

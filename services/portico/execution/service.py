@@ -316,6 +316,7 @@ class ExecutionApp(GrpcServiceApp):
     async def start(self) -> None:
         await self.vault.start()
         await self.journal.start()
+        await self.orders.load()
         await self.server.start([SERVICE_NAME], serving=False)
         self._reconciler = asyncio.create_task(self._reconcile_forever(), name="execution-reconciler")
 

@@ -15,12 +15,21 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from portico.runtime.errors import Internal, NotFound, Unavailable
 from portico.runtime.vault import VaultError, VaultNotFound, VaultSession
+from portico.venues.syndr import models
+from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.credentials import ApiCredentials
+from portico.venues.syndr.errors import SyndrAuthError, SyndrRpcError
+from portico.venues.syndr.http import RpcResult, SyndrHttpClient
 
-__all__ = ["VenueAccount", "VenueAccountStore", "account_path"]
+__all__ = ["AccountSession", "SyndrAccounts", "VenueAccount", "VenueAccountStore", "account_path"]
+
+# Venue answers that mean "the credentials or signing key on record are no longer the account's".
+_STALE_RECORD_CODES = frozenset({ErrorCode.INVALID_SIGNATURE, ErrorCode.SIGNING_KEY_NOT_REGISTERED,
+                                 ErrorCode.SIGNING_KEY_EXPIRED})
 
 ACCOUNTS_ROOT = "portico/venues"
 
@@ -93,3 +102,76 @@ class VenueAccountStore:
             "api_key": record.credentials.api_key, "api_secret": record.credentials.api_secret,
             "signing_key_id": record.signing_key_id, "signing_key_address": record.signing_key_address})
         self._cache[(record.venue, record.account.lower())] = (time.monotonic(), record)
+
+
+@dataclass(frozen=True)
+class AccountSession:
+    """An account's record and the HTTP client that carries its credentials."""
+
+    record: VenueAccount
+    http: SyndrHttpClient
+
+
+class SyndrAccounts:
+    """Syndr for the accounts Portico acts for: one HTTP client per account, each with its own API key pair.
+
+    A rotated record (new API key or signing key, written by the account service) replaces the client
+    once the store's cache expires, or at once when the venue refuses the old credentials or signature.
+    """
+
+    def __init__(self, http_url: str, store: VenueAccountStore, *, timeout_s: float):
+        self._url = http_url
+        self._timeout_s = timeout_s
+        self.store = store
+        self.public = SyndrHttpClient(http_url, timeout_s=timeout_s)
+        self._sessions: dict[str, AccountSession] = {}
+        self._orderbook: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def session(self, account: str) -> AccountSession:
+        """The account's client (NOT_FOUND when Portico holds no credentials for it)."""
+        record = await self.store.get("syndr", account)
+        key = account.lower()
+        current = self._sessions.get(key)
+        if current is not None and current.record == record:
+            return current
+        session = AccountSession(record, SyndrHttpClient(self._url, credentials=record.credentials,
+                                                         timeout_s=self._timeout_s, retries=0))
+        self._sessions[key] = session
+        if current is not None:
+            await current.http.aclose()
+        return session
+
+    def independent_client(self, record: VenueAccount) -> SyndrHttpClient:
+        """A client with its own connection pool (e.g. for a dead-man's switch that must not share a stuck one)."""
+        return SyndrHttpClient(self._url, credentials=record.credentials, timeout_s=self._timeout_s, retries=0)
+
+    async def call(self, account: str, method: str, params: dict[str, Any] | None = None) -> RpcResult:
+        """A private call for `account`; a refusal of the record on file drops it from the cache."""
+        session = await self.session(account)
+        try:
+            return await session.http.call(method, params)
+        except SyndrAuthError:
+            self.store.forget("syndr", account)
+            raise
+        except SyndrRpcError as exc:
+            if exc.code in _STALE_RECORD_CODES:
+                self.store.forget("syndr", account)
+            raise
+
+    async def orderbook_address(self) -> str:
+        """The orderbook contract orders are signed for (`public/get_l3_contracts`, asked once)."""
+        if self._orderbook is None:
+            async with self._lock:
+                if self._orderbook is None:
+                    contracts = models.parse_l3_contracts((await self.public.call("public/get_l3_contracts")).result)
+                    if not contracts.orderbook_address:
+                        raise ValueError("the venue did not name its orderbook contract")
+                    self._orderbook = contracts.orderbook_address
+        return self._orderbook
+
+    async def aclose(self) -> None:
+        await self.public.aclose()
+        for session in self._sessions.values():
+            await session.http.aclose()
+        self._sessions.clear()

@@ -457,7 +457,7 @@ _COMPONENTS = (
     ("execution/journal.py", "service: journal (SQLite)"),
     ("execution/orders.py", "service: order manager"),
     ("execution/validation.py", "service: validation"),
-    ("execution/signing.py", "service: signer client"),
+    ("signer/client.py", "service: signer client"),
     ("execution/venue.py", "service: venue sessions"),
     ("execution/service.py", "service: servicer"),
     ("execution/convert.py", "service: proto conversion"),

@@ -34,11 +34,11 @@ import orjson
 
 from portico.execution.journal import OrderJournal
 from portico.execution.model import JournalEntry, OrderIntent, OrderState
-from portico.execution.signing import OrderSigner
 from portico.execution.validation import Instruments, check_against_instrument
 from portico.execution.venue import SyndrVenue, open_orders
 from portico.runtime.decimals import parse_optional_decimal
 from portico.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from portico.signer.client import SignerClient
 from portico.venues.syndr import typed_data
 from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.errors import (
@@ -79,7 +79,7 @@ def _rejection(entry: JournalEntry) -> Exception:
 class OrderManager:
     """Places, reconciles, amends and cancels orders; the journal is its memory."""
 
-    def __init__(self, journal: OrderJournal, venue: SyndrVenue, signer: OrderSigner, instruments: Instruments, *,
+    def __init__(self, journal: OrderJournal, venue: SyndrVenue, signer: SignerClient, instruments: Instruments, *,
                  order_ttl_s: float):
         self.journal = journal
         self.venue = venue

@@ -19,7 +19,6 @@ from portico.execution.journal import OrderJournal, open_journal
 from portico.execution.model import JournalEntry, OrderState
 from portico.execution.orders import OrderManager
 from portico.execution.settings import ExecutionSettings
-from portico.execution.signing import OrderSigner
 from portico.execution.streams import AccountFeeds, StreamConsumer
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
@@ -37,6 +36,7 @@ from portico.runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
 from portico.runtime.server import GrpcServer
 from portico.runtime.vault import VaultSession
+from portico.signer.client import SignerClient
 from portico.venues.accounts import VenueAccountStore
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, to_portico_error
@@ -299,7 +299,7 @@ class ExecutionApp(GrpcServiceApp):
                                 VenueAccountStore(self.vault, cache_ttl_s=settings.credentials_cache_s),
                                 timeout_s=settings.venue_timeout_s)
         self.orders = OrderManager(
-            self.journal, self.venue, OrderSigner(self.signer_channel, settings.service_token),
+            self.journal, self.venue, SignerClient(self.signer_channel, settings.service_token),
             Instruments(self.refdata_channel, settings.service_token, cache_s=settings.instrument_cache_s),
             order_ttl_s=settings.order_ttl_s)
         self.feeds = AccountFeeds(settings.syndr_ws_url, self.venue, self.orders)

@@ -2,7 +2,10 @@
 
 One KV v2 secret per (venue, account) at
 ``portico/venues/<venue>/accounts/<account address, lower case>``:
-``{"api_key", "api_secret", "signing_key_id", "signing_key_address"}``.
+``{"api_key", "api_secret", "signing_key_id", "signing_key_address", "account_key_id"}``.
+Before the account's first signing-key registration the record holds only
+``account_key_id``: the signer key of the account itself, which signs
+``RegisterSigningKey``.
 The account service (and `portico up`) writes it when it registers a
 signing key; the execution and account services read it. The signer cannot
 read this path and these services cannot read the signer's keys (their
@@ -48,6 +51,7 @@ class VenueAccount:
     credentials: ApiCredentials = field(repr=True)  # ApiCredentials hides its secret
     signing_key_id: str
     signing_key_address: str
+    account_key_id: str = ""
 
 
 class VenueAccountStore:
@@ -78,20 +82,28 @@ class VenueAccountStore:
             self._cache[key] = (time.monotonic(), record)
             return record
 
-    async def _read(self, venue: str, account: str) -> VenueAccount:
+    async def read_raw(self, venue: str, account: str) -> dict[str, Any]:
+        """The record as stored (possibly only `account_key_id`); NOT_FOUND if Portico knows no such account."""
         try:
-            data = await self._vault.read_kv(account_path(venue, account))
+            return await self._vault.read_kv(account_path(venue, account))
         except VaultNotFound:
-            raise NotFound(f"no {venue} credentials for account {account}", reason="ACCOUNT_NOT_FOUND",
+            raise NotFound(f"Portico holds no {venue} account {account}", reason="ACCOUNT_NOT_FOUND",
                            metadata={"venue": venue, "account": account}) from None
         except VaultError as exc:
             raise Unavailable(f"Vault unavailable reading the {venue} account ({type(exc).__name__})",
                               reason="VAULT_UNAVAILABLE") from None
+
+    async def _read(self, venue: str, account: str) -> VenueAccount:
+        data = await self.read_raw(venue, account)
+        if "api_key" not in data:
+            raise NotFound(f"{venue} account {account} has no signing key registered yet",
+                           reason="ACCOUNT_NOT_REGISTERED", metadata={"venue": venue, "account": account})
         try:
             return VenueAccount(venue=venue, account=account,
                                 credentials=ApiCredentials(str(data["api_key"]), str(data["api_secret"])),
                                 signing_key_id=str(data["signing_key_id"]),
-                                signing_key_address=str(data.get("signing_key_address", "")))
+                                signing_key_address=str(data.get("signing_key_address", "")),
+                                account_key_id=str(data.get("account_key_id", "")))
         except (KeyError, ValueError):
             raise Internal(f"the {venue} account record of {account} is incomplete",
                                reason="ACCOUNT_RECORD_INVALID") from None
@@ -100,8 +112,13 @@ class VenueAccountStore:
         """Store (a new version of) an account's record."""
         await self._vault.write_kv(account_path(record.venue, record.account), {
             "api_key": record.credentials.api_key, "api_secret": record.credentials.api_secret,
-            "signing_key_id": record.signing_key_id, "signing_key_address": record.signing_key_address})
+            "signing_key_id": record.signing_key_id, "signing_key_address": record.signing_key_address,
+            "account_key_id": record.account_key_id})
         self._cache[(record.venue, record.account.lower())] = (time.monotonic(), record)
+
+    async def put_account_key(self, venue: str, account: str, account_key_id: str) -> None:
+        """Record which signer key is the account's own, before its first registration (a new record only)."""
+        await self._vault.write_kv(account_path(venue, account), {"account_key_id": account_key_id}, cas=0)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Orders are signed by the signer service over gRPC: this process never holds a private key."""
+"""The signer's client, for the services that have things signed (execution, account).
+
+They call `Sign` over gRPC and never hold a private key; the signer's refusals
+come back as their own statuses (UNAVAILABLE, PERMISSION_DENIED, ...).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ from portico.runtime.errors import FailedPrecondition, Internal, PermissionDenie
 from portico.signer.v1 import signer_service_pb2 as signer_pb
 from portico.signer.v1 import signer_service_pb2_grpc as signer_grpc
 
-__all__ = ["OrderSigner"]
+__all__ = ["SignerClient"]
 
 
-class OrderSigner:
+class SignerClient:
     """`Sign(key_id, typed data)` → (0x-hex signature, signer address)."""
 
     def __init__(self, channel: grpc.aio.Channel, token: str, *, timeout_s: float = 5.0):

@@ -89,19 +89,25 @@ class RunningExecution:
 
 async def provision_account(sim: Simulator, vault: OpenBaoDevServer, key_prefix: str) -> tuple[SyndrAccount, str]:
     """A registered venue account whose signing key lives in Vault and whose record execution can read."""
-    account_key = Secp256k1Key(generate_private_key())
+    account_secret = generate_private_key()
+    account_key = Secp256k1Key(account_secret)
     signing_secret = generate_private_key()
     signing_key = Secp256k1Key(signing_secret)
     async with SyndrHttpClient(sim.http_url) as http:
         account = await register(http, account_key=account_key, signing_key=signing_key)
     signing_key_id = f"{key_prefix}-signing"
+    account_key_id = f"{key_prefix}-account"
     async with VaultSession(VaultSettings(addr=vault.addr, auth_method="token", token=vault.root_token)) as session:
-        await KeyAdmin(session, KeyPaths()).import_key(signing_key_id, signing_secret.hex(), KeyPolicy.build(
+        admin = KeyAdmin(session, KeyPaths())
+        await admin.import_key(signing_key_id, signing_secret.hex(), KeyPolicy.build(
             primary_types=["Order", "SignKey"], domain_names=[typed_data.SYNDR_DOMAIN_NAME],
+            chain_ids=[typed_data.SYNDR_CHAIN_ID]))
+        await admin.import_key(account_key_id, account_secret.hex(), KeyPolicy.build(
+            primary_types=["RegisterSigningKey"], domain_names=[typed_data.SYNDR_DOMAIN_NAME],
             chain_ids=[typed_data.SYNDR_CHAIN_ID]))
         await VenueAccountStore(session).put(VenueAccount(
             venue="syndr", account=account.address, credentials=account.credentials,
-            signing_key_id=signing_key_id, signing_key_address=signing_key.address))
+            signing_key_id=signing_key_id, signing_key_address=signing_key.address, account_key_id=account_key_id))
     return account, signing_key_id
 
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
-
-import orjson
 
 from portico.execution.convert import fill_proto, order_proto
 from portico.execution.deadman import DeadmanSwitches
@@ -34,6 +30,7 @@ from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import open_channel
 from portico.runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
+from portico.runtime.paging import offset_from_token, page_token
 from portico.runtime.server import GrpcServer
 from portico.runtime.vault import VaultSession
 from portico.signer.client import SignerClient
@@ -60,28 +57,6 @@ def _page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument("page_size", "must not be negative")
     return min(value or DEFAULT_PAGE, MAX_PAGE)
-
-
-def _query_tag(*parts: object) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
-
-
-def _page_token(offset: int, tag: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"o": offset, "q": tag})).decode()
-
-
-def _offset(token: str, tag: str) -> int:
-    """The offset a page token stands for; tokens only work for the query that issued them."""
-    if not token:
-        return 0
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(token.encode()))
-        offset = data["o"]
-        if data["q"] != tag or type(offset) is not int or offset < 0:
-            raise ValueError
-        return int(offset)
-    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        raise InvalidArgument("page_token", "not a token of this query") from None
 
 
 def _venue_errors(method: Any) -> Any:
@@ -162,8 +137,8 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         venue, account = check_venue(request.venue), check_account(request.account)
         symbol = request.symbol if request.HasField("symbol") else None
         size = _page_size(request.page_size)
-        tag = _query_tag("open", venue, account, symbol)
-        offset = _offset(request.page_token, tag)
+        query = ("open", venue, account, symbol)
+        offset = offset_from_token(request.page_token, query)
         try:
             orders = [o for o in await open_orders(self.venue, account)
                       if symbol is None or o.get("instrument_name") == symbol]
@@ -173,7 +148,7 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         page = orders[offset:offset + size]
         more = offset + size < len(orders)
         return pb.ListOpenOrdersResponse(orders=await self._with_journal(venue, account, page),
-                                         next_page_token=_page_token(offset + size, tag) if more else "")
+                                         next_page_token=page_token(offset + size, query) if more else "")
 
     @_venue_errors
     async def ListOrderHistory(self, request: pb.ListOrderHistoryRequest,
@@ -181,15 +156,15 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         venue, account = check_venue(request.venue), check_account(request.account)
         symbol = request.symbol if request.HasField("symbol") else None
         size = _page_size(request.page_size)
-        tag = _query_tag("history", venue, account, symbol)
-        offset = _offset(request.page_token, tag)
+        query = ("history", venue, account, symbol)
+        offset = offset_from_token(request.page_token, query)
         try:
             page = await order_history_page(self.venue, account, symbol, offset, size + 1)
         except SyndrError as exc:
             raise to_portico_error(exc) from None
         more = len(page) > size
         return pb.ListOrderHistoryResponse(orders=await self._with_journal(venue, account, page[:size]),
-                                           next_page_token=_page_token(offset + size, tag) if more else "")
+                                           next_page_token=page_token(offset + size, query) if more else "")
 
     @_venue_errors
     async def ListFills(self, request: pb.ListFillsRequest, context: Any) -> pb.ListFillsResponse:
@@ -197,8 +172,8 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         symbol = request.symbol if request.HasField("symbol") else None
         order_id = request.order_id if request.HasField("order_id") else None
         size = _page_size(request.page_size)
-        tag = _query_tag("fills", venue, account, symbol, order_id)
-        offset = _offset(request.page_token, tag)
+        query = ("fills", venue, account, symbol, order_id)
+        offset = offset_from_token(request.page_token, query)
         if order_id is not None:
             method, params = "private/get_user_trades_by_order", {"order_id": order_id}
         elif symbol is not None:
@@ -221,7 +196,7 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
                         client_ids[oid] = entry.intent.client_order_id
         more = offset + size < len(trades)
         return pb.ListFillsResponse(fills=[fill_proto(venue, account, t, client_ids) for t in page],
-                                    next_page_token=_page_token(offset + size, tag) if more else "")
+                                    next_page_token=page_token(offset + size, query) if more else "")
 
     @_venue_errors
     async def ArmDeadman(self, request: pb.ArmDeadmanRequest, context: Any) -> pb.ArmDeadmanResponse:

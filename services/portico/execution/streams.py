@@ -14,18 +14,16 @@ up is cut off with RESOURCE_EXHAUSTED rather than silently skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from portico.execution.convert import fill_proto, order_proto
 from portico.execution.orders import OrderManager
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.venue import SyndrVenue, open_orders, order_history_page
-from portico.runtime.errors import ResourceExhausted
+from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError
@@ -38,7 +36,6 @@ log = logging.getLogger("portico.execution.streams")
 CHANNELS: Final = ("user.orders.ALL.raw", "user.fills.ALL")
 _SEEN_LIMIT: Final = 50_000
 _CATCH_UP_ORDERS: Final = 200
-_CONSUMER_QUEUE: Final = 10_000
 
 
 class _Seen:
@@ -56,34 +53,6 @@ class _Seen:
         if len(self._keys) > self._limit:
             self._keys.popitem(last=False)
         return True
-
-
-@dataclass(eq=False)
-class StreamConsumer:
-    """One gRPC stream's queue of messages; `error` set means it was cut off."""
-
-    kind: str  # "orders" | "fills"
-    queue: asyncio.Queue[Any] = field(default_factory=lambda: asyncio.Queue(_CONSUMER_QUEUE))
-    error: Exception | None = None
-
-    def offer(self, update: Any) -> None:
-        if self.error is not None:
-            return
-        try:
-            self.queue.put_nowait(update)
-        except asyncio.QueueFull:
-            self.error = ResourceExhausted("stream consumer fell too far behind; reconnect and re-read open orders",
-                                           reason="CONSUMER_TOO_SLOW")
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)  # wake the stream so it reports the error
-
-    async def batch(self) -> list[Any]:
-        """Wait for at least one update and take everything queued (None means: cut off)."""
-        items = [await self.queue.get()]
-        while not self.queue.empty():
-            items.append(self.queue.get_nowait())
-        return items
 
 
 class AccountFeed:

@@ -1,0 +1,1 @@
+"""The account service: positions, margin, collateral, deposits, venue API keys and signing-key registration."""

@@ -1,0 +1,67 @@
+"""The account service's configuration (`PORTICO_ACCOUNT_*`, plus the shared server and Vault variables)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from portico.runtime.client import SERVICE_TOKEN
+from portico.runtime.config import ConfigError, setting
+from portico.runtime.server import ServerSettings
+from portico.runtime.vault import VaultSettings
+from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL
+
+__all__ = ["DEFAULT_PORT", "AccountSettings"]
+
+DEFAULT_PORT = 50054
+_SCOPE = "account"
+
+SIGNER_ADDR = setting("PORTICO_ACCOUNT_SIGNER_ADDR", "127.0.0.1:50055", "host:port of the signer.", scope=_SCOPE)
+REFDATA_ADDR = setting("PORTICO_ACCOUNT_REFDATA_ADDR", "127.0.0.1:50051",
+                       "host:port of reference data (leverage is checked against the instrument's maximum).",
+                       scope=_SCOPE)
+SIGNER_KEY_PREFIX = setting("PORTICO_ACCOUNT_SIGNER_KEY_PREFIX", "portico/signer",
+                            "KV v2 prefix of the signer's keys, where RegisterSigningKey creates the new key "
+                            "(the same as the signer's `PORTICO_SIGNER_KEY_PREFIX`).", scope=_SCOPE)
+VENUE_TIMEOUT_MS = setting("PORTICO_ACCOUNT_VENUE_TIMEOUT_MS", "5000", "How long a venue call may take.",
+                           scope=_SCOPE)
+CREDENTIALS_CACHE_S = setting("PORTICO_ACCOUNT_CREDENTIALS_CACHE_SECONDS", "30", "How long venue credentials "
+                              "read from Vault are used before they are read again.", scope=_SCOPE)
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """Everything the account service needs to start."""
+
+    server: ServerSettings
+    vault: VaultSettings
+    signer_addr: str
+    refdata_addr: str
+    signer_key_prefix: str
+    service_token: str
+    syndr_http_url: str
+    syndr_ws_url: str
+    venue_timeout_s: float
+    credentials_cache_s: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AccountSettings:
+        token = SERVICE_TOKEN.get_str(env)
+        if not token:
+            raise ConfigError(f"{SERVICE_TOKEN.name} is required: the account service calls the signer and "
+                              "reference data")
+        prefix = SIGNER_KEY_PREFIX.get_str(env).strip("/")
+        if not prefix:
+            raise ConfigError(f"{SIGNER_KEY_PREFIX.name} must not be empty")
+        return cls(
+            server=ServerSettings.from_env(env, DEFAULT_PORT),
+            vault=VaultSettings.from_env(env),
+            signer_addr=SIGNER_ADDR.get_str(env),
+            refdata_addr=REFDATA_ADDR.get_str(env),
+            signer_key_prefix=prefix,
+            service_token=token,
+            syndr_http_url=SYNDR_HTTP_URL.get_str(env),
+            syndr_ws_url=SYNDR_WS_URL.get_str(env),
+            venue_timeout_s=VENUE_TIMEOUT_MS.get_float(env, minimum=1) / 1000,
+            credentials_cache_s=CREDENTIALS_CACHE_S.get_float(env, minimum=0),
+        )

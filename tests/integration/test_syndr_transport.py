@@ -329,6 +329,39 @@ async def test_ws_gap_detected_before_offending_message(stub: SyndrStub) -> None
     assert isinstance(events[3], Message) and events[3].data["change_id"] == 13
 
 
+async def test_ws_callback_subscription_gets_every_event_in_order(stub: SyndrStub) -> None:
+    """With `on_event` the same events arrive synchronously, in order, and a failing callback is contained."""
+    channel = "book.ETH-PERP.15.raw"
+    seen: list[WsEvent] = []
+
+    def on_event(event: WsEvent) -> None:
+        seen.append(event)
+        if isinstance(event, Message) and event.data["change_id"] == 11:
+            raise RuntimeError("a consumer bug")
+
+    def change(change_id: int, previous: int) -> dict[str, Any]:
+        return {"type": "change", "change_id": change_id, "previous_change_id": previous, "bids": [], "asks": []}
+
+    async with ws_client(stub) as ws:
+        sub = await ws.subscribe([channel], on_event=on_event)
+        queued = await ws.subscribe([channel])  # an ordinary subscription to the same channel still gets everything
+        for change_id, previous in ((10, 9), (11, 10), (13, 12)):
+            await stub.notify(channel, change(change_id, previous))
+        queued_events = [await next_event(queued) for _ in range(4)]
+        assert await stub.close_all_websockets() == 1
+        assert isinstance(await next_event(queued), Disconnected)
+        assert isinstance(await next_event(queued), Reconnected)
+        await stub.notify(channel, change(20, 19))
+        await next_message(queued)
+        assert sub.pending() == 0
+        await sub.close()
+        with pytest.raises(StopAsyncIteration):
+            await next_event(sub)
+    assert [type(e) for e in seen] == [Message, Message, GapDetected, Message, Disconnected, Reconnected, Message]
+    assert [type(e) for e in queued_events] == [Message, Message, GapDetected, Message]
+    assert [e.data["change_id"] for e in seen if isinstance(e, Message)] == [10, 11, 13, 20]
+
+
 def test_change_id_tracker() -> None:
     tracker = ChangeIdTracker()
     assert tracker.check(5, 4) is None  # the first message establishes the chain

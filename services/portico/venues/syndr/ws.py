@@ -13,7 +13,10 @@ Decisions a consumer must know:
 
 * Calls in flight when the connection drops fail with `SyndrConnectionError`:
   the venue may or may not have acted on them (an order may be live).
-* Each subscription has a bounded queue. A consumer that falls `max_queue`
+* A subscription either queues its events for iteration or, given
+  `on_event`, hands each one to that callback synchronously as the frame is
+  read (no queue, no task switch: for hot consumers that never block).
+* Each queued subscription has a bounded queue. A consumer that falls `max_queue`
   events behind is *reset*: its whole backlog (control events included) is
   discarded, it receives one `Overflow(dropped=<messages lost>)` and delivery
   resumes with the message that did not fit (its book-gap trackers restart
@@ -27,6 +30,10 @@ Decisions a consumer must know:
   starts a new chain.
 * Silence: we ping every `heartbeat_s`; if no frame at all (data or pong)
   arrives for `silence_timeout_s`, the connection is dropped and replaced.
+  A watchdog task checks the time of the last frame, so reading a frame
+  arms no timer.
+* Every `_YIELD_EVERY` frames the reader lets other tasks run once even if
+  more are buffered, so consumers are not starved while it works off a backlog.
 * Frames are never logged (the auth frame carries the API secret):
   websockets gets its own logger pinned at INFO.
 """
@@ -38,7 +45,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeAlias
@@ -98,6 +105,8 @@ DEFAULT_MAX_QUEUE: Final = 10_000
 _SUBSCRIBE_CHUNK: Final = 100
 _CLOSE_TIMEOUT_S: Final = 1.0
 _MAX_FRAME_BYTES: Final = 16 * 2**20
+# The reader yields to other tasks once every this many frames, even with more buffered.
+_YIELD_EVERY: Final = 100
 
 
 # --------------------------------------------------------------------------- events
@@ -198,13 +207,19 @@ def _change_ids(data: Any) -> tuple[int, int | None] | None:
 
 
 class Subscription:
-    """An async iterator of `WsEvent`s for some channels, in arrival order; `close()` to stop."""
+    """An async iterator of `WsEvent`s for some channels, in arrival order; `close()` to stop.
 
-    def __init__(self, owner: SyndrWebSocket, channels: tuple[str, ...], max_queue: int) -> None:
+    With `on_event`, events go to that callback instead, synchronously in the
+    reader's task, in the same order (the iterator then only ends).
+    """
+
+    def __init__(self, owner: SyndrWebSocket, channels: tuple[str, ...], max_queue: int,
+                 on_event: Callable[[WsEvent], None] | None = None) -> None:
         self._owner = owner
         self.channels = channels
         self.max_queue = max_queue
         self.overflows = 0
+        self._on_event = on_event
         # Unbounded container, bounded by `_deliver_message`: control events and the
         # end marker must always fit, only messages count against `max_queue`.
         self._queue: asyncio.Queue[WsEvent | None] = asyncio.Queue()
@@ -255,6 +270,11 @@ class Subscription:
         ids = _change_ids(data) if is_book_raw_channel(channel) else None
         if ids is not None:
             gap = self._trackers.setdefault(channel, ChangeIdTracker()).check(*ids)
+        if self._on_event is not None:  # handed over at once: nothing queues, so nothing overflows
+            if gap is not None:
+                self._hand_over(GapDetected(channel, gap))
+            self._hand_over(Message(channel, data, raw, received_ns))
+            return
         needed = 2 if gap is not None else 1
         if self._queue.qsize() + needed > self.max_queue:
             dropped = self._discard_backlog()
@@ -276,7 +296,18 @@ class Subscription:
         if isinstance(event, Reconnected):
             for tracker in self._trackers.values():
                 tracker.reset()
-        self._queue.put_nowait(event)
+        if self._on_event is not None:
+            self._hand_over(event)
+        else:
+            self._queue.put_nowait(event)
+
+    def _hand_over(self, event: WsEvent) -> None:
+        """Call `on_event`; its failure is logged and must not stop delivery to the other subscriptions."""
+        assert self._on_event is not None
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("subscription callback failed on %s", type(event).__name__)
 
     def _discard_backlog(self) -> int:
         """Empty the queue; return the messages lost (an earlier, unread `Overflow` carries its count over)."""
@@ -335,6 +366,7 @@ class SyndrWebSocket:
         self._buffering = True
         self._buffer: list[tuple[str, Any, bytes, int]] = []
         self._last_rx = time.monotonic()
+        self._silenced = False  # the current connection was dropped for silence
         self._runner: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
         self._closing = False
@@ -469,12 +501,16 @@ class SyndrWebSocket:
 
     # ------------------------------------------------------------------ subscriptions
 
-    async def subscribe(self, channels: Sequence[str], *, max_queue: int = DEFAULT_MAX_QUEUE) -> Subscription:
+    async def subscribe(self, channels: Sequence[str], *, max_queue: int = DEFAULT_MAX_QUEUE,
+                        on_event: Callable[[WsEvent], None] | None = None) -> Subscription:
         """Subscribe to `channels` (`private/subscribe` for `user.*`, `public/subscribe` otherwise).
 
         Channels already subscribed upstream by another `Subscription` are
         shared, not subscribed again. `max_queue` bounds this subscription's
-        backlog (see `Overflow`).
+        backlog (see `Overflow`). With `on_event`, every event is passed to it
+        synchronously as its frame is read instead of being queued: it must
+        return quickly and never block (events of this call may arrive before
+        `subscribe` returns).
         """
         if isinstance(channels, str):
             raise TypeError("channels must be a sequence of channel names, not a string")
@@ -487,7 +523,7 @@ class SyndrWebSocket:
             raise SyndrConnectionError("client is closed")
         if self._credentials is None and any(_is_private(c) for c in wanted):
             raise SyndrAuthError(ErrorCode.UNAUTHORIZED, "no API credentials configured", method="private/subscribe")
-        sub = Subscription(self, wanted, max_queue)
+        sub = Subscription(self, wanted, max_queue, on_event)
         async with self._sub_lock:
             new = [c for c in wanted if not self._subs_by_channel.get(c)]
             # Attach first: notifications can arrive before the subscribe answer.
@@ -575,8 +611,10 @@ class SyndrWebSocket:
             self._buffering = True
             self._buffer.clear()
             self._last_rx = time.monotonic()
+            self._silenced = False
             reader = asyncio.create_task(self._read(ws), name="syndr-ws-reader")
             heartbeat = asyncio.create_task(self._heartbeat(ws), name="syndr-ws-heartbeat")
+            watchdog = asyncio.create_task(self._watch_silence(ws), name="syndr-ws-silence")
             try:
                 try:
                     await self._resync(ws)
@@ -601,8 +639,9 @@ class SyndrWebSocket:
                 self._ready.clear()
                 self._buffering = True
                 heartbeat.cancel()
+                watchdog.cancel()
                 reader.cancel()
-                await asyncio.gather(heartbeat, reader, return_exceptions=True)
+                await asyncio.gather(heartbeat, watchdog, reader, return_exceptions=True)
                 self._ws = None
                 with contextlib.suppress(Exception):
                     await ws.close()
@@ -635,27 +674,40 @@ class SyndrWebSocket:
 
     async def _read(self, ws: ClientConnection) -> str:
         """Own the socket's receive side until it closes or goes silent; return why it ended."""
+        handled = 0
         try:
             while True:
-                remaining = self._last_rx + self._silence_s - time.monotonic()
-                if remaining <= 0:
-                    ws.transport.abort()  # a silent peer will not complete a close handshake
-                    return f"no frame for {self._silence_s:g} s"
-                try:
-                    async with asyncio.timeout(remaining):
-                        frame = await ws.recv(decode=False)
-                except TimeoutError:
-                    continue  # a pong may have arrived meanwhile; re-check the deadline
+                frame = await ws.recv(decode=False)  # returns without suspending while frames are buffered
                 self._last_rx = time.monotonic()
                 try:
                     self._on_frame(frame, time.time_ns())
                 except Exception:  # a bug in one frame's handling must not kill the connection
                     log.exception("syndr websocket frame handling failed")
+                handled += 1
+                if handled >= _YIELD_EVERY:  # a backlog: let consumers of what we delivered run once
+                    handled = 0
+                    await asyncio.sleep(0)
         except ConnectionClosed as exc:
+            if self._silenced:
+                return f"no frame for {self._silence_s:g} s"
             return _describe(exc)
         finally:
             self._ready.clear()
             self._fail_pending("connection closed")
+
+    async def _watch_silence(self, ws: ClientConnection) -> None:
+        """Drop the connection once no frame (data or pong) has arrived for `silence_timeout_s`.
+
+        One task sleeping until the deadline, re-checked against `_last_rx`:
+        cheaper than a timeout around every read.
+        """
+        while True:
+            remaining = self._last_rx + self._silence_s - time.monotonic()
+            if remaining <= 0:
+                self._silenced = True
+                ws.transport.abort()  # a silent peer will not complete a close handshake; the reader ends
+                return
+            await asyncio.sleep(remaining)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         """Ping every `heartbeat_s`; each pong counts as a received frame for silence detection."""

@@ -324,6 +324,7 @@ class Settings:
     repeats: int
     client_processes: int
     logs: Path
+    linger_ms: float | None = None  # both targets' linger (None: the service's default)
     profile_rate: int = 500
     profile_flags: tuple[str, ...] = ("--nonblocking",)
 
@@ -335,10 +336,13 @@ def start_target(kind: str, sim: Sim, settings: Settings, auth: str) -> tuple[su
         env = {**os.environ, "PORTICO_LISTEN_ADDR": f"127.0.0.1:{port}", "PORTICO_AUTH_TOKENS": auth,
                "PORTICO_SYNDR_HTTP_URL": sim.http_url, "PORTICO_SYNDR_WS_URL": sim.ws_url,
                "PORTICO_LOG_LEVEL": "WARNING", "PORTICO_SHUTDOWN_GRACE_SECONDS": "0.5"}
+        if settings.linger_ms is not None:
+            env["PORTICO_MARKETDATA_LINGER_MS"] = str(settings.linger_ms)
         proc = spawn([sys.executable, "-m", "portico.marketdata"], log, env=env, stdout=subprocess.DEVNULL)
     else:
-        proc = spawn([sys.executable, "-m", "tests.bench.bare_bridge", "--ws-url", sim.ws_url, "--port", str(port)],
-                     log, stdout=subprocess.PIPE)
+        linger = ["--linger-ms", str(settings.linger_ms)] if settings.linger_ms is not None else []
+        proc = spawn([sys.executable, "-m", "tests.bench.bare_bridge", "--ws-url", sim.ws_url, "--port", str(port),
+                      *linger], log, stdout=subprocess.PIPE)
         try:
             if read_line(proc, time.monotonic() + 30, "bare bridge") != "ready":
                 raise RuntimeError("the bare bridge did not report ready")
@@ -691,7 +695,8 @@ def main_orchestrate(args: argparse.Namespace) -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-marketdata-logs-"))
     settings = Settings(rates=tuple(args.rates or rates), consumers=tuple(args.consumers or consumers),
                         seconds=args.seconds or (3 if args.quick else 5), warmup_s=args.warmup,
-                        repeats=args.repeats, client_processes=args.client_processes, logs=logs)
+                        repeats=args.repeats, client_processes=args.client_processes, logs=logs,
+                        linger_ms=args.linger_ms)
     if args.profile:
         py_spy()  # fail before the grid, not after it
     tokens, auth = make_tokens()
@@ -706,7 +711,8 @@ def main_orchestrate(args: argparse.Namespace) -> None:
         "machine": machine(),
         "settings": {"rates": settings.rates, "consumers": settings.consumers, "seconds": settings.seconds,
                      "warmup_s": settings.warmup_s, "repeats": settings.repeats,
-                     "client_processes": settings.client_processes, "symbol": SYMBOL, "depth": DEPTH},
+                     "client_processes": settings.client_processes, "symbol": SYMBOL, "depth": DEPTH,
+                     "linger_ms": settings.linger_ms},
     }
     report["speed_probe_s"] = {"start": speed_probe()}
     with running_sim(logs, settings.rates[0]) as sim:
@@ -737,6 +743,8 @@ def main() -> None:
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' stderr logs after success")
     parser.add_argument("--rates", type=int, nargs="*", help="override the grid's book changes per second")
     parser.add_argument("--consumers", type=int, nargs="*", help="override the grid's consumer counts")
+    parser.add_argument("--linger-ms", type=float, default=None,
+                        help="both targets' batching linger (default: the service's)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, default=1, help=argparse.SUPPRESS)

@@ -172,6 +172,7 @@ async def test_a_consumer_that_stops_reading_is_conflated_and_cut_off() -> None:
         stub = pb_grpc.MarketDataServiceStub(channel)
         readers = [Consumer(10) for _ in range(3)]
         tasks = [asyncio.create_task(consume(stub, running, c)) for c in readers]
+        await until(lambda: all(c.snapshots for c in readers))  # all three attached before the slow one counts
         # The slow consumer has its own connection with a small, fixed flow-control window (no BDP
         # probing), so the server's writes to it block as soon as it stops reading.
         async with open_channel(running.target, options={"grpc.http2.bdp_probe": 0}) as slow_channel:
@@ -182,7 +183,7 @@ async def test_a_consumer_that_stops_reading_is_conflated_and_cut_off() -> None:
             peak = 0
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                queues = [len(c.frames) for v in feed.views.values() for c in v.consumers]
+                queues = [c.pending() for v in feed.views.values() for c in v.consumers]
                 peak = max(peak, *queues)
                 if len(queues) == 3:  # the slow one has been cut off
                     break

@@ -20,15 +20,19 @@ from itertools import islice
 
 from sortedcontainers import SortedDict
 
-__all__ = ["Book", "Level", "book_checksum", "top_diff"]
+__all__ = ["Book", "Level", "book_checksum", "side_text", "top_diff"]
 
 Level = tuple[str, str]  # (price, amount) as the venue's decimal strings
 
 
+def side_text(levels: Iterable[Level]) -> str:
+    """One side's part of the checksum text; a view keeps it per side and redoes only the side that moved."""
+    return "|".join(f"{p}:{a}" for p, a in levels)
+
+
 def book_checksum(bids: Iterable[Level], asks: Iterable[Level]) -> int:
     """The stream's checksum of the given top levels (best first on each side)."""
-    text = "b:" + "|".join(f"{p}:{a}" for p, a in bids) + "#a:" + "|".join(f"{p}:{a}" for p, a in asks)
-    return zlib.crc32(text.encode())
+    return zlib.crc32(f"b:{side_text(bids)}#a:{side_text(asks)}".encode())
 
 
 class Book:
@@ -49,24 +53,47 @@ class Book:
         book.change_id = change_id
         return book
 
-    def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
-        """Set each level's new total amount; "0" removes it."""
+    def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> tuple[Decimal | None, Decimal | None]:
+        """Set each level's new total amount ("0" removes it); return the best key touched on each side.
+
+        Keys are the sides' sort keys (negated prices for bids). A depth view
+        compares them with its worst shown level to skip changes that cannot
+        reach its top (see `Book.top_side`).
+        """
+        best_bid: Decimal | None = None
+        best_ask: Decimal | None = None
+        side = self.bids
         for price, amount in bids:
             key = -Decimal(price)
             if Decimal(amount) == 0:
-                self.bids.pop(key, None)
+                side.pop(key, None)
             else:
-                self.bids[key] = (price, amount)
+                side[key] = (price, amount)
+            if best_bid is None or key < best_bid:
+                best_bid = key
+        side = self.asks
         for price, amount in asks:
             key = Decimal(price)
             if Decimal(amount) == 0:
-                self.asks.pop(key, None)
+                side.pop(key, None)
             else:
-                self.asks[key] = (price, amount)
+                side[key] = (price, amount)
+            if best_ask is None or key < best_ask:
+                best_ask = key
+        return best_bid, best_ask
 
     def top(self, depth: int) -> tuple[list[Level], list[Level]]:
         """The best `depth` levels of each side, best first."""
         return list(islice(self.bids.values(), depth)), list(islice(self.asks.values(), depth))
+
+    @staticmethod
+    def top_side(side: SortedDict, depth: int) -> tuple[list[Level], Decimal | None]:
+        """One side's best `depth` levels, and the key of the last of them if the side has that many.
+
+        A change whose best key is beyond that edge cannot alter these levels.
+        """
+        keys = side.keys()[:depth]
+        return [side[key] for key in keys], (keys[-1] if len(keys) == depth else None)
 
     def crossed(self) -> bool:
         """True if the best bid is at or above the best ask (a broken book)."""

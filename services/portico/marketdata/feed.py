@@ -8,26 +8,37 @@ instrument: it keeps its subscription (so no change is missed), buffers the
 changes, fetches `public/get_order_book`, drops the buffered changes the
 snapshot already covers, applies the rest, and starts a new epoch.
 
+The WebSocket reader hands each book frame to the feed synchronously (no
+queue, no task switch), and the feed does the least it can per change: it
+applies it, and a depth view looks at a side only when the change reached
+that side's shown levels.
+
 Consumers are grouped by depth into `DepthView`s. A view turns each book
 change into the change of its top `depth` levels, encodes that `BookUpdate`
-once, and hands the same bytes to every consumer of the view. Each consumer
-has a bounded queue; one that falls behind is conflated (its backlog replaced
-by one fresh snapshot), and one that keeps falling behind is cut off with
-RESOURCE_EXHAUSTED, so it never slows the others or grows memory.
+once and appends it once to a log that all its consumers read, each with a
+cursor: publishing costs the same for one consumer as for a hundred. A
+consumer more than `max_queue` updates behind is conflated (its backlog
+replaced by one fresh snapshot), and one that keeps falling behind is cut off
+with RESOURCE_EXHAUSTED, so it never slows the others or grows memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from decimal import Decimal
+from itertools import chain
+from typing import Any, NamedTuple
 
 from opentelemetry import metrics
 
-from portico.marketdata.book import Book, Level, book_checksum, top_diff
+from portico.marketdata.book import Book, Level, side_text, top_diff
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import order_book_pb2
 from portico.runtime.errors import PorticoError, ResourceExhausted
@@ -35,9 +46,17 @@ from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError
 from portico.venues.syndr.http import SyndrHttpClient
-from portico.venues.syndr.ws import Disconnected, Message, Overflow, Reconnected, Subscription, SyndrWebSocket
+from portico.venues.syndr.ws import (
+    Disconnected,
+    Message,
+    Overflow,
+    Reconnected,
+    Subscription,
+    SyndrWebSocket,
+    WsEvent,
+)
 
-__all__ = ["BookConsumer", "FeedSettings", "InstrumentFeed", "VenueBooks", "frame"]
+__all__ = ["BookConsumer", "DepthView", "FeedSettings", "InstrumentFeed", "VenueBooks", "change_from_data", "frame"]
 
 log = logging.getLogger("portico.marketdata")
 _meter = metrics.get_meter("portico.marketdata")
@@ -54,7 +73,13 @@ DIVERGENCE = _meter.create_histogram("marketdata.audit.divergence",
                                      description="levels that differed from the venue's book at the same change id")
 
 BookUpdate = order_book_pb2.BookUpdate
+SNAPSHOT = order_book_pb2.BOOK_EVENT_TYPE_SNAPSHOT
+DELTA = order_book_pb2.BOOK_EVENT_TYPE_DELTA
+RESYNCING = order_book_pb2.BOOK_EVENT_TYPE_RESYNCING
+STALE = order_book_pb2.BOOK_EVENT_TYPE_STALE
 _UPDATES_TAG = bytes([(pb.StreamOrderBookResponse.DESCRIPTOR.fields_by_name["updates"].number << 3) | 2])
+# A view drops the log entries every consumer has read at least this often (in appended entries).
+_TRIM_EVERY = 256
 
 
 def _varint(value: int) -> bytes:
@@ -76,115 +101,309 @@ def frame(update: order_book_pb2.BookUpdate) -> bytes:
     return _UPDATES_TAG + _varint(len(body)) + body
 
 
+class Change(NamedTuple):
+    """One raw book change as the feed needs it: ids, the venue's level strings, venue time."""
+
+    change_id: int
+    previous_change_id: int | None
+    bids: list[Level]
+    asks: list[Level]
+    venue_time_ms: int
+
+
+def _levels(data: dict[str, Any], key: str) -> list[Level]:
+    """One side's `[price, amount]` pairs as the venue's strings, checked before `Book.apply` parses them."""
+    levels = [(price, amount) for price, amount in data[key]]  # unpacking checks the pair shape
+    text = "".join(chain.from_iterable(levels))  # TypeError unless every value is a string
+    # Decimal() rejects other junk itself; what it accepts but a price must not be is NaN/Infinity
+    # (spelled with an n or N), non-ASCII digits and underscores.
+    if not text.isascii() or "n" in text or "N" in text or "_" in text:
+        raise ValueError(f"{key!r} is not a list of [price, amount] decimal strings")
+    return levels
+
+
+def change_from_data(data: Any) -> Change | None:
+    """The change in a `book.*.raw` notification's decoded `data`; None if it carries no change id.
+
+    Built straight from the frame the WebSocket layer decoded, without the
+    adapter's typed model: the book parses each price once, where it keys it.
+    Raises KeyError, TypeError or ValueError for a malformed frame.
+    """
+    if type(data) is not dict:
+        raise TypeError("book data is not an object")
+    change_id = data.get("change_id")
+    if change_id is None:
+        return None
+    previous = data.get("previous_change_id")
+    if type(change_id) is not int or (previous is not None and type(previous) is not int):
+        raise TypeError("change ids are not integers")
+    return Change(change_id, previous, _levels(data, "bids"), _levels(data, "asks"), int(data["timestamp"]))
+
+
 @dataclass(frozen=True)
 class FeedSettings:
     max_queue: int = 5000  # updates a consumer may have pending before it is conflated
     max_conflations: int = 3  # ... and conflations within `conflation_window_s` before it is cut off
     conflation_window_s: float = 10.0
     max_batch: int = 500  # updates per stream message
-    linger_s: float = 0.002  # wait this long for more updates before sending a batch
+    linger_s: float = 0.002  # an update waits at most this long after it was received for more to join its batch
     silence_limit_s: float = 10.0  # no upstream change for this long -> STALE
     linger_unsubscribe_s: float = 5.0  # keep the upstream subscription this long after the last consumer
     max_buffer: int = 100_000  # changes buffered during a rebuild before the rebuild starts over
     audit_interval_s: float = 30.0  # compare each live book with the venue's snapshot this often (0: never)
 
 
-@dataclass(eq=False)
 class BookConsumer:
-    """One StreamOrderBook call: a bounded queue of encoded updates."""
+    """One StreamOrderBook call: frames of its own (its first snapshot), then a cursor into its view's log."""
 
-    view: DepthView
-    settings: FeedSettings
-    frames: deque[bytes] = field(default_factory=deque)
-    received: deque[int] = field(default_factory=deque)  # receive time (ns) of each queued frame
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    error: PorticoError | None = None
-    conflations: deque[float] = field(default_factory=deque)
+    __slots__ = ("conflations", "cursor", "error", "own", "own_ns", "view")
 
-    def push(self, data: bytes, received_ns: int) -> None:
-        if len(self.frames) >= self.settings.max_queue:
-            self._conflate()
-            return
-        self.frames.append(data)
-        self.received.append(received_ns)
-        self.wakeup.set()
+    def __init__(self, view: DepthView, first: list[bytes], now_ns: int):
+        self.view = view
+        self.cursor = view.end  # the log position of the next update to send
+        self.own = first  # sent before the log: a snapshot or status this consumer alone needs
+        self.own_ns = [now_ns] * len(first)
+        self.error: PorticoError | None = None
+        self.conflations: deque[float] = deque()
 
-    def _conflate(self) -> None:
-        now = time.monotonic()
-        while self.conflations and now - self.conflations[0] > self.settings.conflation_window_s:
-            self.conflations.popleft()
-        self.conflations.append(now)
-        CONFLATIONS.add(1)
-        self.frames.clear()
-        self.received.clear()
-        if len(self.conflations) > self.settings.max_conflations:
-            self.error = ResourceExhausted("the consumer cannot keep up with the book even after conflation",
-                                           reason="CONSUMER_TOO_SLOW")
-        else:
-            self.frames.append(self.view.snapshot_frame())
-            self.received.append(time.time_ns())
-        self.wakeup.set()
+    def pending(self) -> int:
+        """Updates waiting to be sent to this consumer (none once it is cut off)."""
+        return 0 if self.error is not None else len(self.own) + self.view.end - self.cursor
+
+    def ready(self) -> bool:
+        """Something to do now: an error, frames of its own, updates that have lingered, or a full batch."""
+        view = self.view
+        return (self.error is not None or bool(self.own) or self.cursor < view.released
+                or view.end - self.cursor >= view.settings.max_batch)
 
     def take(self) -> tuple[bytes, int, int]:
-        """(response bytes, updates in it, oldest receive time in ns)."""
-        count = min(len(self.frames), self.settings.max_batch)
-        oldest = self.received[0] if self.received else time.time_ns()
-        batch = b"".join(self.frames.popleft() for _ in range(count))
-        for _ in range(count):
-            self.received.popleft()
-        if not self.frames:
-            self.wakeup.clear()
-        return batch, count, oldest
+        """(response bytes, updates in it, oldest receive time in ns) of up to `max_batch` pending updates."""
+        view = self.view
+        own = self.own
+        start = self.cursor - view.base
+        stop = max(start, min(len(view.log), start + view.settings.max_batch - len(own)))
+        if own:
+            frames = own + view.log[start:stop]
+            oldest = self.own_ns[0]
+            self.own, self.own_ns = [], []
+        elif stop > start:
+            frames = view.log[start:stop]
+            oldest = view.times[start]
+        else:
+            return b"", 0, time.time_ns()
+        self.cursor = view.base + stop
+        return b"".join(frames), len(frames), oldest
 
 
 class DepthView:
-    """The top `depth` levels of a feed's book, as a chain of updates shared by its consumers."""
+    """The top `depth` levels of a feed's book, as one log of encoded updates its consumers read.
 
-    def __init__(self, feed: InstrumentFeed, depth: int):
+    Consumers with nothing to send sleep on the view, which wakes them
+    together once its oldest unsent update has lingered `linger_s` since it
+    was received, or at once when a full batch is waiting: one timer per
+    view, not one per consumer. Entries every cursor has passed are dropped
+    from the front of the log.
+    """
+
+    def __init__(self, feed: InstrumentFeed, depth: int, settings: FeedSettings):
         self.feed = feed
         self.depth = depth
+        self.settings = settings
         self.bids: list[Level] = []
         self.asks: list[Level] = []
+        # Book key of the last shown level of each side (None while a side shows fewer than `depth`):
+        # a change whose best key lies beyond it cannot move this view.
+        self._bid_edge: Decimal | None = None
+        self._ask_edge: Decimal | None = None
+        self._bid_text = self._ask_text = ""  # each side's part of the checksum text
         self.sequence = 0
         self.consumers: set[BookConsumer] = set()
+        self.log: list[bytes] = []
+        self.times: list[int] = []  # receive time (ns) of each log entry
+        self.base = 0  # log position of log[0]
+        self.released = 0  # entries before this position have lingered and may be sent
+        self._release: asyncio.TimerHandle | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._check_at = settings.max_queue + 1  # log position at which to trim and look for laggards
+        # Unsent updates that end the linger at once: a full message, or half the queue bound (so that
+        # a burst cannot push a consumer that was only waiting for the linger over the bound).
+        self._full = max(1, min(settings.max_batch, settings.max_queue // 2))
+        self._snapshot: tuple[int, int, bytes] | None = None  # (epoch, sequence, frame) of the last snapshot
 
-    def _update(self, kind: order_book_pb2.BookEventType.ValueType, bids: list[Level], asks: list[Level],
-                previous: int) -> order_book_pb2.BookUpdate:
-        update = BookUpdate(
-            type=kind, venue=self.feed.venue, symbol=self.feed.symbol, epoch=self.feed.epoch,
-            sequence=self.sequence, previous_sequence=previous,
-            bids=[order_book_pb2.PriceLevel(price=p, amount=a) for p, a in bids],
-            asks=[order_book_pb2.PriceLevel(price=p, amount=a) for p, a in asks],
-            checksum=book_checksum(self.bids, self.asks))
-        update.venue_time.FromMilliseconds(self.feed.venue_time_ms)
-        update.receive_time.FromNanoseconds(self.feed.received_ns)
-        return update
+    @property
+    def end(self) -> int:
+        """The log position the next update will get."""
+        return self.base + len(self.log)
+
+    # ------------------------------------------------------------------ the view's state
 
     def reset(self, book: Book) -> None:
-        self.bids, self.asks = book.top(self.depth)
+        self.bids, self._bid_edge = Book.top_side(book.bids, self.depth)
+        self.asks, self._ask_edge = Book.top_side(book.asks, self.depth)
+        self._bid_text, self._ask_text = side_text(self.bids), side_text(self.asks)
         self.sequence = book.change_id
+        self._snapshot = None
+
+    def changed(self, book: Book, bid_key: Decimal | None, ask_key: Decimal | None, received_ns: int) -> None:
+        """Publish the delta of the top levels after a change whose best keys per side were `bid_key`/`ask_key`.
+
+        A side is looked at only when the change reached its shown levels;
+        nothing is published if no shown level moved.
+        """
+        bid_changes: list[Level] = []
+        ask_changes: list[Level] = []
+        if bid_key is not None and (self._bid_edge is None or bid_key <= self._bid_edge):
+            bids, edge = Book.top_side(book.bids, self.depth)
+            bid_changes = top_diff(self.bids, bids)
+            if bid_changes:
+                self.bids, self._bid_edge, self._bid_text = bids, edge, side_text(bids)
+        if ask_key is not None and (self._ask_edge is None or ask_key <= self._ask_edge):
+            asks, edge = Book.top_side(book.asks, self.depth)
+            ask_changes = top_diff(self.asks, asks)
+            if ask_changes:
+                self.asks, self._ask_edge, self._ask_text = asks, edge, side_text(asks)
+        if bid_changes or ask_changes:
+            previous, self.sequence = self.sequence, book.change_id
+            self.publish(self._encode(DELTA, bid_changes, ask_changes, previous), received_ns)
+
+    def _encode(self, kind: order_book_pb2.BookEventType.ValueType, bids: list[Level], asks: list[Level],
+                previous: int) -> bytes:
+        feed = self.feed
+        update = BookUpdate(
+            type=kind, venue=feed.venue, symbol=feed.symbol, epoch=feed.epoch, sequence=self.sequence,
+            previous_sequence=previous,
+            checksum=zlib.crc32(f"b:{self._bid_text}#a:{self._ask_text}".encode()))  # = book_checksum(top levels)
+        add = update.bids.add
+        for price, amount in bids:
+            add(price=price, amount=amount)
+        add = update.asks.add
+        for price, amount in asks:
+            add(price=price, amount=amount)
+        seconds, millis = divmod(feed.venue_time_ms, 1000)
+        stamp = update.venue_time
+        stamp.seconds, stamp.nanos = seconds, millis * 1_000_000
+        seconds, nanos = divmod(feed.received_ns, 1_000_000_000)
+        stamp = update.receive_time
+        stamp.seconds, stamp.nanos = seconds, nanos
+        return frame(update)
 
     def snapshot_frame(self) -> bytes:
-        return frame(self._update(order_book_pb2.BOOK_EVENT_TYPE_SNAPSHOT, self.bids, self.asks, 0))
+        """The view's levels as a SNAPSHOT (encoded once per state, however many consumers need it)."""
+        epoch = self.feed.epoch
+        cached = self._snapshot
+        if cached is None or cached[0] != epoch or cached[1] != self.sequence:
+            cached = self._snapshot = (epoch, self.sequence, self._encode(SNAPSHOT, self.bids, self.asks, 0))
+        return cached[2]
 
     def status_frame(self, kind: order_book_pb2.BookEventType.ValueType) -> bytes:
         update = BookUpdate(type=kind, venue=self.feed.venue, symbol=self.feed.symbol, epoch=self.feed.epoch,
                             sequence=self.sequence, previous_sequence=self.sequence)
         return frame(update)
 
-    def changed(self, book: Book) -> bytes | None:
-        """The delta of this view after `book` changed, or None if its top levels did not move."""
-        bids, asks = book.top(self.depth)
-        bid_changes, ask_changes = top_diff(self.bids, bids), top_diff(self.asks, asks)
-        if not bid_changes and not ask_changes:
-            return None
-        previous = self.sequence
-        self.bids, self.asks, self.sequence = bids, asks, book.change_id
-        return frame(self._update(order_book_pb2.BOOK_EVENT_TYPE_DELTA, bid_changes, ask_changes, previous))
+    def first_frames(self) -> list[bytes]:
+        """What a consumer starting (or restarting, after conflation) at the end of the log must get first."""
+        if not self.feed.live:
+            return [self.status_frame(RESYNCING)]
+        if self.feed.stale:
+            return [self.snapshot_frame(), self.status_frame(STALE)]
+        return [self.snapshot_frame()]
+
+    # ------------------------------------------------------------------ the log and its consumers
+
+    def attach(self) -> BookConsumer:
+        consumer = BookConsumer(self, self.first_frames(), time.time_ns())
+        self.consumers.add(consumer)
+        self._check_at = min(self._check_at, consumer.cursor + self.settings.max_queue + 1 - len(consumer.own))
+        return consumer
 
     def publish(self, data: bytes, received_ns: int) -> None:
+        """Append one encoded update for every consumer; they are woken once it has lingered."""
+        self.log.append(data)
+        self.times.append(received_ns)
+        end = self.base + len(self.log)
+        if end >= self._check_at:
+            self._housekeep()
+        if end - self.released >= self._full:  # a full batch does not linger
+            if self._release is not None:
+                self._release.cancel()
+            self._release_now()
+        elif self._release is None:
+            delay = self.settings.linger_s - (time.time_ns() - received_ns) / 1e9
+            if delay > 0:
+                self._release = asyncio.get_running_loop().call_later(delay, self._release_now)
+            else:
+                self._release_now()
+
+    def _release_now(self) -> None:
+        self._release = None
+        self.released = self.end
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake every consumer sleeping on the view (they re-check what they have to do)."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Sleep until the view wakes its consumers."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            raise
+
+    def _housekeep(self) -> None:
+        """Conflate consumers more than `max_queue` behind; drop the entries every cursor has passed."""
+        end = self.end
+        limit = self.settings.max_queue
+        slowest = end
+        check_at = end + _TRIM_EVERY
         for consumer in self.consumers:
-            consumer.push(data, received_ns)
+            if consumer.error is not None:
+                consumer.cursor = end  # cut off: it holds nothing back
+                continue
+            if len(consumer.own) + end - consumer.cursor > limit:
+                self._conflate(consumer)
+            slowest = min(slowest, consumer.cursor)
+            check_at = min(check_at, consumer.cursor + limit + 1 - len(consumer.own))
+        drop = slowest - self.base
+        if drop > 0:
+            del self.log[:drop]
+            del self.times[:drop]
+            self.base = slowest
+        self._check_at = check_at
+
+    def _conflate(self, consumer: BookConsumer) -> None:
+        """Replace a lagging consumer's backlog with the view's current state, or cut it off if it keeps lagging."""
+        now = time.monotonic()
+        conflations = consumer.conflations
+        while conflations and now - conflations[0] > self.settings.conflation_window_s:
+            conflations.popleft()
+        conflations.append(now)
+        CONFLATIONS.add(1)
+        consumer.cursor = self.end
+        if len(conflations) > self.settings.max_conflations:
+            consumer.own, consumer.own_ns = [], []
+            consumer.error = ResourceExhausted("the consumer cannot keep up with the book even after conflation",
+                                               reason="CONSUMER_TOO_SLOW")
+            self.wake()
+        else:
+            consumer.own = self.first_frames()
+            consumer.own_ns = [time.time_ns()] * len(consumer.own)
+
+    def close(self, error: PorticoError) -> None:
+        """End every consumer's stream with `error`."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        for consumer in self.consumers:
+            consumer.error = consumer.error or error
+        self.wake()
 
 
 class InstrumentFeed:
@@ -207,9 +426,8 @@ class InstrumentFeed:
         self.received_ns = 0
         self.last_data = time.monotonic()
         self.views: dict[int, DepthView] = {}
-        self._buffer: list[models.BookChange] = []
+        self._buffer: list[Change] = []
         self._subscription: Subscription | None = None
-        self._reader: asyncio.Task[None] | None = None
         self._rebuild: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.rebuilds = 0
@@ -221,20 +439,17 @@ class InstrumentFeed:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._subscription = await self._ws.subscribe([self.channel])
-        self._reader = asyncio.create_task(self._read(), name=f"book-{self.symbol}")
+        self._subscription = await self._ws.subscribe([self.channel], on_event=self._on_event)
         self._watchdog = asyncio.create_task(self._watch_silence(), name=f"stale-{self.symbol}")
         self.resync("start")
 
     async def aclose(self) -> None:
-        for task in (self._reader, self._rebuild, self._watchdog):
-            await cancel_and_wait(task)
         if self._subscription is not None:
             await self._subscription.close()
+        for task in (self._rebuild, self._watchdog):
+            await cancel_and_wait(task)
         for view in self.views.values():
-            for consumer in view.consumers:
-                consumer.error = consumer.error or PorticoError("feed closed")
-                consumer.wakeup.set()
+            view.close(PorticoError("feed closed"))
 
     def consumers(self) -> int:
         return sum(len(v.consumers) for v in self.views.values())
@@ -242,18 +457,11 @@ class InstrumentFeed:
     def attach(self, depth: int) -> BookConsumer:
         view = self.views.get(depth)
         if view is None:
-            view = self.views[depth] = DepthView(self, depth)
+            view = self.views[depth] = DepthView(self, depth, self._settings)
             if self.live and self.book is not None:
                 view.reset(self.book)
-        consumer = BookConsumer(view, self._settings)
-        view.consumers.add(consumer)
         CONSUMERS.add(1)
-        now = time.time_ns()
-        if self.live:
-            consumer.push(view.snapshot_frame(), now)
-        else:
-            consumer.push(view.status_frame(order_book_pb2.BOOK_EVENT_TYPE_RESYNCING), now)
-        return consumer
+        return view.attach()
 
     def detach(self, consumer: BookConsumer) -> None:
         view = consumer.view
@@ -267,29 +475,30 @@ class InstrumentFeed:
 
     # ------------------------------------------------------------------ upstream
 
-    async def _read(self) -> None:
-        assert self._subscription is not None
-        async for event in self._subscription:
-            if isinstance(event, Message):
-                try:  # the WebSocket layer has decoded the frame already: build the change from that
-                    change = models.book_change_from_data(event.channel, event.data)
-                except SyndrError:
-                    log.warning("unreadable book frame; rebuilding", extra={"symbol": self.symbol})
-                    self.resync("unreadable frame")
-                    continue
+    def _on_event(self, event: WsEvent) -> None:
+        """Every upstream event of this book, handed over synchronously by the WebSocket reader, in order."""
+        if type(event) is Message:
+            try:  # the WebSocket layer has decoded the frame already: build the change from that
+                change = change_from_data(event.data)
+            except (KeyError, TypeError, ValueError):
+                self._unreadable()
+                return
+            UPSTREAM_MESSAGES.add(1)
+            self.last_data = time.monotonic()
+            self.stale = False
+            if change is not None:
                 self.received_ns = event.received_ns
                 self._on_change(change)
-            elif isinstance(event, Reconnected | Overflow):
-                self.resync(type(event).__name__.lower())
-            elif isinstance(event, Disconnected):
-                self._mark_resyncing()
+        elif isinstance(event, Reconnected | Overflow):
+            self.resync(type(event).__name__.lower())
+        elif isinstance(event, Disconnected):
+            self._mark_resyncing()
 
-    def _on_change(self, change: models.BookChange) -> None:
-        UPSTREAM_MESSAGES.add(1)
-        self.last_data = time.monotonic()
-        self.stale = False
-        if change.change_id is None:
-            return
+    def _unreadable(self) -> None:
+        log.warning("unreadable book frame; rebuilding", extra={"symbol": self.symbol})
+        self.resync("unreadable frame")
+
+    def _on_change(self, change: Change) -> None:
         if not self.live or self.book is None:
             self._buffer.append(change)
             if len(self._buffer) > self._settings.max_buffer:
@@ -303,7 +512,13 @@ class InstrumentFeed:
             self.resync("gap")
             self._buffer.append(change)
             return
-        self._apply(change)
+        try:
+            bid_key, ask_key = self.book.apply(change.bids, change.asks)
+        except ArithmeticError:  # a price or amount Decimal() cannot read; the book is rebuilt anyway
+            self._unreadable()
+            return
+        self.book.change_id = change.change_id
+        self.venue_time_ms = change.venue_time_ms
         if self.book.crossed():
             self.resync("crossed book")
             return
@@ -312,15 +527,7 @@ class InstrumentFeed:
             if self.book.change_id == snapshot.change_id and not self._compare(snapshot):
                 return
         for view in self.views.values():
-            data = view.changed(self.book)
-            if data is not None:
-                view.publish(data, self.received_ns)
-
-    def _apply(self, change: models.BookChange) -> None:
-        assert self.book is not None and change.change_id is not None
-        self.book.apply(change.bids_raw, change.asks_raw)
-        self.book.change_id = change.change_id
-        self.venue_time_ms = change.timestamp
+            view.changed(self.book, bid_key, ask_key, self.received_ns)
 
     # ------------------------------------------------------------------ rebuilds
 
@@ -328,8 +535,9 @@ class InstrumentFeed:
         if self.live:
             self.live = False
             self.epoch += 1
+            now = time.time_ns()
             for view in self.views.values():
-                view.publish(view.status_frame(order_book_pb2.BOOK_EVENT_TYPE_RESYNCING), time.time_ns())
+                view.publish(view.status_frame(RESYNCING), now)
 
     def resync(self, reason: str) -> None:
         """Rebuild this instrument's book (idempotent while a rebuild is running)."""
@@ -356,7 +564,7 @@ class InstrumentFeed:
             base = snapshot.change_id
             if base is None:
                 raise RuntimeError("the venue's order book carries no change_id; cannot line it up with changes")
-            pending = [c for c in self._buffer if c.change_id is not None and c.change_id > base]
+            pending = [c for c in self._buffer if c.change_id > base]
             if pending and pending[0].previous_change_id != base:
                 await asyncio.sleep(delay)  # the snapshot is older than the stream: fetch again
                 delay = min(delay * 2, 2.0)
@@ -367,10 +575,13 @@ class InstrumentFeed:
                 if change.previous_change_id != book.change_id:
                     chained = False
                     break
-                book.apply(change.bids_raw, change.asks_raw)
-                assert change.change_id is not None
+                try:
+                    book.apply(change.bids, change.asks)
+                except ArithmeticError:
+                    chained = False  # an unreadable buffered change: fetch again, it will be covered
+                    break
                 book.change_id = change.change_id
-                self.venue_time_ms = change.timestamp
+                self.venue_time_ms = change.venue_time_ms
             if not chained or book.crossed():
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -428,8 +639,9 @@ class InstrumentFeed:
             await asyncio.sleep(min(limit / 4, 1.0))
             if self.live and not self.stale and time.monotonic() - self.last_data > limit:
                 self.stale = True
+                now = time.time_ns()
                 for view in self.views.values():
-                    view.publish(view.status_frame(order_book_pb2.BOOK_EVENT_TYPE_STALE), time.time_ns())
+                    view.publish(view.status_frame(STALE), now)
 
 
 class VenueBooks:

@@ -152,16 +152,13 @@ class MarketDataServicer:
         depth = self._depth(request.depth)
         await self._symbols.check(books.venue, request.symbol)
         consumer = await books.attach(request.symbol, depth)
-        linger = self._settings.linger_s
         try:
             while True:
-                await consumer.wakeup.wait()
+                if not consumer.ready():
+                    await consumer.view.wait()  # woken with the view's other consumers once updates have lingered
+                    continue
                 if consumer.error is not None:
                     raise consumer.error
-                if linger and len(consumer.frames) < self._settings.max_batch:
-                    await asyncio.sleep(linger)  # let a few more updates join this message
-                    if consumer.error is not None:
-                        raise consumer.error
                 batch, count, oldest = consumer.take()
                 if count:
                     QUEUE_DEPTH.record(count)

@@ -4,6 +4,7 @@
     portico book ETH-PERP [--depth 10]    watch a live order book (every update checked against its checksum)
     portico trades ETH-PERP               watch the public trade tape
     portico order buy ETH-PERP 0.1 --price 3000   place an order (also: sell, cancel, list)
+    portico account [--watch]             the account summary and positions (through the account service)
     portico sim [--port 8700 ...]         run the Syndr-compatible venue simulator on its own
     portico signer keys create ID ...     manage signing keys in Vault (no gRPC)
     portico token new NAME --scopes ...   mint a bearer token and its config entry
@@ -37,6 +38,7 @@ SETTINGS_MODULES = (
     "portico.gateway.__main__",
     "portico.marketdata.service",
     "portico.execution.settings",
+    "portico.account.settings",
     "portico.sim.__main__",
 )
 
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--refdata-port", type=int, default=50051)
     up.add_argument("--marketdata-port", type=int, default=50052)
     up.add_argument("--execution-port", type=int, default=50053)
+    up.add_argument("--account-port", type=int, default=50054)
     up.add_argument("--gateway-port", type=int, default=8080)
 
     from portico import terminal
@@ -77,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     order = sub.add_parser("order", help="place, cancel and list orders (through the execution service)",
                            description=order_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     order_cli.add_arguments(order)
+
+    from portico import account_cli
+
+    account = sub.add_parser("account", help="the account summary and positions (through the account service)",
+                             description=account_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    account_cli.add_arguments(account)
 
     sim = sub.add_parser("sim", help="run the Syndr-compatible venue simulator")
     from portico.sim import __main__ as sim_main
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(run_up(UpOptions(host=args.host, vault_port=args.vault_port, sim_port=args.sim_port,
                                           signer_port=args.signer_port, refdata_port=args.refdata_port,
                                           gateway_port=args.gateway_port, marketdata_port=args.marketdata_port,
-                                          execution_port=args.execution_port,
+                                          execution_port=args.execution_port, account_port=args.account_port,
                                           data_dir=args.data_dir, state_file=args.state_file)))
     if args.command in ("book", "trades"):
         from portico import terminal
@@ -116,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         from portico import order_cli
 
         raise SystemExit(order_cli.run(args))
+    if args.command == "account":
+        from portico import account_cli
+
+        raise SystemExit(account_cli.run(args))
     if args.command == "sim":
         from portico.sim import __main__ as sim_main
 

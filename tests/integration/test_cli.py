@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.openbao import OpenBaoDevServer
 from tests.support.ports import free_port
 
+from portico.account.service import SERVICE_NAME as ACCOUNT_SERVICE
 from portico.execution.service import SERVICE_NAME as EXECUTION_SERVICE
 from portico.runtime.auth import hash_token
 from portico.runtime.secp256k1 import recover_address
@@ -142,15 +143,54 @@ async def _order_round_trip(state: dict[str, object], state_file: Path) -> None:
     assert off_tick.stderr.rstrip().endswith("[PRICE_NOT_ON_TICK]")
 
 
+async def _account_summary(state: dict[str, object], state_file: Path) -> None:
+    """`portico account` prints the demo account's summary and positions through the account service."""
+    demo = state["demo"]
+    assert isinstance(demo, dict)
+    shown = await _portico_async("account", "--state-file", str(state_file))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"account {demo['account']} at syndr"
+    equity = next(line for line in lines if line.split()[:1] == ["equity"])
+    Decimal(equity.split()[1])  # a decimal string
+    assert any(line.split()[:2] == ["margin", "mode"] for line in lines)
+    assert lines[-1] == "no open positions"
+
+    # After a fill the position shows, with the summary.
+    filled = await _portico_async("order", "buy", "ETH-PERP", "0.1", "--market", "--state-file", str(state_file))
+    assert filled.returncode == 0 and "FILLED" in filled.stdout, filled.stdout + filled.stderr
+    deadline = time.monotonic() + 10
+    while True:
+        shown = await _portico_async("account", "--state-file", str(state_file))
+        assert shown.returncode == 0, shown.stderr
+        rows = [line.split() for line in shown.stdout.splitlines()]
+        if ["ETH-PERP", "long", "0.1"] in [row[:3] for row in rows]:
+            break
+        assert time.monotonic() < deadline, shown.stdout
+        await asyncio.sleep(0.2)
+    assert rows[rows.index(["SYMBOL", "SIDE", "SIZE", "AVG", "PRICE", "MARK", "PRICE", "UNREALIZED", "PNL",
+                            "REALIZED", "PNL"]) + 1][:3] == ["ETH-PERP", "long", "0.1"]
+    assert Decimal(next(row for row in rows if row[:2] == ["initial", "margin"])[2]) > 0
+
+    watched = await _portico_async("account", "--state-file", str(state_file), "--watch", "--seconds", "2")
+    assert watched.returncode == 0, watched.stderr
+    assert demo["account"] in watched.stdout and "position update(s) streamed" in watched.stdout
+
+    wrong = await _portico_async("account", "--state-file", str(state_file), "--account", "0x" + "12" * 20)
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith("portico account: NOT_FOUND from "), wrong.stderr
+
+
 async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None:
     state_file = tmp_path / "state.json"
-    vault_port, signer_port, sim_port, refdata_port, gateway_port, marketdata_port, execution_port = (
-        free_port() for _ in range(7))
+    vault_port, signer_port, sim_port, refdata_port, gateway_port, marketdata_port, execution_port, account_port = (
+        free_port() for _ in range(8))
     process = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, stopped with a signal below
         [*PORTICO, "up", "--state-file", str(state_file), "--data-dir", str(tmp_path / "data"),
          "--vault-port", str(vault_port), "--signer-port", str(signer_port), "--sim-port", str(sim_port),
          "--refdata-port", str(refdata_port), "--gateway-port", str(gateway_port),
-         "--marketdata-port", str(marketdata_port), "--execution-port", str(execution_port)],
+         "--marketdata-port", str(marketdata_port), "--execution-port", str(execution_port),
+         "--account-port", str(account_port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -162,16 +202,20 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
         assert state["services"] == {"signer": f"127.0.0.1:{signer_port}", "refdata": f"127.0.0.1:{refdata_port}",
                                      "marketdata": f"127.0.0.1:{marketdata_port}",
-                                     "execution": f"127.0.0.1:{execution_port}"}
+                                     "execution": f"127.0.0.1:{execution_port}",
+                                     "account": f"127.0.0.1:{account_port}"}
         for name, target in state["services"].items():  # every service listed is SERVING (as a whole)
             async with grpc.aio.insecure_channel(target) as channel:
                 health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert health.status == health_pb2.HealthCheckResponse.SERVING, name
-        async with grpc.aio.insecure_channel(state["services"]["execution"]) as channel:
-            health = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=EXECUTION_SERVICE), timeout=5)
-        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        for name, service in (("execution", EXECUTION_SERVICE), ("account", ACCOUNT_SERVICE)):
+            async with grpc.aio.insecure_channel(state["services"][name]) as channel:
+                health = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING, name
+        # The demo account was provisioned through the account service's RegisterSigningKey: orders work.
         await _order_round_trip(state, state_file)
+        await _account_summary(state, state_file)
         book = await asyncio.to_thread(
             subprocess.run, [*PORTICO, "book", "ETH-PERP", "--state-file", str(state_file), "--seconds", "2"],
             cwd=REPO, capture_output=True, text=True, timeout=30)
@@ -209,6 +253,6 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
     assert "Portico is up." in out
     assert not state_file.exists()
     assert not any(_port_open(port) for port in (vault_port, signer_port, sim_port, refdata_port, gateway_port,
-                                                 marketdata_port, execution_port))
+                                                 marketdata_port, execution_port, account_port))
     for token in state["tokens"].values():  # tokens are in the state file only
         assert token not in out + err

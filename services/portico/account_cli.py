@@ -1,0 +1,363 @@
+"""`portico account`: an account's summary and positions from the account service, in a terminal.
+
+    portico account [--account 0x...] [--venue syndr]          print the summary and the positions, once
+    portico account --watch [--seconds N]                       redraw in place as positions stream in
+
+The summary shows equity, available balance, initial and maintenance margin
+with their utilisation, realized / unrealized / total PnL, collateral per
+currency, the margin mode and the account's state; the positions table shows
+symbol, side, size, average and mark price and unrealized / realized PnL.
+Decimals are printed as the service's decimal strings, never through floats.
+
+The account-service address, the bearer token (`read`) and the account come
+from the `portico up` state file unless `--target`, `--token-env` and
+`--account` say otherwise. With `--watch`, positions come from
+`StreamPositions` on top of one `ListPositions`, and the summary is read again
+when positions change (at most once a second) and every few seconds, until
+Ctrl-C or `--seconds`.
+
+Exit codes: 0 done, 1 the call failed (one line on stderr: gRPC status,
+message, ErrorInfo reason), 2 bad arguments or no state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import TextIO
+
+import grpc
+
+from portico.account.v1 import account_pb2
+from portico.account.v1 import account_service_pb2 as pb
+from portico.account.v1 import account_service_pb2_grpc as pb_grpc
+from portico.common.v1 import side_pb2
+from portico.connection import ConfigError, StateFile, add_connection_arguments, connection, describe_rpc_error
+from portico.runtime.client import bearer, open_channel
+
+__all__ = [
+    "PositionBook",
+    "UsageError",
+    "add_arguments",
+    "check_arguments",
+    "render_account",
+    "render_positions",
+    "render_summary",
+    "run",
+]
+
+SERVICE, SCOPE = "account", "read"
+NAME = "portico account"
+LIST_PAGE_SIZE = 500
+SUMMARY_MIN_INTERVAL = 1.0  # seconds: at most one summary read per second when positions change
+SUMMARY_IDLE_INTERVAL = 5.0  # seconds: and at least one this often (PnL moves with the mark price)
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+class UsageError(Exception):
+    """The arguments do not make a request; the message says why."""
+
+
+# --- arguments ----------------------------------------------------------------------------------------------------
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def _refresh_hz(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `portico account`."""
+    add_connection_arguments(parser, service=SERVICE, what="account service", scope=SCOPE)
+    parser.add_argument("--venue", default="syndr", help="venue (syndr)")
+    parser.add_argument("--account", metavar="0x...", help="account address (default: demo.account in the state file)")
+    parser.add_argument("--watch", action="store_true",
+                        help="redraw in place as positions stream in, until Ctrl-C (or --seconds)")
+    parser.add_argument("--seconds", type=_seconds, metavar="N", help="with --watch: exit after N seconds")
+    parser.add_argument("--refresh-hz", type=_refresh_hz, default=10.0, metavar="HZ",
+                        help="with --watch: redraw at most this many times a second (10)")
+    parser.add_argument("--timeout", type=_timeout, default=15.0, metavar="SECONDS",
+                        help="deadline of each unary call (15)")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Rules between arguments that argparse cannot express; UsageError names the one broken."""
+    if args.seconds is not None and not args.watch:
+        raise UsageError("--seconds only goes with --watch")
+    if args.account is not None and not _ADDRESS.fullmatch(args.account):
+        raise UsageError(f"--account {args.account!r} is not a 0x-prefixed 20-byte hex address")
+
+
+# --- rendering (pure) ---------------------------------------------------------------------------------------------
+
+
+def _value(text: str) -> str:
+    return text or "-"
+
+
+def _percent(text: str) -> str:
+    return f"{text}%" if text else "-"
+
+
+def _enum(name: str, prefix: str) -> str:
+    return name.removeprefix(prefix).lower() if not name.endswith("UNSPECIFIED") else "unknown"
+
+
+def render_summary(summary: account_pb2.AccountSummary) -> list[str]:
+    """The summary as `label  value` lines, values as the service's decimal strings ("-" when not given)."""
+    margin_mode = _enum(account_pb2.MarginMode.Name(summary.margin_mode), "MARGIN_MODE_")
+    state = _enum(account_pb2.AccountState.Name(summary.state), "ACCOUNT_STATE_")
+    if summary.venue_status and summary.venue_status.lower() != state:
+        state += f" ({summary.venue_status})"
+    rows: list[tuple[str, str]] = [
+        ("equity", _value(summary.equity)),
+        ("available balance", _value(summary.available_balance)),
+        ("initial margin", f"{_value(summary.initial_margin)}  ({_percent(summary.initial_margin_utilization)} "
+                           "of equity)"),
+        ("maintenance margin", f"{_value(summary.maintenance_margin)}  "
+                               f"({_percent(summary.maintenance_margin_utilization)} of equity)"),
+        ("realized pnl", _value(summary.realized_pnl)),
+        ("unrealized pnl", _value(summary.unrealized_pnl)),
+        ("total pnl", _value(summary.total_pnl)),
+    ]
+    if summary.collateral:
+        rows.extend((f"collateral {currency}", amount) for currency, amount in sorted(summary.collateral.items()))
+    else:
+        rows.append(("collateral", "none"))
+    rows.extend([("margin mode", margin_mode), ("state", state)])
+    width = max(len(label) for label, _ in rows)
+    header = f"account {summary.account or '-'} at {summary.venue or '-'}"
+    return [header, *(f"  {label.ljust(width)}  {value}" for label, value in rows)]
+
+
+def _side(position: account_pb2.Position) -> str:
+    return {side_pb2.SIDE_BUY: "long", side_pb2.SIDE_SELL: "short"}.get(position.direction, "-")
+
+
+def _is_open(position: account_pb2.Position) -> bool:
+    try:
+        return Decimal(position.size or "0") != 0
+    except InvalidOperation:
+        return True  # not a number: show it rather than hide it
+
+
+def render_positions(positions: Iterable[account_pb2.Position]) -> list[str]:
+    """An aligned table of the open positions (text columns left, numbers right), or one line saying none."""
+    shown = sorted((p for p in positions if _is_open(p)), key=lambda p: p.symbol)
+    if not shown:
+        return ["no open positions"]
+    header = ("SYMBOL", "SIDE", "SIZE", "AVG PRICE", "MARK PRICE", "UNREALIZED PNL", "REALIZED PNL")
+    rows = [(p.symbol, _side(p), _value(p.size), _value(p.average_price), _value(p.mark_price),
+             _value(p.unrealized_pnl), _value(p.realized_pnl)) for p in shown]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)]
+        return "  ".join(cells).rstrip()
+
+    return [line(header), *(line(row) for row in rows)]
+
+
+def render_account(summary: account_pb2.AccountSummary | None, positions: Iterable[account_pb2.Position]) -> list[str]:
+    """The whole view: summary, a blank line, the positions table."""
+    head = render_summary(summary) if summary is not None else ["account summary: waiting"]
+    return [*head, "", *render_positions(positions)]
+
+
+class PositionBook:
+    """The current positions by symbol: a `ListPositions` snapshot, then `StreamPositions` updates on top.
+
+    The stream starts before the snapshot is read (so no change falls between
+    them); an update older than what the snapshot already shows (by the
+    position's update time) is not applied over it. A position whose size goes
+    to 0 is closed and dropped.
+    """
+
+    def __init__(self) -> None:
+        self.positions: dict[str, account_pb2.Position] = {}
+        self.last_sequence = 0
+        self.updates = 0
+
+    def load(self, positions: Iterable[account_pb2.Position]) -> None:
+        self.positions = {p.symbol: p for p in positions if _is_open(p)}
+
+    def apply(self, update: pb.PositionUpdate) -> bool:
+        """Apply one update; whether the view changed."""
+        if update.sequence and update.sequence <= self.last_sequence:
+            return False  # already applied
+        self.last_sequence = max(self.last_sequence, update.sequence)
+        self.updates += 1
+        position = update.position
+        current = self.positions.get(position.symbol)
+        if current is not None and _time_ms(position) and _time_ms(position) < _time_ms(current):
+            return False  # older than the snapshot's view
+        if _is_open(position):
+            self.positions[position.symbol] = position
+            return True
+        return self.positions.pop(position.symbol, None) is not None
+
+
+def _time_ms(position: account_pb2.Position) -> int:
+    if not position.HasField("update_time"):
+        return 0
+    return int(position.update_time.ToMilliseconds())
+
+
+# --- running ------------------------------------------------------------------------------------------------------
+
+
+async def _list_positions(stub: pb_grpc.AccountServiceStub, venue: str, account: str,
+                          metadata: tuple[tuple[str, str]], call_timeout: float) -> list[account_pb2.Position]:
+    positions: list[account_pb2.Position] = []
+    page_token = ""
+    while True:
+        page = await stub.ListPositions(pb.ListPositionsRequest(venue=venue, account=account,
+                                                                page_size=LIST_PAGE_SIZE, page_token=page_token),
+                                        metadata=metadata, timeout=call_timeout)
+        positions.extend(page.positions)
+        page_token = page.next_page_token
+        if not page_token:
+            return positions
+
+
+async def _summary(stub: pb_grpc.AccountServiceStub, venue: str, account: str,
+                   metadata: tuple[tuple[str, str]], call_timeout: float) -> account_pb2.AccountSummary:
+    reply = await stub.GetAccountSummary(pb.GetAccountSummaryRequest(venue=venue, account=account),
+                                         metadata=metadata, timeout=call_timeout)
+    summary: account_pb2.AccountSummary = reply.summary
+    return summary
+
+
+async def show_once(target: str, token: str, venue: str, account: str, *, call_timeout: float, out: TextIO) -> int:
+    """Print the summary and the positions table once."""
+    metadata = bearer(token)
+    async with open_channel(target) as channel:
+        stub = pb_grpc.AccountServiceStub(channel)
+        summary, positions = await asyncio.gather(_summary(stub, venue, account, metadata, call_timeout),
+                                                  _list_positions(stub, venue, account, metadata, call_timeout))
+    for line in render_account(summary, positions):
+        print(line, file=out)
+    out.flush()
+    return 0
+
+
+async def watch(target: str, token: str, venue: str, account: str, *, call_timeout: float, out: TextIO, err: TextIO,
+                refresh_hz: float, max_seconds: float | None, stop: asyncio.Event | None) -> int:
+    """Redraw summary and positions in place as positions stream in; exit codes as `portico book`'s."""
+    from portico.terminal import _run_view  # the shared redraw loop of the terminal views
+
+    metadata = bearer(token)
+    book = PositionBook()
+    summary: account_pb2.AccountSummary | None = None
+
+    async def consume(changed: Callable[[], None]) -> None:
+        nonlocal summary
+        loop = asyncio.get_running_loop()
+        async with open_channel(target) as channel:
+            stub = pb_grpc.AccountServiceStub(channel)
+            call = stub.StreamPositions(pb.StreamPositionsRequest(venue=venue, account=account), metadata=metadata)
+            moved = asyncio.Event()
+
+            async def read_summary() -> None:
+                nonlocal summary
+                while True:
+                    moved.clear()  # a change while the summary is read asks for another read
+                    read_at = loop.time()
+                    summary = await _summary(stub, venue, account, metadata, call_timeout)
+                    changed()
+                    try:
+                        await asyncio.wait_for(moved.wait(), SUMMARY_IDLE_INTERVAL)
+                    except TimeoutError:
+                        continue
+                    await asyncio.sleep(max(0.0, read_at + SUMMARY_MIN_INTERVAL - loop.time()))
+
+            async def read_stream() -> None:
+                async for response in call:
+                    if any([book.apply(update) for update in response.updates]):
+                        moved.set()
+                        changed()
+
+            try:
+                stream = asyncio.ensure_future(read_stream())  # subscribed before the snapshot is read
+                book.load(await _list_positions(stub, venue, account, metadata, call_timeout))
+                changed()
+                summaries = asyncio.ensure_future(read_summary())
+                done, _ = await asyncio.wait({stream, summaries}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (stream, summaries):
+                    task.cancel()
+                await asyncio.wait({stream, summaries})
+                for task in done:
+                    task.result()  # the failure that ended it, if any
+            finally:
+                call.cancel()
+
+    def frame(columns: int, rows: int) -> list[str]:
+        lines = render_account(summary, book.positions.values())
+        lines.append("")
+        lines.append(f"{book.updates} position update(s) streamed  (Ctrl-C to stop)")
+        return [line[:columns] for line in lines][:rows]
+
+    return await _run_view(consume, frame, name=NAME, target=target, out=out, err=err, refresh_hz=refresh_hz,
+                           max_seconds=max_seconds, stop=stop)
+
+
+async def _watch_until_signalled(args: argparse.Namespace, target: str, token: str, account: str, out: TextIO,
+                                 err: TextIO) -> int:
+    from portico.terminal import _until_signalled
+
+    return await _until_signalled(lambda t, k, stop: watch(
+        t, k, args.venue, account, call_timeout=args.timeout, out=out, err=err, refresh_hz=args.refresh_hz,
+        max_seconds=args.seconds, stop=stop), target, token)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run `portico account`; the exit code (0 done, 1 call failed, 2 usage/config)."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        check_arguments(args)
+        state = StateFile(args.state_file)
+        target, token = connection(args, service=SERVICE, scope=SCOPE, state=state)
+        account = args.account or state.value("demo", "account")
+    except (UsageError, ConfigError) as exc:
+        print(f"{NAME}: {exc}", file=err, flush=True)
+        return 2
+    try:
+        if args.watch:
+            return asyncio.run(_watch_until_signalled(args, target, token, account, out, err))
+        return asyncio.run(show_once(target, token, args.venue, account, call_timeout=args.timeout, out=out))
+    except grpc.aio.AioRpcError as exc:
+        print(f"{NAME}: {describe_rpc_error(exc, target)}", file=err, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130

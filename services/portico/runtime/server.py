@@ -103,6 +103,7 @@ class GrpcServer:
         self._services: list[str] = []
         self.port = 0
         self._stopping: asyncio.Event | None = None
+        self._stopped = False
 
     async def start(self, service_names: Sequence[str], *, serving: bool = True) -> int:
         """Bind, start serving and mark every service SERVING; return the port.
@@ -140,7 +141,10 @@ class GrpcServer:
         await self.health.set(service, status)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Go NOT_SERVING, then drain in-flight calls for up to the grace period."""
+        """Go NOT_SERVING, then drain in-flight calls for up to the grace period; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         log.info("draining", extra={"grace_s": grace})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tests.support.signer import make_tokens
 
 from portico.marketdata.book import Book, book_checksum
+from portico.marketdata.feed import Change, FeedSettings, InstrumentFeed
 from portico.marketdata.service import MarketDataApp, MarketDataSettings
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import market_data_service_pb2_grpc as pb_grpc
@@ -334,3 +336,76 @@ async def test_the_audit_finds_no_divergence_and_repairs_a_corrupted_book(sim: S
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert consumer.broken == []
+
+
+# --------------------------------------------------------------------------- depth views, without a network
+
+
+def _feed(settings: FeedSettings, book: Book) -> InstrumentFeed:
+    """A live feed that is never started: changes go in through `_on_change`, as the WebSocket reader would."""
+    feed = InstrumentFeed("syndr", "ETH-PERP", None, None, settings, lambda f: None)  # type: ignore[arg-type]
+    feed.book, feed.live = book, True
+    return feed
+
+
+def _updates(data: bytes) -> list[order_book_pb2.BookUpdate]:
+    return list(pb.StreamOrderBookResponse.FromString(data).updates)
+
+
+async def test_views_skip_changes_below_their_depth_and_stay_exact() -> None:
+    """Random changes, many beyond the shown levels: every view's consumer holds the book's top exactly."""
+    rng = random.Random(7)
+    book = Book.from_snapshot([(str(100 - i), "1") for i in range(30)], [(str(101 + i), "1") for i in range(30)], 1)
+    feed = _feed(FeedSettings(linger_s=0), book)
+    consumers = {depth: (feed.attach(depth), Consumer(depth)) for depth in (1, 5, 10, 50)}
+    for change_id in range(2, 3000):
+        side = rng.choice(("bids", "asks"))
+        level = rng.randrange(40)
+        price = str(100 - level) if side == "bids" else str(101 + level)
+        amount = rng.choice(("0", "1", "2.5", "3"))
+        feed._on_change(Change(change_id, change_id - 1, [(price, amount)] if side == "bids" else [],
+                               [(price, amount)] if side == "asks" else [], change_id))
+        for server_side, client in consumers.values():
+            data, _, _ = server_side.take()
+            for update in _updates(data):
+                client.apply(update)
+    for depth, (_, client) in consumers.items():
+        assert client.broken == []
+        assert client.top() == book.top(depth)
+    assert consumers[1][1].updates < consumers[50][1].updates  # the shallow view skipped what it cannot show
+
+
+async def test_a_view_shares_one_log_and_trims_it() -> None:
+    book = Book.from_snapshot([("100", "1")], [("101", "1")], 1)
+    feed = _feed(FeedSettings(linger_s=0), book)
+    consumers = [feed.attach(10) for _ in range(20)]
+    view = feed.views[10]
+    for change_id in range(2, 2000):
+        feed._on_change(Change(change_id, change_id - 1, [("100", str(change_id))], [], change_id))
+        if change_id % 50 == 0:
+            batches = {c.take()[0][-200:] for c in consumers}
+            assert len(batches) == 1  # the same bytes for everyone
+    assert len(view.log) <= 50 + 256  # entries every cursor has passed are dropped
+
+
+async def test_a_lone_laggard_is_cut_off_but_a_view_wide_backlog_is_only_conflated() -> None:
+    book = Book.from_snapshot([("100", "1")], [("101", "1")], 1)
+    feed = _feed(FeedSettings(linger_s=0, max_queue=20, max_conflations=2), book)
+    fast = [feed.attach(10) for _ in range(3)]
+    slow = feed.attach(10)
+    change_id = 1
+    for _ in range(100):  # only `slow` stops reading
+        change_id += 1
+        feed._on_change(Change(change_id, change_id - 1, [("100", str(change_id))], [], change_id))
+        for consumer in fast:
+            consumer.take()
+    assert slow.error is not None and slow.error.reason == "CONSUMER_TOO_SLOW"
+    assert all(c.error is None and not c.conflations for c in fast)
+    for _ in range(200):  # now nobody reads: the service is behind, not the consumers
+        change_id += 1
+        feed._on_change(Change(change_id, change_id - 1, [("100", str(change_id))], [], change_id))
+    assert all(c.error is None and c.pending() <= 20 for c in fast)
+    client = Consumer(10)
+    for update in _updates(fast[0].take()[0]):
+        client.apply(update)
+    assert client.snapshots == 1 and client.broken == [] and client.top() == book.top(10)

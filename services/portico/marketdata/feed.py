@@ -19,7 +19,9 @@ once and appends it once to a log that all its consumers read, each with a
 cursor: publishing costs the same for one consumer as for a hundred. A
 consumer more than `max_queue` updates behind is conflated (its backlog
 replaced by one fresh snapshot), and one that keeps falling behind is cut off
-with RESOURCE_EXHAUSTED, so it never slows the others or grows memory.
+with RESOURCE_EXHAUSTED, so it never slows the others or grows memory. When
+most of a view's consumers fall behind together the service itself is
+overloaded: they are conflated alike, and that does not count against them.
 """
 
 from __future__ import annotations
@@ -224,7 +226,7 @@ class DepthView:
         self.released = 0  # entries before this position have lingered and may be sent
         self._release: asyncio.TimerHandle | None = None
         self._waiters: list[asyncio.Future[None]] = []
-        self._check_at = settings.max_queue + 1  # log position at which to trim and look for laggards
+        self._check_at = _TRIM_EVERY  # log position at which to trim and look for laggards
         # Unsent updates that end the linger at once: a full message, or half the queue bound (so that
         # a burst cannot push a consumer that was only waiting for the linger over the bound).
         self._full = max(1, min(settings.max_batch, settings.max_queue // 2))
@@ -358,17 +360,28 @@ class DepthView:
             raise
 
     def _housekeep(self) -> None:
-        """Conflate consumers more than `max_queue` behind; drop the entries every cursor has passed."""
+        """Conflate consumers more than `max_queue` behind; drop the entries every cursor has passed.
+
+        When most of the view's consumers lag at once, the service (not they)
+        is behind: they all skip to the same fresh snapshot and it does not
+        count towards cutting them off. A consumer lagging on its own does.
+        """
         end = self.end
         limit = self.settings.max_queue
+        lagging = [c for c in self.consumers if c.error is None and len(c.own) + end - c.cursor > limit]
+        if lagging:
+            overload = len(lagging) >= 2 and 2 * len(lagging) > len(self.consumers)
+            if overload:
+                log.warning("most consumers of a view fell behind; all skip to a fresh snapshot",
+                            extra={"symbol": self.feed.symbol, "depth": self.depth, "lagging": len(lagging)})
+            for consumer in lagging:
+                self._conflate(consumer, counts=not overload)
         slowest = end
         check_at = end + _TRIM_EVERY
         for consumer in self.consumers:
             if consumer.error is not None:
                 consumer.cursor = end  # cut off: it holds nothing back
                 continue
-            if len(consumer.own) + end - consumer.cursor > limit:
-                self._conflate(consumer)
             slowest = min(slowest, consumer.cursor)
             check_at = min(check_at, consumer.cursor + limit + 1 - len(consumer.own))
         drop = slowest - self.base
@@ -378,15 +391,16 @@ class DepthView:
             self.base = slowest
         self._check_at = check_at
 
-    def _conflate(self, consumer: BookConsumer) -> None:
+    def _conflate(self, consumer: BookConsumer, counts: bool = True) -> None:
         """Replace a lagging consumer's backlog with the view's current state, or cut it off if it keeps lagging."""
-        now = time.monotonic()
-        conflations = consumer.conflations
-        while conflations and now - conflations[0] > self.settings.conflation_window_s:
-            conflations.popleft()
-        conflations.append(now)
         CONFLATIONS.add(1)
         consumer.cursor = self.end
+        conflations = consumer.conflations
+        if counts:
+            now = time.monotonic()
+            while conflations and now - conflations[0] > self.settings.conflation_window_s:
+                conflations.popleft()
+            conflations.append(now)
         if len(conflations) > self.settings.max_conflations:
             consumer.own, consumer.own_ns = [], []
             consumer.error = ResourceExhausted("the consumer cannot keep up with the book even after conflation",

@@ -6,10 +6,7 @@ import asyncio
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +16,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.openbao import OpenBaoDevServer
-from tests.support.ports import free_port
+from tests.support.portico_up import PORTICO, REPO, PorticoUp, port_open
 
 from portico.account.service import SERVICE_NAME as ACCOUNT_SERVICE
 from portico.execution.service import SERVICE_NAME as EXECUTION_SERVICE
@@ -30,9 +27,6 @@ from portico.signer.v1 import signer_service_pb2_grpc
 from portico.venues.syndr import models
 from portico.venues.syndr import typed_data as syndr
 from portico.venues.syndr.http import SyndrHttpClient
-
-REPO = Path(__file__).resolve().parents[2]
-PORTICO = [sys.executable, "-m", "portico.cli"]
 
 
 def portico(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -94,11 +88,6 @@ def test_token_new_prints_a_matching_entry() -> None:
     entry = json.loads(result.stdout.splitlines()[1].split(": ", 1)[1])
     assert entry == {"name": "desk-a", "sha256": hash_token(token), "scopes": ["read", "trade"]}
     assert portico(["token", "new", "x", "--scopes", "root"], {}).returncode == 2
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def _portico_async(*args: str) -> subprocess.CompletedProcess[str]:
@@ -182,23 +171,14 @@ async def _account_summary(state: dict[str, object], state_file: Path) -> None:
 
 
 async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None:
-    state_file = tmp_path / "state.json"
+    up = PorticoUp(tmp_path)
+    state_file, ports = up.state_file, up.ports
     vault_port, signer_port, sim_port, refdata_port, gateway_port, marketdata_port, execution_port, account_port = (
-        free_port() for _ in range(8))
-    process = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, stopped with a signal below
-        [*PORTICO, "up", "--state-file", str(state_file), "--data-dir", str(tmp_path / "data"),
-         "--vault-port", str(vault_port), "--signer-port", str(signer_port), "--sim-port", str(sim_port),
-         "--refdata-port", str(refdata_port), "--gateway-port", str(gateway_port),
-         "--marketdata-port", str(marketdata_port), "--execution-port", str(execution_port),
-         "--account-port", str(account_port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ports.vault, ports.signer, ports.sim, ports.refdata, ports.gateway, ports.marketdata, ports.execution,
+        ports.account)
+    up.start()
     try:
-        deadline = time.monotonic() + 60
-        while not state_file.exists():
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-        state = json.loads(state_file.read_text())
+        state = await up.wait_for_state()
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
         assert state["services"] == {"signer": f"127.0.0.1:{signer_port}", "refdata": f"127.0.0.1:{refdata_port}",
                                      "marketdata": f"127.0.0.1:{marketdata_port}",
@@ -247,12 +227,10 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
         assert reply.address == demo["signing_key_address"]
         assert recover_address(reply.digest, reply.signature) == reply.address
     finally:
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=40)
-    assert process.returncode == 0, err
+        returncode, out, err = up.stop()
+    assert returncode == 0, err
     assert "Portico is up." in out
     assert not state_file.exists()
-    assert not any(_port_open(port) for port in (vault_port, signer_port, sim_port, refdata_port, gateway_port,
-                                                 marketdata_port, execution_port, account_port))
+    assert not any(port_open(port) for port in ports.all())
     for token in state["tokens"].values():  # tokens are in the state file only
         assert token not in out + err

@@ -10,8 +10,9 @@ once (orjson), turned into one `BookUpdate` (type DELTA, the frame's raw
 levels, `sequence`/`previous_sequence` = the venue's change ids, `receive_time`)
 and serialised once; the same bytes go to every consumer's bounded queue. Each
 `StreamOrderBook` call drains its queue with the service's batching (wait for a
-queued update, linger, send up to `max_batch` updates as one
-`StreamOrderBookResponse`, built by concatenating the encoded updates). No
+queued update, until the oldest queued one has lingered `linger` since it was
+received, send up to `max_batch` updates as one `StreamOrderBookResponse`,
+built by concatenating the encoded updates). No
 book, no depth filter, no checksum, no auth, no interceptors, no metrics.
 
 A consumer's first update is a SNAPSHOT marker without levels at the last
@@ -144,7 +145,11 @@ class Bridge:
             while True:
                 await consumer.wakeup.wait()
                 if linger and len(consumer.frames) < max_batch:
-                    await asyncio.sleep(linger)  # let a few more updates join this message
+                    # Like the service: a batch waits until its oldest update has lingered `linger` since it was
+                    # received, so a consumer woken late does not wait the full linger again.
+                    wait = linger - (time.time_ns() - consumer.received[0]) / 1e9
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 batch, count = consumer.take()
                 if count:
                     yield batch

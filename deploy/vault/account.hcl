@@ -1,6 +1,8 @@
 # Vault policy of the account service.
 # Venue account records and API key secrets: it writes them (new API keys, signing-key rotations) and reads
 # them (to call the venue for the account).
+# On Kubernetes: policy `portico-account`, bound to the service account portico-account by
+# roles/account.json (roles/apply.sh).
 path "secret/data/portico/venues/*" {
   capabilities = ["create", "read", "update"]
 }

@@ -26,7 +26,7 @@ from portico.execution.venue import SyndrVenue, open_orders, order_history_page
 from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
-from portico.venues.syndr.errors import SyndrError
+from portico.venues.syndr.errors import SyndrError, SyndrProtocolError
 from portico.venues.syndr.ws import Message, Overflow, Reconnected, SyndrWebSocket
 
 __all__ = ["AccountFeed", "AccountFeeds", "StreamConsumer"]
@@ -53,6 +53,14 @@ class _Seen:
         if len(self._keys) > self._limit:
             self._keys.popitem(last=False)
         return True
+
+
+def _order_of(data: Any) -> dict[str, Any]:
+    """The order object of a `user.orders` notification (the full parse happens once, if it is streamed)."""
+    order = data.get("order") if isinstance(data, dict) else None
+    if not isinstance(order, dict) or "order_id" not in order:
+        raise SyndrProtocolError("user.orders: notification without an order object")
+    return order
 
 
 class AccountFeed:
@@ -89,8 +97,7 @@ class AccountFeed:
             try:
                 if isinstance(event, Message):
                     if event.channel.startswith("user.orders."):
-                        models.parse_order_update(event.data)  # shape check before anything is journaled
-                        await self._order(event.data["order"])
+                        await self._order(_order_of(event.data))
                     elif event.channel.startswith("user.fills."):
                         self._fill(event.data)
                 elif isinstance(event, Reconnected | Overflow):
@@ -108,22 +115,26 @@ class AccountFeed:
         if not self._seen_orders.add(key):
             return
         self.order_sequence += 1
+        consumers = [c for c in self._consumers if c.kind == "orders"]
+        if not consumers:
+            return  # nobody streams this account's orders: the journal has it, no message to build
         message = pb.OrderUpdate(sequence=self.order_sequence,
                                  order=order_proto(self.venue_name, self.account, order, entry))
-        for consumer in list(self._consumers):
-            if consumer.kind == "orders":
-                consumer.offer(message)
+        for consumer in consumers:
+            consumer.offer(message)
 
     def _fill(self, data: dict[str, Any]) -> None:
         trade = models.parse_user_trade(data)
         if not self._seen_fills.add(trade.id):
             return
         self.fill_sequence += 1
+        consumers = [c for c in self._consumers if c.kind == "fills"]
+        if not consumers:
+            return
         message = pb.FillUpdate(sequence=self.fill_sequence,
                                 fill=fill_proto(self.venue_name, self.account, trade, {}))
-        for consumer in list(self._consumers):
-            if consumer.kind == "fills":
-                consumer.offer(message)
+        for consumer in consumers:
+            consumer.offer(message)
 
     async def catch_up(self) -> None:
         """Read what the venue says now and emit whatever the channels did not deliver."""

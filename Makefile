@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit protos bench clean
+.PHONY: install run test lint typecheck unit protos bench bench-report soak clean
 
 $(STAMP): pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ protos: install
 	$(BIN)/python scripts/gen_protos.py
 	./node_modules/.bin/buf lint
 
-## Benchmarks (on demand; figures go to bench-results/).
+## Benchmarks (on demand; figures go to bench-results/, then one report: report.json and REPORT.md).
 bench: install
 	$(BIN)/python -m tests.bench.bench_signer --out bench-results/signer.json
 	$(BIN)/python -m tests.bench.bench_syndr_parse --out bench-results/syndr_parse.json
@@ -48,6 +48,16 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_refdata --out bench-results/refdata.json
 	$(BIN)/python -m tests.bench.bench_marketdata --out bench-results/marketdata.json
 	$(BIN)/python -m tests.bench.bench_execution --out bench-results/execution.json
+	$(BIN)/python -m tests.bench.report
+
+## The report alone, from the JSON files already in bench-results/.
+bench-report: install
+	$(BIN)/python -m tests.bench.report
+
+## Soak run (on demand, bounded): the suite under load and faults for MINUTES, figures to bench-results/soak.json.
+MINUTES ?= 5
+soak: install
+	$(BIN)/python -m tests.soak.soak --minutes $(MINUTES) --out bench-results/soak.json
 
 clean:
 	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache

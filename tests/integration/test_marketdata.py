@@ -7,13 +7,14 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from tests.support.book_consumer import RESYNCING, STALE, Consumer
 from tests.support.signer import make_tokens
 
 from portico.marketdata.book import Book, book_checksum
@@ -25,9 +26,6 @@ from portico.marketdata.v1 import order_book_pb2, trade_pb2
 from portico.runtime.client import open_channel
 from portico.sim.instruments import fmt_decimal
 from portico.sim.server import SimConfig, Simulator
-
-SNAPSHOT, DELTA = order_book_pb2.BOOK_EVENT_TYPE_SNAPSHOT, order_book_pb2.BOOK_EVENT_TYPE_DELTA
-RESYNCING, STALE = order_book_pb2.BOOK_EVENT_TYPE_RESYNCING, order_book_pb2.BOOK_EVENT_TYPE_STALE
 
 
 @dataclass
@@ -51,44 +49,6 @@ async def running_marketdata(sim: Simulator, **env: str) -> AsyncIterator[Runnin
         yield Running(app, f"127.0.0.1:{app.port}", tokens)
     finally:
         await app.aclose(grace_s=0.2)
-
-
-@dataclass
-class Consumer:
-    """Applies every message as a client must, and checks every chain and checksum."""
-
-    depth: int
-    book: Book | None = None
-    sequence: int = 0
-    epoch: int = -1
-    updates: int = 0
-    snapshots: int = 0
-    broken: list[str] = field(default_factory=list)
-    statuses: list[int] = field(default_factory=list)
-
-    def apply(self, update: order_book_pb2.BookUpdate) -> None:
-        self.updates += 1
-        levels = ([(lv.price, lv.amount) for lv in update.bids], [(lv.price, lv.amount) for lv in update.asks])
-        if update.type == SNAPSHOT:
-            self.book = Book.from_snapshot(*levels, update.sequence)
-            self.sequence, self.epoch = update.sequence, update.epoch
-            self.snapshots += 1
-        elif update.type == DELTA:
-            if self.book is None or update.epoch != self.epoch or update.previous_sequence != self.sequence:
-                self.broken.append(f"delta {update.previous_sequence}->{update.sequence} on {self.sequence}")
-                return
-            self.book.apply(*levels)
-            self.sequence = update.sequence
-        else:
-            self.statuses.append(update.type)
-            return
-        assert self.book is not None
-        if book_checksum(*self.book.top(self.depth)) != update.checksum:
-            self.broken.append(f"checksum mismatch at {update.sequence}")
-
-    def top(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        assert self.book is not None
-        return self.book.top(self.depth)
 
 
 async def consume(stub: pb_grpc.MarketDataServiceStub, running: Running, consumer: Consumer,

@@ -1,0 +1,1 @@
+"""Soak run (on demand, not collected by pytest): `python -m tests.soak.soak`, `make soak`."""

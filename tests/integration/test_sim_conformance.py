@@ -287,3 +287,20 @@ async def test_every_channel_notifies_in_the_example_shape(scenario: Scenario) -
             if sent_method != example["method"]:
                 problems.append(f"{name}: envelope method {sent_method!r}, example {example['method']!r}")
     assert not problems, "\n".join(problems)
+
+
+async def test_user_trades_honour_the_documents_count_offset_and_window(scenario: Scenario) -> None:
+    """count / offset / start_timestamp / end_timestamp of get_user_trades_* (seconds), as the examples send them."""
+    call = scenario.http.call
+    for _ in range(2):  # two fills of our own against the market maker
+        await call("private/buy", scenario.account.order("ETH-PERP", "buy", "0.01", order_type="market",
+                                                         time_in_force="IOC"))
+    everything = (await call("private/get_user_trades_by_kind", {"kind": "any", "sort_by": "DESC"})).result
+    assert len(everything) >= 2
+    first = (await call("private/get_user_trades_by_kind", {"kind": "any", "sort_by": "DESC", "count": 1})).result
+    second = (await call("private/get_user_trades_by_kind",
+                         {"kind": "any", "sort_by": "DESC", "count": 1, "offset": 1})).result
+    assert [t["id"] for t in first + second] == [t["id"] for t in everything[:2]]
+    long_ago = (await call("private/get_user_trades_by_instrument", {
+        "instrument_name": "ETH-PERP", "start_timestamp": 1731222656, "end_timestamp": 1732000257})).result
+    assert long_ago == []

@@ -56,7 +56,9 @@ log = logging.getLogger("portico.execution.orders")
 _VENUE_STATES: Final = {"open": OrderState.OPEN, "filled": OrderState.FILLED, "cancelled": OrderState.CANCELLED,
                         "rejected": OrderState.REJECTED, "expired": OrderState.EXPIRED}
 _SALT_BITS: Final = 64
-_JOURNALED_MEMORY: Final = 100_000  # order ids whose last journaled venue state is remembered
+# Order ids whose last journaled venue state is remembered, to skip the private stream's echo of a write just
+# made (it arrives within milliseconds); small, so memory stays flat.
+_JOURNALED_MEMORY: Final = 5_000
 
 JournalListener = Callable[[JournalEntry], None]
 
@@ -87,7 +89,7 @@ class OrderManager:
         self.instruments = instruments
         self._order_ttl_ms = int(order_ttl_s * 1000)
         self._inflight: dict[tuple[str, str, str], asyncio.Future[JournalEntry]] = {}
-        self._reconcile_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._reconciling: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         self.listeners: list[JournalListener] = []
         self.wake_reconciler: Callable[[], None] = lambda: None
         # What the journal holds, mirrored so the hot path asks it less: unresolved entries per
@@ -230,33 +232,45 @@ class OrderManager:
     # ------------------------------------------------------------------ reconciling
 
     async def reconcile(self, entry: JournalEntry) -> JournalEntry:
-        """Resolve an order of unknown outcome if the venue can tell; return the entry as now journaled."""
-        lock = self._reconcile_locks.setdefault(entry.key, asyncio.Lock())
-        async with lock:
-            current = await self.journal.get(*entry.key)
-            if current is None or not current.unresolved:
-                return current or entry
+        """Resolve an order of unknown outcome if the venue can tell; return the entry as now journaled.
+
+        One reconciliation per order at a time: a second caller waits for the running one.
+        """
+        running = self._reconciling.get(entry.key)
+        if running is not None:
+            await asyncio.shield(running)
+            return await self._get(entry.key)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reconciling[entry.key] = future
+        try:
+            return await self._reconcile_once(entry)
+        finally:
+            del self._reconciling[entry.key]
+            future.set_result(None)
+
+    async def _reconcile_once(self, entry: JournalEntry) -> JournalEntry:
+        current = await self.journal.get(*entry.key)
+        if current is None or not current.unresolved:
+            return current or entry
+        try:
+            found = await self.venue.find_by_salt(current.intent.account, current.intent.symbol, current.salt,
+                                                  current.timestamp_ms)
+            if found is not None:
+                return await self.apply_venue_order(current, found)
+            if time.time_ns() // 1_000_000 >= current.expiration_ms:
+                return await self._record(current.with_changes(
+                    state=OrderState.REJECTED, reject_reason="never reached the venue before its signature "
+                                                             "expired"))
+            resend = await self._record(current.with_changes(state=OrderState.UNKNOWN,
+                                                             attempts=current.attempts + 1))
             try:
-                found = await self.venue.find_by_salt(current.intent.account, current.intent.symbol, current.salt,
-                                                      current.timestamp_ms)
-                if found is not None:
-                    return await self.apply_venue_order(current, found)
-                if time.time_ns() // 1_000_000 >= current.expiration_ms:
-                    return await self._record(current.with_changes(
-                        state=OrderState.REJECTED, reject_reason="never reached the venue before its signature "
-                                                                 "expired"))
-                resend = await self._record(current.with_changes(state=OrderState.UNKNOWN,
-                                                                 attempts=current.attempts + 1))
-                try:
-                    return await self._send(resend)
-                except (Unavailable, AlreadyExists):
-                    return await self._get(entry.key)
-                except Exception:
-                    return await self._get(entry.key)
-            except SyndrError as exc:
-                log.info("reconcile deferred", extra={"client_order_id": current.intent.client_order_id,
-                                                      "error": type(exc).__name__})
-                return current
+                return await self._send(resend)
+            except Exception:  # a rejection or another unknown outcome: _send journaled which one
+                return await self._get(entry.key)
+        except SyndrError as exc:
+            log.info("reconcile deferred", extra={"client_order_id": current.intent.client_order_id,
+                                                  "error": type(exc).__name__})
+            return current
 
     async def reconcile_all(self) -> int:
         """Try every unresolved entry once; return how many are still unresolved."""

@@ -34,8 +34,11 @@ __all__ = ["AccountFeed", "AccountFeeds", "StreamConsumer"]
 log = logging.getLogger("portico.execution.streams")
 
 CHANNELS: Final = ("user.orders.ALL.raw", "user.fills.ALL")
-_SEEN_LIMIT: Final = 50_000
+# Dedupe memory: a catch-up re-reads at most a few hundred recent orders and fills, so remembering the last
+# few thousand updates is enough, and keeps the process's memory flat however long it runs.
+_SEEN_LIMIT: Final = 5_000
 _CATCH_UP_ORDERS: Final = 200
+_CATCH_UP_FILLS: Final = 500
 
 
 class _Seen:
@@ -142,9 +145,10 @@ class AccountFeed:
         orders += await order_history_page(self._venue, self.account, None, 0, _CATCH_UP_ORDERS)
         for order in sorted(orders, key=lambda o: int(o.get("last_update_timestamp") or 0)):
             await self._order(order)
+        # The newest fills only (the venue keeps thousands): newest first, then emitted oldest first.
         fills = (await self._venue.call(self.account, "private/get_user_trades_by_kind",
-                                        {"kind": "any", "sort_by": "ASC"})).result
-        for fill in fills if isinstance(fills, list) else [fills]:
+                                        {"kind": "any", "sort_by": "DESC", "count": _CATCH_UP_FILLS})).result
+        for fill in reversed(fills if isinstance(fills, list) else [fills]):
             self._fill(fill)
 
     async def aclose(self) -> None:

@@ -310,20 +310,32 @@ def _sort_asc(p: Params) -> bool:
     return bool(p.text("sort_by", "DESC", choices=("ASC", "DESC")) == "ASC")
 
 
+def _trade_paging(p: Params) -> dict[str, Any]:
+    """The document's count / offset / start_timestamp / end_timestamp (seconds); no count means all."""
+    start = p.integer("start_timestamp", None, minimum=0)
+    end = p.integer("end_timestamp", None, minimum=0)
+    count = p.integer("count", None, minimum=1)
+    return {"count": None if count is None else min(count, 1000), "offset": p.integer("offset", 0, minimum=0),
+            "start_ms": None if start is None else start * 1000,
+            "end_ms": None if end is None else end * 1000 + 999}
+
+
 def get_user_trades_by_order(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     order_id = p.raw.get("order-id", p.raw.get("order_id"))
     if not isinstance(order_id, str):
         raise RpcFailure(ErrorCode.INVALID_PARAMS, "missing parameter order-id")
-    return sim.engine.user_trades(_account(ctx), order_id=order_id, sort_asc=_sort_asc(p))
+    return sim.engine.user_trades(_account(ctx), order_id=order_id, sort_asc=_sort_asc(p), **_trade_paging(p))
 
 
 def get_user_trades_by_instrument(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    return sim.engine.user_trades(_account(ctx), instrument_name=p.text("instrument_name"), sort_asc=_sort_asc(p))
+    return sim.engine.user_trades(_account(ctx), instrument_name=p.text("instrument_name"), sort_asc=_sort_asc(p),
+                                  **_trade_paging(p))
 
 
 def get_user_trades_by_kind(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     kind = p.text("kind", "any", choices=(*KINDS, "spot", "any"))
-    return sim.engine.user_trades(_account(ctx), kind=None if kind == "any" else kind, sort_asc=_sort_asc(p))
+    return sim.engine.user_trades(_account(ctx), kind=None if kind == "any" else kind, sort_asc=_sort_asc(p),
+                                  **_trade_paging(p))
 
 
 def get_deposits(sim: Simulator, p: Params, ctx: CallContext) -> Any:

@@ -68,10 +68,14 @@ def marketdata(d: dict[str, Any]) -> Summary:
     cell = next(c["service"] for c in d["cells"] if c["book_changes_per_second"] == 5000 and c["consumers"] == 50)
     met = (t["5000x50_every_update_delivered"] and t["5000x50_p99_below_8ms"] and t["5000x50_p99_within_1.3x_bare"]
            and t["reached_250k_updates_per_s"])
+    # The highest rate at which every update was delivered (a cell that conflated delivered snapshots instead).
+    clean = [c for c in d["cells"] if c["service"]["conflations"] == 0]
+    best = max(clean, key=lambda c: c["service"]["delivered_updates_per_s"])
     return (f"5,000 changes/s x 50 consumers: {_n(cell['delivered_updates_per_s'])} updates/s, "
             f"{_n(cell['conflations'])} conflations, p99 {cell['latency_ms']['p99']:.1f} ms "
-            f"({t['5000x50_p99_ratio_to_bare']:.1f}x bare); max {_n(t['max_service_delivered_updates_per_s'])} "
-            f"updates/s ({t['max_at']})",
+            f"({t['5000x50_p99_ratio_to_bare']:.1f}x bare); max without conflation "
+            f"{_n(best['service']['delivered_updates_per_s'])} updates/s "
+            f"({best['book_changes_per_second']}/s x {best['consumers']})",
             "5,000 x 50: every update, p99 < 8 ms and < 1.3x bare; >= 250,000 updates/s", bool(met))
 
 

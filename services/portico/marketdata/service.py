@@ -49,8 +49,8 @@ _SCOPE = "marketdata"
 
 REFDATA_ADDR = setting("PORTICO_MARKETDATA_REFDATA_ADDR", "", "host:port of reference data, to check symbols "
                        "(unset: symbols are checked against the venue).", scope=_SCOPE)
-LINGER_MS = setting("PORTICO_MARKETDATA_LINGER_MS", "2", "How long a stream waits for more updates before sending "
-                    "a batch.", scope=_SCOPE)
+LINGER_MS = setting("PORTICO_MARKETDATA_LINGER_MS", "2", "A stream's batch goes out once its oldest update has "
+                    "waited this long since it was received (or at once when the batch is full).", scope=_SCOPE)
 MAX_QUEUE = setting("PORTICO_MARKETDATA_MAX_QUEUE", "5000", "Updates a book consumer may have pending before it is "
                     "conflated to a fresh snapshot.", scope=_SCOPE)
 SILENCE_S = setting("PORTICO_MARKETDATA_SILENCE_SECONDS", "10", "No upstream change for this long marks a book STALE.",

@@ -211,8 +211,9 @@ class AccountFeeds:
         return feed
 
     async def aclose(self) -> None:
-        for task in list(self._background):
+        for task in [*self._background, *self._starting.values()]:
             await cancel_and_wait(task)
+        self._starting.clear()
         for feed in self._feeds.values():
             await feed.aclose()
         self._feeds.clear()

@@ -144,10 +144,13 @@ class SyndrAccounts:
         self._sessions: dict[str, AccountSession] = {}
         self._orderbook: str | None = None
         self._lock = asyncio.Lock()
+        self._closed = False
 
     async def session(self, account: str) -> AccountSession:
         """The account's client (NOT_FOUND when Portico holds no credentials for it)."""
         record = await self.store.get("syndr", account)
+        if self._closed:  # closing while this call waited: no new client that nobody would close
+            raise Unavailable("the venue clients are closed", reason="SHUTTING_DOWN")
         key = account.lower()
         current = self._sessions.get(key)
         if current is not None and current.record == record:
@@ -188,6 +191,7 @@ class SyndrAccounts:
         return self._orderbook
 
     async def aclose(self) -> None:
+        self._closed = True
         await self.public.aclose()
         for session in self._sessions.values():
             await session.http.aclose()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -37,7 +36,15 @@ from portico.account.v1 import account_pb2
 from portico.account.v1 import account_service_pb2 as pb
 from portico.account.v1 import account_service_pb2_grpc as pb_grpc
 from portico.common.v1 import side_pb2
-from portico.connection import ConfigError, StateFile, add_connection_arguments, connection, describe_rpc_error
+from portico.connection import (
+    ConfigError,
+    StateFile,
+    add_connection_arguments,
+    connection,
+    describe_rpc_error,
+    positive_float,
+    timeout_seconds,
+)
 from portico.runtime.client import bearer, open_channel
 
 __all__ = [
@@ -66,34 +73,7 @@ class UsageError(Exception):
 # --- arguments ----------------------------------------------------------------------------------------------------
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < 3600:
-        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
-    return value
 
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return value
-
-
-def _refresh_hz(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,10 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--account", metavar="0x...", help="account address (default: demo.account in the state file)")
     parser.add_argument("--watch", action="store_true",
                         help="redraw in place as positions stream in, until Ctrl-C (or --seconds)")
-    parser.add_argument("--seconds", type=_seconds, metavar="N", help="with --watch: exit after N seconds")
-    parser.add_argument("--refresh-hz", type=_refresh_hz, default=10.0, metavar="HZ",
+    parser.add_argument("--seconds", type=positive_float, metavar="N", help="with --watch: exit after N seconds")
+    parser.add_argument("--refresh-hz", type=positive_float, default=10.0, metavar="HZ",
                         help="with --watch: redraw at most this many times a second (10)")
-    parser.add_argument("--timeout", type=_timeout, default=15.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=timeout_seconds, default=15.0, metavar="SECONDS",
                         help="deadline of each unary call (15)")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,28 @@ class RefuseToken(argparse.Action):
                  option_string: str | None = None) -> None:
         parser.error("--token is not accepted: command-line arguments are visible to everyone through `ps`; "
                      "use --token-env VAR or the state file")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above zero (seconds, rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def timeout_seconds(text: str) -> float:
+    """argparse type: a call timeout, above zero and under an hour."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
+    return value
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, *, service: str, what: str, scope: str) -> None:

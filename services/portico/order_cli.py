@@ -32,7 +32,14 @@ from typing import TextIO
 import grpc
 
 from portico.common.v1 import side_pb2
-from portico.connection import ConfigError, StateFile, add_connection_arguments, connection, describe_rpc_error
+from portico.connection import (
+    ConfigError,
+    StateFile,
+    add_connection_arguments,
+    connection,
+    describe_rpc_error,
+    timeout_seconds,
+)
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from portico.execution.v1 import order_pb2
@@ -92,21 +99,12 @@ def _time_in_force(text: str) -> str:
     return value
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < 3600:
-        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
-    return value
-
 
 def _common(parser: argparse.ArgumentParser, scope: str) -> None:
     add_connection_arguments(parser, service=SERVICE, what="execution service", scope=scope)
     parser.add_argument("--venue", default="syndr", help="venue (syndr)")
     parser.add_argument("--account", metavar="0x...", help="account address (default: demo.account in the state file)")
-    parser.add_argument("--timeout", type=_timeout, default=15.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=timeout_seconds, default=15.0, metavar="SECONDS",
                         help="deadline of each call (15)")
     parser.set_defaults(scope=scope)
 

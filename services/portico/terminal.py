@@ -35,6 +35,7 @@ from portico.connection import (
     add_connection_arguments,
     connection,
     describe_rpc_error,
+    positive_float,
 )
 from portico.marketdata.book import Book, Level, book_checksum
 from portico.marketdata.v1 import market_data_service_pb2 as md_pb2
@@ -560,12 +561,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
-
 
 def add_arguments(book_parser: argparse.ArgumentParser, trades_parser: argparse.ArgumentParser) -> None:
     """Arguments of `portico book SYMBOL` and `portico trades SYMBOL...`.
@@ -580,9 +575,9 @@ def add_arguments(book_parser: argparse.ArgumentParser, trades_parser: argparse.
     for parser in (book_parser, trades_parser):
         add_connection_arguments(parser, service=SERVICE, what="market-data service", scope=SCOPE)
         parser.add_argument("--venue", default="syndr", help="venue (syndr)")
-        parser.add_argument("--seconds", type=_positive_float, metavar="N",
+        parser.add_argument("--seconds", type=positive_float, metavar="N",
                             help="exit after N seconds (default: run until Ctrl-C or the stream ends)")
-        parser.add_argument("--refresh-hz", type=_positive_float, default=10.0, metavar="HZ",
+        parser.add_argument("--refresh-hz", type=positive_float, default=10.0, metavar="HZ",
                             help="redraw at most this many times a second (10)")
 
 

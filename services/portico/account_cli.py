@@ -46,6 +46,7 @@ from portico.connection import (
     timeout_seconds,
 )
 from portico.runtime.client import bearer, open_channel
+from portico.runtime.lifecycle import wait_event
 
 __all__ = [
     "PositionBook",
@@ -275,9 +276,7 @@ async def watch(target: str, token: str, venue: str, account: str, *, call_timeo
                     read_at = loop.time()
                     summary = await _summary(stub, venue, account, metadata, call_timeout)
                     changed()
-                    try:
-                        await asyncio.wait_for(moved.wait(), SUMMARY_IDLE_INTERVAL)
-                    except TimeoutError:
+                    if not await wait_event(moved, SUMMARY_IDLE_INTERVAL):
                         continue
                     await asyncio.sleep(max(0.0, read_at + SUMMARY_MIN_INTERVAL - loop.time()))
 

@@ -16,7 +16,6 @@ last.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -43,6 +42,7 @@ from portico.marketdata.service import SERVICE_NAME as MARKETDATA_SERVICE
 from portico.refdata.service import SERVICE_NAME as REFDATA_SERVICE
 from portico.runtime.auth import SCOPES, hash_token, new_token
 from portico.runtime.client import bearer
+from portico.runtime.lifecycle import wait_event
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.signer.admin import KeyAdmin
 from portico.signer.keystore import KeyPaths
@@ -422,8 +422,7 @@ async def _serve(options: UpOptions) -> int:
         _print_summary(state)
         while not stop.is_set():
             suite.check_alive()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            await wait_event(stop, 0.5)
         print("Stopping...", flush=True)
         return 0
     except UpError as exc:

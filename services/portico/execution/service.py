@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -29,7 +28,7 @@ from portico.execution.venue import SyndrVenue, open_orders, order_history_page
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import open_channel
 from portico.runtime.errors import AlreadyExists, InvalidArgument, NotFound
-from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
+from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait, wait_event
 from portico.runtime.paging import offset_from_token, page_token
 from portico.runtime.server import GrpcServer
 from portico.runtime.vault import VaultSession
@@ -310,8 +309,7 @@ class ExecutionApp(GrpcServiceApp):
                 log.info("journal reconciled; serving")
                 for venue, account in await self.journal.accounts({OrderState.OPEN}):
                     self.feeds.ensure(venue, account)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_s)
+            await wait_event(self._wake, self.settings.reconcile_s)
 
     async def aclose(self, grace_s: float | None = None) -> None:
         await cancel_and_wait(self._reconciler)

@@ -10,7 +10,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from portico.runtime.server import GrpcServer
 
-__all__ = ["GrpcServiceApp", "cancel_and_wait"]
+__all__ = ["GrpcServiceApp", "cancel_and_wait", "wait_event"]
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until `event` is set or `timeout_s` passes; True if it was set.
+
+    Not `asyncio.wait_for`: on Python 3.11 it drops a cancellation that arrives in
+    the same loop iteration as the event, so a loop built on it can outlive the
+    `cancel_and_wait` that stops it (seen as a shutdown that never ended).
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    return event.is_set()
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -18,8 +31,12 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the caller itself is being cancelled: that is not ours to swallow
 
 
 class GrpcServiceApp(abc.ABC):

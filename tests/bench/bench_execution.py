@@ -30,9 +30,10 @@ flight on its own channel. It reports
 * for scale, the bare gRPC health `Check` against the execution server, one
   call in flight and under the same load, and the ratios to it.
 
-`--profile` then runs the load phase once more with `py-spy record` attached
-to the execution process (speedscope file: `--profile-out`) and summarises
-where its event-loop thread and its SQLite thread spend their time.
+`--profile` then runs the load phase (or, with `--profile-one-in-flight`, one
+order in flight) once more with `py-spy record` attached to the execution
+process (speedscope file: `--profile-out`) and summarises where its
+event-loop thread and its SQLite thread spend their time.
 
 Targets (reported, not asserted): added latency p50 < 2.5 ms and p99 < 8 ms at
 one order in flight; >= 500 orders/s sustained with several in flight.
@@ -90,6 +91,7 @@ def cpu_seconds(pid: int) -> float:
 def run_simulator(argv: list[str]) -> None:
     """`python -m portico.sim` with its own flags, plus a rate limit the command line cannot set."""
     from portico.runtime.logs import configure_logging
+    from portico.runtime.main import run_in_event_loop
     from portico.sim import __main__ as sim_main
 
     parser = argparse.ArgumentParser()
@@ -97,7 +99,7 @@ def run_simulator(argv: list[str]) -> None:
     config = replace(sim_main.config_from(parser.parse_args(argv)), rate_limit_capacity=SIM_RATE_LIMIT,
                      rate_limit_refill_per_s=SIM_RATE_LIMIT)
     configure_logging("sim", os.environ)
-    asyncio.run(sim_main._serve(config))
+    run_in_event_loop(sim_main._serve(config), os.environ)
 
 
 # --------------------------------------------------------------------------- client worker (a subprocess)
@@ -402,9 +404,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         profile = None
         if args.profile:
             speedscope = args.profile_out or Path(tempfile.gettempdir()) / "execution-profile.speedscope.json"
-            under = go("place", args.clients, args.concurrency, args.seconds, profile_to=speedscope)
-            profile = {"load_under_profiler": {k: under[k] for k in ("per_second", "p50_ms", "p99_ms",
-                                                                      "execution_cpu_ms_per_call")},
+            clients, concurrency = ((1, 1) if args.profile_one_in_flight else (args.clients, args.concurrency))
+            under = go("place", clients, concurrency, args.seconds, profile_to=speedscope)
+            measured = {k: under[k] for k in ("per_second", "p50_ms", "p99_ms", "execution_cpu_ms_per_call")}
+            profile = {"in_flight": clients * concurrency, "load_under_profiler": measured,
                        **summarise_profile(speedscope, args.seconds)}
 
     one, many = median_of(single), median_of(loaded)
@@ -557,6 +560,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--concurrency", type=int, default=8, help="orders in flight per client process")
     parser.add_argument("--profile", action="store_true", help="one more load run under py-spy")
+    parser.add_argument("--profile-one-in-flight", action="store_true",
+                        help="profile with one order in flight instead of the load phase")
     parser.add_argument("--profile-out", type=Path, default=None,
                         help="speedscope file of --profile (default: execution-profile.speedscope.json in $TMPDIR)")
     # worker mode (internal)

@@ -92,3 +92,19 @@ def test_json_logs_carry_trace_ids_and_redact_secret_named_fields() -> None:
     assert line["key_id"] == "k1"
     assert line["api_secret"] == line["vault_token"] == "[redacted]"
     assert "s3cr3t" not in buffer.getvalue()
+
+
+def test_event_loop_choice() -> None:
+    import asyncio
+
+    import uvloop
+
+    from portico.runtime.main import event_loop_factory, run_in_event_loop
+
+    async def loop_type() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert run_in_event_loop(loop_type(), {}) is uvloop.Loop  # the default
+    assert run_in_event_loop(loop_type(), {"PORTICO_EVENT_LOOP": "asyncio"}) is not uvloop.Loop
+    with pytest.raises(ConfigError, match="PORTICO_EVENT_LOOP must be uvloop or asyncio"):
+        event_loop_factory({"PORTICO_EVENT_LOOP": "tokio"})

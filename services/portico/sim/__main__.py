@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 from decimal import Decimal
 
-from portico.runtime.config import setting
+from portico.runtime.config import ConfigError, setting
 from portico.runtime.logs import configure_logging
+from portico.runtime.main import event_loop_factory, run_in_event_loop
 from portico.sim.server import SimConfig, Simulator
 
 __all__ = ["add_arguments", "main", "run"]
@@ -60,7 +62,12 @@ async def _serve(config: SimConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging("sim", os.environ)
-    asyncio.run(_serve(config_from(args)))
+    try:
+        event_loop_factory(os.environ)
+    except ConfigError as exc:
+        print(f"portico sim: configuration error: {exc}", file=sys.stderr)
+        return 2
+    run_in_event_loop(_serve(config_from(args)), os.environ)
     return 0
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,6 @@ from portico.runtime.sqlstore import (
     Migration,
     Schema,
     SqliteWorker,
-    immediate_transaction,
     now_ms,
     open_postgres_pool,
 )
@@ -139,7 +139,7 @@ _UPDATE_SET = ("state = {p}, order_id = {p}, venue_order = {p}, reject_code = {p
 def _insert_row(entry: JournalEntry, at_ms: int) -> tuple[Any, ...]:
     intent = entry.intent
     return (intent.venue, intent.account, intent.client_order_id, intent.symbol, entry.state.value, entry.order_id,
-            str(entry.salt), entry.fingerprint, orjson.dumps(intent.to_json()).decode(), bytes(entry.request),
+            str(entry.salt), entry.fingerprint, _intent_text(entry), bytes(entry.request),
             bytes(entry.venue_order), entry.reject_code, entry.reject_reason, entry.timestamp_ms,
             entry.expiration_ms, entry.signer_address, entry.attempts, at_ms, at_ms)
 
@@ -147,6 +147,35 @@ def _insert_row(entry: JournalEntry, at_ms: int) -> tuple[Any, ...]:
 def _update_params(entry: JournalEntry, at_ms: int) -> tuple[Any, ...]:
     return (entry.state.value, entry.order_id, bytes(entry.venue_order), entry.reject_code, entry.reject_reason,
             entry.attempts, at_ms, *entry.key)
+
+
+# What an insert or update returns on the order path, instead of the whole row decoded again: an insert
+# that wrote its row stored exactly the caller's entry, so only the times are new; an update writes only
+# the venue fields, and the rest of the caller's entry is the stored one when these immutable columns
+# match it (they always do in the service; otherwise the stored row is read and returned).
+_INSERTED = "created_ms, updated_ms"
+_UPDATED_SQLITE = ("intent, salt, timestamp_ms, expiration_ms, signer_address, request, fingerprint, created_ms, "
+                   "updated_ms")
+_UPDATED_POSTGRES = _UPDATED_SQLITE.replace("intent,", "intent::text,", 1)
+
+
+def _inserted(entry: JournalEntry, row: Sequence[Any]) -> JournalEntry:
+    created_ms, updated_ms = row
+    return replace(entry, created_ms=created_ms, updated_ms=updated_ms)
+
+
+def _updated(entry: JournalEntry, row: Sequence[Any]) -> JournalEntry | None:
+    """The updated entry if the caller's immutable fields are the stored ones; None if not (read the row)."""
+    intent, salt, timestamp_ms, expiration_ms, signer_address, request, fingerprint, created_ms, updated_ms = row
+    if (salt != str(entry.salt) or timestamp_ms != entry.timestamp_ms or expiration_ms != entry.expiration_ms
+            or signer_address != entry.signer_address or bytes(request) != entry.request
+            or fingerprint != entry.fingerprint or intent != _intent_text(entry)):
+        return None
+    return replace(entry, created_ms=created_ms, updated_ms=updated_ms)
+
+
+def _intent_text(entry: JournalEntry) -> str:
+    return orjson.dumps(entry.intent.to_json()).decode()
 
 
 def _entry(row: Sequence[Any]) -> JournalEntry:
@@ -266,10 +295,10 @@ def open_journal(*, sqlite_path: Path | None, dsn: str | None, synchronous: str 
 
 _Q = "?"
 _SQLITE_INSERT = (f"INSERT INTO orders ({_INSERT_COLUMNS}) VALUES ({', '.join([_Q] * 19)}) "  # noqa: S608 (constants)
-                  "ON CONFLICT (venue, account, client_order_id) DO NOTHING")
+                  f"ON CONFLICT (venue, account, client_order_id) DO NOTHING RETURNING {_INSERTED}")
 _SQLITE_GET = f"SELECT {_SELECT_SQLITE} FROM orders WHERE {_KEY.format(p=_Q)}"  # noqa: S608 (constants)
 _SQLITE_UPDATE = (f"UPDATE orders SET {_UPDATE_SET.format(p=_Q, greatest='MAX')} "  # noqa: S608 (constants)
-                  f"WHERE {_KEY.format(p=_Q)} RETURNING {_SELECT_SQLITE}")
+                  f"WHERE {_KEY.format(p=_Q)} RETURNING {_UPDATED_SQLITE}")
 
 
 class SqliteOrderJournal(OrderJournal):
@@ -296,9 +325,11 @@ class SqliteOrderJournal(OrderJournal):
 
     @staticmethod
     def _insert(db: sqlite3.Connection, entry: JournalEntry) -> JournalEntry:
-        with immediate_transaction(db):  # the write lock: the row read back is the one that won
-            db.execute(_SQLITE_INSERT, _insert_row(entry, now_ms()))
-            row = db.execute(_SQLITE_GET, entry.key).fetchone()
+        # One statement, so atomic; fetchall finishes it (and commits it) before returning.
+        rows = db.execute(_SQLITE_INSERT, _insert_row(entry, now_ms())).fetchall()
+        if rows:
+            return _inserted(entry, rows[0])
+        row = db.execute(_SQLITE_GET, entry.key).fetchone()  # the key existed: the stored entry won
         return _entry(row)
 
     async def get(self, venue: str, account: str, client_order_id: str) -> JournalEntry | None:
@@ -330,7 +361,7 @@ class SqliteOrderJournal(OrderJournal):
         rows = db.execute(_SQLITE_UPDATE, _update_params(entry, now_ms())).fetchall()
         if not rows:
             raise KeyError(entry.key)
-        return _entry(rows[0])
+        return _updated(entry, rows[0]) or _entry(db.execute(_SQLITE_GET, entry.key).fetchone())
 
     async def unresolved(self, venue: str | None = None, account: str | None = None,
                          symbol: str | None = None) -> list[JournalEntry]:
@@ -377,10 +408,10 @@ class SqliteOrderJournal(OrderJournal):
 _P = "%s"
 _PG_INSERT = (f"INSERT INTO orders ({_INSERT_COLUMNS}) "  # noqa: S608 (constants)
               f"VALUES ({', '.join([_P] * 8)}, %s::json, {', '.join([_P] * 10)}) "
-              f"ON CONFLICT (venue, account, client_order_id) DO NOTHING RETURNING {_SELECT_POSTGRES}")
+              f"ON CONFLICT (venue, account, client_order_id) DO NOTHING RETURNING {_INSERTED}")
 _PG_GET = f"SELECT {_SELECT_POSTGRES} FROM orders WHERE {_KEY.format(p=_P)}"  # noqa: S608 (constants)
 _PG_UPDATE = (f"UPDATE orders SET {_UPDATE_SET.format(p=_P, greatest='GREATEST')} "  # noqa: S608 (constants)
-              f"WHERE {_KEY.format(p=_P)} RETURNING {_SELECT_POSTGRES}")
+              f"WHERE {_KEY.format(p=_P)} RETURNING {_UPDATED_POSTGRES}")
 
 
 class PostgresOrderJournal(OrderJournal):
@@ -422,9 +453,10 @@ class PostgresOrderJournal(OrderJournal):
     async def insert(self, entry: JournalEntry) -> JournalEntry:
         # On a conflict with an insert still in flight, PostgreSQL waits for it to commit and then does nothing:
         # the SELECT after (a new statement, so a new snapshot) sees the winner.
-        stored = await self._one(_PG_INSERT, _insert_row(entry, now_ms()))
-        if stored is None:
-            stored = await self._one(_PG_GET, entry.key)
+        rows = await self._fetch(_PG_INSERT, _insert_row(entry, now_ms()))
+        if rows:
+            return _inserted(entry, rows[0])
+        stored = await self._one(_PG_GET, entry.key)
         if stored is None:  # rows are never deleted
             raise RuntimeError(f"journal entry {entry.key} neither inserted nor found")
         return stored
@@ -445,10 +477,15 @@ class PostgresOrderJournal(OrderJournal):
                                (venue, account, str(salt)))
 
     async def update(self, entry: JournalEntry) -> JournalEntry:
-        stored = await self._one(_PG_UPDATE, _update_params(entry, now_ms()))
-        if stored is None:
+        rows = await self._fetch(_PG_UPDATE, _update_params(entry, now_ms()))
+        if not rows:
             raise KeyError(entry.key)
-        return stored
+        updated = _updated(entry, rows[0])
+        if updated is None:
+            updated = await self._one(_PG_GET, entry.key)
+        if updated is None:  # rows are never deleted
+            raise RuntimeError(f"journal entry {entry.key} updated but not found")
+        return updated
 
     async def unresolved(self, venue: str | None = None, account: str | None = None,
                          symbol: str | None = None) -> list[JournalEntry]:

@@ -8,6 +8,7 @@ become JSON keys; any whose name suggests a secret is replaced by
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from opentelemetry import trace
 
 from portico.runtime.config import ConfigError, setting
@@ -28,6 +30,17 @@ LOG_FORMAT = setting("PORTICO_LOG_FORMAT", "json", "`json` (one object a line, w
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 _SECRET_NAME = re.compile(r"(secret|token|password|private|credential|api_key|seed|mnemonic)", re.IGNORECASE)
 REDACTED = "[redacted]"
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_extra(key: str) -> bool:
+    return key not in _STANDARD_ATTRS and not key.startswith("_")
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_name(key: str) -> bool:
+    return _SECRET_NAME.search(key) is not None
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,11 +63,16 @@ class JsonFormatter(logging.Formatter):
             entry["trace_id"] = format(span_context.trace_id, "032x")
             entry["span_id"] = format(span_context.span_id, "016x")
         for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = REDACTED if _SECRET_NAME.search(key) else value
+            if _is_extra(key):
+                entry[key] = REDACTED if _is_secret_name(key) else value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        # orjson: a log line is written on hot paths (the signer's audit line per signature), and it is
+        # several times faster; the stdlib takes what orjson refuses (integers beyond 64 bits).
+        try:
+            return orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS).decode()
+        except (orjson.JSONEncodeError, TypeError):
+            return json.dumps(entry, default=str, separators=(",", ":"))
 
 
 def configure_logging(service: str, env: Mapping[str, str]) -> None:

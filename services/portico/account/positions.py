@@ -120,9 +120,8 @@ class PositionFeeds:
             feed = self._feeds.get(key)
             if feed is None:
                 session = await self._accounts.session(account)
-                feed = PositionFeed(venue_name, account,
-                                    SyndrWebSocket(self._ws_url, credentials=session.record.credentials),
-                                    self._accounts)
+                ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False)
+                feed = PositionFeed(venue_name, account, ws, self._accounts)
                 try:
                     await feed.start()
                     await feed.catch_up(quietly=True)  # the starting point: later changes are compared with it

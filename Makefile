@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_refdata --out bench-results/refdata.json
 	$(BIN)/python -m tests.bench.bench_marketdata --out bench-results/marketdata.json
 	$(BIN)/python -m tests.bench.bench_execution --out bench-results/execution.json
+	$(BIN)/python -m tests.bench.bench_http1 --out bench-results/http1.json
 	$(BIN)/python -m tests.bench.report
 
 ## The report alone, from the JSON files already in bench-results/.

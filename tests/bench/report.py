@@ -3,8 +3,8 @@
     python -m tests.bench.report [--dir bench-results]
 
 `make bench` runs it after the benchmarks; it reads only the per-benchmark files (`signer.json`,
-`syndr_parse.json`, `sim_engine.json`, `refdata.json`, `marketdata.json`, `execution.json`, and the soak run's
-`soak.json` when there is one), so it can be rerun at any time without rerunning anything. A missing file is
+`syndr_parse.json`, `sim_engine.json`, `refdata.json`, `marketdata.json`, `execution.json`, `http1.json`, and the
+soak run's `soak.json` when there is one), so it can be rerun at any time without rerunning anything. A missing file is
 reported as not run.
 """
 
@@ -87,6 +87,13 @@ def execution(d: dict[str, Any]) -> Summary:
             f">= {_n(t['orders_per_second'])} orders/s", all(d["targets_met"].values()))
 
 
+def http1(d: dict[str, Any]) -> Summary:
+    rt, over = d["round_trip_us_median"], d["overhead_over_bare_us"]
+    return (f"POST round trip {rt['http1']:.0f} us with portico.runtime.http1 vs {rt['aiohttp']:.0f} us with aiohttp "
+            f"(bare exchange {rt['bare']:.0f} us; client overhead {over['http1']:.0f} vs {over['aiohttp']:.0f} us)",
+            "(no numeric target: the venue client's cost on the order path)", None)
+
+
 def soak(d: dict[str, Any]) -> Summary:
     books, orders = d["books"], d["orders"]
     services = {name: m for name, m in d["memory"].items() if name != "simulator"}
@@ -102,7 +109,7 @@ def soak(d: dict[str, Any]) -> Summary:
 
 BENCHMARKS: dict[str, Callable[[dict[str, Any]], Summary]] = {
     "signer": signer, "syndr_parse": syndr_parse, "sim_engine": sim_engine, "refdata": refdata,
-    "marketdata": marketdata, "execution": execution, "soak": soak,
+    "marketdata": marketdata, "execution": execution, "http1": http1, "soak": soak,
 }
 
 

@@ -244,7 +244,9 @@ async def test_restart_reconciles_before_serving(stack: ExecutionStack, journal_
         stub = running.stub(channel)
         await stub.PlaceOrder(place_request(stack, "warm-up", price=far_bid(sim)), metadata=running.metadata())
         sim.requests.clear()
-        sim.faults.update({"drop_response_rate": 1.0})
+        # Every answer lost, and the WebSockets silent too: otherwise the private stream's echo of crash-0
+        # resolves it (correctly) before crash-1 arrives, and nothing would be left unknown to test.
+        sim.faults.update({"drop_response_rate": 1.0, "silent": True})
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.PlaceOrder(place_request(stack, "crash-0", price=far_bid(sim)), metadata=running.metadata())
         # While crash-0's outcome is unknown, nothing new is sent on that instrument and account.

@@ -14,18 +14,21 @@ end of that iteration. Measured here, handing each batch to a worker thread
 cost more CPU (two cross-thread wakeups per batch) than the commit itself,
 which is one WAL append plus, with `synchronous=FULL`, one fsync (~0.15 ms).
 One ledger file belongs to one signer process: SQLite would arbitrate several,
-but its lock waits would then stall the event loop.
+but its lock waits would then stall the event loop. WAL checkpoints (which
+fsync) run on a `WalCheckpointer` thread, not inside a commit on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from portico.runtime.errors import FailedPrecondition
+from portico.runtime.sqlstore import WalCheckpointer
 
 __all__ = ["SaltLedger", "SaltReused"]
 
@@ -64,6 +67,7 @@ class SaltLedger:
         self._synchronous = synchronous
         self._db: sqlite3.Connection | None = None
         self._pending: list[_Claim] = []
+        self._checkpointer = WalCheckpointer(path, label="salt-ledger")
 
     async def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +76,9 @@ class SaltLedger:
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute("PRAGMA busy_timeout=2000")  # only another process (an operator's sqlite3 shell) can hold it
         db.execute(_SCHEMA)
+        WalCheckpointer.disable_autocheckpoint(db)
         self._db = db
+        self._checkpointer.start()
 
     async def claim(self, key_id: str, salt: int, digest: bytes) -> None:
         """Record that `key_id` signs `digest` under `salt`, or raise SaltReused."""
@@ -132,6 +138,9 @@ class SaltLedger:
     async def aclose(self) -> None:
         if self._pending:
             self._flush()
+        self._checkpointer.stop()
         if self._db is not None:
             db, self._db = self._db, None
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             db.close()

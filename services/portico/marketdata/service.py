@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -352,9 +351,6 @@ class MarketDataApp(GrpcServiceApp):
         await self.server.start([SERVICE_NAME])
         if self.refdata is not None:
             self._watch = asyncio.create_task(self._watch_reference_data(), name="marketdata-refdata-watch")
-        # Everything built so far (modules, descriptors, the server) lives as long as the process: keep it out
-        # of the collector's full passes, which otherwise stall the stream loop for tens of ms now and then.
-        gc.freeze()
 
     async def _watch_reference_data(self) -> None:
         """A tick-size (or any) change of an instrument from reference data rebuilds that book."""

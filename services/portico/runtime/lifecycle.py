@@ -5,12 +5,23 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import gc
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from portico.runtime.server import GrpcServer
 
-__all__ = ["GrpcServiceApp", "cancel_and_wait", "wait_event"]
+__all__ = ["GrpcServiceApp", "cancel_and_wait", "freeze_startup_objects", "wait_event"]
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up built (modules, descriptors, servers, caches) out of the collector's full passes.
+
+    It lives as long as the process; left in the oldest generation, every full collection walks it
+    again, a pause of milliseconds on the request path now and then.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
@@ -57,6 +68,7 @@ class GrpcServiceApp(abc.ABC):
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, drain in-flight calls, and close."""
         await self.start()
+        freeze_startup_objects()
         try:
             await self.server.run_until_signalled()
         finally:

@@ -10,6 +10,7 @@ import sys
 from decimal import Decimal
 
 from portico.runtime.config import ConfigError, setting
+from portico.runtime.lifecycle import freeze_startup_objects
 from portico.runtime.logs import configure_logging
 from portico.runtime.main import event_loop_factory, run_in_event_loop
 from portico.sim.server import SimConfig, Simulator
@@ -56,6 +57,7 @@ async def _serve(config: SimConfig) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with Simulator(config) as sim:
+        freeze_startup_objects()
         print(f"Syndr simulator: {sim.http_url}  {sim.ws_url}  admin {sim.admin_url}", flush=True)
         await stop.wait()
 

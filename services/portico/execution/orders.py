@@ -288,7 +288,15 @@ class OrderManager:
     # ------------------------------------------------------------------ venue order updates
 
     async def apply_venue_order(self, entry: JournalEntry, order: dict[str, Any]) -> JournalEntry:
-        """Journal the venue's latest word on an order of ours."""
+        """Journal the venue's latest word on an order of ours, unless a later word is journaled already.
+
+        `entry` may be older than the journal: the order stream can journal a fill while the answer to
+        the call that placed the order is still on its way. What this process journaled last for the
+        order id is remembered, so the older answer does not overwrite the newer state.
+        """
+        known = self._journaled.get(str(order.get("order_id", "")))
+        if known is not None and _newer(_as_order(str(order["order_id"]), known), order):
+            return await self._get(entry.key)
         if entry.venue_order and _newer(orjson.loads(entry.venue_order), order):
             return entry  # an update that raced ahead (e.g. from the order stream) is newer
         return await self._record(entry.with_changes(state=venue_state(order), order_id=str(order["order_id"]),
@@ -447,6 +455,13 @@ def _venue_version(order: dict[str, Any]) -> tuple[Any, ...]:
     """What distinguishes one venue state of an order from the next."""
     return (order.get("last_update_timestamp"), order.get("order_state"), str(order.get("filled_amount")),
             str(order.get("amount")), str(order.get("price")))
+
+
+def _as_order(order_id: str, version: tuple[Any, ...]) -> dict[str, Any]:
+    """The fields of a `_venue_version` that `_newer` compares, as an order object."""
+    last_update_timestamp, order_state, filled_amount, _, _ = version
+    return {"order_id": order_id, "last_update_timestamp": last_update_timestamp, "order_state": order_state,
+            "filled_amount": filled_amount}
 
 
 def _newer(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:

@@ -32,7 +32,7 @@ def wal_frames(db: sqlite3.Connection) -> int:
 def test_the_writer_never_checkpoints_by_itself(tmp_path: Path) -> None:
     db = writer(tmp_path / "quiet.sqlite3")
     assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    for i in range(3000):  # ~3,000 frames: SQLite's default would have checkpointed twice
+    for _ in range(3000):  # ~3,000 frames: SQLite's default would have checkpointed twice
         db.execute("INSERT INTO t (payload) VALUES (?)", (b"x" * 200,))
     wal_size = (tmp_path / "quiet.sqlite3-wal").stat().st_size
     assert wal_size > 1000 * 4096  # nothing was copied back while writing

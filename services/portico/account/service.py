@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -33,15 +32,14 @@ from portico.runtime.decimals import format_decimal, parse_decimal
 from portico.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
 from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import GrpcServiceApp
-from portico.runtime.paging import offset_from_token, page_token
-from portico.runtime.secp256k1 import to_checksum_address
+from portico.runtime.paging import offset_from_token, page_size, page_token
 from portico.runtime.server import GrpcServer
 from portico.runtime.vault import VaultError, VaultSession
 from portico.signer.client import SignerClient
 from portico.signer.keystore import KeyPaths
-from portico.venues.accounts import SyndrAccounts, VenueAccountStore
+from portico.venues.accounts import SyndrAccounts, VenueAccountStore, check_account, check_venue
 from portico.venues.syndr import models, typed_data
-from portico.venues.syndr.errors import SyndrError, to_portico_error
+from portico.venues.syndr.errors import SyndrError, map_venue_errors, to_portico_error
 
 __all__ = ["SERVICE_NAME", "AccountApp", "AccountServicer"]
 
@@ -54,42 +52,9 @@ _ADMIN_METHODS = frozenset({"SetPortfolioMargin", "SetLeverage", "CreateApiKey",
 METHOD_SCOPES = {f"/{SERVICE_NAME}/{m.name}": "admin" if m.name in _ADMIN_METHODS else "read"
                  for m in _SERVICE.methods}
 ERROR_DOMAIN = "account.portico"
-VENUES: Final = ("syndr",)
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _CURRENCY = re.compile(r"[A-Z0-9]{1,16}")
 _NAME = re.compile(r"[\w .:-]{0,64}")
 MAX_SIGNING_KEY_VALIDITY_S: Final = 10 * 365 * 86_400
-
-
-def _venue(venue: str) -> str:
-    if venue not in VENUES:
-        raise InvalidArgument("venue", f"unknown venue {venue!r} (known: {', '.join(VENUES)})")
-    return venue
-
-
-def _account(account: str) -> str:
-    if not _ADDRESS.fullmatch(account or ""):
-        raise InvalidArgument("account", "must be a 0x-prefixed 20-byte hex address")
-    return to_checksum_address(account)
-
-
-def _page_size(value: int) -> int:
-    if value < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    return min(value or DEFAULT_PAGE, MAX_PAGE)
-
-
-def _venue_errors(method: Any) -> Any:
-    """Venue failures as gRPC statuses (the adapter's one table)."""
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: Any) -> Any:
-        try:
-            return await method(self, request, context)
-        except SyndrError as exc:
-            raise to_portico_error(exc) from None
-    return wrapper
 
 
 class AccountServicer(pb_grpc.AccountServiceServicer):
@@ -107,16 +72,16 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     async def _call(self, account: str, method: str, params: dict[str, Any] | None = None) -> Any:
         return (await self.accounts.call(account, method, params)).result
 
-    @_venue_errors
+    @map_venue_errors
     async def GetAccountSummary(self, request: pb.GetAccountSummaryRequest, context: Any) -> Any:
-        venue, account = _venue(request.venue), _account(request.account)
+        venue, account = check_venue(request.venue), check_account(request.account)
         summary = models.parse_account_summary(await self._call(account, "private/get_account_summary"))
         return pb.GetAccountSummaryResponse(summary=summary_proto(venue, account, summary))
 
-    @_venue_errors
+    @map_venue_errors
     async def ListPositions(self, request: pb.ListPositionsRequest, context: Any) -> Any:
-        venue, account = _venue(request.venue), _account(request.account)
-        size = _page_size(request.page_size)
+        venue, account = check_venue(request.venue), check_account(request.account)
+        size = page_size(request.page_size)
         offset = offset_from_token(request.page_token, ("positions", venue, account))
         positions = sorted(models.parse_positions(await self._call(account, "private/get_positions")),
                            key=lambda p: p.instrument_name)
@@ -128,7 +93,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     async def StreamPositions(self, request: pb.StreamPositionsRequest,
                               context: Any) -> AsyncIterator[pb.StreamPositionsResponse]:
-        venue, account = _venue(request.venue), _account(request.account)
+        venue, account = check_venue(request.venue), check_account(request.account)
         try:
             feed = await self.positions.get(venue, account)
         except SyndrError as exc:
@@ -136,20 +101,15 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         consumer = StreamConsumer("positions")
         feed.add(consumer)
         try:
-            while True:
-                batch = await consumer.batch()
-                updates = [u for u in batch if u is not None]
-                if updates:
-                    yield pb.StreamPositionsResponse(updates=updates)
-                if consumer.error is not None:
-                    raise consumer.error
+            async for batch in consumer.batches():
+                yield pb.StreamPositionsResponse(updates=batch)
         finally:
             feed.remove(consumer)
 
-    @_venue_errors
+    @map_venue_errors
     async def ListDeposits(self, request: pb.ListDepositsRequest, context: Any) -> Any:
-        venue, account = _venue(request.venue), _account(request.account)
-        size = _page_size(request.page_size)
+        venue, account = check_venue(request.venue), check_account(request.account)
+        size = page_size(request.page_size)
         offset = offset_from_token(request.page_token, ("deposits", venue, account))
         by_asset = models.parse_deposits(await self._call(account, "private/get_deposits"))
         deposits = sorted((d for records in by_asset.values() for d in records),
@@ -160,17 +120,17 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             deposits=[deposit_proto(venue, account, d) for d in page],
             next_page_token=page_token(offset + size, ("deposits", venue, account)) if more else "")
 
-    @_venue_errors
+    @map_venue_errors
     async def ListCollaterals(self, request: pb.ListCollateralsRequest, context: Any) -> Any:
-        _venue(request.venue)
+        check_venue(request.venue)
         collaterals = models.parse_supported_collaterals(
             (await self.accounts.public.call("public/get_supported_collaterals")).result)
         return pb.ListCollateralsResponse(collaterals=[collateral_proto(c) for _, c in sorted(collaterals.items())])
 
-    @_venue_errors
+    @map_venue_errors
     async def GetPortfolioMargin(self, request: pb.GetPortfolioMarginRequest, context: Any) -> Any:
-        _venue(request.venue)
-        account = _account(request.account)
+        check_venue(request.venue)
+        account = check_account(request.account)
         if not _CURRENCY.fullmatch(request.currency):
             raise InvalidArgument("currency", "required: a currency code such as ETH")
         data = models.parse_portfolio_margin_data(await self._call(
@@ -182,11 +142,11 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             futures_contingency=format_decimal(data.futures_contingency),
             options_contingency=format_decimal(data.options_contingency)))
 
-    @_venue_errors
+    @map_venue_errors
     async def SetPortfolioMargin(self, request: pb.SetPortfolioMarginRequest, context: Any) -> Any:
         """The venue only toggles; toggle only when the mode differs, so the call is idempotent."""
-        _venue(request.venue)
-        account = _account(request.account)
+        check_venue(request.venue)
+        account = check_account(request.account)
         summary = models.parse_account_summary(await self._call(account, "private/get_account_summary"))
         enabled = bool(summary.is_portfolio_margined)
         if enabled != request.enabled:
@@ -196,9 +156,9 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         return pb.SetPortfolioMarginResponse(
             margin_mode=account_pb2.MARGIN_MODE_PORTFOLIO if enabled else account_pb2.MARGIN_MODE_STANDARD)
 
-    @_venue_errors
+    @map_venue_errors
     async def SetLeverage(self, request: pb.SetLeverageRequest, context: Any) -> Any:
-        venue, account = _venue(request.venue), _account(request.account)
+        venue, account = check_venue(request.venue), check_account(request.account)
         if not request.symbol:
             raise InvalidArgument("symbol", "required")
         leverage = parse_decimal(request.leverage, "leverage", positive=True)
@@ -222,10 +182,10 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
                          {"instrument_id": instrument.venue_instrument_id, "updated_leverage": int(leverage)})
         return pb.SetLeverageResponse(symbol=request.symbol, leverage=format_decimal(leverage))
 
-    @_venue_errors
+    @map_venue_errors
     async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Any) -> Any:
-        venue, account = _venue(request.venue), _account(request.account)
-        size = _page_size(request.page_size)
+        venue, account = check_venue(request.venue), check_account(request.account)
+        size = page_size(request.page_size)
         offset = offset_from_token(request.page_token, ("api-keys", venue, account))
         raw = await self._call(account, "private/get_api_keys")
         keys = models.parse_api_keys(raw)
@@ -237,10 +197,10 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             api_keys=[api_key_proto(k, active=active.get(k.api_key, True)) for k in page],
             next_page_token=page_token(offset + size, ("api-keys", venue, account)) if more else "")
 
-    @_venue_errors
+    @map_venue_errors
     async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Any) -> Any:
         """The secret goes straight into Vault; the answer says where, never what."""
-        venue, account = _venue(request.venue), _account(request.account)
+        venue, account = check_venue(request.venue), check_account(request.account)
         if request.scope not in VENUE_SCOPES:
             raise InvalidArgument("scope", "must be API_KEY_SCOPE_ADMIN, _READ_WRITE or _READ_ONLY")
         if not _NAME.fullmatch(request.name):
@@ -261,9 +221,9 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         key = models.ApiKey(api_key=created.api_key, scope=VENUE_SCOPES[request.scope], name=request.name)
         return pb.CreateApiKeyResponse(api_key=api_key_proto(key, vault_path=f"{self._mount()}/{path}"))
 
-    @_venue_errors
+    @map_venue_errors
     async def DeactivateApiKey(self, request: pb.DeactivateApiKeyRequest, context: Any) -> Any:
-        venue, account = _venue(request.venue), _account(request.account)
+        venue, account = check_venue(request.venue), check_account(request.account)
         if not request.api_key:
             raise InvalidArgument("api_key", "required")
         record = await self.accounts.store.get(venue, account)
@@ -276,9 +236,9 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
                    models.ApiKey(api_key=request.api_key, scope=-1))
         return pb.DeactivateApiKeyResponse(api_key=api_key_proto(key, active=False))
 
-    @_venue_errors
+    @map_venue_errors
     async def RegisterSigningKey(self, request: pb.RegisterSigningKeyRequest, context: Any) -> Any:
-        venue, account = _venue(request.venue), _account(request.account)
+        venue, account = check_venue(request.venue), check_account(request.account)
         validity_s: float | None = None
         if request.HasField("validity"):
             validity_s = request.validity.ToTimedelta().total_seconds()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
@@ -14,28 +13,23 @@ from portico.execution.journal import OrderJournal, open_journal
 from portico.execution.model import JournalEntry, OrderState
 from portico.execution.orders import OrderManager
 from portico.execution.settings import ExecutionSettings
-from portico.execution.streams import AccountFeeds, StreamConsumer
+from portico.execution.streams import AccountFeeds
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
-from portico.execution.validation import (
-    Instruments,
-    check_account,
-    check_client_order_id,
-    check_venue,
-    intent_from_request,
-)
+from portico.execution.validation import Instruments, check_client_order_id, intent_from_request
 from portico.execution.venue import SyndrVenue, open_orders, order_history_page
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import open_channel
 from portico.runtime.errors import AlreadyExists, InvalidArgument, NotFound
+from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait, wait_event
-from portico.runtime.paging import offset_from_token, page_token
+from portico.runtime.paging import offset_from_token, page_size, page_token
 from portico.runtime.server import GrpcServer
 from portico.runtime.vault import VaultSession
 from portico.signer.client import SignerClient
-from portico.venues.accounts import VenueAccountStore
+from portico.venues.accounts import VenueAccountStore, check_account, check_venue
 from portico.venues.syndr import models
-from portico.venues.syndr.errors import SyndrError, to_portico_error
+from portico.venues.syndr.errors import SyndrError, map_venue_errors, to_portico_error
 
 __all__ = ["SERVICE_NAME", "ExecutionApp", "ExecutionServicer"]
 
@@ -47,26 +41,7 @@ _TRADE_METHODS = frozenset({"PlaceOrder", "AmendOrder", "CancelOrder", "CancelAl
 METHOD_SCOPES = {f"/{SERVICE_NAME}/{m.name}": "trade" if m.name in _TRADE_METHODS else "read"
                  for m in _SERVICE.methods}
 ERROR_DOMAIN = "execution.portico"
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
 MAX_DEADMAN_TTL_S: Final = 86_400
-
-
-def _page_size(value: int) -> int:
-    if value < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    return min(value or DEFAULT_PAGE, MAX_PAGE)
-
-
-def _venue_errors(method: Any) -> Any:
-    """Venue failures outside the order path proper (contract look-up, reads) as gRPC statuses."""
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: Any) -> Any:
-        try:
-            return await method(self, request, context)
-        except SyndrError as exc:
-            raise to_portico_error(exc) from None
-    return wrapper
 
 
 class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
@@ -83,7 +58,7 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
                entry: JournalEntry | None) -> Any:
         return order_proto(venue, account, order, entry)
 
-    @_venue_errors
+    @map_venue_errors
     async def PlaceOrder(self, request: pb.PlaceOrderRequest, context: Any) -> pb.PlaceOrderResponse:
         intent = intent_from_request(request)
         try:
@@ -96,20 +71,20 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         self.feeds.ensure(intent.venue, intent.account)  # the journal follows the order to its end
         return pb.PlaceOrderResponse(order=self._order(intent.venue, intent.account, entry.venue_order_json(), entry))
 
-    @_venue_errors
+    @map_venue_errors
     async def AmendOrder(self, request: pb.AmendOrderRequest, context: Any) -> pb.AmendOrderResponse:
         venue, account = check_venue(request.venue), check_account(request.account)
         entry, order = await self.orders.amend(venue, account, request.order_id, self._client_id(request),
                                                request.amount, request.price)
         return pb.AmendOrderResponse(order=self._order(venue, account, order, entry))
 
-    @_venue_errors
+    @map_venue_errors
     async def CancelOrder(self, request: pb.CancelOrderRequest, context: Any) -> pb.CancelOrderResponse:
         venue, account = check_venue(request.venue), check_account(request.account)
         entry, order = await self.orders.cancel(venue, account, request.order_id, self._client_id(request))
         return pb.CancelOrderResponse(order=self._order(venue, account, order, entry))
 
-    @_venue_errors
+    @map_venue_errors
     async def CancelAllOrders(self, request: pb.CancelAllOrdersRequest, context: Any) -> pb.CancelAllOrdersResponse:
         venue, account = check_venue(request.venue), check_account(request.account)
         symbol = request.symbol if request.HasField("symbol") else None
@@ -118,7 +93,7 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         count = await self.orders.cancel_all(venue, account, symbol)
         return pb.CancelAllOrdersResponse(cancelled_count=count)
 
-    @_venue_errors
+    @map_venue_errors
     async def GetOrder(self, request: pb.GetOrderRequest, context: Any) -> pb.GetOrderResponse:
         venue, account = check_venue(request.venue), check_account(request.account)
         client_id = self._client_id(request)
@@ -131,11 +106,11 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         entry, order = await self.orders.fetch(venue, account, request.order_id, client_id)
         return pb.GetOrderResponse(order=self._order(venue, account, order, entry))
 
-    @_venue_errors
+    @map_venue_errors
     async def ListOpenOrders(self, request: pb.ListOpenOrdersRequest, context: Any) -> pb.ListOpenOrdersResponse:
         venue, account = check_venue(request.venue), check_account(request.account)
         symbol = request.symbol if request.HasField("symbol") else None
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         query = ("open", venue, account, symbol)
         offset = offset_from_token(request.page_token, query)
         try:
@@ -149,12 +124,12 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         return pb.ListOpenOrdersResponse(orders=await self._with_journal(venue, account, page),
                                          next_page_token=page_token(offset + size, query) if more else "")
 
-    @_venue_errors
+    @map_venue_errors
     async def ListOrderHistory(self, request: pb.ListOrderHistoryRequest,
                                context: Any) -> pb.ListOrderHistoryResponse:
         venue, account = check_venue(request.venue), check_account(request.account)
         symbol = request.symbol if request.HasField("symbol") else None
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         query = ("history", venue, account, symbol)
         offset = offset_from_token(request.page_token, query)
         try:
@@ -165,12 +140,12 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         return pb.ListOrderHistoryResponse(orders=await self._with_journal(venue, account, page[:size]),
                                            next_page_token=page_token(offset + size, query) if more else "")
 
-    @_venue_errors
+    @map_venue_errors
     async def ListFills(self, request: pb.ListFillsRequest, context: Any) -> pb.ListFillsResponse:
         venue, account = check_venue(request.venue), check_account(request.account)
         symbol = request.symbol if request.HasField("symbol") else None
         order_id = request.order_id if request.HasField("order_id") else None
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         query = ("fills", venue, account, symbol, order_id)
         offset = offset_from_token(request.page_token, query)
         if order_id is not None:
@@ -197,7 +172,7 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         return pb.ListFillsResponse(fills=[fill_proto(venue, account, t, client_ids) for t in page],
                                     next_page_token=page_token(offset + size, query) if more else "")
 
-    @_venue_errors
+    @map_venue_errors
     async def ArmDeadman(self, request: pb.ArmDeadmanRequest, context: Any) -> pb.ArmDeadmanResponse:
         venue, account = check_venue(request.venue), check_account(request.account)
         if not request.HasField("ttl"):
@@ -232,13 +207,8 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         consumer = StreamConsumer(kind)
         feed.add(consumer)
         try:
-            while True:
-                batch = await consumer.batch()
-                updates = [u for u in batch if u is not None]
-                if updates:
-                    yield updates
-                if consumer.error is not None:
-                    raise consumer.error
+            async for batch in consumer.batches():
+                yield batch
         finally:
             feed.remove(consumer)
 

@@ -29,7 +29,7 @@ from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, SyndrProtocolError
 from portico.venues.syndr.ws import Message, Overflow, Reconnected, SyndrWebSocket
 
-__all__ = ["AccountFeed", "AccountFeeds", "StreamConsumer"]
+__all__ = ["AccountFeed", "AccountFeeds"]
 
 log = logging.getLogger("portico.execution.streams")
 

@@ -26,31 +26,15 @@ from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
 from portico.runtime.client import bearer
 from portico.runtime.decimals import parse_decimal
 from portico.runtime.errors import InvalidArgument, Unavailable
-from portico.runtime.secp256k1 import to_checksum_address
+from portico.venues.accounts import check_account, check_venue
 
-__all__ = ["VENUES", "Instruments", "check_account", "check_against_instrument", "check_client_order_id",
-           "intent_from_request"]
+__all__ = ["Instruments", "check_against_instrument", "check_client_order_id", "intent_from_request"]
 
-VENUES = ("syndr",)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _SIDES = {side_pb2.SIDE_BUY: "buy", side_pb2.SIDE_SELL: "sell"}
 _TYPES = {order_pb2.ORDER_TYPE_LIMIT: "limit", order_pb2.ORDER_TYPE_MARKET: "market"}
 _TIF = {order_pb2.TIME_IN_FORCE_UNSPECIFIED: "GTC", order_pb2.TIME_IN_FORCE_GOOD_TIL_CANCELLED: "GTC",
         order_pb2.TIME_IN_FORCE_IMMEDIATE_OR_CANCEL: "IOC", order_pb2.TIME_IN_FORCE_FILL_OR_KILL: "FOK"}
-
-
-def check_venue(venue: str) -> str:
-    if venue not in VENUES:
-        raise InvalidArgument("venue", f"unknown venue {venue!r} (known: {', '.join(VENUES)})")
-    return venue
-
-
-def check_account(account: str) -> str:
-    """A 0x address, returned checksummed (the journal and Vault key on it)."""
-    if not _ADDRESS.fullmatch(account or ""):
-        raise InvalidArgument("account", "must be a 0x-prefixed 20-byte hex address")
-    return to_checksum_address(account)
 
 
 def check_client_order_id(value: str, field: str = "client_order_id") -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -46,3 +47,12 @@ class StreamConsumer:
         while not self.queue.empty():
             items.append(self.queue.get_nowait())
         return items
+
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        """The updates, a batch of whatever is queued at a time; raises `error` once cut off."""
+        while True:
+            updates = [u for u in await self.batch() if u is not None]
+            if updates:
+                yield updates
+            if self.error is not None:
+                raise self.error

@@ -14,7 +14,17 @@ import orjson
 
 from portico.runtime.errors import InvalidArgument
 
-__all__ = ["offset_from_token", "page_token"]
+__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "offset_from_token", "page_size", "page_token"]
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+def page_size(value: int, *, default: int = DEFAULT_PAGE, maximum: int = MAX_PAGE) -> int:
+    """A request's `page_size`: 0 means the default, above the maximum means the maximum."""
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(value or default, maximum)
 
 
 def _tag(query: tuple[object, ...]) -> str:

@@ -16,11 +16,13 @@ module except inside `ApiCredentials`, whose repr hides it.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-from portico.runtime.errors import Internal, NotFound, Unavailable
+from portico.runtime.errors import Internal, InvalidArgument, NotFound, Unavailable
+from portico.runtime.secp256k1 import to_checksum_address
 from portico.runtime.vault import VaultError, VaultNotFound, VaultSession
 from portico.venues.syndr import models
 from portico.venues.syndr.constants import ErrorCode
@@ -28,7 +30,25 @@ from portico.venues.syndr.credentials import ApiCredentials
 from portico.venues.syndr.errors import SyndrAuthError, SyndrRpcError
 from portico.venues.syndr.http import RpcResult, SyndrHttpClient
 
-__all__ = ["AccountSession", "SyndrAccounts", "VenueAccount", "VenueAccountStore", "account_path"]
+__all__ = ["VENUES", "AccountSession", "SyndrAccounts", "VenueAccount", "VenueAccountStore", "account_path",
+           "check_account", "check_venue"]
+
+VENUES: Final = ("syndr",)
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def check_venue(venue: str) -> str:
+    """A venue name of a request; INVALID_ARGUMENT naming the field otherwise."""
+    if venue not in VENUES:
+        raise InvalidArgument("venue", f"unknown venue {venue!r} (known: {', '.join(VENUES)})")
+    return venue
+
+
+def check_account(account: str) -> str:
+    """An account address of a request, returned checksummed (journal and Vault key on that form)."""
+    if not _ADDRESS.fullmatch(account or ""):
+        raise InvalidArgument("account", "must be a 0x-prefixed 20-byte hex address")
+    return to_checksum_address(account)
 
 # Venue answers that mean "the credentials or signing key on record are no longer the account's".
 _STALE_RECORD_CODES = frozenset({ErrorCode.INVALID_SIGNATURE, ErrorCode.SIGNING_KEY_NOT_REGISTERED,

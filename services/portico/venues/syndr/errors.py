@@ -20,7 +20,9 @@ classes the services return, with the venue's code in ErrorInfo metadata.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from portico.runtime.errors import (
     FailedPrecondition,
@@ -33,6 +35,8 @@ from portico.runtime.errors import (
     Unavailable,
 )
 from portico.venues.syndr.constants import ErrorCode
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 __all__ = [
     "SyndrAuthError",
@@ -47,6 +51,7 @@ __all__ = [
     "SyndrRpcError",
     "SyndrTimeout",
     "SyndrTransportError",
+    "map_venue_errors",
     "rpc_error_from_object",
     "to_portico_error",
 ]
@@ -157,3 +162,14 @@ def to_portico_error(error: SyndrError, *, venue: str = "syndr") -> PorticoError
         return Unavailable(f"venue {venue} unreachable: {error}", reason="VENUE_UNAVAILABLE",
                            metadata={"venue": venue})
     return Internal(f"venue {venue} answered unexpectedly", reason="VENUE_PROTOCOL_ERROR", metadata={"venue": venue})
+
+
+def map_venue_errors(method: F) -> F:
+    """Decorate a servicer method: a venue failure leaves it as its gRPC status (`to_portico_error`)."""
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except SyndrError as exc:
+            raise to_portico_error(exc) from None
+    return cast(F, wrapper)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -44,6 +44,7 @@ PUBLIC_SERVICES = frozenset({
 })
 
 Behavior = Callable[..., Any]
+Metadata = Sequence[tuple[str, str | bytes]]
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -83,18 +84,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service, name = _split(method)
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
-        def start(context: grpc.aio.ServicerContext) -> tuple[trace.Span, object, object]:
-            metadata = context.invocation_metadata() or ()
+        def start(metadata: Metadata) -> tuple[trace.Span, object, object]:
             parent = propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
             span = _tracer.start_span(method.lstrip("/"), context=parent, kind=SpanKind.SERVER, attributes=attributes)
             ctx_token = otel_context.attach(trace.set_span_in_context(span, parent))
             return span, ctx_token, current_principal.set(None)
 
-        def authorize(context: grpc.aio.ServicerContext, span: trace.Span) -> None:
+        def authorize(metadata: Metadata, span: trace.Span) -> None:
             if scope is None:
                 # A servicer method without a declared scope is a wiring bug: fail closed.
                 raise PermissionDenied(f"{method} has no declared scope", reason="SCOPE_UNDECLARED")
-            principal = self._auth.authenticate(context.invocation_metadata() or ())
+            principal = self._auth.authenticate(metadata)
             span.set_attribute("enduser.id", principal.name)
             self._auth.authorize(principal, scope, method)
             current_principal.set(principal)
@@ -129,9 +129,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         if not streaming:
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                span, *tokens = start(context)
+                metadata = context.invocation_metadata() or ()  # read once: each call copies it out of the core
+                span, *tokens = start(metadata)
                 try:
-                    authorize(context, span)
+                    authorize(metadata, span)
                     response = await behavior(request, context)
                     span.set_attribute("rpc.grpc.status_code", 0)
                     return response
@@ -144,9 +145,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return unary
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            span, *tokens = start(context)
+            metadata = context.invocation_metadata() or ()
+            span, *tokens = start(metadata)
             try:
-                authorize(context, span)
+                authorize(metadata, span)
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:

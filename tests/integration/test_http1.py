@@ -142,6 +142,18 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced(echo: Scripte
     assert echo.connections == 2
 
 
+async def test_a_connection_idle_too_long_is_not_reused(echo: ScriptedServer) -> None:
+    pool = Http1Pool(echo.url(), keepalive_s=0.1)
+    try:
+        assert (await pool.post(b"1", {}))[0] == 200
+        assert (await pool.post(b"2", {}))[0] == 200  # at once: the same connection
+        await asyncio.sleep(0.2)
+        assert await pool.post(b"3", {}) == (200, b"echo:3")  # idle past keepalive_s: a new one
+    finally:
+        await pool.aclose()
+    assert echo.connections == 2
+
+
 async def test_a_timed_out_call_closes_its_connection_so_its_late_answer_is_never_read(echo: ScriptedServer) -> None:
     pool = Http1Pool(echo.url())
     try:

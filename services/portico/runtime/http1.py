@@ -8,7 +8,10 @@ does only what that endpoint needs, on `asyncio.Protocol` with the llhttp
 parser (`httptools`, as uvicorn uses) for the response:
 
 * a pool of keep-alive connections, at most `max_connections` in use at once;
-  a connection the server closed (or asked to close) is never reused;
+  a connection the server closed (or asked to close) is never reused, nor one
+  idle for longer than `keepalive_s` (servers drop idle ones; a request written
+  just as the server closes would be lost, which for an order means an outcome
+  to reconcile);
 * responses framed by Content-Length, chunked encoding or connection close;
   bodies larger than `max_body_bytes` are refused;
 * http:// and https:// (certificates verified against the system store);
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit
@@ -60,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._size = 0
         self.reusable = False
+        self.idle_since = 0.0
 
     # asyncio.Protocol
 
@@ -138,7 +143,8 @@ class Http1Pool:
     """Keep-alive connections to one `http(s)://host[:port]/path` URL; `post()` sends to that path."""
 
     def __init__(self, url: str, *, max_connections: int = 50, connect_timeout_s: float = 5.0,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, ssl_context: ssl.SSLContext | None = None) -> None:
+                 keepalive_s: float = 15.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http:// or https:// URL: {url!r}")
@@ -151,6 +157,7 @@ class Http1Pool:
         host_header = parts.netloc.rsplit("@", 1)[-1]
         self._head = f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode("ascii")
         self._connect_timeout_s = connect_timeout_s
+        self._keepalive_s = keepalive_s
         self._max_body = max_body_bytes
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
@@ -173,6 +180,7 @@ class Http1Pool:
             finally:
                 self._busy.discard(connection)
             if connection.reusable and not self._closed:
+                connection.idle_since = time.monotonic()
                 self._idle.append(connection)
             else:
                 connection.close()
@@ -189,10 +197,12 @@ class Http1Pool:
         return b"".join(lines)
 
     async def _checkout(self) -> _Connection:
+        now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
-            if connection.reusable:
+            if connection.reusable and now - connection.idle_since < self._keepalive_s:
                 return connection
+            connection.close()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):

@@ -269,7 +269,9 @@ async def test_a_tick_size_change_in_reference_data_rebuilds_the_book(sim: Simul
                 consumer = Consumer(10)
                 task = asyncio.create_task(consume(pb_grpc.MarketDataServiceStub(channel), running, consumer))
                 await until(lambda: consumer.snapshots == 1)
-                await asyncio.sleep(0.3)  # the service's reference-data watch is established
+                # The service's reference-data watch is established (a change before that is not seen by it;
+                # a fixed sleep here failed now and then when the whole suite ran).
+                await until(lambda: refdata.app.hub.watchers("syndr") >= 1)
                 epoch = consumer.epoch
                 sim.update_instrument("ETH-PERP", tick_size="0.2")
                 await sync(refdata_pb.SyncInstrumentsRequest(venue="syndr", symbols=["ETH-PERP"]),

@@ -9,20 +9,17 @@ the only thing stood in for, by a loopback HTTP server that OpenBao calls.
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
-import json
 import logging
-import threading
 import time
 import traceback
 import uuid
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.kubernetes import TokenReviewApi
 from tests.support.openbao import OpenBaoDevServer
 from tests.support.ports import free_port
 from tests.support.tcp_proxy import TcpProxy
@@ -409,75 +406,8 @@ async def test_vault_restart_relogin(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- kubernetes
 
 
-def make_jwt(namespace: str, service_account: str) -> str:
-    """An unsigned-looking service-account JWT; OpenBao defers validation to TokenReview."""
-
-    def b64(raw: bytes) -> str:
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-    claims = {
-        "iss": "kubernetes/serviceaccount",
-        "sub": f"system:serviceaccount:{namespace}:{service_account}",
-        "kubernetes.io/serviceaccount/namespace": namespace,
-        "kubernetes.io/serviceaccount/service-account.name": service_account,
-        "kubernetes.io/serviceaccount/service-account.uid": "0b7c2b3e-uid",
-        "kubernetes.io/serviceaccount/secret.name": f"{service_account}-token",
-        "jti": uuid.uuid4().hex,
-    }
-    header = {"alg": "RS256", "typ": "JWT", "kid": "fake"}
-    return ".".join(
-        [b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), b64(uuid.uuid4().bytes * 16)]
-    )
-
-
-class FakeTokenReview:
-    """Loopback stand-in for the Kubernetes TokenReview API, the one edge we cannot run here."""
-
-    def __init__(self, namespace: str, service_account: str) -> None:
-        self.valid: set[str] = set()
-        self.reviewed: list[str] = []
-        self.username = f"system:serviceaccount:{namespace}:{service_account}"
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                token = body["spec"]["token"]
-                outer.reviewed.append(token)
-                ok = self.path == "/apis/authentication.k8s.io/v1/tokenreviews" and token in outer.valid
-                status: dict[str, Any] = {"authenticated": ok}
-                if ok:
-                    status["user"] = {"username": outer.username, "uid": "0b7c2b3e-uid", "groups": []}
-                data = json.dumps(
-                    {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "status": status}
-                ).encode()
-                self.send_response(201)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> FakeTokenReview:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 async def test_kubernetes_auth(bao: OpenBaoDevServer, prefix: str, tmp_path: Path) -> None:
-    with FakeTokenReview("trading", "signer") as k8s:
+    with TokenReviewApi() as k8s:
         mount = f"k8s-{uuid.uuid4().hex[:6]}"
         bao.enable_kubernetes(k8s.url, FAKE_K8S_CA, mount=mount)
         bao.create_kubernetes_role(
@@ -485,8 +415,7 @@ async def test_kubernetes_auth(bao: OpenBaoDevServer, prefix: str, tmp_path: Pat
             mount=mount,
         )
         jwt_file = tmp_path / "token"
-        first_jwt = make_jwt("trading", "signer")
-        k8s.valid.add(first_jwt)
+        first_jwt = k8s.issue("trading", "signer")
         jwt_file.write_text(first_jwt + "\n")
         settings = VaultSettings(
             addr=bao.addr, auth_method="kubernetes", kubernetes_role="signer",
@@ -498,15 +427,15 @@ async def test_kubernetes_auth(bao: OpenBaoDevServer, prefix: str, tmp_path: Pat
             assert await vault.write_kv(f"{prefix}/k", {"v": "1"}) == 1
 
             # Projected tokens rotate: the next login must read the new JWT from the file.
-            second_jwt = make_jwt("trading", "signer")
-            k8s.valid = {second_jwt}
+            k8s.revoke_all()
+            second_jwt = k8s.issue("trading", "signer")
             jwt_file.write_text(second_jwt)
             bao.revoke_logins(mount)
             assert await vault.read_kv(f"{prefix}/k") == {"v": "1"}
             assert k8s.reviewed[-1] == second_jwt
 
         # A JWT the API server rejects fails the login, without echoing the JWT.
-        k8s.valid = set()
+        k8s.revoke_all()
         rejected = VaultSession(settings)
         with pytest.raises(VaultAuthError) as err:
             await rejected.start()

@@ -48,7 +48,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -65,6 +64,8 @@ from typing import Any, cast
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.binaries import py_spy
 
 REPO = Path(__file__).resolve().parents[2]
 SYMBOL = "ETH-PERP"
@@ -446,14 +447,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- profile
-
-
-def py_spy() -> str:
-    found = Path(sys.executable).parent / "py-spy"
-    path = str(found) if found.exists() else shutil.which("py-spy")
-    if path is None:
-        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    return path
 
 
 _COMPONENTS = (

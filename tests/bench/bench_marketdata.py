@@ -74,6 +74,7 @@ import httpx
 
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import order_book_pb2
+from tests.support.binaries import py_spy
 from tests.support.ports import free_port
 from tests.support.signer import make_tokens
 
@@ -262,14 +263,6 @@ def spawn(command: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[byte
     """Start a process of the benchmark from the repository root, its stderr appended to `log`."""
     with log.open("ab") as stderr:
         return subprocess.Popen(command, cwd=REPO, stderr=stderr, **kwargs)
-
-
-def py_spy() -> str:
-    found = Path(sys.executable).parent / "py-spy"
-    path = str(found) if found.exists() else shutil.which("py-spy")
-    if path is None:
-        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    return path
 
 
 @dataclass

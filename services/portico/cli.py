@@ -28,6 +28,7 @@ __all__ = ["main"]
 SETTINGS_MODULES = (
     "portico.runtime.auth",
     "portico.runtime.client",
+    "portico.runtime.grpc_core",
     "portico.runtime.logs",
     "portico.runtime.server",
     "portico.runtime.telemetry",

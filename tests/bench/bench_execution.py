@@ -426,7 +426,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"clients": args.clients, "concurrency_per_client": args.concurrency,
                      "seconds_per_run": args.seconds, "repeats": args.repeats, "symbol": SYMBOL, "amount": AMOUNT,
                      "price": "half the best bid, on the tick (rests)", "sim_rate_limit": "raised (1e9 credits/s)",
-                     "sim_book_changes_per_second": SIM_BOOK_CHANGES_PER_S, "journal": "sqlite (NORMAL)"},
+                     "sim_book_changes_per_second": SIM_BOOK_CHANGES_PER_S, "journal": "sqlite (NORMAL)",
+                     # the services' gRPC core options (portico.runtime.grpc_core); the caller keeps gRPC's own
+                     "services_grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", "grpc_core.py default"),
+                     "caller_grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", "(gRPC's defaults)")},
         "place_one_in_flight": one,
         "place_loaded": many,
         "bare_health_check_one_in_flight": bare_one,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -65,6 +66,10 @@ def run_service(name: str, settings_from_env: Callable[[Mapping[str, str]], S],
     except (ConfigError, ValueError) as exc:
         print(f"portico-{name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    grpc_core = sys.modules.get("portico.runtime.grpc_core")  # imported first by the entry point, if at all
+    if grpc_core is None or not grpc_core.CONFIGURED_IN_TIME:
+        logging.getLogger("portico.runtime").warning(
+            "gRPC core defaults not applied: import portico.runtime.grpc_core before grpc in the entry point")
 
     async def serve() -> None:
         await build(settings, env).run()

@@ -391,6 +391,20 @@ async def test_http_5xx_is_retried_for_public_calls_only(sim: Simulator, account
     assert result.result["name"] == "ETH-PERP" and sim.faults.http_5xx_next == 0
 
 
+
+async def test_http_5xx_can_target_one_method(sim: Simulator, account: SyndrAccount, public: SyndrHttpClient,
+                                              private: SyndrHttpClient) -> None:
+    price = str((await best(public)).best_bid_price - 100)
+    sim.faults.update({"http_5xx_next": 1, "http_5xx_method": "private/buy"})
+    await public.call("public/get_instrument", {"instrument_name": "ETH-PERP"})  # another method passes
+    assert sim.faults.http_5xx_next == 1
+    before = len(sim.requests)
+    with pytest.raises(SyndrTransportError):
+        await private.call("private/buy", account.order("ETH-PERP", "buy", "0.01", price))
+    assert len(sim.requests) == before and sim.faults.http_5xx_next == 0  # refused before it executed
+    with pytest.raises(ValueError, match="http_5xx_method"):
+        sim.faults.update({"http_5xx_method": 3})
+
 async def test_bursts_reach_the_account_that_subscribed(sim: Simulator, account: SyndrAccount) -> None:
     async with SyndrWebSocket(sim.ws_url, credentials=account.credentials) as ws, aiohttp.ClientSession() as admin:
         await ws.start()

@@ -20,6 +20,7 @@ class Faults:
     fail_rate: float = 0.0  # answer calls with a JSON-RPC internal error (nothing executed)
     http_5xx_rate: float = 0.0  # answer HTTP calls with 503 (nothing executed)
     http_5xx_next: int = 0  # answer exactly the next N HTTP calls with 503 (deterministic, for tests)
+    http_5xx_method: str = ""  # if set, the two knobs above hit only calls of this method (others pass)
     drop_response_rate: float = 0.0  # execute the call, then lose the response (the caller cannot know)
     delay_ms: float = 0.0  # delay every WebSocket frame (responses and notifications) by this much
     reorder_rate: float = 0.0  # swap a WebSocket notification with the next one
@@ -35,6 +36,9 @@ class Faults:
             if name == "silent":
                 if not isinstance(value, bool):
                     raise ValueError("silent must be true or false")
+            elif name == "http_5xx_method":
+                if not isinstance(value, str):
+                    raise ValueError("http_5xx_method must be a method name")
             elif name == "http_5xx_next":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ValueError("http_5xx_next must be a non-negative integer")

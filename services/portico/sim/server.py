@@ -463,7 +463,7 @@ class Simulator:
 
     async def _handle_http(self, request: web.Request) -> web.StreamResponse:
         us_in = _now_us()
-        if self.faults.take_http_5xx(self.rng):
+        if not self.faults.http_5xx_method and self.faults.take_http_5xx(self.rng):
             return web.Response(status=503, text="service unavailable (simulated)")
         try:
             body = await request.read()
@@ -473,6 +473,9 @@ class Simulator:
             payload = self.decode(body)
         except (ValueError, RecursionError):
             return self._json_response(_error(ErrorCode.PARSE_ERROR, "parse error", None, us_in))
+        if (self.faults.http_5xx_method and isinstance(payload, dict)
+                and payload.get("method") == self.faults.http_5xx_method and self.faults.take_http_5xx(self.rng)):
+            return web.Response(status=503, text="service unavailable (simulated)")
         ctx = CallContext("http", us_in)
         headers = request.headers
         if API_KEY_HEADER in headers or API_SECRET_HEADER in headers:

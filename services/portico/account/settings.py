@@ -25,8 +25,9 @@ SIGNER_KEY_PREFIX = setting("PORTICO_ACCOUNT_SIGNER_KEY_PREFIX", "portico/signer
                             "(the same as the signer's `PORTICO_SIGNER_KEY_PREFIX`).", scope=_SCOPE)
 VENUE_TIMEOUT_MS = setting("PORTICO_ACCOUNT_VENUE_TIMEOUT_MS", "5000", "How long a venue call may take.",
                            scope=_SCOPE)
-CREDENTIALS_CACHE_S = setting("PORTICO_ACCOUNT_CREDENTIALS_CACHE_SECONDS", "30", "How long venue credentials "
-                              "read from Vault are used before they are read again.", scope=_SCOPE)
+CREDENTIALS_CACHE_S = setting("PORTICO_ACCOUNT_CREDENTIALS_CACHE_SECONDS", "30", "Longest venue credentials "
+                              "read from Vault are used; they are reloaded in the background ahead of that.",
+                              scope=_SCOPE)
 
 
 @dataclass(frozen=True)

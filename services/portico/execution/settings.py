@@ -32,10 +32,10 @@ VENUE_TIMEOUT_MS = setting("PORTICO_EXECUTION_VENUE_TIMEOUT_MS", "5000", "How lo
                            "outcome is treated as unknown.", scope=_SCOPE)
 RECONCILE_S = setting("PORTICO_EXECUTION_RECONCILE_SECONDS", "1", "How often orders of unknown outcome are "
                       "reconciled against the venue.", scope=_SCOPE)
-INSTRUMENT_CACHE_S = setting("PORTICO_EXECUTION_INSTRUMENT_CACHE_SECONDS", "10", "How long an instrument read from "
-                             "reference data is trusted (reference data changes also invalidate it).", scope=_SCOPE)
-CREDENTIALS_CACHE_S = setting("PORTICO_EXECUTION_CREDENTIALS_CACHE_SECONDS", "30", "How long venue credentials read "
-                              "from Vault are used before they are read again.", scope=_SCOPE)
+INSTRUMENT_CACHE_S = setting("PORTICO_EXECUTION_INSTRUMENT_CACHE_SECONDS", "10", "Longest an instrument read from "
+                             "reference data is used; it is reloaded in the background ahead of that.", scope=_SCOPE)
+CREDENTIALS_CACHE_S = setting("PORTICO_EXECUTION_CREDENTIALS_CACHE_SECONDS", "30", "Longest venue credentials read "
+                              "from Vault are used; they are reloaded in the background ahead of that.", scope=_SCOPE)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,7 @@ parsing text. None of them calls the venue.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -23,6 +21,7 @@ from portico.execution.v1 import order_pb2
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
 from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
+from portico.runtime.cache import RefreshingCache
 from portico.runtime.client import bearer
 from portico.runtime.decimals import parse_decimal
 from portico.runtime.errors import InvalidArgument, Unavailable
@@ -116,37 +115,34 @@ def check_against_instrument(price: Decimal | None, amount: Decimal, rules: Inst
 
 
 class Instruments:
-    """Instrument rules from reference data, cached briefly; an unknown symbol is INVALID_ARGUMENT."""
+    """Instrument rules from reference data, cached (reloaded ahead of expiry); an unknown symbol is
+    INVALID_ARGUMENT."""
 
     def __init__(self, channel: grpc.aio.Channel, token: str, *, cache_s: float = 10.0, timeout_s: float = 5.0):
         self._stub = refdata_grpc.ReferenceDataServiceStub(channel)
         self._metadata = bearer(token)
-        self._cache_s = cache_s
         self._timeout_s = timeout_s
-        self._cache: dict[tuple[str, str], tuple[float, InstrumentRules]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._cache: RefreshingCache[tuple[str, str], InstrumentRules] = RefreshingCache(
+            self._load, max_age_s=cache_s, name="instruments", drop_on=(InvalidArgument,))
 
     def forget(self, venue: str, symbol: str) -> None:
-        self._cache.pop((venue, symbol), None)
+        self._cache.forget((venue, symbol))
 
     async def get(self, venue: str, symbol: str) -> InstrumentRules:
-        key = (venue, symbol)
-        cached = self._cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] < self._cache_s:
-            return cached[1]
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            cached = self._cache.get(key)
-            if cached is not None and time.monotonic() - cached[0] < self._cache_s:
-                return cached[1]
-            try:
-                reply = await self._stub.GetInstrument(refdata_pb.GetInstrumentRequest(venue=venue, symbol=symbol),
-                                                       metadata=self._metadata, timeout=self._timeout_s)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    raise InvalidArgument("symbol", f"{venue} has no instrument {symbol!r}",
-                                          reason="INSTRUMENT_NOT_FOUND") from None
-                raise Unavailable(f"reference data unavailable: {exc.code().name}",
-                                  reason="REFDATA_UNAVAILABLE") from None
-            rules = InstrumentRules.from_proto(reply.instrument)
-            self._cache[key] = (time.monotonic(), rules)
-            return rules
+        return await self._cache.get((venue, symbol))
+
+    async def aclose(self) -> None:
+        await self._cache.aclose()
+
+    async def _load(self, key: tuple[str, str]) -> InstrumentRules:
+        venue, symbol = key
+        try:
+            reply = await self._stub.GetInstrument(refdata_pb.GetInstrumentRequest(venue=venue, symbol=symbol),
+                                                   metadata=self._metadata, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise InvalidArgument("symbol", f"{venue} has no instrument {symbol!r}",
+                                      reason="INSTRUMENT_NOT_FOUND") from None
+            raise Unavailable(f"reference data unavailable: {exc.code().name}",
+                              reason="REFDATA_UNAVAILABLE") from None
+        return InstrumentRules.from_proto(reply.instrument)

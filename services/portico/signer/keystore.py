@@ -12,11 +12,10 @@ away (sealed or unreachable) and refilled lazily when it is back.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from dataclasses import dataclass, field
 
+from portico.runtime.cache import RefreshingCache
 from portico.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from portico.runtime.secp256k1 import Secp256k1Key, parse_private_key
 from portico.runtime.vault import (
@@ -65,7 +64,6 @@ class LoadedKey:
     key_id: str
     address: str
     policy: KeyPolicy
-    loaded_at: float
     _key: Secp256k1Key = field(repr=False)
 
     def sign(self, digest: bytes) -> bytes:
@@ -84,47 +82,28 @@ def vault_error_to_status(error: VaultError, what: str) -> Exception:
 
 
 class KeyStore:
-    """Loads keys and policies from Vault on first use; caches them for `cache_ttl_s`."""
+    """Loads keys and policies from Vault on first use; uses each for at most `cache_ttl_s`, reloading it in
+    the background ahead of that (so signing does not wait for Vault while keys are in use)."""
 
     def __init__(self, vault: VaultSession, paths: KeyPaths, *, cache_ttl_s: float = 30.0):
         self._vault = vault
         self._paths = paths
-        self._ttl = cache_ttl_s
-        self._cache: dict[str, LoadedKey] = {}
-        self._loading: dict[str, asyncio.Future[LoadedKey]] = {}
-        self._generation = 0
+        self._cache: RefreshingCache[str, LoadedKey] = RefreshingCache(
+            self._load, max_age_s=cache_ttl_s, name="signing-keys", drop_on=(NotFound, FailedPrecondition))
 
     def clear(self) -> None:
         """Forget every cached key (Vault went away)."""
         self._cache.clear()
-        self._generation += 1
 
     def __len__(self) -> int:
         return len(self._cache)
 
     async def get(self, key_id: str) -> LoadedKey:
-        cached = self._cache.get(key_id)
-        if cached is not None and time.monotonic() - cached.loaded_at < self._ttl:
-            return cached
-        inflight = self._loading.get(key_id)
-        if inflight is not None:
-            return await asyncio.shield(inflight)
-        future: asyncio.Future[LoadedKey] = asyncio.get_running_loop().create_future()
-        self._loading[key_id] = future
-        generation = self._generation
-        try:
-            loaded = await self._load(key_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        else:
-            future.set_result(loaded)
-            if generation == self._generation:  # not cleared while loading
-                self._cache[key_id] = loaded
-            return loaded
-        finally:
-            self._loading.pop(key_id, None)
+        return await self._cache.get(key_id)
+
+    async def aclose(self) -> None:
+        self._cache.clear()
+        await self._cache.aclose()
 
     async def _load(self, key_id: str) -> LoadedKey:
         try:
@@ -147,4 +126,4 @@ class KeyStore:
             raise FailedPrecondition(f"key {key_id} is malformed in Vault: {exc}", reason="KEY_MALFORMED",
                                      metadata={"key_id": key_id}) from None
         key = Secp256k1Key(private_key)
-        return LoadedKey(key_id, key.address, policy, time.monotonic(), key)
+        return LoadedKey(key_id, key.address, policy, key)

@@ -161,6 +161,6 @@ class SignerApp(GrpcServiceApp):
     async def aclose(self, grace_s: float | None = None) -> None:
         await cancel_and_wait(self._watch)
         await self.server.stop(grace_s)
-        self.keys.clear()
+        await self.keys.aclose()
         await self.ledger.aclose()
         await self.vault.aclose()

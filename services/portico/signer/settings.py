@@ -24,7 +24,8 @@ WATERMARK_SYNC = setting(
     "SQLite `synchronous` of the watermark ledger (WAL): `NORMAL` survives process crashes; `FULL` also power loss, "
     "at an fsync per batch (about a quarter less throughput here).", scope=_SCOPE)
 KEY_CACHE_SECONDS = setting("PORTICO_SIGNER_KEY_CACHE_SECONDS", "30",
-                            "How long a loaded key and its policy are used before Vault is read again.",
+                            "Longest a loaded key and its policy are used; they are reloaded from Vault in "
+                            "the background ahead of that.",
                             scope=_SCOPE)
 VAULT_CHECK_SECONDS = setting("PORTICO_SIGNER_VAULT_CHECK_SECONDS", "2",
                               "How often Vault's health is checked; keys are dropped when it is sealed or down.",

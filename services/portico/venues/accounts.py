@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from portico.runtime.cache import RefreshingCache
 from portico.runtime.errors import Internal, InvalidArgument, NotFound, Unavailable
 from portico.runtime.secp256k1 import to_checksum_address
 from portico.runtime.vault import VaultError, VaultNotFound, VaultSession
@@ -75,32 +75,28 @@ class VenueAccount:
 
 
 class VenueAccountStore:
-    """Reads (cached for `cache_ttl_s`, so a rotation is picked up) and writes account records."""
+    """Reads (used for at most `cache_ttl_s`, reloaded ahead of that, so a rotation is picked up) and writes
+    account records."""
 
     def __init__(self, vault: VaultSession, *, cache_ttl_s: float = 30.0):
         self._vault = vault
-        self._ttl = cache_ttl_s
-        self._cache: dict[tuple[str, str], tuple[float, VenueAccount]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._cache: RefreshingCache[tuple[str, str], VenueAccount] = RefreshingCache(
+            self._load, max_age_s=cache_ttl_s, name="venue-accounts", drop_on=(NotFound,))
 
     def forget(self, venue: str, account: str) -> None:
         """Drop a cached record (e.g. after the venue refused its credentials)."""
-        self._cache.pop((venue, account.lower()), None)
+        self._cache.forget((venue, account.lower()))
 
     async def get(self, venue: str, account: str) -> VenueAccount:
         """The account's record; NOT_FOUND when Portico holds no credentials for it."""
-        key = (venue, account.lower())
-        cached = self._cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] < self._ttl:
-            return cached[1]
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            cached = self._cache.get(key)
-            if cached is not None and time.monotonic() - cached[0] < self._ttl:
-                return cached[1]
-            record = await self._read(venue, account)
-            self._cache[key] = (time.monotonic(), record)
-            return record
+        return await self._cache.get((venue, account.lower()))
+
+    async def aclose(self) -> None:
+        await self._cache.aclose()
+
+    async def _load(self, key: tuple[str, str]) -> VenueAccount:
+        venue, account = key
+        return await self._read(venue, to_checksum_address(account))
 
     async def read_raw(self, venue: str, account: str) -> dict[str, Any]:
         """The record as stored (possibly only `account_key_id`); NOT_FOUND if Portico knows no such account."""
@@ -134,7 +130,7 @@ class VenueAccountStore:
             "api_key": record.credentials.api_key, "api_secret": record.credentials.api_secret,
             "signing_key_id": record.signing_key_id, "signing_key_address": record.signing_key_address,
             "account_key_id": record.account_key_id})
-        self._cache[(record.venue, record.account.lower())] = (time.monotonic(), record)
+        self._cache.put((record.venue, record.account.lower()), record)
 
     async def put_account_key(self, venue: str, account: str, account_key_id: str) -> None:
         """Record which signer key is the account's own, before its first registration (a new record only)."""
@@ -212,6 +208,7 @@ class SyndrAccounts:
 
     async def aclose(self) -> None:
         self._closed = True
+        await self.store.aclose()
         await self.public.aclose()
         for session in self._sessions.values():
             await session.http.aclose()

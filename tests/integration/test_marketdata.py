@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from tests.support.book_consumer import RESYNCING, STALE, Consumer
+from tests.support.refdata import RunningRefdata, database, running_refdata
 from tests.support.signer import make_tokens
 
 from portico.marketdata.book import Book, book_checksum
@@ -23,7 +25,13 @@ from portico.marketdata.service import MarketDataApp, MarketDataSettings
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import market_data_service_pb2_grpc as pb_grpc
 from portico.marketdata.v1 import order_book_pb2, trade_pb2
+from portico.refdata.service import ERROR_DOMAIN, METHOD_SCOPES, SERVICE_NAME, ReferenceDataServicer
+from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
+from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_pb_grpc
+from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import open_channel
+from portico.runtime.errors import Unavailable
+from portico.runtime.server import GrpcServer, ServerSettings
 from portico.sim.instruments import fmt_decimal
 from portico.sim.server import SimConfig, Simulator
 
@@ -255,9 +263,7 @@ async def test_unary_reads_and_ticker_and_trade_streams(sim: Simulator) -> None:
 
 
 async def test_a_tick_size_change_in_reference_data_rebuilds_the_book(sim: Simulator, tmp_path: Path) -> None:
-    from tests.support.refdata import database, running_refdata
 
-    from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
 
     with database("sqlite", tmp_path) as db_env:
         async with running_refdata(sim.http_url, db_env) as refdata, open_channel(refdata.target) as refdata_channel:
@@ -269,9 +275,8 @@ async def test_a_tick_size_change_in_reference_data_rebuilds_the_book(sim: Simul
                 consumer = Consumer(10)
                 task = asyncio.create_task(consume(pb_grpc.MarketDataServiceStub(channel), running, consumer))
                 await until(lambda: consumer.snapshots == 1)
-                # The service's reference-data watch is established (a change before that is not seen by it;
-                # a fixed sleep here failed now and then when the whole suite ran).
-                await until(lambda: refdata.app.hub.watchers("syndr") >= 1)
+                # No wait for the service's reference-data watch: a change made before it is established is
+                # caught up on when it is, one made after arrives as an event.
                 epoch = consumer.epoch
                 sim.update_instrument("ETH-PERP", tick_size="0.2")
                 await sync(refdata_pb.SyncInstrumentsRequest(venue="syndr", symbols=["ETH-PERP"]),
@@ -280,6 +285,160 @@ async def test_a_tick_size_change_in_reference_data_rebuilds_the_book(sim: Simul
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
     assert consumer.epoch > epoch and RESYNCING in consumer.statuses and consumer.broken == []
+
+
+class RestartableRefdata:
+    """Reference data that a test stops and starts again on the same address, database and tokens."""
+
+    def __init__(self, sim: Simulator, db_env: dict[str, str]):
+        self.tokens, self._auth = make_tokens()
+        self._sim = sim
+        self._db_env = db_env
+        self.target = ""
+        self.running: RunningRefdata | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def metadata(self, scope: str = "admin") -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.tokens[scope]}"),)
+
+    async def start(self, *, sync_on_start: bool = False) -> None:
+        """With `sync_on_start` the sync runs (and publishes) before the server listens: nobody watches it."""
+
+        env = {"PORTICO_AUTH_TOKENS": self._auth, "PORTICO_REFDATA_SYNC_ON_START": str(sync_on_start).lower()}
+        if self.target:
+            env["PORTICO_LISTEN_ADDR"] = self.target
+        self._stack = contextlib.AsyncExitStack()
+        self.running = await self._stack.enter_async_context(running_refdata(self._sim.http_url, self._db_env, env))
+        self.target = self.running.target
+
+    async def stop(self) -> None:
+        stack, self._stack, self.running = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def sync(self, *symbols: str) -> None:
+
+        async with open_channel(self.target) as channel:
+            await refdata_pb_grpc.ReferenceDataServiceStub(channel).SyncInstruments(
+                refdata_pb.SyncInstrumentsRequest(venue="syndr", symbols=symbols), metadata=self.metadata(),
+                timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def refdata_and_a_live_book(sim: Simulator, tmp_path: Path
+                                  ) -> AsyncIterator[tuple[RestartableRefdata, Running, Consumer]]:
+    """Synced reference data, market data watching it, and a consumer of ETH-PERP holding its first snapshot."""
+
+    with database("sqlite", tmp_path) as db_env:
+        refdata = RestartableRefdata(sim, db_env)
+        await refdata.start()
+        try:
+            await refdata.sync()
+            async with running_marketdata(sim, PORTICO_MARKETDATA_REFDATA_ADDR=refdata.target,
+                                          PORTICO_SERVICE_TOKEN=refdata.tokens["read"]) as running, \
+                    open_channel(running.target) as channel:
+                consumer = Consumer(10)
+                task = asyncio.create_task(consume(pb_grpc.MarketDataServiceStub(channel), running, consumer))
+                try:
+                    await until(lambda: consumer.snapshots == 1)
+                    # The first watch is established and caught up: what follows is about reconnects.
+                    await until(lambda: running.app.refdata_catch_ups == 1)
+                    yield refdata, running, consumer
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await refdata.stop()
+
+
+async def test_a_tick_size_change_while_the_watch_is_down_rebuilds_the_book_on_reconnect(
+        sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="portico.marketdata")
+    async with refdata_and_a_live_book(sim, tmp_path) as (refdata, running, consumer):
+        feed = running.app.books["syndr"].feeds["ETH-PERP"]
+        assert feed.rebuilds == 1 and feed.live
+        await refdata.stop()  # the watch breaks
+        sim.update_instrument("ETH-PERP", tick_size="0.2")
+        # Reference data syncs the change and publishes it before it listens: no watcher can get the event.
+        await refdata.start(sync_on_start=True)
+        await until(lambda: consumer.snapshots == 2, timeout_s=30)
+        assert running.app.refdata_catch_ups == 2
+    assert feed.rebuilds == 2 and RESYNCING in consumer.statuses and consumer.broken == []
+    rebuilt = [r for r in caplog.records if r.name == "portico.marketdata" and getattr(r, "symbol", None) == "ETH-PERP"
+               and r.getMessage().startswith("tick size changed while the reference-data watch was down")]
+    assert len(rebuilt) == 1
+    assert (rebuilt[0].previous_price_increment, rebuilt[0].price_increment) == ("0.1", "0.2")  # type: ignore[attr-defined]
+
+
+async def test_a_reconnect_without_a_change_since_the_watermark_rebuilds_nothing(sim: Simulator,
+                                                                                 tmp_path: Path) -> None:
+    async with refdata_and_a_live_book(sim, tmp_path) as (refdata, running, consumer):
+        # One clock here, so no skew margin: the change below (before the watermark) must not count again.
+        running.app.refdata_skew_margin_ms = 0
+        feed = running.app.books["syndr"].feeds["ETH-PERP"]
+        sim.update_instrument("ETH-PERP", tick_size="0.2")
+        await refdata.sync("ETH-PERP")  # watched: the event rebuilds the book
+        await until(lambda: consumer.snapshots == 2)
+        assert feed.rebuilds == 2
+        await refdata.stop()
+        await refdata.start(sync_on_start=True)  # nothing changed: nothing published
+        await until(lambda: running.app.refdata_catch_ups == 2, timeout_s=30)
+        # A catch-up resyncs before it counts itself: had it rebuilt the book, that would show already.
+        assert feed.rebuilds == 2 and feed.live
+
+
+async def test_a_failing_catch_up_is_retried_and_the_watch_never_consumes_without_it(sim: Simulator,
+                                                                                       tmp_path: Path) -> None:
+    """A ListInstruments that fails (injected on a real server over the real store) keeps the watch
+    reconnecting with the watermark where it was; once it succeeds the missed change rebuilds the book."""
+
+
+    class FlakyList(ReferenceDataServicer):
+        failing = True
+        failures = 0
+
+        async def ListInstruments(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.failing:
+                self.failures += 1
+                raise Unavailable("injected listing failure", reason="INJECTED")
+            return await super().ListInstruments(request, context)
+
+    with database("sqlite", tmp_path) as db_env:
+        async with running_refdata(sim.http_url, db_env) as refdata, open_channel(refdata.target) as refdata_channel:
+            stub = refdata.stub(refdata_channel)
+            from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
+
+            await stub.SyncInstruments(refdata_pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata())
+            tokens, auth = make_tokens()
+            flaky = FlakyList(refdata.app.store, refdata.app.syncer, refdata.app.hub)
+            server = GrpcServer(ServerSettings(listen_addr="127.0.0.1:0", shutdown_grace_s=0.2), domain=ERROR_DOMAIN,
+                                authenticator=TokenAuthenticator.from_env({"PORTICO_AUTH_TOKENS": auth}),
+                                method_scopes=METHOD_SCOPES)
+            refdata_pb_grpc.add_ReferenceDataServiceServicer_to_server(flaky, server.grpc)
+            await server.start([SERVICE_NAME])
+            try:
+                async with running_marketdata(sim, PORTICO_MARKETDATA_REFDATA_ADDR=f"127.0.0.1:{server.port}",
+                                              PORTICO_SERVICE_TOKEN=tokens["read"]) as running, \
+                        open_channel(running.target) as channel:
+                    consumer = Consumer(10)
+                    task = asyncio.create_task(consume(pb_grpc.MarketDataServiceStub(channel), running, consumer))
+                    await until(lambda: consumer.snapshots == 1)
+                    feed = running.app.books["syndr"].feeds["ETH-PERP"]
+                    sim.update_instrument("ETH-PERP", tick_size="0.2")
+                    await stub.SyncInstruments(refdata_pb.SyncInstrumentsRequest(venue="syndr", symbols=["ETH-PERP"]),
+                                               metadata=refdata.metadata())
+                    failed = flaky.failures
+                    await until(lambda: flaky.failures >= failed + 2)  # the loop lives on, reconnecting whole
+                    assert running.app.refdata_catch_ups == 0 and feed.rebuilds == 1 and running.app._watch is not None
+                    assert not running.app._watch.done()
+                    flaky.failing = False
+                    await until(lambda: consumer.snapshots == 2, timeout_s=15)
+                    assert running.app.refdata_catch_ups == 1 and feed.rebuilds == 2
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            finally:
+                await server.stop(0.2)
+    assert RESYNCING in consumer.statuses and consumer.broken == []
 
 
 async def test_the_audit_finds_no_divergence_and_repairs_a_corrupted_book(sim: Simulator) -> None:

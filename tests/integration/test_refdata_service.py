@@ -6,15 +6,20 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import grpc
 import pytest
 from tests.support.refdata import RunningRefdata, database, running_refdata
 
+from portico.refdata.model import InstrumentRecord
+from portico.refdata.store import InstrumentEvent
+from portico.refdata.sync import EventHub
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as pb
 from portico.runtime.client import open_channel
-from portico.runtime.errors import error_info
+from portico.runtime.errors import ResourceExhausted, error_info
 from portico.sim.server import SimConfig, Simulator
 
 
@@ -193,7 +198,7 @@ async def test_watch_sees_adds_updates_and_deactivations(sim: Simulator, refdata
             if len(seen) >= n:
                 return
 
-    await asyncio.sleep(0.1)  # the stream is registered before the first sync
+    await asyncio.wait_for(stream.initial_metadata(), 10)  # sent once the stream's watcher is registered
     await sync(refdata, channel, "ETH-PERP", "BTC-PERP")
     sim.update_instrument("ETH-PERP", tick_size="0.2")
     await sync(refdata, channel, "ETH-PERP")
@@ -207,6 +212,64 @@ async def test_watch_sees_adds_updates_and_deactivations(sim: Simulator, refdata
     assert seen[2] == (pb.INSTRUMENT_EVENT_TYPE_UPDATED, "ETH-PERP")
     assert seen[-1] == (pb.INSTRUMENT_EVENT_TYPE_DEACTIVATED, "BTC-PERP")
     assert sum(1 for kind, _ in seen if kind == pb.INSTRUMENT_EVENT_TYPE_ADDED) == len(active_names(sim)) + 1
+
+
+async def test_an_event_published_right_after_the_initial_metadata_is_delivered(
+        sim: Simulator, refdata: RunningRefdata, channel: grpc.aio.Channel) -> None:
+    """No lost-event window: a client that has the initial metadata is registered, before any message."""
+    await sync(refdata, channel)
+    stream = refdata.stub(channel).WatchInstruments(pb.WatchInstrumentsRequest(venue="syndr"),
+                                                    metadata=refdata.metadata("read"))
+    await asyncio.wait_for(stream.initial_metadata(), 10)
+    assert refdata.app.hub.watchers("syndr") == 1
+    sim.update_instrument("ETH-PERP", tick_size="0.2")
+    await sync(refdata, channel, "ETH-PERP")
+    message = await asyncio.wait_for(stream.read(), 10)
+    stream.cancel()
+    assert [(e.type, e.instrument.symbol, e.instrument.price_increment) for e in message.events] == [
+        (pb.INSTRUMENT_EVENT_TYPE_UPDATED, "ETH-PERP", "0.2")]
+    assert message.events[0].instrument.changes[-1].price_increment == "0.1"
+
+
+async def test_a_refused_watch_registers_nothing(refdata: RunningRefdata, channel: grpc.aio.Channel) -> None:
+    stream = refdata.stub(channel).WatchInstruments(pb.WatchInstrumentsRequest(venue="kraken"),
+                                                    metadata=refdata.metadata("read"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(stream.read(), 10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refdata.app.hub.watchers("kraken") == refdata.app.hub.watchers("syndr") == 0
+
+
+def _event(symbol: str) -> InstrumentEvent:
+    """An event for the hub alone, which passes records through without reading them."""
+    return InstrumentEvent("updated", cast(InstrumentRecord, SimpleNamespace(symbol=symbol)), 1)
+
+
+async def test_hub_subscribe_registers_at_once_and_close_unregisters() -> None:
+    hub = EventHub()
+    with hub.subscribe("syndr", batch=2) as subscription:
+        assert hub.watchers("syndr") == 1  # before anything iterates it
+        hub.publish("syndr", [_event("A"), _event("B"), _event("C")])
+        hub.publish("other", [_event("X")])
+        batches = [[e.record.symbol for e in await anext(subscription)] for _ in range(2)]
+        assert batches == [["A", "B"], ["C"]]
+    assert hub.watchers("syndr") == 0
+    hub.publish("syndr", [_event("D")])  # nobody to deliver to, nothing kept
+    with pytest.raises(StopAsyncIteration):
+        await anext(subscription)
+
+
+async def test_hub_watcher_that_falls_behind_ends_with_resource_exhausted() -> None:
+    hub = EventHub(queue_size=2)
+    with hub.subscribe("syndr") as slow, hub.subscribe("syndr") as fast:
+        hub.publish("syndr", [_event("A"), _event("B")])
+        assert len(await anext(fast)) == 2
+        hub.publish("syndr", [_event("C")])  # `slow` is full: it must not end silently short
+        assert [e.record.symbol for e in await anext(fast)] == ["C"]
+        with pytest.raises(ResourceExhausted) as caught:
+            await anext(slow)
+    assert caught.value.reason == "WATCHER_TOO_SLOW"
+    assert hub.watchers("syndr") == 0
 
 
 async def test_filters_and_paging(sim: Simulator, refdata: RunningRefdata, channel: grpc.aio.Channel) -> None:

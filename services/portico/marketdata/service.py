@@ -17,6 +17,7 @@ from portico.marketdata.book import book_checksum
 from portico.marketdata.feed import LATENCY, QUEUE_DEPTH, FeedSettings, VenueBooks
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import order_book_pb2, ticker_pb2, trade_pb2
+from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb2
 from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
 from portico.runtime.auth import TokenAuthenticator
@@ -45,6 +46,11 @@ MAX_DEPTH = 100
 DEFAULT_DEPTH = 10
 VENUES = ("syndr",)
 _SCOPE = "marketdata"
+# A reconnecting reference-data watch re-reads tick-size changes from this long before its watermark: the
+# two services' clocks may differ, and a stream may be noticed broken a little after it broke.
+REFDATA_SKEW_MARGIN_MS = 5_000
+_CATCH_UP_PAGE_SIZE = 1000  # reference data's largest page
+_CATCH_UP_TIMEOUT_S = 10.0  # for the watch's initial metadata and each page
 
 REFDATA_ADDR = setting("PORTICO_MARKETDATA_REFDATA_ADDR", "", "host:port of reference data, to check symbols "
                        "(unset: symbols are checked against the venue).", scope=_SCOPE)
@@ -82,6 +88,11 @@ class MarketDataSettings:
                             audit_interval_s=AUDIT_S.get_float(env, minimum=0))
         return cls(ServerSettings.from_env(env, DEFAULT_PORT), SYNDR_HTTP_URL.get_str(env), SYNDR_WS_URL.get_str(env),
                    refdata, token, feed)
+
+
+def _now_ms() -> int:
+    """Wall-clock milliseconds, comparable with reference data's change times (not monotonic on purpose)."""
+    return time.time_ns() // 1_000_000
 
 
 def _ts(target: Any, ms: int) -> None:
@@ -343,6 +354,9 @@ class MarketDataApp(GrpcServiceApp):
         self.server.grpc.add_generic_rpc_handlers([handlers(MarketDataServicer(self.books, self.symbols,
                                                                                settings.feed))])
         self._watch: asyncio.Task[None] | None = None
+        self._started_ms = _now_ms()  # the first watch catches up on everything since: no book is older
+        self.refdata_skew_margin_ms = REFDATA_SKEW_MARGIN_MS
+        self.refdata_catch_ups = 0  # completed catch-ups, one per established watch (for operators and tests)
 
     async def start(self) -> None:
         await self.ws.start()
@@ -353,19 +367,84 @@ class MarketDataApp(GrpcServiceApp):
             self._watch = asyncio.create_task(self._watch_reference_data(), name="marketdata-refdata-watch")
 
     async def _watch_reference_data(self) -> None:
-        """A tick-size (or any) change of an instrument from reference data rebuilds that book."""
+        """A tick-size (or any) change of an instrument from reference data rebuilds that book.
+
+        The watch does not replay, so every (re)connect first waits for the stream's initial metadata (sent
+        once reference data has registered the watcher: every later event will arrive) and then catches up
+        on the tick-size changes since the watermark, the last moment a caught-up watch was known to be
+        established (the process start for the first connection). Until both succeed the watermark stays
+        put and the whole reconnect is retried.
+        """
         assert self.refdata is not None
         stub = refdata_grpc.ReferenceDataServiceStub(self.refdata)
+        metadata = bearer(self.settings.service_token or "")
+        watermark_ms = self._started_ms
         while True:
+            call = stub.WatchInstruments(refdata_pb2.WatchInstrumentsRequest(venue="syndr"), metadata=metadata)
+            caught_up = False
             try:
-                async for message in stub.WatchInstruments(refdata_pb2.WatchInstrumentsRequest(venue="syndr"),
-                                                           metadata=bearer(self.settings.service_token or "")):
+                await asyncio.wait_for(call.initial_metadata(), _CATCH_UP_TIMEOUT_S)
+                if call.done():  # a call that failed also has (empty) initial metadata: it was never registered
+                    await call.read()  # raises the call's error
+                    raise RuntimeError("the watch ended before it was established")
+                await self._catch_up_on_reference_data(stub, metadata, watermark_ms)
+                caught_up = True
+                async for message in call:
                     for event in message.events:
                         if event.type == refdata_pb2.INSTRUMENT_EVENT_TYPE_UPDATED:
                             self.books["syndr"].resync(event.instrument.symbol, "reference data changed")
+                log.warning("reference-data watch ended; reconnecting")
             except grpc.aio.AioRpcError as exc:
-                log.warning("reference-data watch ended; retrying", extra={"code": exc.code().name})
+                log.warning("reference-data watch ended; retrying",
+                            extra={"code": exc.code().name, "caught_up": caught_up})
+            except Exception as exc:  # never let the watch die: a later tick change would go unnoticed
+                log.warning("reference-data watch failed; retrying", exc_info=True,
+                            extra={"error": repr(exc), "caught_up": caught_up})
+            finally:
+                call.cancel()
+            if caught_up:
+                watermark_ms = _now_ms()
             await asyncio.sleep(1)
+
+    async def _catch_up_on_reference_data(self, stub: refdata_grpc.ReferenceDataServiceStub,
+                                          metadata: tuple[tuple[str, str]], since_ms: int) -> None:
+        """Rebuild every live book whose tick size changed since `since_ms` (less the clock-skew margin).
+
+        Those changes were published while no watch of ours was registered, so no event will ever tell of
+        them. `until` of a `changes` entry is when reference data stored the new tick size, on its clock.
+        A needless rebuild is harmless, a missed one is not: hence the margin, and every page is read
+        before any book is touched, so a failed listing is simply retried whole.
+        """
+        books = self.books["syndr"]
+        cutoff_ms = since_ms - self.refdata_skew_margin_ms
+        changed: dict[str, tuple[instrument_pb2.Instrument, instrument_pb2.InstrumentChange]] = {}
+        request = refdata_pb2.ListInstrumentsRequest(
+            venue="syndr", filter=instrument_pb2.InstrumentFilter(active=True), page_size=_CATCH_UP_PAGE_SIZE)
+        listed = 0
+        while True:
+            page = await stub.ListInstruments(request, metadata=metadata, timeout=_CATCH_UP_TIMEOUT_S)
+            listed += len(page.instruments)
+            for instrument in page.instruments:
+                recent = [c for c in instrument.changes
+                          if c.HasField("price_increment") and c.until.ToMilliseconds() >= cutoff_ms]
+                if recent:
+                    changed[instrument.symbol] = (instrument, recent[-1])
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+        rebuilt = []
+        for symbol, (instrument, change) in changed.items():
+            if symbol not in books.feeds:
+                continue  # no live book: the next one starts from a fresh snapshot anyway
+            log.info("tick size changed while the reference-data watch was down; rebuilding the book",
+                     extra={"symbol": symbol, "previous_price_increment": change.price_increment,
+                            "price_increment": instrument.price_increment,
+                            "changed_ms": change.until.ToMilliseconds(), "watermark_ms": since_ms})
+            books.resync(symbol, "tick size changed while the reference-data watch was down")
+            rebuilt.append(symbol)
+        self.refdata_catch_ups += 1
+        log.info("caught up on reference data", extra={"watermark_ms": since_ms, "cutoff_ms": cutoff_ms,
+                                                       "instruments": listed, "rebuilt": rebuilt})
 
     async def aclose(self, grace_s: float | None = None) -> None:
         await cancel_and_wait(self._watch)

@@ -199,9 +199,14 @@ class ReferenceDataServicer(reference_data_service_pb2_grpc.ReferenceDataService
     async def WatchInstruments(self, request: reference_data_service_pb2.WatchInstrumentsRequest,
                                context: grpc.aio.ServicerContext
                                ) -> AsyncIterator[reference_data_service_pb2.WatchInstrumentsResponse]:
+        """Initial metadata goes out only once this stream's watcher is registered with the hub: a client
+        that has it knows every event published from then on reaches it (and can re-list for the earlier
+        ones without a gap)."""
         venue = self._syncer.check_venue(request.venue)
-        async for events in self._hub.watch(venue):
-            yield reference_data_service_pb2.WatchInstrumentsResponse(events=[_event(e) for e in events])
+        with self._hub.subscribe(venue) as subscription:
+            await context.send_initial_metadata(())
+            async for events in subscription:
+                yield reference_data_service_pb2.WatchInstrumentsResponse(events=[_event(e) for e in events])
 
 
 def _event(event: InstrumentEvent) -> reference_data_service_pb2.InstrumentEvent:

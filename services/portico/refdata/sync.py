@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from portico.refdata.model import InstrumentRecord
 from portico.refdata.normalize import normalize_syndr
@@ -24,7 +23,7 @@ from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
 
-__all__ = ["EventHub", "InstrumentSyncer", "SyndrInstrumentSource", "VenueSource"]
+__all__ = ["EventHub", "InstrumentSyncer", "Subscription", "SyndrInstrumentSource", "VenueSource"]
 
 log = logging.getLogger("portico.refdata.sync")
 
@@ -53,10 +52,47 @@ class SyndrInstrumentSource:
         return records
 
 
-@dataclass(eq=False)  # watchers live in a set: identity, not value
-class _Watcher:
-    queue: asyncio.Queue[InstrumentEvent]
-    overflowed: bool = False
+class Subscription:
+    """One watcher's bounded queue, registered with its hub from creation until `close`.
+
+    Registration is eager (not on first iteration) so that a stream can register first and only then tell
+    its client it is open: every event published after `EventHub.subscribe` returns is in this queue.
+    Iterate it for batches of events, in order.
+    """
+
+    def __init__(self, hub: EventHub, venue: str, queue_size: int, batch: int):
+        self.venue = venue
+        self.queue: asyncio.Queue[InstrumentEvent] = asyncio.Queue(queue_size)
+        self.overflowed = False
+        self._hub = hub
+        self._batch = batch
+        self._closed = False
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> list[InstrumentEvent]:
+        if self._closed:
+            raise StopAsyncIteration
+        events = [await self.queue.get()]
+        while len(events) < self._batch and not self.queue.empty():
+            events.append(self.queue.get_nowait())
+        if self.overflowed:
+            raise ResourceExhausted("the watcher fell too far behind; watch again and re-list",
+                                    reason="WATCHER_TOO_SLOW")
+        return events
+
+    def close(self) -> None:
+        """Unregister (idempotent); events published from now on no longer reach this queue."""
+        if not self._closed:
+            self._closed = True
+            self._hub._unregister(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class EventHub:
@@ -64,7 +100,7 @@ class EventHub:
 
     def __init__(self, queue_size: int = 100_000):
         self._queue_size = queue_size
-        self._watchers: dict[str, set[_Watcher]] = {}
+        self._watchers: dict[str, set[Subscription]] = {}
 
     def publish(self, venue: str, events: Sequence[InstrumentEvent]) -> None:
         for watcher in tuple(self._watchers.get(venue, ())):
@@ -75,25 +111,18 @@ class EventHub:
                     watcher.overflowed = True  # the stream ends with RESOURCE_EXHAUSTED, never silently short
                     break
 
-    async def watch(self, venue: str, batch: int = 500) -> AsyncIterator[list[InstrumentEvent]]:
-        """Batches of events for `venue`, in order, until the caller stops iterating."""
-        watcher = _Watcher(asyncio.Queue(self._queue_size))
-        self._watchers.setdefault(venue, set()).add(watcher)
-        try:
-            while True:
-                events = [await watcher.queue.get()]
-                while len(events) < batch and not watcher.queue.empty():
-                    events.append(watcher.queue.get_nowait())
-                if watcher.overflowed:
-                    raise ResourceExhausted("the watcher fell too far behind; watch again and re-list",
-                                            reason="WATCHER_TOO_SLOW")
-                yield events
-        finally:
-            watchers = self._watchers.get(venue)
-            if watchers is not None:
-                watchers.discard(watcher)
-                if not watchers:
-                    del self._watchers[venue]
+    def subscribe(self, venue: str, batch: int = 500) -> Subscription:
+        """A watcher of `venue`, registered before this returns; close it (or use `with`) when done."""
+        subscription = Subscription(self, venue, self._queue_size, batch)
+        self._watchers.setdefault(venue, set()).add(subscription)
+        return subscription
+
+    def _unregister(self, subscription: Subscription) -> None:
+        watchers = self._watchers.get(subscription.venue)
+        if watchers is not None:
+            watchers.discard(subscription)
+            if not watchers:
+                del self._watchers[subscription.venue]
 
     def watchers(self, venue: str) -> int:
         return len(self._watchers.get(venue, ()))

@@ -86,7 +86,10 @@ class ReferenceDataServiceServicer:
 
     def WatchInstruments(self, request, context):
         """Streams instrument additions, updates and deactivations as syncs make
-        them. Requires scope `read`.
+        them. The stream's initial metadata is sent once the watcher is
+        registered: every change made after it arrives reaches this stream, so a
+        client that re-lists after it (for what changed while it was not
+        watching) misses nothing. Requires scope `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

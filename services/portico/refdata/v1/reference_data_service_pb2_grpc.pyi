@@ -43,7 +43,10 @@ class ReferenceDataServiceStub:
     """Lists instruments matching a filter, paged. Requires scope `read`."""
     WatchInstruments: _grpc.UnaryStreamMultiCallable[_reference_data_service_pb2.WatchInstrumentsRequest, _reference_data_service_pb2.WatchInstrumentsResponse]
     """Streams instrument additions, updates and deactivations as syncs make
-    them. Requires scope `read`.
+    them. The stream's initial metadata is sent once the watcher is
+    registered: every change made after it arrives reaches this stream, so a
+    client that re-lists after it (for what changed while it was not
+    watching) misses nothing. Requires scope `read`.
     """
 
 @_typing.type_check_only
@@ -61,7 +64,10 @@ class ReferenceDataServiceAsyncStub(ReferenceDataServiceStub):
     """Lists instruments matching a filter, paged. Requires scope `read`."""
     WatchInstruments: _aio.UnaryStreamMultiCallable[_reference_data_service_pb2.WatchInstrumentsRequest, _reference_data_service_pb2.WatchInstrumentsResponse]  # type: ignore[assignment]
     """Streams instrument additions, updates and deactivations as syncs make
-    them. Requires scope `read`.
+    them. The stream's initial metadata is sent once the watcher is
+    registered: every change made after it arrives reaches this stream, so a
+    client that re-lists after it (for what changed while it was not
+    watching) misses nothing. Requires scope `read`.
     """
 
 class ReferenceDataServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -100,7 +106,10 @@ class ReferenceDataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_reference_data_service_pb2.WatchInstrumentsResponse], _abc.AsyncIterator[_reference_data_service_pb2.WatchInstrumentsResponse]]:
         """Streams instrument additions, updates and deactivations as syncs make
-        them. Requires scope `read`.
+        them. The stream's initial metadata is sent once the watcher is
+        registered: every change made after it arrives reaches this stream, so a
+        client that re-lists after it (for what changed while it was not
+        watching) misses nothing. Requires scope `read`.
         """
 
 def add_ReferenceDataServiceServicer_to_server(servicer: ReferenceDataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -21,8 +21,9 @@ from tests.support.certs import CertificateAuthority
 from tests.support.demo_server import build
 from tests.support.ports import free_port
 from tests.support.signer import make_tokens
+from tests.support.tcp_proxy import TcpProxy
 
-from portico.runtime.client import bearer, open_channel
+from portico.runtime.client import KEEPALIVE_OPTIONS, bearer, open_channel
 from portico.runtime.errors import error_info
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,3 +209,29 @@ async def test_sigterm_cancels_calls_that_outlive_the_grace_period(
             await too_long
     assert await asyncio.to_thread(process.wait, 10) == 0
     assert time.monotonic() - started < 8  # grace is 3 s, not the call's 20 s
+
+
+async def test_a_stream_to_a_silently_vanished_peer_fails_instead_of_waiting_forever(
+        plain: str, tokens: tuple[dict[str, str], str]) -> None:
+    """open_channel's keepalive, against the servers' ping policy: accepted while the peer answers, and a
+    stalled connection (nothing closed, nothing delivered) ends the stream with UNAVAILABLE."""
+    host, port = plain.rsplit(":", 1)
+    # The default pings every 30 s; 5.5 s here (the servers accept one every 5 s), so the test is short.
+    quick = {"grpc.keepalive_time_ms": 5_500, "grpc.keepalive_timeout_ms": 1_000, "grpc.http2.ping_timeout_ms": 1_000}
+    async with TcpProxy(host, int(port)) as proxy, open_channel(proxy.addr, options=quick) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""),
+                                                          metadata=bearer(tokens[0]["read"]))
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING  # type: ignore[union-attr]
+        await asyncio.sleep(6.5)  # one ping answered: the server did not object to it (no GOAWAY)
+        assert not watch.done()
+        proxy.stall()
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(watch.read(), 15)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_channels_ping_by_default() -> None:
+    assert KEEPALIVE_OPTIONS["grpc.keepalive_time_ms"] == 30_000
+    assert KEEPALIVE_OPTIONS["grpc.http2.ping_timeout_ms"] == KEEPALIVE_OPTIONS["grpc.keepalive_timeout_ms"] == 10_000
+    assert KEEPALIVE_OPTIONS["grpc.http2.max_pings_without_data"] == 0  # a quiet watch keeps being pinged

@@ -3,7 +3,10 @@
 Put it between a client and a server, then `block()` closes every live
 connection and closes each new one as soon as it is accepted, which is what a
 client sees when Vault (or the load balancer in front of it) goes away;
-`unblock()` restores forwarding.  Real sockets on 127.0.0.1, no mocking.
+`unblock()` restores forwarding. `stall()` instead keeps every connection
+open but forwards nothing more either way, which is what a client sees when
+the peer's host vanished without closing anything. Real sockets on
+127.0.0.1, no mocking.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class TcpProxy:
         self.host = "127.0.0.1"
         self._server: asyncio.Server | None = None
         self._blocked = False
+        self._stalled = False
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter | None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepted = 0
@@ -62,6 +66,13 @@ class TcpProxy:
 
     async def unblock(self) -> None:
         self._blocked = False
+
+    def stall(self) -> None:
+        """Keep connections open but drop every byte from now on, both ways (a silently vanished peer)."""
+        self._stalled = True
+
+    def resume(self) -> None:
+        self._stalled = False
 
     async def __aenter__(self) -> TcpProxy:
         await self.start()
@@ -118,9 +129,10 @@ class TcpProxy:
             writer.transport.abort()
             up_writer.transport.abort()
 
-    @staticmethod
-    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
             while data := await src.read(65536):
+                if self._stalled:
+                    continue
                 dst.write(data)
                 await dst.drain()

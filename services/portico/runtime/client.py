@@ -14,7 +14,20 @@ import grpc
 from portico.runtime.config import setting
 from portico.runtime.interceptors import client_interceptors
 
-__all__ = ["SERVICE_TOKEN", "bearer", "open_channel"]
+__all__ = ["KEEPALIVE_OPTIONS", "SERVICE_TOKEN", "bearer", "open_channel"]
+
+# A peer that vanished without closing the connection (its node gone, a NAT or load-balancer entry dropped)
+# would leave a long-lived stream (market data's reference-data watch, execution's calls to the signer)
+# waiting forever: while a call is open, gRPC pings it every 30 s and gives up after 10 s without an answer
+# (grpcio 1.85 times a keepalive ping out by `ping_timeout_ms`, 60 s by default, not by `keepalive_timeout_ms`:
+# both are set). Servers accept pings every 5 s (runtime/server.py); no cap on pings between data frames,
+# since a watch may be quiet for hours.
+KEEPALIVE_OPTIONS: Mapping[str, int] = {
+    "grpc.keepalive_time_ms": 30_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.http2.ping_timeout_ms": 10_000,
+    "grpc.http2.max_pings_without_data": 0,
+}
 
 SERVICE_TOKEN = setting("PORTICO_SERVICE_TOKEN", "", "Bearer token this service presents to other Portico services "
                         "(market data needs scope `read`; execution `read` and `trade`).",
@@ -42,14 +55,14 @@ def open_channel(
     client_cert: tuple[Path, Path] | None = None,
     options: Mapping[str, int | str] | None = None,
 ) -> grpc.aio.Channel:
-    """Open an aio channel to `target` (host:port).
+    """Open an aio channel to `target` (host:port), with keepalive pings (`options` may override them).
 
     With `ca_file` the channel uses TLS (and `client_cert` = (cert, key) for
     mTLS) and the token rides as per-call credentials; without TLS the token is
     added to each call's metadata by the caller (`metadata=bearer(token)`),
     since gRPC refuses call credentials on insecure channels.
     """
-    channel_options = list((options or {}).items())
+    channel_options = list({**KEEPALIVE_OPTIONS, **(options or {})}.items())
     if ca_file is None:
         return grpc.aio.insecure_channel(target, options=channel_options, interceptors=client_interceptors())
     key_pem = cert_pem = None

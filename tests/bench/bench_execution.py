@@ -186,9 +186,10 @@ def load(stack: Stack, *, mode: str, clients: int, concurrency: int, seconds: fl
         cpu_before = {name: cpu_seconds(pid) for name, pid in stack.pids.items()}
         profiler = None
         if profile_to is not None:
+            profile_to.unlink(missing_ok=True)  # never summarise an earlier run's file
             profiler = subprocess.Popen([py_spy(), "record", "-p", str(stack.pids["execution"]), "-d",
                                          str(int(seconds)), "-r", "200", "--nonblocking", "-f", "speedscope",
-                                         "-o", str(profile_to)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                         "-o", str(profile_to)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         outputs = []
         for p in procs:
             out, _ = p.communicate(timeout=seconds + 60)
@@ -197,7 +198,9 @@ def load(stack: Stack, *, mode: str, clients: int, concurrency: int, seconds: fl
             outputs.append(json.loads(out))
         cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in stack.pids.items()}
         if profiler is not None:
-            profiler.wait(timeout=60)
+            _, complaint = profiler.communicate(timeout=60)
+            if profiler.returncode != 0:
+                raise RuntimeError(f"py-spy failed: {complaint.decode(errors='replace').strip()}")
     finally:
         for p in procs:
             if p.poll() is None:

@@ -3,7 +3,8 @@
     python -m tests.bench.report [--dir bench-results]
 
 `make bench` runs it after the benchmarks; it reads only the per-benchmark files (`signer.json`,
-`syndr_parse.json`, `sim_engine.json`, `refdata.json`, `marketdata.json`, `execution.json`, `http1.json`, and the
+`syndr_parse.json`, `sim_engine.json`, `refdata.json`, `marketdata.json`, `execution.json`, `http1.json`,
+`grpc_core.json`, and the
 soak run's `soak.json` when there is one), so it can be rerun at any time without rerunning anything. A missing file is
 reported as not run.
 """
@@ -94,6 +95,14 @@ def http1(d: dict[str, Any]) -> Summary:
             "(no numeric target: the venue client's cost on the order path)", None)
 
 
+def grpc_core(d: dict[str, Any]) -> Summary:
+    rt, ratio = d["round_trip_ms_median"], d["ratio_services_to_defaults"]
+    return (f"unary call {rt['services']:.3f} ms with the services' GRPC_EXPERIMENTS vs {rt['grpc_defaults']:.3f} ms "
+            f"with gRPC's defaults (ratio {ratio['median']:.2f}; faster in {ratio['services_faster_in_turns']}/"
+            f"{ratio['turns']} interleaved turns)", "(no numeric target: justifies runtime/grpc_core.py's default)",
+            None)
+
+
 def soak(d: dict[str, Any]) -> Summary:
     books, orders = d["books"], d["orders"]
     services = {name: m for name, m in d["memory"].items() if name != "simulator"}
@@ -109,7 +118,7 @@ def soak(d: dict[str, Any]) -> Summary:
 
 BENCHMARKS: dict[str, Callable[[dict[str, Any]], Summary]] = {
     "signer": signer, "syndr_parse": syndr_parse, "sim_engine": sim_engine, "refdata": refdata,
-    "marketdata": marketdata, "execution": execution, "http1": http1, "soak": soak,
+    "marketdata": marketdata, "execution": execution, "http1": http1, "grpc_core": grpc_core, "soak": soak,
 }
 
 

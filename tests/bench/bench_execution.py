@@ -2,6 +2,7 @@
 
     python -m tests.bench.bench_execution [--out bench-results/execution.json] [--seconds 5] [--repeats 3]
                                           [--clients 2] [--concurrency 8] [--profile]
+    python -m tests.bench.bench_execution --baseline REV [--turns 10] [--seconds 2] --out FILE
 
 Every piece runs as its own process, as deployed: the simulator, an OpenBao dev
 server, the signer, reference data (synced from the simulator) and the
@@ -34,6 +35,14 @@ flight on its own channel. It reports
 order in flight) once more with `py-spy record` attached to the execution
 process (speedscope file: `--profile-out`) and summarises where its
 event-loop thread and its SQLite thread spend their time.
+
+`--baseline REV` instead compares this tree with another revision of the
+services (a temporary `git worktree`), both stacks alive side by side, in
+`--turns` interleaved turns (one order in flight, then the load, each for
+`--seconds`, the order of the two stacks alternating), so a slow spell of the
+shared machine falls on both alike: per-turn ratios (this tree / baseline) and
+in how many turns this tree did better. Sequential runs cannot show a
+10 % change here, where the host's speed drifts by more than that.
 
 Targets (reported, not asserted): added latency p50 < 2.5 ms and p99 < 8 ms at
 one order in flight; >= 500 orders/s sustained with several in flight.
@@ -548,12 +557,65 @@ def _thread_summary(profile: dict[str, Any], frames: list[dict[str, Any]], top: 
             "self_by_component": share(components, 30)}
 
 
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """This tree against `args.baseline`'s services, interleaved (see the module docstring)."""
+    figures = ("added_p50_ms", "added_p99_ms", "execution_cpu_ms_per_call", "signer_cpu_ms_per_call")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stacks:
+        checkout = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(checkout), args.baseline], cwd=REPO,
+                       check=True)
+        stacks.callback(subprocess.run, ["git", "worktree", "remove", "--force", str(checkout)], cwd=REPO, check=False)
+        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        os.environ["PYTHONPATH"] = str(checkout / "services")  # its service processes import the baseline's code
+        try:
+            baseline = stacks.enter_context(running_stack(args))
+        finally:
+            del os.environ["PYTHONPATH"]
+        side = {"baseline": baseline, "this_tree": stacks.enter_context(running_stack(args))}
+        turns: dict[str, dict[str, list[float]]] = {name: {k: [] for k in (*figures, "loaded_per_second")}
+                                                    for name in side}
+        for name, stack in side.items():  # warm-up, as run() does
+            for clients, concurrency in ((1, 1), (args.clients, args.concurrency)):
+                load(stack, mode="place", clients=clients, concurrency=concurrency, seconds=1.0, tag=f"w{name}")
+                cancel_all(stack)
+        for turn in range(args.turns):
+            order = list(side) if turn % 2 == 0 else list(reversed(side))
+            for name in order:
+                one = load(side[name], mode="place", clients=1, concurrency=1, seconds=args.seconds, tag=f"o{turn}")
+                cancel_all(side[name])
+                for key in figures:
+                    turns[name][key].append(one[key])
+            for name in order:
+                many = load(side[name], mode="place", clients=args.clients, concurrency=args.concurrency,
+                            seconds=args.seconds, tag=f"l{turn}")
+                cancel_all(side[name])
+                turns[name]["loaded_per_second"].append(many["per_second"])
+            print(f"turn {turn + 1}/{args.turns}: " + ", ".join(
+                f"{name} added p50 {turns[name]['added_p50_ms'][-1]:.2f} ms, "
+                f"{turns[name]['loaded_per_second'][-1]:.0f} orders/s" for name in side), file=sys.stderr)
+    comparison = {}
+    for key in (*figures, "loaded_per_second"):
+        base, ours = turns["baseline"][key], turns["this_tree"][key]
+        ratios = sorted(b / a for a, b in zip(base, ours, strict=True))
+        better = sum(1 for r in ratios if (r > 1 if key == "loaded_per_second" else r < 1))
+        comparison[key] = {"baseline_median": statistics.median(base), "this_tree_median": statistics.median(ours),
+                           "ratio_median": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1],
+                           "this_tree_better_in_turns": better, "turns": len(ratios)}
+    return {"benchmark": "execution_ab", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "baseline": {"asked": args.baseline, "revision": revision},
+            "settings": {"turns": args.turns, "seconds_per_run": args.seconds, "clients": args.clients,
+                         "concurrency_per_client": args.concurrency},
+            "comparison": comparison, "per_turn": turns}
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--simulator"]:
         run_simulator(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "execution.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="bench-results/execution.json (with --baseline: bench-results/execution_ab.json)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clients", type=int, default=2, help="client processes")
@@ -563,6 +625,9 @@ def main() -> None:
                         help="profile with one order in flight instead of the load phase")
     parser.add_argument("--profile-out", type=Path, default=None,
                         help="speedscope file of --profile (default: execution-profile.speedscope.json in $TMPDIR)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="compare with this git revision's services instead, interleaved (see above)")
+    parser.add_argument("--turns", type=int, default=10, help="with --baseline: interleaved turns")
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -576,7 +641,8 @@ def main() -> None:
     if args.worker:
         asyncio.run(worker(args))
         return
-    result = run(args)
+    result = compare(args) if args.baseline else run(args)
+    args.out = args.out or REPO / "bench-results" / ("execution_ab.json" if args.baseline else "execution.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

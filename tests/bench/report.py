@@ -4,7 +4,7 @@
 
 `make bench` runs it after the benchmarks; it reads only the per-benchmark files (`signer.json`,
 `syndr_parse.json`, `sim_engine.json`, `refdata.json`, `marketdata.json`, `execution.json`, `http1.json`,
-`grpc_core.json`, and the
+`grpc_core.json`, `execution_ab.json` (from `bench_execution --baseline`), and the
 soak run's `soak.json` when there is one), so it can be rerun at any time without rerunning anything. A missing file is
 reported as not run.
 """
@@ -88,6 +88,15 @@ def execution(d: dict[str, Any]) -> Summary:
             f">= {_n(t['orders_per_second'])} orders/s", all(d["targets_met"].values()))
 
 
+def execution_ab(d: dict[str, Any]) -> Summary:
+    c = d["comparison"]
+    p50, cpu, rate = c["added_p50_ms"], c["execution_cpu_ms_per_call"], c["loaded_per_second"]
+    return (f"vs {d['baseline']['revision']}, {p50['turns']} interleaved turns: added p50 x{p50['ratio_median']:.2f} "
+            f"(better in {p50['this_tree_better_in_turns']}), execution CPU per order x{cpu['ratio_median']:.2f} "
+            f"(better in {cpu['this_tree_better_in_turns']}), orders/s loaded x{rate['ratio_median']:.2f}",
+            "(no target: what the changes since the baseline did)", None)
+
+
 def http1(d: dict[str, Any]) -> Summary:
     rt, over = d["round_trip_us_median"], d["overhead_over_bare_us"]
     return (f"POST round trip {rt['http1']:.0f} us with portico.runtime.http1 vs {rt['aiohttp']:.0f} us with aiohttp "
@@ -118,7 +127,8 @@ def soak(d: dict[str, Any]) -> Summary:
 
 BENCHMARKS: dict[str, Callable[[dict[str, Any]], Summary]] = {
     "signer": signer, "syndr_parse": syndr_parse, "sim_engine": sim_engine, "refdata": refdata,
-    "marketdata": marketdata, "execution": execution, "http1": http1, "grpc_core": grpc_core, "soak": soak,
+    "marketdata": marketdata, "execution": execution, "execution_ab": execution_ab, "http1": http1,
+    "grpc_core": grpc_core, "soak": soak,
 }
 
 

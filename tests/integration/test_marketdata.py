@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 from tests.support.book_consumer import RESYNCING, STALE, Consumer
 from tests.support.refdata import RunningRefdata, database, running_refdata
@@ -34,6 +35,7 @@ from portico.runtime.errors import Unavailable
 from portico.runtime.server import GrpcServer, ServerSettings
 from portico.sim.instruments import fmt_decimal
 from portico.sim.server import SimConfig, Simulator
+from portico.venues.syndr.http import SyndrHttpClient
 
 
 @dataclass
@@ -457,6 +459,69 @@ async def test_the_audit_finds_no_divergence_and_repairs_a_corrupted_book(sim: S
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert consumer.broken == []
+
+
+class SnapshotServer:
+    """`public/get_order_book` on loopback that answers only when the test lets it: snapshot n has change_id n."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.released = 0
+        self._turn = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests += 1
+        number = self.requests
+        async with self._turn:
+            await self._turn.wait_for(lambda: self.released >= number)
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "usIn": 1, "usOut": 2, "usDiff": 1, "result": {
+            "instrument_name": "ETH-PERP", "timestamp": 1_700_000_000_000, "change_id": number,
+            "bids": [["100", "1"]], "asks": [["101", "1"]], "stats": {}}})
+
+    async def release(self) -> None:
+        async with self._turn:
+            self.released += 1
+            self._turn.notify_all()
+
+    async def __aenter__(self) -> SnapshotServer:
+        app = web.Application()
+        app.router.add_post("/api/v1", self._answer)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/api/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@pytest.mark.parametrize("asked_again", ["while the snapshot is on its way", "before it was asked for"])
+async def test_a_resync_during_a_rebuild_refetches_only_a_snapshot_that_may_predate_it(asked_again: str) -> None:
+    """A tick-size change (or any reason) arriving while a rebuild's snapshot is in flight must not be answered by
+    that older snapshot; one arriving before the fetch started is."""
+    async with SnapshotServer() as venue, SyndrHttpClient(venue.url) as http:
+        feed = InstrumentFeed("syndr", "ETH-PERP", None, http, FeedSettings(), lambda f: None)  # type: ignore[arg-type]
+        feed.resync("first")
+        if asked_again == "before it was asked for":
+            feed.resync("tick size changed")
+        await until(lambda: venue.requests == 1)
+        if asked_again == "while the snapshot is on its way":
+            feed.resync("tick size changed")
+        await venue.release()
+        expected = 2 if asked_again == "while the snapshot is on its way" else 1
+        if expected == 2:
+            await until(lambda: venue.requests == 2)
+            await venue.release()
+        await until(lambda: feed.live)
+        assert feed.book is not None and feed.book.change_id == expected
+        assert venue.requests == expected and feed.rebuilds == 1
+        await feed.aclose()
 
 
 # --------------------------------------------------------------------------- depth views, without a network

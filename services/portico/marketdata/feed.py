@@ -443,6 +443,7 @@ class InstrumentFeed:
         self._buffer: list[Change] = []
         self._subscription: Subscription | None = None
         self._rebuild: asyncio.Task[None] | None = None
+        self._rebuild_again = False  # a resync came while the running rebuild's snapshot was being fetched
         self._watchdog: asyncio.Task[None] | None = None
         self.rebuilds = 0
         self.audits = 0
@@ -554,9 +555,11 @@ class InstrumentFeed:
                 view.publish(view.status_frame(RESYNCING), now)
 
     def resync(self, reason: str) -> None:
-        """Rebuild this instrument's book (idempotent while a rebuild is running)."""
+        """Rebuild this instrument's book. While a rebuild runs, it fetches its snapshot once more if this came
+        while the snapshot was on its way (a tick-size change, say, that snapshot may predate)."""
         self._mark_resyncing()
         if self._rebuild is not None and not self._rebuild.done():
+            self._rebuild_again = True
             return
         RESNAPSHOTS.add(1)
         self.rebuilds += 1
@@ -566,6 +569,7 @@ class InstrumentFeed:
     async def _rebuild_book(self) -> None:
         delay = 0.05
         while True:
+            self._rebuild_again = False  # what was asked before this fetch, the snapshot covers
             try:
                 answer = await self._http.call("public/get_order_book",
                                                {"instrument_name": self.symbol, "depth": 10_000})
@@ -575,6 +579,8 @@ class InstrumentFeed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            if self._rebuild_again:
+                continue  # asked again while this snapshot was on its way: it may predate the reason
             base = snapshot.change_id
             if base is None:
                 raise RuntimeError("the venue's order book carries no change_id; cannot line it up with changes")

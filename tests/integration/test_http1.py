@@ -91,12 +91,9 @@ async def echo() -> AsyncIterator[ScriptedServer]:
 
 
 async def test_answers_come_back_and_one_connection_is_kept_alive(echo: ScriptedServer) -> None:
-    pool = Http1Pool(echo.url())
-    try:
+    async with Http1Pool(echo.url()) as pool:
         for i in range(20):
             assert await pool.post(f"n{i}".encode(), {"x-api-key": "k"}) == (200, f"echo:n{i}".encode())
-    finally:
-        await pool.aclose()
     assert echo.connections == 1
     head = echo.requests[0][0].decode()
     assert head.startswith("POST /api/v1 HTTP/1.1\r\n") and f"Host: {echo.url().split('/')[2]}" in head
@@ -109,54 +106,41 @@ async def test_chunked_and_close_framed_answers_are_read_whole() -> None:
         b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\nbusy, framed by the close",
     ])
     async with ScriptedServer(lambda body: next(answers)) as server:
-        pool = Http1Pool(server.url())
-        try:
+        async with Http1Pool(server.url()) as pool:
             assert await pool.post(b"a", {}) == (200, b"hello world")
             assert await pool.post(b"b", {}) == (503, b"busy, framed by the close")
-        finally:
-            await pool.aclose()
         assert server.connections == 1  # the chunked answer left the connection reusable
 
 
 async def test_a_connection_the_server_closes_is_not_reused() -> None:
     async with ScriptedServer(lambda body: ok(body, "Connection: close")) as server:
-        pool = Http1Pool(server.url())
-        try:
+        async with Http1Pool(server.url()) as pool:
             for i in range(3):
                 assert await pool.post(str(i).encode(), {}) == (200, str(i).encode())
-        finally:
-            await pool.aclose()
         assert server.connections == 3
 
 
 async def test_an_idle_connection_closed_by_the_server_is_replaced(echo: ScriptedServer) -> None:
-    pool = Http1Pool(echo.url())
-    try:
+    async with Http1Pool(echo.url()) as pool:
         assert (await pool.post(b"1", {}))[0] == 200
         for writer in list(echo._writers):  # the server drops its idle keep-alive connections
             writer.close()
         await asyncio.sleep(0.05)
         assert await pool.post(b"2", {}) == (200, b"echo:2")
-    finally:
-        await pool.aclose()
     assert echo.connections == 2
 
 
 async def test_a_connection_idle_too_long_is_not_reused(echo: ScriptedServer) -> None:
-    pool = Http1Pool(echo.url(), keepalive_s=0.1)
-    try:
+    async with Http1Pool(echo.url(), keepalive_s=0.1) as pool:
         assert (await pool.post(b"1", {}))[0] == 200
         assert (await pool.post(b"2", {}))[0] == 200  # at once: the same connection
         await asyncio.sleep(0.2)
         assert await pool.post(b"3", {}) == (200, b"echo:3")  # idle past keepalive_s: a new one
-    finally:
-        await pool.aclose()
     assert echo.connections == 2
 
 
 async def test_a_timed_out_call_closes_its_connection_so_its_late_answer_is_never_read(echo: ScriptedServer) -> None:
-    pool = Http1Pool(echo.url())
-    try:
+    async with Http1Pool(echo.url()) as pool:
         echo.delay_s = 0.3
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
@@ -165,18 +149,13 @@ async def test_a_timed_out_call_closes_its_connection_so_its_late_answer_is_neve
         assert await pool.post(b"next", {}) == (200, b"echo:next")  # not "echo:slow"
         await asyncio.sleep(0.4)  # the server has answered "slow" by now, to a closed connection
         assert echo.open_now == 1  # only the idle connection of "next" is left: the timed-out one was closed
-    finally:
-        await pool.aclose()
     assert echo.connections == 2
 
 
 async def test_no_more_connections_than_the_limit(echo: ScriptedServer) -> None:
     echo.delay_s = 0.02
-    pool = Http1Pool(echo.url(), max_connections=3)
-    try:
+    async with Http1Pool(echo.url(), max_connections=3) as pool:
         answers = await asyncio.gather(*(pool.post(str(i).encode(), {}) for i in range(12)))
-    finally:
-        await pool.aclose()
     assert answers == [(200, f"echo:{i}".encode()) for i in range(12)]
     assert echo.most_open == 3
 
@@ -186,37 +165,27 @@ async def test_no_more_connections_than_the_limit(echo: ScriptedServer) -> None:
     b"NOT HTTP AT ALL\r\n\r\n",
 ])
 async def test_oversized_or_malformed_answers_are_protocol_errors(answer: bytes) -> None:
-    async with ScriptedServer(lambda body: answer) as server:
-        pool = Http1Pool(server.url(), max_body_bytes=1000)
-        try:
-            with pytest.raises(Http1ProtocolError):
-                await pool.post(b"x", {})
-        finally:
-            await pool.aclose()
+    async with ScriptedServer(lambda body: answer) as server, Http1Pool(server.url(), max_body_bytes=1000) as pool:
+        with pytest.raises(Http1ProtocolError):
+            await pool.post(b"x", {})
 
 
 async def test_a_lost_connection_and_a_refused_one_are_connection_errors() -> None:
     async with ScriptedServer(lambda body: None) as server:  # reads the request, closes without a word
         url = server.url()
-        pool = Http1Pool(url)
-        try:
+        async with Http1Pool(url) as pool:
             with pytest.raises(Http1ConnectionError, match="lost"):
                 await pool.post(b"x", {})
-        finally:
-            await pool.aclose()
     pool = Http1Pool(url)  # the server is gone now
     with pytest.raises(Http1ConnectionError, match="cannot connect"):
         await pool.post(b"x", {})
 
 
 async def test_headers_that_would_inject_lines_are_refused(echo: ScriptedServer) -> None:
-    pool = Http1Pool(echo.url())
-    try:
+    async with Http1Pool(echo.url()) as pool:
         for headers in ({"x-api-key": "k\r\nx-evil: 1"}, {"bad name": "v"}, {"x\nevil": "v"}):
             with pytest.raises(ValueError, match="not a valid HTTP header"):
                 await pool.post(b"x", headers)
-    finally:
-        await pool.aclose()
     assert echo.requests == []
 
 
@@ -227,11 +196,8 @@ async def test_https_verifies_the_server_certificate(tmp_path: Path) -> None:
     server_tls.load_cert_chain(pair.cert, pair.key)
     async with ScriptedServer(lambda body: ok(b"secure:" + body), ssl_context=server_tls) as server:
         trusted = ssl.create_default_context(cafile=str(ca.cert_path))
-        pool = Http1Pool(server.url("https"), ssl_context=trusted)
-        try:
+        async with Http1Pool(server.url("https"), ssl_context=trusted) as pool:
             assert await pool.post(b"hi", {}) == (200, b"secure:hi")
-        finally:
-            await pool.aclose()
         untrusted = Http1Pool(server.url("https"))  # the system store does not know this CA
         with pytest.raises(Http1ConnectionError, match="SSL"):
             await untrusted.post(b"hi", {})

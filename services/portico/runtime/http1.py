@@ -217,6 +217,12 @@ class Http1Pool:
                                        f"({type(exc).__name__})") from None
         return protocol
 
+    async def __aenter__(self) -> Http1Pool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close every connection; calls in flight fail with Http1ConnectionError, later ones too."""
         self._closed = True

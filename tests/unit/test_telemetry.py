@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from portico.runtime.config import ConfigError
 from portico.runtime.telemetry import build_tracer_provider
@@ -73,5 +75,72 @@ def test_otlp_exporter_sends_to_the_standard_endpoint(monkeypatch: pytest.Monkey
     ({"OTEL_TRACES_EXPORTER": "file"}, "PORTICO_TRACES_FILE"),
 ])
 def test_bad_exporter_configuration_is_a_clear_error(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        build_tracer_provider("svc", env)
+
+
+def _remote_parent(sampled: bool) -> Any:
+    """An incoming request's context, as the server interceptor extracts it from `traceparent`."""
+    flags = "01" if sampled else "00"
+    return TraceContextTextMapPropagator().extract({"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-{flags}"})
+
+
+def test_without_an_exporter_roots_are_not_recorded_but_keep_their_ids() -> None:
+    provider = build_tracer_provider("svc", {})
+    span = provider.get_tracer("t").start_span("root")
+    context = span.get_span_context()
+    assert not span.is_recording()
+    assert not context.trace_flags.sampled
+    assert context.is_valid  # logs still get trace and span ids
+    provider.shutdown()
+
+
+def test_without_an_exporter_a_sampled_callers_trace_is_followed() -> None:
+    """Services downstream of this one must still see a sampled parent, or the caller's trace would break."""
+    provider = build_tracer_provider("svc", {"OTEL_TRACES_EXPORTER": "none"})
+    tracer = provider.get_tracer("t")
+    followed = tracer.start_span("child", context=_remote_parent(sampled=True))
+    assert followed.is_recording() and followed.get_span_context().trace_flags.sampled
+    assert followed.get_span_context().trace_id == int("ab" * 16, 16)
+    dropped = tracer.start_span("child", context=_remote_parent(sampled=False))
+    assert not dropped.is_recording()
+    provider.shutdown()
+
+
+def test_with_an_exporter_every_root_is_recorded(tmp_path: Path) -> None:
+    exported = InMemorySpanExporter()
+    for provider in (build_tracer_provider("svc", {}, extra_exporters=[exported]),
+                     build_tracer_provider("svc", {"OTEL_TRACES_EXPORTER": "file",
+                                                   "PORTICO_TRACES_FILE": str(tmp_path / "s.jsonl")})):
+        span = provider.get_tracer("t").start_span("root")
+        assert span.is_recording() and span.get_span_context().trace_flags.sampled
+        span.end()
+        provider.shutdown()
+    assert [s.name for s in exported.get_finished_spans()] == ["root"]
+
+
+@pytest.mark.parametrize(("env", "root_sampled", "sampled_child_recorded"), [
+    ({"OTEL_TRACES_SAMPLER": "always_off"}, False, False),
+    ({"OTEL_TRACES_SAMPLER": "always_on"}, True, True),
+    ({"OTEL_TRACES_SAMPLER": "parentbased_always_off"}, False, True),
+    ({"OTEL_TRACES_SAMPLER": "ParentBased_TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0"}, False, True),
+    ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1"}, True, True),
+    ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}, False, False),
+])
+def test_an_explicit_sampler_wins_over_the_default(env: dict[str, str], root_sampled: bool,
+                                                   sampled_child_recorded: bool) -> None:
+    provider = build_tracer_provider("svc", env, extra_exporters=[InMemorySpanExporter()])
+    tracer = provider.get_tracer("t")
+    assert tracer.start_span("root").is_recording() is root_sampled
+    assert tracer.start_span("child", context=_remote_parent(sampled=True)).is_recording() is sampled_child_recorded
+    provider.shutdown()
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER: unknown sampler 'sometimes'"),
+    ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"}, "OTEL_TRACES_SAMPLER_ARG"),
+    ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}, "from 0 to 1"),
+])
+def test_bad_sampler_configuration_is_a_clear_error(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         build_tracer_provider("svc", env)

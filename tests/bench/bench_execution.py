@@ -2,7 +2,8 @@
 
     python -m tests.bench.bench_execution [--out bench-results/execution.json] [--seconds 5] [--repeats 3]
                                           [--clients 2] [--concurrency 8] [--profile]
-    python -m tests.bench.bench_execution --baseline REV [--turns 10] [--seconds 2] --out FILE
+    python -m tests.bench.bench_execution --baseline REV [--turns 10] [--seconds 2] [--env VAR=VALUE ...]
+                                          [--baseline-env VAR=VALUE ...] --out FILE
 
 Every piece runs as its own process, as deployed: the simulator, an OpenBao dev
 server, the signer, reference data (synced from the simulator) and the
@@ -43,6 +44,9 @@ services (a temporary `git worktree`), both stacks alive side by side, in
 shared machine falls on both alike: per-turn ratios (this tree / baseline) and
 in how many turns this tree did better. Sequential runs cannot show a
 10 % change here, where the host's speed drifts by more than that.
+`--env VAR=VALUE` (this tree) and `--baseline-env VAR=VALUE` (the baseline)
+add to one side's service environment, so a setting can be compared too:
+`--baseline HEAD --env OTEL_TRACES_SAMPLER=always_off` is what recording spans costs.
 
 Targets (reported, not asserted): added latency p50 < 2.5 ms and p99 < 8 ms at
 one order in flight; >= 500 orders/s sustained with several in flight.
@@ -557,6 +561,29 @@ def _thread_summary(profile: dict[str, Any], frames: list[dict[str, Any]], top: 
             "self_by_component": share(components, 30)}
 
 
+@contextlib.contextmanager
+def environment(changes: dict[str, str]) -> Iterator[None]:
+    """`changes` in os.environ (which the service processes inherit) for the duration."""
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def env_pair(text: str) -> tuple[str, str]:
+    """`VAR=VALUE` from the command line."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected VAR=VALUE, got {text!r}")
+    return name, value
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """This tree against `args.baseline`'s services, interleaved (see the module docstring)."""
     figures = ("added_p50_ms", "added_p99_ms", "execution_cpu_ms_per_call", "signer_cpu_ms_per_call")
@@ -567,12 +594,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         stacks.callback(subprocess.run, ["git", "worktree", "remove", "--force", str(checkout)], cwd=REPO, check=False)
         revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, check=True,
                                   capture_output=True, text=True).stdout.strip()
-        os.environ["PYTHONPATH"] = str(checkout / "services")  # its service processes import the baseline's code
-        try:
+        # Its service processes import the baseline's code.
+        with environment({"PYTHONPATH": str(checkout / "services"), **dict(args.baseline_env)}):
             baseline = stacks.enter_context(running_stack(args))
-        finally:
-            del os.environ["PYTHONPATH"]
-        side = {"baseline": baseline, "this_tree": stacks.enter_context(running_stack(args))}
+        with environment(dict(args.env)):
+            side = {"baseline": baseline, "this_tree": stacks.enter_context(running_stack(args))}
         turns: dict[str, dict[str, list[float]]] = {name: {k: [] for k in (*figures, "loaded_per_second")}
                                                     for name in side}
         for name, stack in side.items():  # warm-up, as run() does
@@ -603,7 +629,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                            "ratio_median": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1],
                            "this_tree_better_in_turns": better, "turns": len(ratios)}
     return {"benchmark": "execution_ab", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "baseline": {"asked": args.baseline, "revision": revision},
+            "baseline": {"asked": args.baseline, "revision": revision, "env": dict(args.baseline_env)},
+            "this_tree_env": dict(args.env),
             "settings": {"turns": args.turns, "seconds_per_run": args.seconds, "clients": args.clients,
                          "concurrency_per_client": args.concurrency},
             "comparison": comparison, "per_turn": turns}
@@ -628,6 +655,10 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REV",
                         help="compare with this git revision's services instead, interleaved (see above)")
     parser.add_argument("--turns", type=int, default=10, help="with --baseline: interleaved turns")
+    parser.add_argument("--env", type=env_pair, action="append", default=[], metavar="VAR=VALUE",
+                        help="with --baseline: add to this tree's service environment")
+    parser.add_argument("--baseline-env", type=env_pair, action="append", default=[], metavar="VAR=VALUE",
+                        help="with --baseline: add to the baseline's service environment")
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)

@@ -151,6 +151,40 @@ async def test_a_load_running_when_the_key_is_forgotten_is_not_cached() -> None:
     assert await cache.get("a") == "a-v2"  # but it was not kept
 
 
+async def test_a_caller_after_an_invalidation_does_not_join_the_load_begun_before_it() -> None:
+    """That load may return the very value just invalidated (a tick size reference data has since changed)."""
+    source, clock = Source(), Clock()
+    source.gate = asyncio.Event()
+    cache = make(source, clock)
+    before = asyncio.ensure_future(cache.get("a"))
+    await settle()
+    cache.clear()
+    after = asyncio.ensure_future(cache.get("a"))
+    also_after = asyncio.ensure_future(cache.get("a"))
+    await settle()
+    assert source.loads == 2  # one load of its own for the later callers, shared between them
+    source.gate.set()
+    assert {await before, await after} == {"a-v1", "a-v2"}
+    assert await after == await also_after
+    assert await cache.get("a") == await after  # the later load is the one kept
+    assert source.loads == 2
+
+
+async def test_aclose_also_stops_a_load_that_was_invalidated() -> None:
+    source, clock = Source(), Clock()
+    source.gate = asyncio.Event()
+    cache = make(source, clock)
+    stale = asyncio.ensure_future(cache.get("a"))
+    await settle()
+    cache.forget("a")
+    fresh = asyncio.ensure_future(cache.get("a"))  # a load of its own: the stale one is no longer joined
+    await settle()
+    await cache.aclose()  # returns although neither load can ever finish
+    for caller in (stale, fresh):
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+
 async def test_a_caller_giving_up_does_not_cancel_the_load_for_the_others() -> None:
     source, clock = Source(), Clock()
     source.gate = asyncio.Event()

@@ -14,7 +14,7 @@ A background reload that fails with one of `drop_on` (the thing no longer
 exists, say) drops the value, so the next caller sees that error itself; any
 other failure keeps the value until its `max_age_s` and tries again after
 `retry_s`. `forget` and `clear` invalidate: a load that was running then is
-not cached.
+neither cached nor joined by later callers, who start a load of their own.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ class RefreshingCache(Generic[K, V]):
         self._retry_s = retry_s
         self._clock = clock
         self._entries: dict[K, _Entry[V]] = {}
-        self._loading: dict[K, asyncio.Task[V]] = {}
+        self._loading: dict[K, tuple[int, asyncio.Task[V]]] = {}  # key -> (generation it began in, load)
         self._refreshing: dict[K, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[V]] = set()  # every running load, also those invalidated meanwhile
         self._generation = 0
 
     def __len__(self) -> int:
@@ -89,17 +90,21 @@ class RefreshingCache(Generic[K, V]):
 
     async def aclose(self) -> None:
         """Stop the loads still running (at shutdown)."""
-        for task in [*self._loading.values(), *self._refreshing.values()]:
+        for task in [*self._tasks, *self._refreshing.values()]:
             await cancel_and_wait(task)
 
     async def _load_once(self, key: K) -> V:
         """Load `key` once for every concurrent caller, in a task of its own (a caller giving up does not
         cancel it for the others); cached unless invalidated meanwhile."""
-        task = self._loading.get(key)
-        if task is None:
+        running = self._loading.get(key)
+        if running is not None and running[0] == self._generation:
+            task = running[1]
+        else:  # none, or one begun before an invalidation: its value may be the one just invalidated
             task = asyncio.create_task(self._load_and_keep(key, self._generation), name=f"load-{self._name}")
             task.add_done_callback(_retrieve)  # no "never retrieved" warning when every caller gave up
-            self._loading[key] = task
+            task.add_done_callback(self._tasks.discard)
+            self._tasks.add(task)
+            self._loading[key] = (self._generation, task)
         return await asyncio.shield(task)
 
     async def _load_and_keep(self, key: K, generation: int) -> V:
@@ -109,7 +114,8 @@ class RefreshingCache(Generic[K, V]):
                 self._entries[key] = _Entry(value, self._clock())
             return value
         finally:
-            self._loading.pop(key, None)
+            if self._loading.get(key) == (generation, asyncio.current_task()):
+                del self._loading[key]
 
     def _refresh_in_background(self, key: K, entry: _Entry[V]) -> None:
         if key in self._refreshing or key in self._loading or self._clock() < entry.retry_at:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 from tests.support.book_consumer import RESYNCING, STALE, Consumer
-from tests.support.refdata import RunningRefdata, database, running_refdata
+from tests.support.refdata import RestartableRefdata, database, running_refdata
 from tests.support.signer import make_tokens
 
 from portico.marketdata.book import Book, book_checksum
@@ -287,43 +287,6 @@ async def test_a_tick_size_change_in_reference_data_rebuilds_the_book(sim: Simul
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
     assert consumer.epoch > epoch and RESYNCING in consumer.statuses and consumer.broken == []
-
-
-class RestartableRefdata:
-    """Reference data that a test stops and starts again on the same address, database and tokens."""
-
-    def __init__(self, sim: Simulator, db_env: dict[str, str]):
-        self.tokens, self._auth = make_tokens()
-        self._sim = sim
-        self._db_env = db_env
-        self.target = ""
-        self.running: RunningRefdata | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
-
-    def metadata(self, scope: str = "admin") -> tuple[tuple[str, str]]:
-        return (("authorization", f"Bearer {self.tokens[scope]}"),)
-
-    async def start(self, *, sync_on_start: bool = False) -> None:
-        """With `sync_on_start` the sync runs (and publishes) before the server listens: nobody watches it."""
-
-        env = {"PORTICO_AUTH_TOKENS": self._auth, "PORTICO_REFDATA_SYNC_ON_START": str(sync_on_start).lower()}
-        if self.target:
-            env["PORTICO_LISTEN_ADDR"] = self.target
-        self._stack = contextlib.AsyncExitStack()
-        self.running = await self._stack.enter_async_context(running_refdata(self._sim.http_url, self._db_env, env))
-        self.target = self.running.target
-
-    async def stop(self) -> None:
-        stack, self._stack, self.running = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
-
-    async def sync(self, *symbols: str) -> None:
-
-        async with open_channel(self.target) as channel:
-            await refdata_pb_grpc.ReferenceDataServiceStub(channel).SyncInstruments(
-                refdata_pb.SyncInstrumentsRequest(venue="syndr", symbols=symbols), metadata=self.metadata(),
-                timeout=30)
 
 
 @contextlib.asynccontextmanager

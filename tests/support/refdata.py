@@ -12,7 +12,9 @@ import pytest
 
 from portico.refdata.service import RefdataApp
 from portico.refdata.settings import RefdataSettings
-from portico.refdata.v1 import reference_data_service_pb2_grpc
+from portico.refdata.v1 import reference_data_service_pb2, reference_data_service_pb2_grpc
+from portico.runtime.client import open_channel
+from portico.sim.server import Simulator
 from tests.support.postgres import fresh_database, postgres_reachable
 from tests.support.signer import make_tokens
 
@@ -55,3 +57,38 @@ async def running_refdata(sim_http_url: str, db_env: dict[str, str],
         yield RunningRefdata(app, f"127.0.0.1:{app.port}", tokens)
     finally:
         await app.aclose(grace_s=0.5)
+
+
+class RestartableRefdata:
+    """Reference data that a test stops and starts again on the same address, database and tokens."""
+
+    def __init__(self, sim: Simulator, db_env: dict[str, str]):
+        self.tokens, self._auth = make_tokens()
+        self._sim = sim
+        self._db_env = db_env
+        self.target = ""
+        self.running: RunningRefdata | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def metadata(self, scope: str = "admin") -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.tokens[scope]}"),)
+
+    async def start(self, *, sync_on_start: bool = False) -> None:
+        """With `sync_on_start` the sync runs (and publishes) before the server listens: nobody watches it."""
+        env = {"PORTICO_AUTH_TOKENS": self._auth, "PORTICO_REFDATA_SYNC_ON_START": str(sync_on_start).lower()}
+        if self.target:
+            env["PORTICO_LISTEN_ADDR"] = self.target
+        self._stack = contextlib.AsyncExitStack()
+        self.running = await self._stack.enter_async_context(running_refdata(self._sim.http_url, self._db_env, env))
+        self.target = self.running.target
+
+    async def stop(self) -> None:
+        stack, self._stack, self.running = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def sync(self, *symbols: str) -> None:
+        async with open_channel(self.target) as channel:
+            await reference_data_service_pb2_grpc.ReferenceDataServiceStub(channel).SyncInstruments(
+                reference_data_service_pb2.SyncInstrumentsRequest(venue="syndr", symbols=symbols),
+                metadata=self.metadata(), timeout=30)

@@ -20,6 +20,7 @@ from portico.marketdata.v1 import order_book_pb2, ticker_pb2, trade_pb2
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb2
 from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
+from portico.refdata.watch import follow_instruments
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import SERVICE_TOKEN, bearer, open_channel
 from portico.runtime.config import ConfigError, setting
@@ -369,42 +370,29 @@ class MarketDataApp(GrpcServiceApp):
     async def _watch_reference_data(self) -> None:
         """A tick-size (or any) change of an instrument from reference data rebuilds that book.
 
-        The watch does not replay, so every (re)connect first waits for the stream's initial metadata (sent
-        once reference data has registered the watcher: every later event will arrive) and then catches up
-        on the tick-size changes since the watermark, the last moment a caught-up watch was known to be
-        established (the process start for the first connection). Until both succeed the watermark stays
-        put and the whole reconnect is retried.
+        Each established watch first catches up on the tick-size changes since the watermark: the last
+        moment a caught-up watch was known to be up (the process start for the first one). See
+        `portico.refdata.watch` for why a watch must catch up before it consumes.
         """
         assert self.refdata is not None
         stub = refdata_grpc.ReferenceDataServiceStub(self.refdata)
         metadata = bearer(self.settings.service_token or "")
         watermark_ms = self._started_ms
-        while True:
-            call = stub.WatchInstruments(refdata_pb2.WatchInstrumentsRequest(venue="syndr"), metadata=metadata)
-            caught_up = False
-            try:
-                await asyncio.wait_for(call.initial_metadata(), _CATCH_UP_TIMEOUT_S)
-                if call.done():  # a call that failed also has (empty) initial metadata: it was never registered
-                    await call.read()  # raises the call's error
-                    raise RuntimeError("the watch ended before it was established")
-                await self._catch_up_on_reference_data(stub, metadata, watermark_ms)
-                caught_up = True
-                async for message in call:
-                    for event in message.events:
-                        if event.type == refdata_pb2.INSTRUMENT_EVENT_TYPE_UPDATED:
-                            self.books["syndr"].resync(event.instrument.symbol, "reference data changed")
-                log.warning("reference-data watch ended; reconnecting")
-            except grpc.aio.AioRpcError as exc:
-                log.warning("reference-data watch ended; retrying",
-                            extra={"code": exc.code().name, "caught_up": caught_up})
-            except Exception as exc:  # never let the watch die: a later tick change would go unnoticed
-                log.warning("reference-data watch failed; retrying", exc_info=True,
-                            extra={"error": repr(exc), "caught_up": caught_up})
-            finally:
-                call.cancel()
+
+        async def catch_up() -> None:
+            await self._catch_up_on_reference_data(stub, metadata, watermark_ms)
+
+        def on_event(event: refdata_pb2.InstrumentEvent) -> None:
+            if event.type == refdata_pb2.INSTRUMENT_EVENT_TYPE_UPDATED:
+                self.books["syndr"].resync(event.instrument.symbol, "reference data changed")
+
+        def on_ended(caught_up: bool) -> None:
+            nonlocal watermark_ms
             if caught_up:
                 watermark_ms = _now_ms()
-            await asyncio.sleep(1)
+
+        await follow_instruments(stub, metadata, "syndr", watcher="marketdata", on_established=catch_up,
+                                 on_event=on_event, on_ended=on_ended, established_timeout_s=_CATCH_UP_TIMEOUT_S)
 
     async def _catch_up_on_reference_data(self, stub: refdata_grpc.ReferenceDataServiceStub,
                                           metadata: tuple[tuple[str, str]], since_ms: int) -> None:

@@ -16,14 +16,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.execution import ExecutionStack, execution_stack, running_execution
 from tests.support.openbao import OpenBaoDevServer
 from tests.support.postgres import fresh_database
+from tests.support.refdata import RestartableRefdata, database
 from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
 from portico.execution.model import FINAL_STATES, OrderState
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import order_pb2
+from portico.execution.validation import Instruments
 from portico.runtime.client import open_channel
 from portico.runtime.errors import error_info
+from portico.runtime.lifecycle import cancel_and_wait
 from portico.sim.server import SimConfig, Simulator
 
 SYMBOL = "ETH-PERP"
@@ -338,6 +341,62 @@ async def test_inactive_instrument_is_refused_without_calling_the_venue(stack: E
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert info is not None and info.reason == "INSTRUMENT_INACTIVE"
         assert order_calls(sim) == []
+
+
+async def test_a_tick_size_change_applies_to_the_very_next_order(stack: ExecutionStack) -> None:
+    """Reference data's event drops the cached rules at once; the cache's age alone (an hour here) would not."""
+    sim = stack.sim
+    async with running_execution(stack, {"PORTICO_EXECUTION_INSTRUMENT_CACHE_SECONDS": "3600"}) as running, \
+            open_channel(running.target) as channel:
+        stub, instruments = running.stub(channel), running.app.orders.instruments
+        await until(lambda: instruments.watches_established == 1)
+        tick = sim.engine.instrument(SYMBOL).tick_size
+        price = Decimal(far_bid(sim))
+        if (price / (tick * 2)) % 1 == 0:
+            price -= tick  # on the tick of now, off the doubled one
+        first = await stub.PlaceOrder(place_request(stack, "tick-1", price=str(price)), metadata=running.metadata())
+        assert first.order.state == order_pb2.ORDER_STATE_OPEN  # and the rules are cached
+        sim.engine.update_instrument(SYMBOL, tick_size=tick * 2)
+        await resync(stack)
+        await until(lambda: instruments.changes_applied >= 1)
+        sim.requests.clear()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(place_request(stack, "tick-2", price=str(price)), metadata=running.metadata())
+        info = error_info(caught.value)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info is not None and info.reason == "PRICE_NOT_ON_TICK"
+        assert order_calls(sim) == []
+        on_the_new_tick = await stub.PlaceOrder(place_request(stack, "tick-3", price=str(price - tick)),
+                                                metadata=running.metadata())
+        assert on_the_new_tick.order.state == order_pb2.ORDER_STATE_OPEN
+
+
+async def test_rules_changed_while_the_watch_was_down_are_reloaded_on_reconnect(sim: Simulator,
+                                                                                tmp_path: Path) -> None:
+    """No event tells of a change published while no watch is registered: the reconnect drops the cache."""
+    with database("sqlite", tmp_path) as db_env:
+        refdata = RestartableRefdata(sim, db_env)
+        await refdata.start()
+        try:
+            await refdata.sync()
+            async with open_channel(refdata.target) as channel:
+                instruments = Instruments(channel, refdata.tokens["read"], cache_s=3600)
+                watch = asyncio.create_task(instruments.follow("syndr"))
+                try:
+                    await until(lambda: instruments.watches_established == 1)
+                    before = await instruments.get("syndr", SYMBOL)
+                    await refdata.stop()  # the watch breaks
+                    sim.engine.update_instrument(SYMBOL, tick_size=before.price_increment * 2)
+                    await refdata.start(sync_on_start=True)  # synced and published before anyone can watch
+                    await until(lambda: instruments.watches_established == 2, timeout_s=30)
+                    after = await instruments.get("syndr", SYMBOL)
+                finally:
+                    await cancel_and_wait(watch)
+                    await instruments.aclose()
+        finally:
+            await refdata.stop()
+    assert after.price_increment == before.price_increment * 2
+    assert instruments.changes_applied == 0  # the reconnect's catch-up did it, not an event
 
 
 async def test_venue_rejection_maps_to_status_with_venue_code(stack: ExecutionStack) -> None:

@@ -256,12 +256,15 @@ class ExecutionApp(GrpcServiceApp):
         self.orders.wake_reconciler = self._wake.set
         self.reconciled = asyncio.Event()
         self._reconciler: asyncio.Task[None] | None = None
+        self._refdata_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.vault.start()
         await self.journal.start()
         await self.orders.load()
         await self.server.start([SERVICE_NAME], serving=False)
+        self._refdata_watch = asyncio.create_task(self.orders.instruments.follow("syndr"),
+                                                  name="execution-refdata-watch")
         self._reconciler = asyncio.create_task(self._reconcile_forever(), name="execution-reconciler")
 
     async def _reconcile_forever(self) -> None:
@@ -283,6 +286,7 @@ class ExecutionApp(GrpcServiceApp):
 
     async def aclose(self, grace_s: float | None = None) -> None:
         await cancel_and_wait(self._reconciler)
+        await cancel_and_wait(self._refdata_watch)
         await self.server.stop(grace_s)
         await self.deadman.aclose()
         await self.feeds.aclose()

@@ -33,7 +33,8 @@ VENUE_TIMEOUT_MS = setting("PORTICO_EXECUTION_VENUE_TIMEOUT_MS", "5000", "How lo
 RECONCILE_S = setting("PORTICO_EXECUTION_RECONCILE_SECONDS", "1", "How often orders of unknown outcome are "
                       "reconciled against the venue.", scope=_SCOPE)
 INSTRUMENT_CACHE_S = setting("PORTICO_EXECUTION_INSTRUMENT_CACHE_SECONDS", "10", "Longest an instrument read from "
-                             "reference data is used; it is reloaded in the background ahead of that.", scope=_SCOPE)
+                             "reference data is used (reloaded in the background ahead of that). A change reference "
+                             "data publishes applies at once: the service watches it.", scope=_SCOPE)
 CREDENTIALS_CACHE_S = setting("PORTICO_EXECUTION_CREDENTIALS_CACHE_SECONDS", "30", "Longest venue credentials read "
                               "from Vault are used; they are reloaded in the background ahead of that.", scope=_SCOPE)
 

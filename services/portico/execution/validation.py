@@ -21,6 +21,7 @@ from portico.execution.v1 import order_pb2
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
 from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
+from portico.refdata.watch import follow_instruments
 from portico.runtime.cache import RefreshingCache
 from portico.runtime.client import bearer
 from portico.runtime.decimals import parse_decimal
@@ -115,8 +116,14 @@ def check_against_instrument(price: Decimal | None, amount: Decimal, rules: Inst
 
 
 class Instruments:
-    """Instrument rules from reference data, cached (reloaded ahead of expiry); an unknown symbol is
-    INVALID_ARGUMENT."""
+    """Instrument rules from reference data, cached; an unknown symbol is INVALID_ARGUMENT.
+
+    `follow(venue)`, run for the life of the service, applies a change the moment reference data
+    publishes it: the changed instrument is dropped and reloaded by the next order that needs it, and
+    on every (re)connect of the watch the whole cache is dropped, since changes published meanwhile are
+    never delivered. `cache_s` bounds a value's age all the same (reloaded in the background ahead of
+    it), should the watch be down.
+    """
 
     def __init__(self, channel: grpc.aio.Channel, token: str, *, cache_s: float = 10.0, timeout_s: float = 5.0):
         self._stub = refdata_grpc.ReferenceDataServiceStub(channel)
@@ -124,12 +131,27 @@ class Instruments:
         self._timeout_s = timeout_s
         self._cache: RefreshingCache[tuple[str, str], InstrumentRules] = RefreshingCache(
             self._load, max_age_s=cache_s, name="instruments", drop_on=(InvalidArgument,))
+        self.watches_established = 0  # for operators and tests
+        self.changes_applied = 0
 
     def forget(self, venue: str, symbol: str) -> None:
         self._cache.forget((venue, symbol))
 
     async def get(self, venue: str, symbol: str) -> InstrumentRules:
         return await self._cache.get((venue, symbol))
+
+    async def follow(self, venue: str) -> None:
+        """Watch `venue`'s instruments in reference data until cancelled (see the class docstring)."""
+        async def established() -> None:
+            self._cache.clear()
+            self.watches_established += 1
+
+        def changed(event: refdata_pb.InstrumentEvent) -> None:
+            self.forget(venue, event.instrument.symbol)
+            self.changes_applied += 1
+
+        await follow_instruments(self._stub, self._metadata, venue, watcher="execution", on_established=established,
+                                 on_event=changed, established_timeout_s=self._timeout_s)
 
     async def aclose(self) -> None:
         await self._cache.aclose()

@@ -445,7 +445,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "sim_book_changes_per_second": SIM_BOOK_CHANGES_PER_S, "journal": "sqlite (NORMAL)",
                      # the services' gRPC core options (portico.runtime.grpc_core); the caller keeps gRPC's own
                      "services_grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", "grpc_core.py default"),
-                     "caller_grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", "(gRPC's defaults)")},
+                     "caller_grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", "(gRPC's defaults)"),
+                     # no exporter and no sampler set: the services record no spans (runtime/telemetry.py)
+                     "services_traces_exporter": os.environ.get("OTEL_TRACES_EXPORTER", "none"),
+                     "services_traces_sampler": os.environ.get("OTEL_TRACES_SAMPLER", "(telemetry.py default)")},
         "place_one_in_flight": one,
         "place_loaded": many,
         "bare_health_check_one_in_flight": bare_one,

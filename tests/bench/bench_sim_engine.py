@@ -155,7 +155,8 @@ def main() -> None:
     engine_samples = [engine_run(args.seconds, seed) for seed in range(args.repeats)]
     engine_median = {key: statistics.median(s[key] for s in engine_samples) for key in engine_samples[0]}
     print(json.dumps(engine_median))
-    report = {"machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+    report = {"benchmark": "sim_engine", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
               "seconds_per_run": args.seconds, "repeats": args.repeats, "market_maker": runs,
               "engine": engine_median}
     if args.out:

@@ -63,4 +63,3 @@ async def follow_instruments(stub: refdata_grpc.ReferenceDataServiceStub, metada
         if on_ended is not None:
             on_ended(caught_up)
         await asyncio.sleep(retry_s)
-

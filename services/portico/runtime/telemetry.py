@@ -6,16 +6,16 @@
 OTel SDK default, unset means `none`, so a laptop without a collector does not
 log export failures. `OTEL_SERVICE_NAME` overrides the service name.
 
-`OTEL_TRACES_SAMPLER` (and `OTEL_TRACES_SAMPLER_ARG`) work as in the SDK. Unset,
-the sampler depends on whether the process exports anything: with an exporter
-it is the SDK's `parentbased_always_on`; with none it is
+`OTEL_TRACES_SAMPLER` (and `OTEL_TRACES_SAMPLER_ARG`) work as in the SDK.
+Unset, the sampler depends on whether the process exports anything: with an
+exporter it is the SDK's `parentbased_always_on`; with none it is
 `parentbased_always_off`. A span nobody exports is not worth recording: a
 recorded root span costs about 17 us against 7 us unrecorded, and an order's
 spans came to 5-10 % of execution's and the signer's CPU per order in
 interleaved runs of tests/bench/bench_execution.py. Yet a caller's sampled
-trace stays whole: a sampled parent is still followed, so
-the services downstream of this one keep recording their part. Unsampled spans
-still carry trace and span ids, so logs stay correlated.
+trace stays whole: a sampled parent is still followed, so the services
+downstream of this one keep recording their part. Unsampled spans still carry
+trace and span ids, so logs stay correlated.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from portico.venues.syndr.errors import (
     SyndrTimeout,
 )
 from portico.venues.syndr.http import SyndrHttpClient
-from portico.venues.syndr.ratelimit import RateBudget
+from portico.venues.syndr.ratelimit import Priority, RateBudget
 from portico.venues.syndr.ws import (
     ChangeIdTracker,
     Disconnected,
@@ -486,6 +486,36 @@ async def test_budget_never_exceeded_over_a_burst() -> None:
         for i, (start, _) in enumerate(grants):
             spent = sum(cost for t, cost in grants[i:] if t - start <= window)
             assert spent <= budget.capacity + budget.refill_per_s * window + 1e-6, (window, spent)
+
+
+async def test_budget_gives_up_after_timeout_and_frees_the_place() -> None:
+    budget = RateBudget(capacity=125, refill_per_s=50, safety=0.8)  # 100 credits, 40 credits/s
+    while budget.try_acquire("private/buy"):
+        pass
+    started = time.monotonic()
+    with pytest.raises(SyndrRateLimited) as refused:
+        await budget.acquire("public/get_order_book", timeout_s=0.1)  # 50 credits: more than 1 s away
+    assert 0.09 <= time.monotonic() - started < 1.0
+    assert refused.value.code == ErrorCode.TOO_MANY_REQUESTS and "not sent" in str(refused.value)
+    assert budget.waiting == 0  # nobody left queued ahead of later callers
+    await asyncio.wait_for(budget.acquire("private/cancel", timeout_s=1.0), 2)  # 10 credits: a quarter second
+
+
+async def test_budget_priority_override_queues_a_read_as_a_cancel() -> None:
+    budget = RateBudget(capacity=100, refill_per_s=500, safety=0.8)  # 80 credits, 400 credits/s
+    while budget.try_acquire("private/buy"):
+        pass
+    order: list[str] = []
+
+    async def take(label: str, method: str, priority: Priority | None = None) -> None:
+        await budget.acquire(method, priority=priority)
+        order.append(label)
+
+    edits = [asyncio.create_task(take(f"edit{i}", "private/edit")) for i in range(3)]
+    await asyncio.sleep(0)
+    read = asyncio.create_task(take("read-for-cancel", "private/get_open_orders", Priority.CANCEL))
+    await asyncio.wait_for(asyncio.gather(*edits, read), 3)
+    assert order[0] == "read-for-cancel", order
 
 
 def test_budget_try_acquire() -> None:

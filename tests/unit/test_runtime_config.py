@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from opentelemetry import trace
 
+from portico.account.settings import AccountSettings
 from portico.cli import _all_settings_table
+from portico.execution.settings import ExecutionSettings
 from portico.runtime.auth import TokenAuthenticator, hash_token, new_token
 from portico.runtime.config import ConfigError
 from portico.runtime.logs import JsonFormatter
@@ -51,6 +53,20 @@ def test_signer_settings_validation() -> None:
         SignerSettings.from_env({**base, "PORTICO_SIGNER_WATERMARK_SYNC": "OFF"})
     settings = SignerSettings.from_env(base)
     assert "secret-value" not in repr(settings)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "0.0001", "half"])
+@pytest.mark.parametrize(("variable", "settings"), [
+    ("PORTICO_EXECUTION_VENUE_RATE_SHARE", ExecutionSettings),
+    ("PORTICO_ACCOUNT_VENUE_RATE_SHARE", AccountSettings),
+])
+def test_venue_rate_share_is_a_usable_share(variable: str, settings: type[ExecutionSettings | AccountSettings],
+                                            value: str) -> None:
+    base = {"PORTICO_VAULT_ADDR": "http://127.0.0.1:8200", "PORTICO_VAULT_TOKEN": "t", "PORTICO_SERVICE_TOKEN": "t"}
+    assert settings.from_env({**base, variable: "0"}).venue_rate_share == 0
+    assert settings.from_env({**base, variable: "1"}).venue_rate_share == 1
+    with pytest.raises(ConfigError, match=variable):
+        settings.from_env({**base, variable: value})
 
 
 @pytest.mark.parametrize("entries", [

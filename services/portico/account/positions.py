@@ -120,7 +120,8 @@ class PositionFeeds:
             feed = self._feeds.get(key)
             if feed is None:
                 session = await self._accounts.session(account)
-                ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False)
+                ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False,
+                                    rate_budget=self._accounts.budget(session.record))
                 feed = PositionFeed(venue_name, account, ws, self._accounts)
                 try:
                     await feed.start()

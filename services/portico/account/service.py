@@ -267,7 +267,7 @@ class AccountApp(GrpcServiceApp):
         self.vault = VaultSession(settings.vault)
         self.accounts = SyndrAccounts(settings.syndr_http_url,
                                       VenueAccountStore(self.vault, cache_ttl_s=settings.credentials_cache_s),
-                                      timeout_s=settings.venue_timeout_s)
+                                      timeout_s=settings.venue_timeout_s, rate_share=settings.venue_rate_share)
         self.signer_channel = open_channel(settings.signer_addr)
         self.refdata_channel = open_channel(settings.refdata_addr)
         signer = SignerClient(self.signer_channel, settings.service_token)

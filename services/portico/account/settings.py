@@ -9,7 +9,7 @@ from portico.runtime.client import SERVICE_TOKEN
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.server import ServerSettings
 from portico.runtime.vault import VaultSettings
-from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL
+from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL, rate_share
 
 __all__ = ["DEFAULT_PORT", "AccountSettings"]
 
@@ -28,6 +28,10 @@ VENUE_TIMEOUT_MS = setting("PORTICO_ACCOUNT_VENUE_TIMEOUT_MS", "5000", "How long
 CREDENTIALS_CACHE_S = setting("PORTICO_ACCOUNT_CREDENTIALS_CACHE_SECONDS", "30", "Longest venue credentials "
                               "read from Vault are used; they are reloaded in the background ahead of that.",
                               scope=_SCOPE)
+VENUE_RATE_SHARE = setting("PORTICO_ACCOUNT_VENUE_RATE_SHARE", "0.15", "Share (0-1) of the venue's rate limit per "
+                           "API key this service keeps under (see PORTICO_EXECUTION_VENUE_RATE_SHARE, which shares "
+                           "the keys); a call still waiting after the venue timeout is RESOURCE_EXHAUSTED. "
+                           "0 turns it off.", scope=_SCOPE)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class AccountSettings:
     syndr_ws_url: str
     venue_timeout_s: float
     credentials_cache_s: float
+    venue_rate_share: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AccountSettings:
@@ -65,4 +70,5 @@ class AccountSettings:
             syndr_ws_url=SYNDR_WS_URL.get_str(env),
             venue_timeout_s=VENUE_TIMEOUT_MS.get_float(env, minimum=1) / 1000,
             credentials_cache_s=CREDENTIALS_CACHE_S.get_float(env, minimum=0),
+            venue_rate_share=rate_share(VENUE_RATE_SHARE, env),
         )

@@ -48,6 +48,7 @@ from portico.venues.syndr.errors import (
     rpc_error_from_object,
     to_portico_error,
 )
+from portico.venues.syndr.ratelimit import Priority
 
 __all__ = ["OrderManager", "venue_state"]
 
@@ -429,7 +430,8 @@ class OrderManager:
     async def cancel_all(self, venue: str, account: str, symbol: str | None) -> int:
         """Cancel the account's open orders (on one instrument); return how many were open; journal them."""
         try:
-            before = [o for o in await open_orders(self.venue, account)
+            # The read is part of the cancel: it queues for the rate budget as a cancel does, not as a read.
+            before = [o for o in await open_orders(self.venue, account, priority=Priority.CANCEL)
                       if symbol is None or o["instrument_name"] == symbol]
             if symbol is None:
                 await self.venue.call(account, "private/cancel_all", {})

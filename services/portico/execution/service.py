@@ -241,7 +241,7 @@ class ExecutionApp(GrpcServiceApp):
         self.refdata_channel = open_channel(settings.refdata_addr)
         self.venue = SyndrVenue(settings.syndr_http_url,
                                 VenueAccountStore(self.vault, cache_ttl_s=settings.credentials_cache_s),
-                                timeout_s=settings.venue_timeout_s)
+                                timeout_s=settings.venue_timeout_s, rate_share=settings.venue_rate_share)
         self.orders = OrderManager(
             self.journal, self.venue, SignerClient(self.signer_channel, settings.service_token),
             Instruments(self.refdata_channel, settings.service_token, cache_s=settings.instrument_cache_s),

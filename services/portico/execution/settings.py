@@ -10,7 +10,7 @@ from portico.runtime.client import SERVICE_TOKEN
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.server import ServerSettings
 from portico.runtime.vault import VaultSettings
-from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL
+from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL, rate_share
 
 __all__ = ["DEFAULT_PORT", "ExecutionSettings"]
 
@@ -37,6 +37,11 @@ INSTRUMENT_CACHE_S = setting("PORTICO_EXECUTION_INSTRUMENT_CACHE_SECONDS", "10",
                              "data publishes applies at once: the service watches it.", scope=_SCOPE)
 CREDENTIALS_CACHE_S = setting("PORTICO_EXECUTION_CREDENTIALS_CACHE_SECONDS", "30", "Longest venue credentials read "
                               "from Vault are used; they are reloaded in the background ahead of that.", scope=_SCOPE)
+VENUE_RATE_SHARE = setting("PORTICO_EXECUTION_VENUE_RATE_SHARE", "0.8", "Share (0-1) of the venue's rate limit per "
+                           "API key (Syndr: 1,000 order calls or 200 reads a second) this service keeps under, so "
+                           "the venue never refuses the key; waiting calls go cancels first, and one still waiting "
+                           "after the venue timeout is not sent (RESOURCE_EXHAUSTED). The account service uses the "
+                           "same keys with its own share: keep the two at or under 1. 0 turns it off.", scope=_SCOPE)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class ExecutionSettings:
     reconcile_s: float
     instrument_cache_s: float
     credentials_cache_s: float
+    venue_rate_share: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ExecutionSettings:
@@ -83,4 +89,5 @@ class ExecutionSettings:
             reconcile_s=RECONCILE_S.get_float(env, minimum=0.05),
             instrument_cache_s=INSTRUMENT_CACHE_S.get_float(env, minimum=0),
             credentials_cache_s=CREDENTIALS_CACHE_S.get_float(env, minimum=0),
+            venue_rate_share=rate_share(VENUE_RATE_SHARE, env),
         )

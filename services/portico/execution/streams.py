@@ -199,7 +199,8 @@ class AccountFeeds:
 
     async def _start(self, venue_name: str, account: str) -> AccountFeed:
         session = await self._venue.session(account)
-        ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False)
+        ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False,
+                            rate_budget=self._venue.budget(session.record))
         feed = AccountFeed(venue_name, account, ws, self._venue, self._orders)
         try:
             await feed.start()

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from portico.venues.accounts import SyndrAccounts
 from portico.venues.syndr import models
+from portico.venues.syndr.ratelimit import Priority
 
 __all__ = ["SyndrVenue", "open_orders", "order_history_page"]
 
@@ -71,9 +72,9 @@ def _flatten(node: Any) -> list[dict[str, Any]]:
     return []
 
 
-async def open_orders(venue: SyndrVenue, account: str) -> list[dict[str, Any]]:
+async def open_orders(venue: SyndrVenue, account: str, *, priority: Priority | None = None) -> list[dict[str, Any]]:
     """Every open order of the account, as the venue's JSON objects (checked against the typed model)."""
-    result = (await venue.call(account, "private/get_open_orders")).result
+    result = (await venue.call(account, "private/get_open_orders", priority=priority)).result
     orders = _flatten(result)
     models.parse_orders(orders)  # shape check: raises SyndrProtocolError on a malformed answer
     return orders

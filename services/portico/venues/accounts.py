@@ -29,6 +29,7 @@ from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.credentials import ApiCredentials
 from portico.venues.syndr.errors import SyndrAuthError, SyndrRpcError
 from portico.venues.syndr.http import RpcResult, SyndrHttpClient
+from portico.venues.syndr.ratelimit import Priority, RateBudget
 
 __all__ = ["VENUES", "AccountSession", "SyndrAccounts", "VenueAccount", "VenueAccountStore", "account_path",
            "check_account", "check_venue"]
@@ -150,11 +151,20 @@ class SyndrAccounts:
 
     A rotated record (new API key or signing key, written by the account service) replaces the client
     once the store's cache expires, or at once when the venue refuses the old credentials or signature.
+
+    With `rate_share` > 0, every client made here for one API key (HTTP, the dead-man's independent one,
+    and the WebSocket feeds that ask `budget()`) draws on one `RateBudget` at that share of the venue's
+    per-key limit: this process never makes the venue refuse the key, and when callers must wait,
+    cancels go first. Processes sharing a key (execution and account) each keep to their own share.
     """
 
-    def __init__(self, http_url: str, store: VenueAccountStore, *, timeout_s: float):
+    def __init__(self, http_url: str, store: VenueAccountStore, *, timeout_s: float, rate_share: float = 0.0):
+        if not 0 <= rate_share <= 1:
+            raise ValueError("rate_share must be between 0 and 1")
         self._url = http_url
         self._timeout_s = timeout_s
+        self._rate_share = rate_share
+        self._budgets: dict[str, RateBudget] = {}  # by API key; a handful per process (keys rotate rarely)
         self.store = store
         self.public = SyndrHttpClient(http_url, timeout_s=timeout_s)
         self._sessions: dict[str, AccountSession] = {}
@@ -172,7 +182,8 @@ class SyndrAccounts:
         if current is not None and current.record == record:
             return current
         session = AccountSession(record, SyndrHttpClient(self._url, credentials=record.credentials,
-                                                         timeout_s=self._timeout_s, retries=0))
+                                                         timeout_s=self._timeout_s, retries=0,
+                                                         rate_budget=self.budget(record)))
         self._sessions[key] = session
         if current is not None:
             await current.http.aclose()
@@ -180,13 +191,25 @@ class SyndrAccounts:
 
     def independent_client(self, record: VenueAccount) -> SyndrHttpClient:
         """A client with its own connection pool (e.g. for a dead-man's switch that must not share a stuck one)."""
-        return SyndrHttpClient(self._url, credentials=record.credentials, timeout_s=self._timeout_s, retries=0)
+        return SyndrHttpClient(self._url, credentials=record.credentials, timeout_s=self._timeout_s, retries=0,
+                               rate_budget=self.budget(record))
 
-    async def call(self, account: str, method: str, params: dict[str, Any] | None = None) -> RpcResult:
+    def budget(self, record: VenueAccount) -> RateBudget | None:
+        """This process's rate budget for the record's API key (None when `rate_share` is 0)."""
+        if self._rate_share == 0:
+            return None
+        key = record.credentials.api_key
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = RateBudget(safety=self._rate_share)
+        return budget
+
+    async def call(self, account: str, method: str, params: dict[str, Any] | None = None, *,
+                   priority: Priority | None = None) -> RpcResult:
         """A private call for `account`; a refusal of the record on file drops it from the cache."""
         session = await self.session(account)
         try:
-            return await session.http.call(method, params)
+            return await session.http.call(method, params, priority=priority)
         except SyndrAuthError:
             self.store.forget("syndr", account)
             raise

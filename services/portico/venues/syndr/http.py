@@ -52,7 +52,7 @@ from portico.venues.syndr.errors import (
     SyndrTransportError,
     rpc_error_from_object,
 )
-from portico.venues.syndr.ratelimit import RateBudget
+from portico.venues.syndr.ratelimit import Priority, RateBudget
 
 __all__ = ["RpcResult", "SyndrHttpClient", "is_retryable_method", "parse_response", "with_default_path"]
 
@@ -192,8 +192,10 @@ class SyndrHttpClient:
         return self._session
 
     async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
-                   timeout_s: float | None = None) -> RpcResult:
+                   timeout_s: float | None = None, priority: Priority | None = None) -> RpcResult:
         """Send one JSON-RPC call and return its result; raise a `SyndrError` otherwise.
+
+        `priority` overrides the method's own class in the rate budget's queue (see `RateBudget`).
 
         `public/*` reads are retried (up to `retries` times, jittered backoff) on
         connection errors, timeouts and HTTP 5xx; nothing else is.
@@ -213,7 +215,7 @@ class SyndrHttpClient:
             try:
                 for attempt in range(1, attempts + 1):
                     try:
-                        return await self._attempt(span, method, body_params, private, limit_s)
+                        return await self._attempt(span, method, body_params, private, limit_s, priority)
                     except SyndrTransportError as exc:
                         if attempt >= attempts or (isinstance(exc, SyndrHttpError) and exc.status < 500):
                             raise
@@ -228,10 +230,10 @@ class SyndrHttpClient:
                 raise
 
     async def _attempt(self, span: trace.Span, method: str, params: dict[str, Any], private: bool,
-                       limit_s: float) -> RpcResult:
+                       limit_s: float, priority: Priority | None) -> RpcResult:
         """One POST: budget, headers, send, classify the answer."""
-        if self._budget is not None:
-            await self._budget.acquire(method)
+        if self._budget is not None:  # credits may take up to the timeout; then the venue has its own timeout
+            await self._budget.acquire(method, priority=priority, timeout_s=limit_s)
         request_id = next(self._ids)
         span.set_attribute("rpc.jsonrpc.request_id", str(request_id))
         body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})

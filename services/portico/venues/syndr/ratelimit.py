@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from portico.venues.syndr.constants import CANCEL_METHODS, MATCHING_ENGINE_METHODS, RateLimit
+from portico.venues.syndr.constants import CANCEL_METHODS, MATCHING_ENGINE_METHODS, ErrorCode, RateLimit
+from portico.venues.syndr.errors import SyndrRateLimited
 
 __all__ = ["Priority", "RateBudget", "priority_of"]
 
@@ -92,31 +93,45 @@ class RateBudget:
         """Callers queued in `acquire`."""
         return sum(1 for w in self._waiters if not w.future.done())
 
-    def try_acquire(self, method: str) -> bool:
-        """Take `method`'s credits if they are there and nobody of the same or a higher class is queued."""
-        cost, priority = RateLimit.cost(method), priority_of(method)
+    def try_acquire(self, method: str, priority: Priority | None = None) -> bool:
+        """Take `method`'s credits if they are there and nobody of the same or a higher class is queued.
+
+        `priority` overrides the method's own class: a read made for a cancel is as urgent as the cancel.
+        """
+        cost = RateLimit.cost(method)
+        priority = priority_of(method) if priority is None else priority
         self._refill()
         if self._blocked_by_queue(priority) or self._tokens < cost:
             return False
         self._tokens -= cost
         return True
 
-    async def acquire(self, method: str) -> None:
-        """Wait until `method`'s credits are available, then take them."""
-        if self.try_acquire(method):
+    async def acquire(self, method: str, *, priority: Priority | None = None, timeout_s: float | None = None) -> None:
+        """Wait until `method`'s credits are available, then take them.
+
+        With `timeout_s`, a caller still queued after that long gives up with
+        `SyndrRateLimited`: its call was not sent, which (unlike a call that
+        timed out at the venue) leaves nothing to reconcile.
+        """
+        if self.try_acquire(method, priority):
             return
-        waiter = _Waiter(priority_of(method), next(self._seq), RateLimit.cost(method),
+        waiter = _Waiter(priority_of(method) if priority is None else priority, next(self._seq), RateLimit.cost(method),
                          asyncio.get_running_loop().create_future())
         heapq.heappush(self._waiters, waiter)
         self._drain()
         try:
-            await waiter.future
-        except asyncio.CancelledError:
+            async with asyncio.timeout(timeout_s):
+                await waiter.future
+        except (asyncio.CancelledError, TimeoutError) as exc:
             if waiter.future.done() and not waiter.future.cancelled():
-                # Granted and cancelled in the same tick: give the credits back.
+                # Granted and given up in the same tick: give the credits back.
                 self._tokens = min(self.capacity, self._tokens + waiter.cost)
             waiter.future.cancel()
             self._drain()
+            if isinstance(exc, TimeoutError):
+                raise SyndrRateLimited(ErrorCode.TOO_MANY_REQUESTS,
+                                       f"not sent: still over this process's share of the API key's rate limit "
+                                       f"after {timeout_s:g} s", method=method) from None
             raise
 
     # ------------------------------------------------------------------ internals

@@ -460,8 +460,8 @@ class SyndrWebSocket:
     async def _call_on(self, ws: ClientConnection, method: str, params: Mapping[str, Any] | None,
                        limit_s: float) -> RpcResult:
         """Budget, span and one request/response on a given connection."""
-        if self._budget is not None:
-            await self._budget.acquire(method)
+        if self._budget is not None:  # credits may take up to the timeout; then the venue has its own timeout
+            await self._budget.acquire(method, timeout_s=limit_s)
         attributes: dict[str, str | int] = {"rpc.system": "jsonrpc", "rpc.method": method,
                                             "rpc.jsonrpc.version": "2.0", "network.transport": "websocket"}
         with tracer.start_as_current_span(method, kind=SpanKind.CLIENT, attributes=attributes,

@@ -4,6 +4,8 @@
 # On Kubernetes: policy `portico-execution`, bound to the service account portico-execution by
 # roles/execution.json (roles/apply.sh).
 
-path "secret/data/portico/venues/*" {
+# `+` is one path segment (the venue): the API-key secrets the account service keeps beside the records,
+# under portico/venues/<venue>/api-keys/, are not readable.
+path "secret/data/portico/venues/+/accounts/*" {
   capabilities = ["read"]
 }

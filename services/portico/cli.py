@@ -5,6 +5,7 @@
     portico trades ETH-PERP               watch the public trade tape
     portico order buy ETH-PERP 0.1 --price 3000   place an order (also: sell, cancel, list)
     portico account [--watch]             the account summary and positions (through the account service)
+    portico instruments list              list instruments (also: show, sync) through the reference-data service
     portico sim [--port 8700 ...]         run the Syndr-compatible venue simulator on its own
     portico signer keys create ID ...     manage signing keys in Vault (no gRPC)
     portico token new NAME --scopes ...   mint a bearer token and its config entry
@@ -88,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                              description=account_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     account_cli.add_arguments(account)
 
+    from portico import instruments_cli
+
+    instruments = sub.add_parser("instruments", help="list, show and sync instruments (through the reference-data "
+                                 "service)", description=instruments_cli.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    instruments_cli.add_arguments(instruments)
+
     sim = sub.add_parser("sim", help="run the Syndr-compatible venue simulator")
     from portico.sim import __main__ as sim_main
 
@@ -130,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
         from portico import account_cli
 
         raise SystemExit(account_cli.run(args))
+    if args.command == "instruments":
+        from portico import instruments_cli
+
+        raise SystemExit(instruments_cli.run(args))
     if args.command == "sim":
         from portico.sim import __main__ as sim_main
 

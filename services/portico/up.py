@@ -9,8 +9,8 @@ until each reports SERVING. Before execution starts, the demo account is
 provisioned through the account service's `RegisterSigningKey` (a new signing
 key in Vault, both signatures by the signer, the venue's API key pair stored in
 Vault, where execution reads it). Prints the endpoints and writes them as JSON
-(`--state-file`). Ctrl-C (or SIGTERM) stops everything, services first, Vault
-last.
+(`--state-file`). Ctrl-C (or SIGTERM) stops everything in the reverse order of
+starting: the services first, Vault and the simulator last.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 Two backends behind one interface, chosen by `open_journal` (a PostgreSQL DSN
 wins over a SQLite path), on the shared layer of `portico.runtime.sqlstore`:
 
-- `SqliteOrderJournal`: one connection on one worker thread, WAL journal.
-  Every write is its own committed transaction; `synchronous=NORMAL` (the
+- `SqliteOrderJournal`: one connection, used on the event loop's own thread
+  (`SqliteWorker(inline=True)`: each statement is one indexed row, cheaper
+  than two thread hand-offs), WAL journal, checkpoints on a thread of their
+  own. Every write is its own committed transaction; `synchronous=NORMAL` (the
   default) keeps every committed write through a process crash, FULL also
   through a power loss (an fsync per commit).
 - `PostgresOrderJournal`: psycopg 3 async pool, autocommit: each statement is

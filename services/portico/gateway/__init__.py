@@ -1,1 +1,1 @@
-"""The HTTP/JSON edge (`portico gateway`): the source documents' REST endpoints over the gRPC services."""
+"""The HTTP/JSON edge (`portico-gateway`): the source documents' REST endpoints over the gRPC services."""

@@ -1,4 +1,4 @@
-"""`portico gateway`: the HTTP/JSON edge of the source documents, in front of the gRPC services.
+"""`portico-gateway`: the HTTP/JSON edge of the source documents, in front of the gRPC services.
 
     POST /api/v3/market/instrument/sync          the sync document: {venue, symbols?} -> {data, success, errno, error}
     GET  /v1/instruments/{exchange}/{symbol}     the metadata document's single-instrument endpoint

@@ -30,7 +30,7 @@ KEEPALIVE_OPTIONS: Mapping[str, int] = {
 }
 
 SERVICE_TOKEN = setting("PORTICO_SERVICE_TOKEN", "", "Bearer token this service presents to other Portico services "
-                        "(market data needs scope `read`; execution `read` and `trade`).",
+                        "(market data needs scope `read`; execution and account `read` and `trade`).",
                         scope="services calling services", secret=True)
 
 

@@ -153,10 +153,10 @@ async def _start_vault(suite: Suite) -> tuple[str, str]:
     return addr, root_token
 
 
-def _service_token(client: hvac.Client, policy_name: str) -> str:
-    """Apply the service's policy file and mint a renewable token bound to it."""
+def _service_token(client: hvac.Client, policy_name: str, *, ttl: str = "1h") -> str:
+    """Apply the policy file and mint a renewable token bound to it (services renew theirs before `ttl`)."""
     client.sys.create_or_update_policy(policy_name, (VAULT_POLICY_DIR / f"{policy_name}.hcl").read_text())
-    created = client.auth.token.create(policies=[policy_name], ttl="1h", renewable=True,
+    created = client.auth.token.create(policies=[policy_name], ttl=ttl, renewable=True,
                                        display_name=f"portico-{policy_name}", no_default_policy=False)
     return str(created["auth"]["client_token"])
 
@@ -278,9 +278,11 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
 
     suite.state["simulator"] = await _start_simulator(suite)
     vault_addr, root_token = await _start_vault(suite)
-    suite.state["vault"] = {"addr": vault_addr}
     account = await _provision_account_key(vault_addr, root_token)
     client = hvac.Client(url=vault_addr, token=root_token)
+    # For `portico signer keys …` against this Vault: adds keys and policies, never reads a private key. The
+    # root token itself is kept nowhere.
+    suite.state["vault"] = {"addr": vault_addr, "key_admin_token": _service_token(client, "key-admin", ttl="24h")}
     signer_vault_token = _service_token(client, "signer")
 
     _require_free(options.host, options.signer_port, "the signer", "--signer-port")

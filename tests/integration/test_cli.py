@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 import httpx
+import hvac
+import hvac.exceptions
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.openbao import OpenBaoDevServer
@@ -226,11 +228,21 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
                 metadata=(("authorization", f"Bearer {state['tokens']['trade']}"),), timeout=10)
         assert reply.address == demo["signing_key_address"]
         assert recover_address(reply.digest, reply.signature) == reply.address
+        # The key administrator's token in the state file works for `portico signer keys`, and reads no key.
+        assert set(state["vault"]) == {"addr", "key_admin_token"}
+        admin_env = {"VAULT_ADDR": state["vault"]["addr"], "VAULT_TOKEN": state["vault"]["key_admin_token"]}
+        listed = portico(["signer", "keys", "list-addresses"], admin_env)
+        assert listed.returncode == 0, listed.stderr
+        assert f"{demo['signing_key_id']}\t{demo['signing_key_address']}" in listed.stdout.splitlines()
+        kv = hvac.Client(url=state["vault"]["addr"], token=state["vault"]["key_admin_token"]).secrets.kv.v2
+        with pytest.raises(hvac.exceptions.Forbidden):
+            kv.read_secret_version(path=f"portico/signer/keys/{demo['signing_key_id']}", mount_point="secret",
+                                   raise_on_deleted_version=True)
     finally:
         returncode, out, err = up.stop()
     assert returncode == 0, err
     assert "Portico is up." in out
     assert not state_file.exists()
     assert not any(port_open(port) for port in ports.all())
-    for token in state["tokens"].values():  # tokens are in the state file only
+    for token in [*state["tokens"].values(), state["vault"]["key_admin_token"]]:  # in the state file only
         assert token not in out + err

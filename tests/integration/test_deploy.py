@@ -27,7 +27,6 @@ import subprocess
 import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
@@ -725,6 +724,8 @@ def vault_setup(openbao: OpenBaoDevServer, tmp_path_factory: pytest.TempPathFact
         again = subprocess.run(["sh", str(DEPLOY / "vault" / "roles" / "apply.sh")], env=env, capture_output=True,
                                text=True, timeout=60, check=False)
         assert again.returncode == 0, again.stdout + again.stderr
+        rules = openbao.client().sys.read_policy("portico-key-admin")["data"]["rules"]
+        assert rules == (DEPLOY / "vault" / "key-admin.hcl").read_text()
         yield openbao, api, mount
 
 
@@ -823,7 +824,11 @@ def test_vault_policy_paths_cover_the_code_paths() -> None:
     def allowed(policy: str, path: str) -> set[str]:
         caps: set[str] = set()
         for pattern, granted in grants(policy).items():
-            if (pattern.endswith("*") and path.startswith(pattern[:-1])) or fnmatchcase(path, pattern):
+            # Vault's policy globs: `+` is one path segment, a trailing `*` any suffix.
+            prefix_only = pattern.endswith("*")
+            body = pattern.removesuffix("*")
+            regex = "".join("[^/]+" if part == "+" else re.escape(part) for part in re.split(r"(\+)", body))
+            if re.fullmatch(regex + (".*" if prefix_only else ""), path):
                 caps |= granted
         return caps
 
@@ -833,6 +838,7 @@ def test_vault_policy_paths_cover_the_code_paths() -> None:
     assert allowed("signer", key) == {"read"} and allowed("signer", policy) == {"read"}
     assert allowed("signer", venue) == set()
     assert allowed("execution", venue) == {"read"}
+    assert allowed("execution", "secret/data/portico/venues/syndr/api-keys/0xabc/k1") == set()
     assert allowed("execution", key) == set() and allowed("execution", policy) == set()
     assert allowed("account", venue) == {"create", "read", "update"}
     assert allowed("account", key) == {"create"} and allowed("account", policy) == {"create"}

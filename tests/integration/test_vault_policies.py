@@ -1,8 +1,8 @@
 """The services' Vault policies in deploy/vault/, applied to a real OpenBao: each reaches what it needs, no more.
 
 The README's security claims rest on these files (the signer alone reads keys; execution reads only account
-records; the account service may create a new key but not read or change one), so they are checked against
-Vault's own enforcement rather than read.
+records; the account service and a key administrator may create a new key but not read or change one), so
+they are checked against Vault's own enforcement rather than read.
 """
 
 from __future__ import annotations
@@ -71,6 +71,21 @@ def test_signer_reads_keys_and_nothing_of_the_venues(vault: OpenBaoDevServer) ->
     assert not allowed(write(signer, SIGNER_KEY))
     assert not allowed(read(signer, VENUE_RECORD))
     assert not allowed(read(signer, API_KEY_SECRET))
+
+
+def test_key_admin_adds_keys_and_policies_but_never_reads_a_private_key(vault: OpenBaoDevServer) -> None:
+    admin = token_for(vault, "key-admin")
+    new_key = f"portico/signer/keys/new-{secrets.token_hex(3)}"
+    assert allowed(write(admin, new_key))
+    assert allowed(lambda: admin.secrets.kv.v2.update_metadata(path=new_key, custom_metadata={"address": "0x1"},
+                                                               mount_point="secret"))
+    assert allowed(lambda: admin.secrets.kv.v2.read_secret_metadata(path=SIGNER_KEY, mount_point="secret"))
+    assert allowed(lambda: admin.secrets.kv.v2.list_secrets(path="portico/signer/keys", mount_point="secret"))
+    assert allowed(write(admin, SIGNER_KEY_POLICY))
+    assert not allowed(read(admin, SIGNER_KEY))
+    assert not allowed(read(admin, new_key))
+    assert not allowed(write(admin, SIGNER_KEY))  # exists: keys are never overwritten
+    assert not allowed(read(admin, VENUE_RECORD))
 
 
 def test_account_creates_new_keys_but_never_reads_or_changes_one(vault: OpenBaoDevServer) -> None:

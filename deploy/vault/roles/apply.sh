@@ -3,7 +3,8 @@
 # service (signer, execution, account) the policy deploy/vault/<service>.hcl as `portico-<service>` and the
 # role roles/<service>.json as `portico-<service>`, which binds the service account portico-<service> of
 # the namespace portico (deploy/k8s/base) to that policy, for tokens whose audience is `vault` (the
-# projected token the Deployments mount at /var/run/secrets/vault/token).
+# projected token the Deployments mount at /var/run/secrets/vault/token). It also writes
+# deploy/vault/key-admin.hcl as `portico-key-admin`, the policy for people who run `portico signer keys`.
 #
 #   VAULT_ADDR=https://vault.example:8200 VAULT_TOKEN=<operator token> deploy/vault/roles/apply.sh
 #
@@ -40,4 +41,7 @@ for service in signer execution account; do
   "$vault" policy write "portico-$service" "$policies/$service.hcl"
   "$vault" write "auth/$k8s_mount/role/portico-$service" @"$here/$service.json"
 done
-echo "Vault policies and Kubernetes auth roles for signer, execution and account are in place."
+# For operators, not pods: attach it to whoever runs `portico signer keys` (adds keys, never reads one).
+"$vault" policy write portico-key-admin "$policies/key-admin.hcl"
+echo "Vault policies and Kubernetes auth roles for signer, execution and account, and the policy"
+echo "portico-key-admin for key administrators, are in place."

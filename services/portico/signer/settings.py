@@ -22,7 +22,7 @@ WATERMARK_DB = setting("PORTICO_SIGNER_WATERMARK_DB", "var/signer/watermarks.sql
 WATERMARK_SYNC = setting(
     "PORTICO_SIGNER_WATERMARK_SYNC", "NORMAL",
     "SQLite `synchronous` of the watermark ledger (WAL): `NORMAL` survives process crashes; `FULL` also power loss, "
-    "at an fsync per batch (about a quarter less throughput here).", scope=_SCOPE)
+    "at an fsync per batch (about a fifth less throughput in tests/bench/bench_signer.py here).", scope=_SCOPE)
 KEY_CACHE_SECONDS = setting("PORTICO_SIGNER_KEY_CACHE_SECONDS", "30",
                             "Longest a loaded key and its policy are used; they are reloaded from Vault in "
                             "the background ahead of that.",

@@ -43,10 +43,8 @@ from portico.refdata.service import SERVICE_NAME as REFDATA_SERVICE
 from portico.runtime.auth import SCOPES, hash_token, new_token
 from portico.runtime.client import bearer
 from portico.runtime.lifecycle import wait_event
+from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
 from portico.runtime.vault import VaultSession, VaultSettings
-from portico.signer.admin import KeyAdmin
-from portico.signer.keystore import KeyPaths
-from portico.signer.policy import KeyPolicy
 from portico.signer.service import SERVICE_NAME as SIGNER_SERVICE
 from portico.venues.accounts import VenueAccountStore
 from portico.venues.syndr import typed_data as syndr

@@ -146,10 +146,8 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 async def provision(vault_addr: str, root_token: str) -> str:
+    from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
     from portico.runtime.vault import VaultSession, VaultSettings
-    from portico.signer.admin import KeyAdmin
-    from portico.signer.keystore import KeyPaths
-    from portico.signer.policy import KeyPolicy
 
     async with VaultSession(VaultSettings(addr=vault_addr, auth_method="token", token=root_token)) as session:
         admin = KeyAdmin(session, KeyPaths())

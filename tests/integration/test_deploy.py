@@ -47,9 +47,9 @@ from portico.refdata import settings as refdata_settings
 from portico.runtime.auth import TokenAuthenticator, hash_token
 from portico.runtime.config import SETTINGS
 from portico.runtime.server import SHUTDOWN_GRACE
+from portico.runtime.signing_keys import KeyPaths
 from portico.runtime.vault import VaultAuthError, VaultSession, VaultSettings
 from portico.signer import settings as signer_settings
-from portico.signer.keystore import KeyPaths
 from portico.venues.accounts import account_path
 
 REPO = Path(__file__).resolve().parents[2]

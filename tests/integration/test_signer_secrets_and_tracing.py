@@ -18,10 +18,8 @@ from tests.support.openbao import OpenBaoDevServer
 from tests.support.signer import RunningSigner, running_signer, stub
 
 from portico.runtime.client import bearer, open_channel
+from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
 from portico.runtime.vault import VaultSession, VaultSettings
-from portico.signer.admin import KeyAdmin
-from portico.signer.keystore import KeyPaths
-from portico.signer.policy import KeyPolicy
 from portico.signer.v1 import signer_service_pb2 as pb
 from portico.venues.syndr import typed_data as syndr
 

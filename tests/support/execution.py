@@ -22,10 +22,8 @@ from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
 from portico.runtime.client import bearer, open_channel
 from portico.runtime.secp256k1 import Secp256k1Key, generate_private_key
+from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
 from portico.runtime.vault import VaultSession, VaultSettings
-from portico.signer.admin import KeyAdmin
-from portico.signer.keystore import KeyPaths
-from portico.signer.policy import KeyPolicy
 from portico.sim.server import Simulator
 from portico.venues.accounts import VenueAccount, VenueAccountStore
 from portico.venues.syndr import typed_data

@@ -3,7 +3,7 @@
 The steps, as the Syndr document's "API Key Setup" script has them, with no
 private key ever in this process:
 
-1. The signer's admin path (`portico.signer.admin.KeyAdmin`, writing to Vault
+1. The signer's admin path (`portico.runtime.signing_keys.KeyAdmin`, writing to Vault
    directly, not over gRPC) creates the new signing key with a policy that
    allows exactly `Order` and `SignKey` for Syndr's domain. This service's
    Vault policy may create signer keys but never read them.
@@ -29,11 +29,9 @@ import time
 from dataclasses import dataclass
 
 from portico.runtime.errors import FailedPrecondition, Unavailable
+from portico.runtime.signing_keys import KeyAdmin, KeyAdminError, KeyPaths, KeyPolicy
 from portico.runtime.vault import VaultError, VaultSession
-from portico.signer.admin import KeyAdmin, KeyAdminError
 from portico.signer.client import SignerClient
-from portico.signer.keystore import KeyPaths
-from portico.signer.policy import KeyPolicy
 from portico.venues.accounts import SyndrAccounts, VenueAccount
 from portico.venues.syndr import models, typed_data
 from portico.venues.syndr.credentials import ApiCredentials

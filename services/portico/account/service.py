@@ -34,9 +34,9 @@ from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import GrpcServiceApp
 from portico.runtime.paging import offset_from_token, page_size, page_token
 from portico.runtime.server import GrpcServer
+from portico.runtime.signing_keys import KeyPaths
 from portico.runtime.vault import VaultError, VaultSession
 from portico.signer.client import SignerClient
-from portico.signer.keystore import KeyPaths
 from portico.venues.accounts import SyndrAccounts, VenueAccountStore, check_account, check_venue
 from portico.venues.syndr import models, typed_data
 from portico.venues.syndr.errors import SyndrError, map_venue_errors, to_portico_error

@@ -18,67 +18,11 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from portico.runtime.secp256k1 import address_from_private_key, generate_private_key, parse_private_key
-from portico.runtime.vault import VaultCasMismatch, VaultError, VaultNotFound, VaultSession, VaultSettings
-from portico.signer.keystore import KEY_ID_RE, KeyPaths
-from portico.signer.policy import KeyPolicy
+from portico.runtime.signing_keys import KeyAdmin, KeyAdminError, KeyPaths, KeyPolicy
+from portico.runtime.vault import VaultError, VaultSession, VaultSettings
 from portico.signer.settings import KEY_PREFIX
 
-__all__ = ["KeyAdmin", "add_arguments", "run"]
-
-
-class KeyAdminError(Exception):
-    """An admin operation could not be done; the message is safe to print."""
-
-
-class KeyAdmin:
-    """Key administration against Vault (used by the CLI, `portico up` and tests)."""
-
-    def __init__(self, vault: VaultSession, paths: KeyPaths):
-        self._vault = vault
-        self._paths = paths
-
-    async def create(self, key_id: str, policy: KeyPolicy) -> str:
-        """Generate a key inside this process, store it with its policy; return the address."""
-        return await self._store(key_id, generate_private_key(), policy)
-
-    async def import_key(self, key_id: str, private_key_hex: str, policy: KeyPolicy) -> str:
-        """Store an existing private key with its policy; return the address."""
-        try:
-            private_key = parse_private_key(private_key_hex)
-        except ValueError as exc:
-            raise KeyAdminError(str(exc)) from None
-        return await self._store(key_id, private_key, policy)
-
-    async def _store(self, key_id: str, private_key: bytes, policy: KeyPolicy) -> str:
-        if not KEY_ID_RE.fullmatch(key_id):
-            raise KeyAdminError(f"invalid key id {key_id!r}: use 1-64 of a-z 0-9 _ . - starting alphanumeric")
-        address = address_from_private_key(private_key)
-        try:
-            await self._vault.write_kv(self._paths.key(key_id), {"private_key": "0x" + private_key.hex(),
-                                                                  "address": address}, cas=0)
-        except VaultCasMismatch:
-            raise KeyAdminError(f"key {key_id} already exists; keys are never overwritten") from None
-        await self._vault.write_kv_metadata(self._paths.key(key_id), {"address": address})
-        await self.set_policy(key_id, policy, must_exist=False)
-        return address
-
-    async def set_policy(self, key_id: str, policy: KeyPolicy, *, must_exist: bool = True) -> None:
-        """Replace a key's policy."""
-        if must_exist:
-            try:
-                await self._vault.read_kv_metadata(self._paths.key(key_id))
-            except VaultNotFound:
-                raise KeyAdminError(f"key {key_id} does not exist") from None
-        await self._vault.write_kv(self._paths.policy(key_id), policy.to_document())
-
-    async def list_addresses(self) -> list[tuple[str, str]]:
-        """(key id, address) of every key, read from metadata only."""
-        rows = []
-        for key_id in sorted(await self._vault.list_kv(self._paths.keys_dir)):
-            metadata = await self._vault.read_kv_metadata(self._paths.key(key_id))
-            rows.append((key_id, metadata.custom_metadata.get("address", "?")))
-        return rows
+__all__ = ["add_arguments", "run"]
 
 
 def _policy_args(parser: argparse.ArgumentParser) -> None:

@@ -1,23 +1,18 @@
-"""Signing keys in Vault KV v2, loaded lazily and cached for a short time.
+"""The signer's signing keys, read from Vault (layout: `portico.runtime.signing_keys`) lazily and cached.
 
-Layout under the configured prefix (default `portico/signer`) of the KV mount:
-
-    <prefix>/keys/<key_id>      {"private_key": "0x…", "address": "0x…"}   + custom metadata {"address"}
-    <prefix>/policies/<key_id>  {"primary_types": […], "domain_names": […], "chain_ids": […], "allow_raw_digest": false}
-
-The address is also kept in the key's custom metadata so that listing
-addresses never reads private keys. The cache is dropped whenever Vault goes
-away (sealed or unreachable) and refilled lazily when it is back.
+Each key is used for a short time and reloaded in the background ahead of
+that. The cache is dropped whenever Vault goes away (sealed or unreachable)
+and refilled lazily when it is back.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from portico.runtime.cache import RefreshingCache
-from portico.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from portico.runtime.errors import FailedPrecondition, NotFound, Unavailable
 from portico.runtime.secp256k1 import Secp256k1Key, parse_private_key
+from portico.runtime.signing_keys import KeyPaths, KeyPolicy, PolicyError
 from portico.runtime.vault import (
     VaultAuthError,
     VaultError,
@@ -26,36 +21,8 @@ from portico.runtime.vault import (
     VaultSession,
     VaultUnavailable,
 )
-from portico.signer.policy import KeyPolicy, PolicyError
 
-__all__ = ["KEY_ID_RE", "KeyPaths", "KeyStore", "LoadedKey", "vault_error_to_status"]
-
-KEY_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-
-
-def check_key_id(key_id: str, field_name: str = "key_id") -> str:
-    """Return `key_id` if well formed, else raise INVALID_ARGUMENT."""
-    if not KEY_ID_RE.fullmatch(key_id):
-        raise InvalidArgument(field_name, "must be 1-64 characters of a-z, 0-9, '_', '.', '-', starting alphanumeric")
-    return key_id
-
-
-@dataclass(frozen=True)
-class KeyPaths:
-    """Where keys and policies live in the KV mount."""
-
-    prefix: str = "portico/signer"
-
-    @property
-    def keys_dir(self) -> str:
-        return f"{self.prefix}/keys"
-
-    def key(self, key_id: str) -> str:
-        return f"{self.prefix}/keys/{key_id}"
-
-    def policy(self, key_id: str) -> str:
-        return f"{self.prefix}/policies/{key_id}"
-
+__all__ = ["KeyStore", "LoadedKey", "vault_error_to_status"]
 
 @dataclass(slots=True)
 class LoadedKey:

@@ -20,8 +20,9 @@ from portico.runtime.eip712 import TypedDataError, TypedDataHash, hash_typed_dat
 from portico.runtime.errors import InvalidArgument
 from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
 from portico.runtime.server import GrpcServer
+from portico.runtime.signing_keys import KeyPaths, check_key_id
 from portico.runtime.vault import VaultSession
-from portico.signer.keystore import KeyPaths, KeyStore, check_key_id
+from portico.signer.keystore import KeyStore
 from portico.signer.settings import SignerSettings
 from portico.signer.v1 import signer_service_pb2, signer_service_pb2_grpc
 from portico.signer.watermark import SaltLedger

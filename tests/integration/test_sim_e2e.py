@@ -20,11 +20,11 @@ from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.credentials import ApiCredentials
 from portico.venues.syndr.errors import (
     SyndrAuthError,
-    SyndrInvalidRequest,
     SyndrNotFound,
     SyndrRateLimited,
     SyndrRejected,
     SyndrTransportError,
+    SyndrVenueFailure,
 )
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.ws import Disconnected, GapDetected, Message, Reconnected, Subscription, SyndrWebSocket
@@ -260,7 +260,7 @@ async def test_fail_rate_answers_internal_errors_and_executes_nothing(sim: Simul
                                                                       public: SyndrHttpClient) -> None:
     sim.faults.update({"fail_rate": 1.0})
     try:
-        with pytest.raises(SyndrInvalidRequest) as caught:
+        with pytest.raises(SyndrVenueFailure) as caught:
             await public.call("public/get_instrument", {"instrument_name": "ETH-PERP"})
     finally:
         sim.faults.update({"fail_rate": 0.0})

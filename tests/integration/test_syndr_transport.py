@@ -30,6 +30,7 @@ from portico.venues.syndr.errors import (
     SyndrRateLimited,
     SyndrRejected,
     SyndrTimeout,
+    SyndrVenueFailure,
 )
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.ratelimit import Priority, RateBudget
@@ -141,6 +142,7 @@ async def test_http_private_and_state_changing_calls_not_retried(stub: SyndrStub
     (ErrorCode.TOO_MANY_REQUESTS, SyndrRateLimited),
     (ErrorCode.ORDER_NOT_FOUND, SyndrNotFound),
     (ErrorCode.INVALID_PARAMS, SyndrInvalidRequest),
+    (ErrorCode.INTERNAL_ERROR, SyndrVenueFailure),
 ])
 async def test_http_rpc_error_maps_to_class(stub: SyndrStub, code: int, expected: type[SyndrError]) -> None:
     stub.fail_http(1, "rpc_error", code=code, message="venue says no")

@@ -57,6 +57,10 @@ log = logging.getLogger("portico.execution.orders")
 _VENUE_STATES: Final = {"open": OrderState.OPEN, "filled": OrderState.FILLED, "cancelled": OrderState.CANCELLED,
                         "rejected": OrderState.REJECTED, "expired": OrderState.EXPIRED}
 _SALT_BITS: Final = 64
+# Venue answers to an order call that do not say it was refused: the salt is random per order, so "reused"
+# means these very bytes already arrived (a resend overtook the first send), and an internal error after
+# the call was taken proves nothing. Both are reconciled by salt, not journaled as rejections.
+_OUTCOME_UNKNOWN_CODES: Final = frozenset({ErrorCode.SALT_REUSED, ErrorCode.INTERNAL_ERROR})
 # Order ids whose last journaled venue state is remembered, to skip the private stream's echo of a write just
 # made (it arrives within milliseconds); small, so memory stays flat.
 _JOURNALED_MEMORY: Final = 5_000
@@ -109,7 +113,9 @@ class OrderManager:
         key = (intent.venue, intent.account, intent.client_order_id)
         running = self._inflight.get(key)
         if running is not None:  # the same id is being placed by another call of this process
-            await asyncio.shield(running)
+            # Wait for it to end however it ends (its caller may have been cancelled, or refused for a reason
+            # that is not ours), then answer from the journal.
+            await asyncio.wait({running})
             return await self._repeat(await self._get(key), intent)
         future: asyncio.Future[JournalEntry] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
@@ -120,6 +126,8 @@ class OrderManager:
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters look at the journal, not at this error
+            if isinstance(exc, asyncio.CancelledError):  # the caller went away mid-call: settle it in the background
+                self.wake_reconciler()
             raise
         finally:
             del self._inflight[key]
@@ -172,10 +180,15 @@ class OrderManager:
             raise AlreadyExists(f"client_order_id {intent.client_order_id!r} was already used for a different order",
                                 reason="CLIENT_ORDER_ID_REUSED")
         if entry.unresolved:
-            entry = await self.reconcile(entry)
+            entry = await self._reconcile_serialised(entry)
             if entry.unresolved:
                 raise Unavailable(f"order {intent.client_order_id}: outcome at the venue still unknown; retry",
                                   reason="ORDER_OUTCOME_UNKNOWN")
+        if entry.state == OrderState.REJECTED and entry.reject_code == ErrorCode.TOO_MANY_REQUESTS:
+            # Refused for the rate limit (by the venue, or never sent for our own budget): nothing was executed,
+            # so a retry sends the same signed bytes again rather than replaying the refusal forever.
+            return await self._send(await self._record(entry.with_changes(
+                state=OrderState.PENDING, attempts=entry.attempts + 1, reject_code=0, reject_reason="")))
         if entry.state == OrderState.REJECTED:
             raise _rejection(entry)
         return entry
@@ -187,7 +200,7 @@ class OrderManager:
         for entry in await self.journal.unresolved(venue, account, symbol):
             if entry.key in self._inflight and entry.state == OrderState.PENDING:
                 continue  # being sent right now by this process: its outcome is not unknown (yet)
-            entry = await self.reconcile(entry)
+            entry = await self._reconcile_serialised(entry)
             if entry.unresolved:
                 raise Unavailable(f"order {entry.intent.client_order_id} on {symbol} has an unknown outcome at the "
                                   "venue; no new order there until it is reconciled", reason="ORDER_OUTCOME_UNKNOWN",
@@ -199,12 +212,17 @@ class OrderManager:
         try:
             result = await self.venue.call(entry.intent.account, method, orjson.loads(entry.request))
         except SyndrRpcError as exc:
-            if exc.code == ErrorCode.SALT_REUSED and entry.attempts > 1:
-                # A resend refused because the venue already took this salt: the first send did arrive.
-                return await self._record(entry.with_changes(state=OrderState.UNKNOWN))
-            entry = await self._record(entry.with_changes(state=OrderState.REJECTED, reject_code=exc.code,
-                                                          reject_reason=exc.venue_message))
-            raise to_portico_error(exc) from None
+            if exc.code not in _OUTCOME_UNKNOWN_CODES:
+                entry = await self._record(entry.with_changes(state=OrderState.REJECTED, reject_code=exc.code,
+                                                              reject_reason=exc.venue_message))
+                raise to_portico_error(exc) from None
+            await self._record(entry.with_changes(state=OrderState.UNKNOWN))  # the reconciler's next round
+            log.warning("order outcome unknown", extra={"client_order_id": entry.intent.client_order_id,
+                                                        "venue_code": exc.code})
+            raise Unavailable(f"venue answered order {entry.intent.client_order_id} with {exc.venue_message} "
+                              f"({exc.code}); it is being reconciled: retry with the same client_order_id",
+                              reason="ORDER_OUTCOME_UNKNOWN",
+                              metadata={"client_order_id": entry.intent.client_order_id}) from None
         except SyndrError as exc:  # transport or protocol: the venue may or may not have the order
             await self._record(entry.with_changes(state=OrderState.UNKNOWN))
             self.wake_reconciler()
@@ -231,8 +249,20 @@ class OrderManager:
     async def reconcile(self, entry: JournalEntry) -> JournalEntry:
         """Resolve an order of unknown outcome if the venue can tell; return the entry as now journaled.
 
-        One reconciliation per order at a time: a second caller waits for the running one.
+        An order this process is placing right now is not reconciled while its venue call is on the way
+        (that would resend its bytes, and the placement itself would then be refused as a reused salt):
+        the placement is awaited and the journal read again.
         """
+        placing = self._inflight.get(entry.key)
+        if placing is not None:
+            await asyncio.wait({placing})
+            entry = await self._get(entry.key)
+            if not entry.unresolved:
+                return entry
+        return await self._reconcile_serialised(entry)
+
+    async def _reconcile_serialised(self, entry: JournalEntry) -> JournalEntry:
+        """One reconciliation per order at a time: a second caller waits for the running one."""
         running = self._reconciling.get(entry.key)
         if running is not None:
             await asyncio.shield(running)
@@ -276,7 +306,7 @@ class OrderManager:
             if entry.key in self._inflight:
                 continue
             try:
-                entry = await self.reconcile(entry)
+                entry = await self._reconcile_serialised(entry)
             except Exception:
                 log.exception("reconcile failed", extra={"client_order_id": entry.intent.client_order_id})
             remaining += entry.unresolved

@@ -21,6 +21,9 @@ class Faults:
     http_5xx_rate: float = 0.0  # answer HTTP calls with 503 (nothing executed)
     http_5xx_next: int = 0  # answer exactly the next N HTTP calls with 503 (deterministic, for tests)
     http_5xx_method: str = ""  # if set, the two knobs above hit only calls of this method (others pass)
+    http_hold_next: int = 0  # hold exactly the next N HTTP calls before executing them (a slow path in)
+    http_hold_ms: float = 0.0  # ... for this long
+    http_hold_method: str = ""  # if set, only calls of this method are held (others pass)
     drop_response_rate: float = 0.0  # execute the call, then lose the response (the caller cannot know)
     delay_ms: float = 0.0  # delay every WebSocket frame (responses and notifications) by this much
     reorder_rate: float = 0.0  # swap a WebSocket notification with the next one
@@ -36,12 +39,12 @@ class Faults:
             if name == "silent":
                 if not isinstance(value, bool):
                     raise ValueError("silent must be true or false")
-            elif name == "http_5xx_method":
+            elif name.endswith("_method"):
                 if not isinstance(value, str):
-                    raise ValueError("http_5xx_method must be a method name")
-            elif name == "http_5xx_next":
+                    raise ValueError(f"{name} must be a method name")
+            elif name.endswith("_next"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError("http_5xx_next must be a non-negative integer")
+                    raise ValueError(f"{name} must be a non-negative integer")
             elif name == "skip_change_ids":
                 if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
                     raise ValueError("skip_change_ids must map instrument names to counts")
@@ -66,6 +69,13 @@ class Faults:
             self.http_5xx_next -= 1
             return True
         return self.roll(rng, self.http_5xx_rate)
+
+    def take_http_hold(self, method: object) -> float:
+        """Seconds to hold this HTTP call before executing it (0: none)."""
+        if self.http_hold_next <= 0 or (self.http_hold_method and method != self.http_hold_method):
+            return 0.0
+        self.http_hold_next -= 1
+        return self.http_hold_ms / 1000
 
     def take_skip(self, instrument: str) -> bool:
         """True (and count down) if this instrument's next raw book frame is to be dropped."""

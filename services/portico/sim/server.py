@@ -476,6 +476,9 @@ class Simulator:
         if (self.faults.http_5xx_method and isinstance(payload, dict)
                 and payload.get("method") == self.faults.http_5xx_method and self.faults.take_http_5xx(self.rng)):
             return web.Response(status=503, text="service unavailable (simulated)")
+        hold_s = self.faults.take_http_hold(payload.get("method") if isinstance(payload, dict) else None)
+        if hold_s:
+            await asyncio.sleep(hold_s)
         ctx = CallContext("http", us_in)
         headers = request.headers
         if API_KEY_HEADER in headers or API_SECRET_HEADER in headers:

@@ -9,6 +9,8 @@
     ├── SyndrProtocolError         an answer that is not valid JSON-RPC / not the documented shape
     └── SyndrRpcError              the venue answered with a JSON-RPC error object (code, message)
         ├── SyndrInvalidRequest    parse error, invalid request/params, unknown method
+        ├── SyndrVenueFailure      the venue's own internal error: not the caller's fault, and after a
+        │                          write it does not prove nothing was executed
         ├── SyndrAuthError         unauthorized / forbidden
         ├── SyndrRateLimited       too many requests
         ├── SyndrNotFound          instrument / order / API key not found
@@ -51,6 +53,7 @@ __all__ = [
     "SyndrRpcError",
     "SyndrTimeout",
     "SyndrTransportError",
+    "SyndrVenueFailure",
     "map_venue_errors",
     "rpc_error_from_object",
     "to_portico_error",
@@ -102,6 +105,10 @@ class SyndrInvalidRequest(SyndrRpcError):
     pass
 
 
+class SyndrVenueFailure(SyndrRpcError):
+    retryable = True
+
+
 class SyndrAuthError(SyndrRpcError):
     pass
 
@@ -123,6 +130,7 @@ _CLASS_BY_CODE: dict[int, type[SyndrRpcError]] = {
     ErrorCode.INVALID_REQUEST: SyndrInvalidRequest,
     ErrorCode.METHOD_NOT_FOUND: SyndrInvalidRequest,
     ErrorCode.INVALID_PARAMS: SyndrInvalidRequest,
+    ErrorCode.INTERNAL_ERROR: SyndrVenueFailure,
     ErrorCode.UNAUTHORIZED: SyndrAuthError,
     ErrorCode.FORBIDDEN: SyndrAuthError,
     ErrorCode.TOO_MANY_REQUESTS: SyndrRateLimited,
@@ -150,6 +158,8 @@ def to_portico_error(error: SyndrError, *, venue: str = "syndr") -> PorticoError
             else "VENUE_ERROR"
         if isinstance(error, SyndrRateLimited):
             return ResourceExhausted(str(error), reason=reason, metadata=metadata)
+        if isinstance(error, SyndrVenueFailure):
+            return Unavailable(str(error), reason=reason, metadata=metadata)
         if isinstance(error, SyndrNotFound):
             return NotFound(str(error), reason=reason, metadata=metadata)
         if isinstance(error, SyndrAuthError):

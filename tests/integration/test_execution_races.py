@@ -1,0 +1,168 @@
+"""Calls that meet a PlaceOrder still on its way, and venue answers that do not settle an order.
+
+A real simulator, OpenBao, signer, reference data and journal. The simulator holds the first `private/buy`
+for a moment before executing it (its `http_hold_*` fault: a slow path to the venue), so another call can
+run while that order's entry is PENDING and its bytes are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import pytest
+from tests.support.execution import ExecutionStack, execution_stack, running_execution
+from tests.support.openbao import OpenBaoDevServer
+
+from portico.common.v1 import side_pb2
+from portico.execution.model import OrderState
+from portico.execution.v1 import execution_service_pb2 as pb
+from portico.execution.v1 import order_pb2
+from portico.runtime.client import open_channel
+from portico.runtime.errors import error_info
+from portico.sim.server import SimConfig, Simulator
+from portico.venues.syndr.constants import ErrorCode
+
+SYMBOL = "ETH-PERP"
+HOLD_MS = 1000
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimConfig(port=0, seed=13, market_maker_instruments=(SYMBOL,),
+                                   rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
+    async with execution_stack(sim, openbao, tmp_path) as s:
+        yield s
+
+
+def resting_bid(sim: Simulator) -> str:
+    bid = sim.engine.book(SYMBOL, 1).bids[0][0]
+    tick = sim.engine.instrument(SYMBOL).tick_size
+    return str(((bid * Decimal("0.8")) // tick) * tick)
+
+
+def place(stack: ExecutionStack, client_order_id: str, price: str) -> pb.PlaceOrderRequest:
+    return pb.PlaceOrderRequest(venue="syndr", account=stack.account.address, symbol=SYMBOL, side=side_pb2.SIDE_BUY,
+                                type=order_pb2.ORDER_TYPE_LIMIT, amount="0.1", price=price,
+                                client_order_id=client_order_id)
+
+
+def buys(sim: Simulator, label: str) -> int:
+    return sum(1 for r in sim.requests if r.method == "private/buy" and r.params.get("label") == label)
+
+
+def hold_next_buy(sim: Simulator) -> None:
+    sim.faults.update({"http_hold_next": 1, "http_hold_ms": HOLD_MS, "http_hold_method": "private/buy"})
+
+
+async def until_journaled(stack: ExecutionStack, running: object, client_order_id: str) -> None:
+    journal = running.app.journal  # type: ignore[attr-defined]
+    for _ in range(500):
+        if await journal.get("syndr", stack.account.address, client_order_id) is not None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{client_order_id} was never journaled")
+
+
+@pytest.mark.parametrize("rpc", ["GetOrder", "CancelOrder"])
+async def test_a_call_by_client_id_waits_for_the_placement_in_flight(stack: ExecutionStack, sim: Simulator,
+                                                                     rpc: str) -> None:
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        hold_next_buy(sim)
+        placing = asyncio.ensure_future(stub.PlaceOrder(place(stack, "inflight-1", resting_bid(sim)),
+                                                        metadata=running.metadata(), timeout=30))
+        await until_journaled(stack, running, "inflight-1")  # PENDING: its bytes are held at the venue
+        if rpc == "GetOrder":
+            got = await stub.GetOrder(pb.GetOrderRequest(venue="syndr", account=stack.account.address,
+                                                         client_order_id="inflight-1"),
+                                      metadata=running.metadata("read"), timeout=30)
+            expected = order_pb2.ORDER_STATE_OPEN
+        else:
+            got = await stub.CancelOrder(pb.CancelOrderRequest(venue="syndr", account=stack.account.address,
+                                                               client_order_id="inflight-1"),
+                                         metadata=running.metadata(), timeout=30)
+            expected = order_pb2.ORDER_STATE_CANCELLED
+        placed = await placing  # the placement is not told "rejected" for an order the venue took
+        assert placed.order.order_id == got.order.order_id and got.order.state == expected
+        assert buys(sim, "inflight-1") == 1  # the call did not resend the bytes in flight
+        entry = await running.app.journal.get("syndr", stack.account.address, "inflight-1")
+        assert entry is not None and entry.order_id == got.order.order_id
+        assert entry.state == (OrderState.OPEN if rpc == "GetOrder" else OrderState.CANCELLED)
+
+
+async def test_a_second_caller_is_not_handed_the_first_callers_cancellation(stack: ExecutionStack,
+                                                                            sim: Simulator) -> None:
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        hold_next_buy(sim)
+        request = place(stack, "twice-1", resting_bid(sim))
+        first = asyncio.ensure_future(stub.PlaceOrder(request, metadata=running.metadata(), timeout=0.5))
+        await until_journaled(stack, running, "twice-1")
+        second = asyncio.ensure_future(stub.PlaceOrder(request, metadata=running.metadata(), timeout=30))
+        with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+            await first
+        assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        placed = await second  # settled from the journal and the venue, not by the first caller's fate
+        assert placed.order.state == order_pb2.ORDER_STATE_OPEN
+        assert [o.order_id for o in sim.engine.open_orders(stack.account.address)
+                if o.label == "twice-1"] == [placed.order.order_id]
+
+
+async def test_a_venue_internal_error_is_an_unknown_outcome_not_a_rejection(stack: ExecutionStack,
+                                                                            sim: Simulator) -> None:
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        await stub.PlaceOrder(place(stack, "warm-1", resting_bid(sim)), metadata=running.metadata(), timeout=30)
+        request = place(stack, "internal-1", resting_bid(sim))
+        sim.faults.update({"fail_rate": 1.0})  # every call: the order's answer is -32603 "internal error"
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.PlaceOrder(request, metadata=running.metadata(), timeout=30)
+        entry = await running.app.journal.get("syndr", stack.account.address, "internal-1")
+        sim.faults.reset()
+        assert entry is not None and entry.state == OrderState.UNKNOWN  # to reconcile, not journaled as refused
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_info(failed.value)
+        assert info is not None and info.reason == "ORDER_OUTCOME_UNKNOWN"
+        # Same id again once the venue is well: reconciled by salt (not found), the same bytes sent, placed.
+        placed = await stub.PlaceOrder(request, metadata=running.metadata(), timeout=30)
+        assert placed.order.state == order_pb2.ORDER_STATE_OPEN
+        assert len([o for o in sim.engine.open_orders(stack.account.address) if o.label == "internal-1"]) == 1
+
+
+async def test_a_rate_limited_order_is_sent_again_by_a_retry_with_its_id(stack: ExecutionStack,
+                                                                         sim: Simulator) -> None:
+    env = {"PORTICO_EXECUTION_VENUE_RATE_SHARE": "0.001", "PORTICO_EXECUTION_VENUE_TIMEOUT_MS": "300"}
+    async with running_execution(stack, env) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        price = resting_bid(sim)
+        # A share of 0.001 holds 5 order calls and refills one a second: the sixth waits past the 0.3 s timeout.
+        replies = await asyncio.gather(*(stub.PlaceOrder(place(stack, f"limited-{i}", price),
+                                                         metadata=running.metadata(), timeout=30)
+                                         for i in range(6)), return_exceptions=True)
+        refused = [i for i, r in enumerate(replies) if isinstance(r, grpc.aio.AioRpcError)]
+        assert refused, replies
+        for i in refused:
+            error = replies[i]
+            assert isinstance(error, grpc.aio.AioRpcError)
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            entry = await running.app.journal.get("syndr", stack.account.address, f"limited-{i}")
+            assert entry is not None and entry.reject_code == ErrorCode.TOO_MANY_REQUESTS
+        again = f"limited-{refused[0]}"
+        assert buys(sim, again) == 0
+        await asyncio.sleep(2.5)  # the budget has a credit again
+        placed = await stub.PlaceOrder(place(stack, again, price), metadata=running.metadata(), timeout=30)
+        assert placed.order.state == order_pb2.ORDER_STATE_OPEN
+        assert buys(sim, again) == 1
+        entry = await running.app.journal.get("syndr", stack.account.address, again)
+        assert entry is not None and entry.state == OrderState.OPEN and entry.attempts == 2
+        retried_again = await stub.PlaceOrder(place(stack, again, price), metadata=running.metadata(), timeout=30)
+        assert retried_again.order.order_id == placed.order.order_id and buys(sim, again) == 1

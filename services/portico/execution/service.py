@@ -44,6 +44,27 @@ ERROR_DOMAIN = "execution.portico"
 MAX_DEADMAN_TTL_S: Final = 86_400
 
 
+# The venue's most orders per history call: `count` above it is answered with this many (the Syndr document gives
+# no maximum; the simulator caps at 1000). `_history_page` never asks for more.
+VENUE_HISTORY_MAX_COUNT: Final = 1000
+
+
+def _deadman_ttl_s(seconds: int, nanos: int) -> float:
+    """ArmDeadman's `ttl` in seconds: zero, or 1 s to `MAX_DEADMAN_TTL_S`; INVALID_ARGUMENT naming `ttl` otherwise.
+
+    Range-checked as exact integer nanoseconds before any conversion: `Duration.ToTimedelta` overflows
+    (which was an INTERNAL error) for a huge `seconds`.
+    """
+    total_ns = seconds * 1_000_000_000 + nanos
+    if total_ns < 0:
+        raise InvalidArgument("ttl", "must not be negative (zero disarms)")
+    if total_ns > MAX_DEADMAN_TTL_S * 1_000_000_000:
+        raise InvalidArgument("ttl", f"must be between 0 and {MAX_DEADMAN_TTL_S} seconds")
+    if 0 < total_ns < 1_000_000_000:
+        raise InvalidArgument("ttl", "must be at least one second (or zero to disarm)")
+    return total_ns / 1e9
+
+
 class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
     """The RPCs; the order rules live in `OrderManager`."""
 
@@ -133,12 +154,25 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         query = ("history", venue, account, symbol)
         offset = offset_from_token(request.page_token, query)
         try:
-            page = await order_history_page(self.venue, account, symbol, offset, size + 1)
+            page = await self._history_page(account, symbol, offset, size + 1)  # one more: is there a next page?
         except SyndrError as exc:
             raise to_portico_error(exc) from None
         more = len(page) > size
         return pb.ListOrderHistoryResponse(orders=await self._with_journal(venue, account, page[:size]),
                                            next_page_token=page_token(offset + size, query) if more else "")
+
+    async def _history_page(self, account: str, symbol: str | None, offset: int,
+                            count: int) -> list[dict[str, Any]]:
+        """Up to `count` orders of history from `offset`, in as many venue calls of at most
+        `VENUE_HISTORY_MAX_COUNT` as it takes (the page size's maximum plus one needs two)."""
+        orders: list[dict[str, Any]] = []
+        while len(orders) < count:
+            asked = min(count - len(orders), VENUE_HISTORY_MAX_COUNT)
+            chunk = await order_history_page(self.venue, account, symbol, offset + len(orders), asked)
+            orders.extend(chunk[:asked])
+            if len(chunk) < asked:  # the end of the history
+                break
+        return orders
 
     @map_venue_errors
     async def ListFills(self, request: pb.ListFillsRequest, context: Any) -> pb.ListFillsResponse:
@@ -177,12 +211,7 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         venue, account = check_venue(request.venue), check_account(request.account)
         if not request.HasField("ttl"):
             raise InvalidArgument("ttl", "required (zero disarms)")
-        ttl_s = request.ttl.ToTimedelta().total_seconds()
-        if ttl_s < 0 or ttl_s > MAX_DEADMAN_TTL_S:
-            raise InvalidArgument("ttl", f"must be between 0 and {MAX_DEADMAN_TTL_S} seconds")
-        if 0 < ttl_s < 1:
-            raise InvalidArgument("ttl", "must be at least one second (or zero to disarm)")
-        fire_at = await self.deadman.arm(venue, account, ttl_s)
+        fire_at = await self.deadman.arm(venue, account, _deadman_ttl_s(request.ttl.seconds, request.ttl.nanos))
         response = pb.ArmDeadmanResponse()
         if fire_at is not None:
             response.fire_time.FromNanoseconds(int(fire_at * 1e9))

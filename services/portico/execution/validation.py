@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
+from typing import Final
 
 import grpc
 
@@ -28,7 +29,7 @@ from portico.runtime.decimals import parse_decimal
 from portico.runtime.errors import InvalidArgument, Unavailable
 from portico.venues.accounts import check_account, check_venue
 
-__all__ = ["Instruments", "check_against_instrument", "check_client_order_id", "intent_from_request"]
+__all__ = ["MAX_INCREMENTS", "Instruments", "check_against_instrument", "check_client_order_id", "intent_from_request"]
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 _SIDES = {side_pb2.SIDE_BUY: "buy", side_pb2.SIDE_SELL: "sell"}
@@ -99,14 +100,32 @@ class InstrumentRules:
                    max_leverage=Decimal(i.max_leverage) if i.max_leverage else None)
 
 
+# A price of more than this many ticks, or an amount of more than this many increments, is refused whatever the
+# instrument (no real order comes near it). Below it the quotient has at most 18 integer digits, so `_EXACT`'s
+# remainder is exact, where `%` in the default 28-digit context raised InvalidOperation for a huge quotient.
+MAX_INCREMENTS: Final = Decimal(10) ** 18
+_EXACT: Final = Context(prec=40, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+
+def _on_increment(value: Decimal, increment: Decimal, field: str, what: str) -> bool:
+    """Whether `value` is a whole number of `increment`s; INVALID_ARGUMENT naming `field` (reason
+    `PRICE_TOO_LARGE` / `AMOUNT_TOO_LARGE`) when it is `MAX_INCREMENTS` of them or more."""
+    if _EXACT.divide(value, increment) >= MAX_INCREMENTS:
+        raise InvalidArgument(field, f"{value} is 10^18 or more times the {what} {increment}",
+                              reason=f"{field.upper()}_TOO_LARGE", metadata={"max_increments": f"{MAX_INCREMENTS:f}"})
+    return bool(_EXACT.remainder(value, increment) == 0)
+
+
 def check_against_instrument(price: Decimal | None, amount: Decimal, rules: InstrumentRules) -> None:
     """INVALID_ARGUMENT naming the rule broken; nothing here reaches the venue."""
     if not rules.active:
         raise InvalidArgument("symbol", f"{rules.symbol} is not active", reason="INSTRUMENT_INACTIVE")
-    if price is not None and rules.price_increment > 0 and price % rules.price_increment != 0:
+    if price is not None and rules.price_increment > 0 and not _on_increment(price, rules.price_increment,
+                                                                             "price", "tick size"):
         raise InvalidArgument("price", f"{price} is not on the tick size {rules.price_increment}",
                               reason="PRICE_NOT_ON_TICK", metadata={"tick_size": str(rules.price_increment)})
-    if rules.amount_increment > 0 and amount % rules.amount_increment != 0:
+    if rules.amount_increment > 0 and not _on_increment(amount, rules.amount_increment, "amount",
+                                                        "amount increment"):
         raise InvalidArgument("amount", f"{amount} is not a multiple of the amount increment "
                               f"{rules.amount_increment}", reason="AMOUNT_NOT_ON_INCREMENT",
                               metadata={"amount_increment": str(rules.amount_increment)})

@@ -1,0 +1,133 @@
+"""DeadmanSwitches alone, over a fake venue: concurrent re-arms, disarm and shutdown never leave a timer behind.
+
+Nothing here waits for a timer not to fire: "it cannot fire" is checked as "no timer task is alive", which
+holds or not the moment `arm` / `aclose` returns, whatever the machine's load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from tests.support.waiting import until
+
+from portico.execution.deadman import DeadmanSwitches
+from portico.runtime.errors import Unavailable
+
+FAR = 3_600.0  # a ttl that never runs out during a test
+
+
+@pytest.fixture
+def account() -> str:
+    """A fresh account per test: timer tasks are named after it, so a test only ever sees its own."""
+    return "0x" + secrets.token_hex(20).upper()
+
+
+class FakeVenue:
+    """`session()` answers like the cached path (no await) or like a Vault read (it yields); `private/cancel_all`
+    is counted and can be held, to catch a firing in progress."""
+
+    def __init__(self, *, session_yields: bool = False) -> None:
+        self.session_yields = session_yields
+        self.cancel_alls_started = 0
+        self.cancel_alls_done = 0
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def session(self, account: str) -> Any:
+        if self.session_yields:
+            await asyncio.sleep(0)
+        return SimpleNamespace(record=SimpleNamespace(account=account))
+
+    def independent_client(self, record: Any) -> Any:
+        venue = self
+
+        class Client:
+            async def __aenter__(self) -> Any:
+                return self
+
+            async def __aexit__(self, *exc: Any) -> None:
+                return None
+
+            async def call(self, method: str, params: Any) -> None:
+                assert method == "private/cancel_all"
+                venue.cancel_alls_started += 1
+                await venue.release.wait()
+                venue.cancel_alls_done += 1
+
+        return Client()
+
+
+def key(account: str) -> tuple[str, str]:
+    return ("syndr", account.lower())
+
+
+def live_timers(account: str) -> list[asyncio.Task[Any]]:
+    """Every dead-man task (timer or firing) of `account` that has not finished."""
+    return [t for t in asyncio.all_tasks() if t.get_name().lower() == f"deadman-{account.lower()}" and not t.done()]
+
+
+@pytest.mark.parametrize("session_yields", [False, True], ids=["cached-session", "vault-read-session"])
+async def test_concurrent_rearms_leave_one_tracked_timer_and_disarm_leaves_none(session_yields: bool,
+                                                                                account: str) -> None:
+    switches = DeadmanSwitches(FakeVenue(session_yields=session_yields))  # type: ignore[arg-type]
+    try:
+        await switches.arm("syndr", account, FAR)
+        await asyncio.gather(*(switches.arm("syndr", account, FAR) for _ in range(4)))  # concurrent heart-beats
+        assert live_timers(account) == [switches._timers[key(account)]]  # one timer, and it is the tracked one
+        assert await switches.arm("syndr", account, 0) is None
+        assert live_timers(account) == []  # disarmed: nothing left that could cancel the account's orders
+        assert switches._timers == {}
+    finally:
+        await switches.aclose()
+
+
+async def test_concurrent_arm_and_disarm_end_in_one_state_or_the_other(account: str) -> None:
+    switches = DeadmanSwitches(FakeVenue(session_yields=True))  # type: ignore[arg-type]
+    try:
+        await switches.arm("syndr", account, FAR)
+        await asyncio.gather(switches.arm("syndr", account, FAR), switches.arm("syndr", account, 0),
+                             switches.arm("syndr", account, FAR))
+        tracked = [switches._timers[key(account)]] if key(account) in switches._timers else []
+        assert live_timers(account) == tracked
+    finally:
+        await switches.aclose()
+    assert live_timers(account) == []
+
+
+async def test_aclose_cancels_every_timer_and_a_firing_in_progress(account: str) -> None:
+    venue = FakeVenue()
+    switches = DeadmanSwitches(venue)  # type: ignore[arg-type]
+    venue.release.clear()  # the firing's cancel_all hangs until cancelled
+    await switches.arm("syndr", account, 0.01)
+    await until(lambda: venue.cancel_alls_started == 1)  # firing: no longer a timer in `_timers`
+    assert switches._timers == {}
+    await switches.arm("syndr", account, FAR)
+    assert len(live_timers(account)) == 2  # the firing and the re-armed timer
+    await switches.aclose()
+    assert live_timers(account) == []
+    assert venue.cancel_alls_done == 0
+    with pytest.raises(Unavailable):
+        await switches.arm("syndr", account, FAR)  # closed: arms no more
+    assert live_timers(account) == []
+
+
+async def test_a_timer_not_rearmed_fires_once_and_leaves_no_entry(account: str) -> None:
+    venue = FakeVenue()
+    switches = DeadmanSwitches(venue)  # type: ignore[arg-type]
+    try:
+        await switches.arm("syndr", account, 0.01)
+        await until(lambda: switches.fired.get(key(account)) == 1)
+        assert venue.cancel_alls_done == 1
+        assert switches._timers == {}
+        await until(lambda: live_timers(account) == [])
+        # Re-armed after firing, the new timer is tracked as usual and a disarm stops it.
+        await switches.arm("syndr", account, FAR)
+        assert live_timers(account) == [switches._timers[key(account)]]
+        await switches.arm("syndr", account, 0)
+        assert live_timers(account) == []
+    finally:
+        await switches.aclose()

@@ -50,7 +50,7 @@ from portico.venues.syndr.errors import (
 )
 from portico.venues.syndr.ratelimit import Priority
 
-__all__ = ["OrderManager", "venue_state"]
+__all__ = ["OrderManager", "order_at_version", "stored_is_newer", "venue_state", "venue_version"]
 
 log = logging.getLogger("portico.execution.orders")
 
@@ -322,9 +322,9 @@ class OrderManager:
         order id is remembered, so the older answer does not overwrite the newer state.
         """
         known = self._journaled.get(str(order.get("order_id", "")))
-        if known is not None and _newer(_as_order(str(order["order_id"]), known), order):
+        if known is not None and stored_is_newer(order_at_version(str(order["order_id"]), known), order):
             return await self._get(entry.key)
-        if entry.venue_order and _newer(orjson.loads(entry.venue_order), order):
+        if entry.venue_order and stored_is_newer(orjson.loads(entry.venue_order), order):
             return entry  # an update that raced ahead (e.g. from the order stream) is newer
         return await self._record(entry.with_changes(state=venue_state(order), order_id=str(order["order_id"]),
                                                      venue_order=orjson.dumps(order)))
@@ -334,7 +334,7 @@ class OrderManager:
 
         The stream echoes every order just placed; what the journal already holds is not written again.
         """
-        if self._journaled.get(str(order.get("order_id", ""))) == _venue_version(order):
+        if self._journaled.get(str(order.get("order_id", ""))) == venue_version(order):
             return None
         entry = await self.journal.find_order(venue, account, str(order.get("order_id", "")))
         if entry is None and order.get("salt") is not None:
@@ -358,7 +358,7 @@ class OrderManager:
         else:
             group.discard(entry.key)
         if entry.order_id and entry.venue_order:
-            self._journaled[entry.order_id] = _venue_version(orjson.loads(entry.venue_order))
+            self._journaled[entry.order_id] = venue_version(orjson.loads(entry.venue_order))
             self._journaled.move_to_end(entry.order_id)
             if len(self._journaled) > _JOURNALED_MEMORY:
                 self._journaled.popitem(last=False)
@@ -474,20 +474,20 @@ class OrderManager:
         return len(before)
 
 
-def _venue_version(order: dict[str, Any]) -> tuple[Any, ...]:
+def venue_version(order: dict[str, Any]) -> tuple[Any, ...]:
     """What distinguishes one venue state of an order from the next."""
     return (order.get("last_update_timestamp"), order.get("order_state"), str(order.get("filled_amount")),
             str(order.get("amount")), str(order.get("price")))
 
 
-def _as_order(order_id: str, version: tuple[Any, ...]) -> dict[str, Any]:
-    """The fields of a `_venue_version` that `_newer` compares, as an order object."""
+def order_at_version(order_id: str, version: tuple[Any, ...]) -> dict[str, Any]:
+    """The fields of a `venue_version` that `stored_is_newer` compares, as an order object."""
     last_update_timestamp, order_state, filled_amount, _, _ = version
     return {"order_id": order_id, "last_update_timestamp": last_update_timestamp, "order_state": order_state,
             "filled_amount": filled_amount}
 
 
-def _newer(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:
+def stored_is_newer(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:
     """True when the journaled venue order is strictly newer than `incoming` (updates may arrive out of order)."""
     if stored.get("order_id") != incoming.get("order_id"):
         return False

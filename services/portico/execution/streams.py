@@ -6,26 +6,38 @@ to their final state even with nobody streaming) and fanned out to the
 account's gRPC consumers. After a reconnect (or a local overflow) the feed
 reads open orders, recent order history and recent fills over HTTP and
 emits whatever it had not seen, so a consumer misses no order's latest
-state and no fill. Each update gets the next number of the account's
-sequence (orders and fills count separately); a consumer that cannot keep
-up is cut off with RESOURCE_EXHAUSTED rather than silently skipped.
+state and no fill. An order update older than one already emitted for that
+order (a notification that queued while the catch-up read a later state) is
+not emitted: a consumer's last word on an order is the newest the feed saw.
+Each update gets the next number of the account's sequence (orders and fills
+count separately); a consumer that cannot keep up is cut off with
+RESOURCE_EXHAUSTED rather than silently skipped.
+
+The stream reflects the venue, not the journal: an update the journal could
+not take is still emitted (and journaled again later), so a journal outage
+never costs a consumer an update or a sequence number. A socket that cannot
+reconnect is reopened with the account's current API key once its record
+in Vault changed (a rotated key), keeping its consumers and sequences.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 from portico.execution.convert import fill_proto, order_proto
-from portico.execution.orders import OrderManager
+from portico.execution.orders import OrderManager, order_at_version, stored_is_newer, venue_version
 from portico.execution.v1 import execution_service_pb2 as pb
-from portico.execution.venue import SyndrVenue, open_orders, order_history_page
+from portico.execution.venue import SyndrVenue, open_orders, order_history_page, user_trades_page
 from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import cancel_and_wait
+from portico.venues.accounts import VenueAccount
 from portico.venues.syndr import models
+from portico.venues.syndr.credentials import ApiCredentials
 from portico.venues.syndr.errors import SyndrError, SyndrProtocolError
 from portico.venues.syndr.ws import Message, Overflow, Reconnected, SyndrWebSocket
 
@@ -39,6 +51,11 @@ CHANNELS: Final = ("user.orders.ALL.raw", "user.fills.ALL")
 _SEEN_LIMIT: Final = 5_000
 _CATCH_UP_ORDERS: Final = 200
 _CATCH_UP_FILLS: Final = 500
+# While the socket is down, how often the account's record is checked for a rotated API key.
+_RECHECK_S: Final = 5.0
+# A journal write that failed is retried after this, the pause doubling up to the maximum while it keeps failing.
+_JOURNAL_RETRY_S: Final = 1.0
+_JOURNAL_RETRY_MAX_S: Final = 30.0
 
 
 class _Seen:
@@ -69,18 +86,32 @@ def _order_of(data: Any) -> dict[str, Any]:
 class AccountFeed:
     """The private channels of one account: journaled and fanned out."""
 
-    def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, venue: SyndrVenue, orders: OrderManager):
+    def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, venue: SyndrVenue, orders: OrderManager,
+                 *, credentials: ApiCredentials | None = None,
+                 reopen: Callable[[VenueAccount], SyndrWebSocket] | None = None):
+        """`credentials` are those `ws` authenticates with; with `reopen` (a new socket for a record), a socket
+        that is down while the account's record names other credentials is replaced by one with those."""
         self.venue_name = venue_name
         self.account = account
         self._ws = ws
         self._venue = venue
         self._orders = orders
+        self._credentials = credentials
+        self._reopen_ws = reopen
         self._consumers: set[StreamConsumer] = set()
-        self._seen_orders = _Seen()
+        # The last state emitted per order id (a `venue_version`), oldest forgotten first.
+        self._emitted: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._seen_fills = _Seen()
+        # Venue updates the journal did not take (the latest per order id), retried by `_journal_retries`.
+        self._unjournaled: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._journal_lock = asyncio.Lock()  # one journal write of this feed at a time: a retry never overtakes
+        self._journal_wake = asyncio.Event()
+        self._retrying: asyncio.Task[None] | None = None
         self.order_sequence = 0
         self.fill_sequence = 0
+        self.reopened = 0
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -88,6 +119,8 @@ class AccountFeed:
         subscription = await self._ws.subscribe(list(CHANNELS))
         self.ready.set()
         self._task = asyncio.create_task(self._run(subscription), name=f"execution-feed-{self.account}")
+        if self._reopen_ws is not None:
+            self._watch = asyncio.create_task(self._follow_credentials(), name=f"execution-feed-key-{self.account}")
 
     def add(self, consumer: StreamConsumer) -> None:
         self._consumers.add(consumer)
@@ -95,28 +128,38 @@ class AccountFeed:
     def remove(self, consumer: StreamConsumer) -> None:
         self._consumers.discard(consumer)
 
-    async def _run(self, subscription: Any) -> None:
+    async def _run(self, subscription: Any, *, catch_up: bool = False) -> None:
+        if catch_up:  # a new socket: what the old one did not deliver comes from a catch-up read, as on a reconnect
+            await self._handle(Reconnected(0))
         async for event in subscription:
-            try:
-                if isinstance(event, Message):
-                    if event.channel.startswith("user.orders."):
-                        await self._order(_order_of(event.data))
-                    elif event.channel.startswith("user.fills."):
-                        self._fill(event.data)
-                elif isinstance(event, Reconnected | Overflow):
-                    await self.catch_up()
-            except SyndrError as exc:
-                log.warning("account feed update failed", extra={"account": self.account,
-                                                                 "error": type(exc).__name__})
-            except Exception:
-                log.exception("account feed update failed", extra={"account": self.account})
+            await self._handle(event)
+
+    async def _handle(self, event: Any) -> None:
+        try:
+            if isinstance(event, Message):
+                if event.channel.startswith("user.orders."):
+                    await self._order(_order_of(event.data))
+                elif event.channel.startswith("user.fills."):
+                    self._fill(event.data)
+            elif isinstance(event, Reconnected | Overflow):
+                await self.catch_up()
+        except SyndrError as exc:
+            log.warning("account feed update failed", extra={"account": self.account, "error": type(exc).__name__})
+        except Exception:
+            log.exception("account feed update failed", extra={"account": self.account})
 
     async def _order(self, order: dict[str, Any]) -> None:
-        entry = await self._orders.on_venue_order(self.venue_name, self.account, order)
-        key = (order.get("order_id"), order.get("last_update_timestamp"), order.get("order_state"),
-               str(order.get("filled_amount")), str(order.get("amount")), str(order.get("price")))
-        if not self._seen_orders.add(key):
-            return
+        """Journal a venue order update, then emit it unless the order's consumers have it or a later state."""
+        order_id = str(order.get("order_id", ""))
+        entry = await self._journal(order)
+        version = venue_version(order)
+        last = self._emitted.get(order_id)
+        if last is not None and (last == version or stored_is_newer(order_at_version(order_id, last), order)):
+            return  # emitted already, or older than what was: the consumer's last word stays the newest
+        self._emitted[order_id] = version
+        self._emitted.move_to_end(order_id)
+        if len(self._emitted) > _SEEN_LIMIT:
+            self._emitted.popitem(last=False)
         self.order_sequence += 1
         consumers = [c for c in self._consumers if c.kind == "orders"]
         if not consumers:
@@ -125,6 +168,71 @@ class AccountFeed:
                                  order=order_proto(self.venue_name, self.account, order, entry))
         for consumer in consumers:
             consumer.offer(message)
+
+    async def _journal(self, order: dict[str, Any]) -> Any:
+        """`on_venue_order`, or None if the journal failed: the update is still emitted and journaled later.
+
+        The stream reflects the venue, and its sequence exists so that a consumer can tell it missed an
+        update, so a journal outage must not swallow one: the consumer gets the venue's word (without what
+        only the journal knows, such as the client order id) and the journal gets it from a retry.
+        """
+        order_id = str(order.get("order_id", ""))
+        try:
+            async with self._journal_lock:
+                entry = await self._orders.on_venue_order(self.venue_name, self.account, order)
+        except Exception:
+            log.warning("journal update failed; the update is streamed and journaling will be retried",
+                        extra={"account": self.account, "order_id": order_id},
+                        exc_info=not self._unjournaled)  # the traceback once per outage, not per update
+            self._remember_unjournaled(order)
+            return None
+        pending = self._unjournaled.get(order_id)
+        if pending is not None and not stored_is_newer(pending, order):
+            del self._unjournaled[order_id]  # what failed before is journaled now (or older than what is)
+        return entry
+
+    def _remember_unjournaled(self, order: dict[str, Any]) -> None:
+        order_id = str(order.get("order_id", ""))
+        pending = self._unjournaled.get(order_id)
+        if pending is None or not stored_is_newer(pending, order):
+            self._unjournaled[order_id] = order
+        self._unjournaled.move_to_end(order_id)
+        if len(self._unjournaled) > _SEEN_LIMIT:
+            lost, _ = self._unjournaled.popitem(last=False)
+            log.error("journal retry memory full: this order's last venue update is not retried (the next "
+                      "catch-up or a read of the order journals it)", extra={"account": self.account,
+                                                                             "order_id": lost})
+        self._journal_wake.set()
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.create_task(self._journal_retries(),
+                                                 name=f"execution-feed-journal-{self.account}")
+
+    async def _journal_retries(self) -> None:
+        """Journal the updates the journal refused, with growing pauses while it keeps refusing."""
+        delay = _JOURNAL_RETRY_S
+        while True:
+            await self._journal_wake.wait()
+            await asyncio.sleep(delay)
+            failed, error = 0, ""
+            for order_id, order in list(self._unjournaled.items()):
+                if self._unjournaled.get(order_id) is not order:
+                    continue  # journaled meanwhile, or replaced by a later update (retried next)
+                try:
+                    async with self._journal_lock:
+                        await self._orders.on_venue_order(self.venue_name, self.account, order)
+                except Exception as exc:
+                    failed, error = failed + 1, type(exc).__name__
+                    continue
+                if self._unjournaled.get(order_id) is order:
+                    del self._unjournaled[order_id]
+            if failed:
+                log.warning("journal still failing; %d order update(s) wait to be journaled", failed,
+                            extra={"account": self.account, "error": error})
+                delay = min(delay * 2, _JOURNAL_RETRY_MAX_S)
+            else:
+                delay = _JOURNAL_RETRY_S
+            if not self._unjournaled:
+                self._journal_wake.clear()
 
     def _fill(self, data: dict[str, Any]) -> None:
         trade = models.parse_user_trade(data)
@@ -146,12 +254,60 @@ class AccountFeed:
         for order in sorted(orders, key=lambda o: int(o.get("last_update_timestamp") or 0)):
             await self._order(order)
         # The newest fills only (the venue keeps thousands): newest first, then emitted oldest first.
-        fills = (await self._venue.call(self.account, "private/get_user_trades_by_kind",
-                                        {"kind": "any", "sort_by": "DESC", "count": _CATCH_UP_FILLS})).result
-        for fill in reversed(fills if isinstance(fills, list) else [fills]):
+        fills = await user_trades_page(self._venue, self.account, None, 0, _CATCH_UP_FILLS, int(time.time()) + 1)
+        for fill in reversed(fills):
             self._fill(fill)
 
+    async def _follow_credentials(self) -> None:
+        """While the socket is down, look at the account's record; if its API key changed, reopen with it.
+
+        A socket keeps the key it authenticated with, and the venue refuses a rotated-out key when the
+        socket reconnects, for ever: without this the feed would go silent. The record is the one
+        `session()` reads (Vault, cached for the credentials-cache time), as the HTTP side uses.
+        """
+        while True:
+            await asyncio.sleep(_RECHECK_S)
+            if self._ws.connected:
+                continue
+            try:
+                record = (await self._venue.session(self.account)).record
+                if record.credentials != self._credentials:
+                    await self._reopen(record)
+            except Exception as exc:
+                log.warning("account feed could not reopen with the account's current credentials",
+                            extra={"account": self.account, "error": type(exc).__name__})
+
+    async def _reopen(self, record: VenueAccount) -> None:
+        """Replace the socket by one with `record`'s credentials; same consumers and sequences, then a catch-up."""
+        assert self._reopen_ws is not None
+        ws = self._reopen_ws(record)
+        try:
+            await ws.start()
+            subscription = await ws.subscribe(list(CHANNELS))
+        except BaseException:
+            await ws.aclose()
+            raise
+        old_ws, old_task = self._ws, self._task
+        self._ws, self._credentials = ws, record.credentials
+        self._task = asyncio.create_task(self._after(old_task, subscription), name=f"execution-feed-{self.account}")
+        self.reopened += 1
+        log.info("account feed reopened with the account's current API key", extra={"account": self.account})
+        await old_ws.aclose()  # ends the old subscription: its runner handles what it had queued, then ends
+
+    async def _after(self, previous: asyncio.Task[None] | None, subscription: Any) -> None:
+        """The new socket's runner: once the old one has finished, catch up, then follow the new socket."""
+        if previous is not None:
+            try:
+                await previous
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        await self._run(subscription, catch_up=True)
+
     async def aclose(self) -> None:
+        await cancel_and_wait(self._watch)
+        await cancel_and_wait(self._retrying)
         await cancel_and_wait(self._task)
         await self._ws.aclose()
 
@@ -197,11 +353,14 @@ class AccountFeeds:
         except Exception:
             log.warning("cannot follow account", extra={"account": account}, exc_info=True)
 
+    def _open_ws(self, record: VenueAccount) -> SyndrWebSocket:
+        return SyndrWebSocket(self._ws_url, credentials=record.credentials, compress=False,
+                              rate_budget=self._venue.budget(record))
+
     async def _start(self, venue_name: str, account: str) -> AccountFeed:
         session = await self._venue.session(account)
-        ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False,
-                            rate_budget=self._venue.budget(session.record))
-        feed = AccountFeed(venue_name, account, ws, self._venue, self._orders)
+        feed = AccountFeed(venue_name, account, self._open_ws(session.record), self._venue, self._orders,
+                           credentials=session.record.credentials, reopen=self._open_ws)
         try:
             await feed.start()
             await feed.catch_up()

@@ -13,7 +13,7 @@ from portico.venues.accounts import SyndrAccounts
 from portico.venues.syndr import models
 from portico.venues.syndr.ratelimit import Priority
 
-__all__ = ["SyndrVenue", "open_orders", "order_history_page"]
+__all__ = ["SyndrVenue", "open_orders", "order_history_page", "user_trades_page"]
 
 HISTORY_PAGE: Final = 500
 # How far before an order's signing time its venue record may be (clock skew between us and the venue).
@@ -78,6 +78,21 @@ async def open_orders(venue: SyndrVenue, account: str, *, priority: Priority | N
     orders = _flatten(result)
     models.parse_orders(orders)  # shape check: raises SyndrProtocolError on a malformed answer
     return orders
+
+
+async def user_trades_page(venue: SyndrVenue, account: str, symbol: str | None, offset: int, count: int,
+                           until_s: int) -> list[dict[str, Any]]:
+    """One page of the account's fills up to `until_s` (epoch seconds), newest first (all instruments when
+    `symbol` is None), with the parameters the document requires (count and the time window), as the
+    venue's JSON objects (checked against the typed model)."""
+    window = {"count": count, "offset": offset, "start_timestamp": 0, "end_timestamp": until_s, "sort_by": "DESC"}
+    if symbol is None:
+        method, params = "private/get_user_trades_by_kind", {"kind": "any", **window}
+    else:
+        method, params = "private/get_user_trades_by_instrument", {"instrument_name": symbol, **window}
+    result = (await venue.call(account, method, params)).result
+    models.parse_user_trades(result)  # shape check: raises SyndrProtocolError on a malformed answer
+    return [t for t in (result if isinstance(result, list) else [result]) if isinstance(t, dict)]
 
 
 async def order_history_page(venue: SyndrVenue, account: str, symbol: str | None, offset: int,

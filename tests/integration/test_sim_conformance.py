@@ -25,6 +25,7 @@ from tests.support.syndr_account import SyndrAccount, register
 
 from portico.sim.server import SimConfig, Simulator
 from portico.venues.syndr import models
+from portico.venues.syndr.errors import SyndrInvalidRequest
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.ws import SyndrWebSocket
 
@@ -295,12 +296,22 @@ async def test_user_trades_honour_the_documents_count_offset_and_window(scenario
     for _ in range(2):  # two fills of our own against the market maker
         await call("private/buy", scenario.account.order("ETH-PERP", "buy", "0.01", order_type="market",
                                                          time_in_force="IOC"))
-    everything = (await call("private/get_user_trades_by_kind", {"kind": "any", "sort_by": "DESC"})).result
+    window = {"start_timestamp": 0, "end_timestamp": int(time.time()) + 1}
+    everything = (await call("private/get_user_trades_by_kind",
+                             {"kind": "any", "sort_by": "DESC", "count": 1000, **window})).result
     assert len(everything) >= 2
-    first = (await call("private/get_user_trades_by_kind", {"kind": "any", "sort_by": "DESC", "count": 1})).result
+    first = (await call("private/get_user_trades_by_kind",
+                        {"kind": "any", "sort_by": "DESC", "count": 1, **window})).result
     second = (await call("private/get_user_trades_by_kind",
-                         {"kind": "any", "sort_by": "DESC", "count": 1, "offset": 1})).result
+                         {"kind": "any", "sort_by": "DESC", "count": 1, "offset": 1, **window})).result
     assert [t["id"] for t in first + second] == [t["id"] for t in everything[:2]]
+    for method, extra in (("private/get_user_trades_by_kind", {"kind": "any"}),
+                          ("private/get_user_trades_by_instrument", {"instrument_name": "ETH-PERP"})):
+        for required in ("count", "start_timestamp", "end_timestamp"):  # the document marks them required
+            params = {**extra, "count": 10, **window}
+            del params[required]
+            with pytest.raises(SyndrInvalidRequest, match=required):
+                await call(method, params)
     long_ago = (await call("private/get_user_trades_by_instrument", {
-        "instrument_name": "ETH-PERP", "start_timestamp": 1731222656, "end_timestamp": 1732000257})).result
+        "instrument_name": "ETH-PERP", "count": 10, "start_timestamp": 1731222656, "end_timestamp": 1732000257})).result
     assert long_ago == []

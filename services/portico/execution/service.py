@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 from portico.execution.convert import fill_proto, order_proto
 from portico.execution.deadman import DeadmanSwitches
@@ -17,13 +18,13 @@ from portico.execution.streams import AccountFeeds
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from portico.execution.validation import Instruments, check_client_order_id, intent_from_request
-from portico.execution.venue import SyndrVenue, open_orders, order_history_page
+from portico.execution.venue import SyndrVenue, open_orders, order_history_page, user_trades_page
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import open_channel
 from portico.runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait, wait_event
-from portico.runtime.paging import offset_from_token, page_size, page_token
+from portico.runtime.paging import offset_from_token, page_size, page_token, position_from_token
 from portico.runtime.server import GrpcServer
 from portico.runtime.vault import VaultSession
 from portico.signer.client import SignerClient
@@ -42,11 +43,25 @@ METHOD_SCOPES = {f"/{SERVICE_NAME}/{m.name}": "trade" if m.name in _TRADE_METHOD
                  for m in _SERVICE.methods}
 ERROR_DOMAIN = "execution.portico"
 MAX_DEADMAN_TTL_S: Final = 86_400
+T = TypeVar("T")
 
 
-# The venue's most orders per history call: `count` above it is answered with this many (the Syndr document gives
-# no maximum; the simulator caps at 1000). `_history_page` never asks for more.
+# The venue's most orders (or fills) per history call: `count` above it is answered with this many (the Syndr
+# document gives no maximum; the simulator caps at 1000). `_read_in_chunks` never asks for more.
 VENUE_HISTORY_MAX_COUNT: Final = 1000
+
+
+async def _read_in_chunks(fetch: Callable[[int, int], Awaitable[Sequence[T]]], offset: int, count: int) -> list[T]:
+    """Up to `count` items from `offset` of a venue listing, in as many calls of at most
+    `VENUE_HISTORY_MAX_COUNT` as it takes (the page size's maximum plus one needs two)."""
+    items: list[T] = []
+    while len(items) < count:
+        asked = min(count - len(items), VENUE_HISTORY_MAX_COUNT)
+        chunk = await fetch(offset + len(items), asked)
+        items.extend(chunk[:asked])
+        if len(chunk) < asked:  # the end of the listing
+            break
+    return items
 
 
 def _deadman_ttl_s(seconds: int, nanos: int) -> float:
@@ -163,16 +178,9 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
 
     async def _history_page(self, account: str, symbol: str | None, offset: int,
                             count: int) -> list[dict[str, Any]]:
-        """Up to `count` orders of history from `offset`, in as many venue calls of at most
-        `VENUE_HISTORY_MAX_COUNT` as it takes (the page size's maximum plus one needs two)."""
-        orders: list[dict[str, Any]] = []
-        while len(orders) < count:
-            asked = min(count - len(orders), VENUE_HISTORY_MAX_COUNT)
-            chunk = await order_history_page(self.venue, account, symbol, offset + len(orders), asked)
-            orders.extend(chunk[:asked])
-            if len(chunk) < asked:  # the end of the history
-                break
-        return orders
+        """Up to `count` orders of history from `offset` (see `_read_in_chunks`)."""
+        return await _read_in_chunks(lambda at, n: order_history_page(self.venue, account, symbol, at, n),
+                                     offset, count)
 
     @map_venue_errors
     async def ListFills(self, request: pb.ListFillsRequest, context: Any) -> pb.ListFillsResponse:
@@ -181,20 +189,21 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         order_id = request.order_id if request.HasField("order_id") else None
         size = page_size(request.page_size)
         query = ("fills", venue, account, symbol, order_id)
-        offset = offset_from_token(request.page_token, query)
-        if order_id is not None:
-            method, params = "private/get_user_trades_by_order", {"order_id": order_id}
-        elif symbol is not None:
-            method, params = "private/get_user_trades_by_instrument", {"instrument_name": symbol}
-        else:
-            method, params = "private/get_user_trades_by_kind", {"kind": "any"}
+        offset, as_of = position_from_token(request.page_token, query)
         try:
-            trades = models.parse_user_trades((await self.venue.call(account, method,
-                                                                     {**params, "sort_by": "DESC"})).result)
+            if order_id is not None:  # one order's fills: the venue answers them all at once
+                result = await self.venue.call(account, "private/get_user_trades_by_order",
+                                               {"order-id": order_id, "sort_by": "DESC"})
+                every = tuple(t for t in models.parse_user_trades(result.result)
+                              if symbol is None or t.instrument_name == symbol)
+                page, more = list(every[offset:offset + size]), offset + size < len(every)
+            else:  # paged at the venue, within the window the first page fixed (later fills do not shift it)
+                as_of = int(time.time()) if as_of is None else as_of
+                window = await _read_in_chunks(
+                    lambda at, n: user_trades_page(self.venue, account, symbol, at, n, as_of), offset, size + 1)
+                page, more = list(models.parse_user_trades(window[:size])), len(window) > size
         except SyndrError as exc:
             raise to_portico_error(exc) from None
-        trades = tuple(t for t in trades if symbol is None or t.instrument_name == symbol)
-        page = trades[offset:offset + size]
         client_ids: dict[str, str] = {}
         for trade in page:
             for oid in (trade.incoming_order_id, trade.book_order_id):
@@ -202,9 +211,8 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
                     entry = await self.journal.find_order(venue, account, oid)
                     if entry is not None:
                         client_ids[oid] = entry.intent.client_order_id
-        more = offset + size < len(trades)
         return pb.ListFillsResponse(fills=[fill_proto(venue, account, t, client_ids) for t in page],
-                                    next_page_token=page_token(offset + size, query) if more else "")
+                                    next_page_token=page_token(offset + size, query, as_of=as_of) if more else "")
 
     @map_venue_errors
     async def ArmDeadman(self, request: pb.ArmDeadmanRequest, context: Any) -> pb.ArmDeadmanResponse:

@@ -14,7 +14,7 @@ import orjson
 
 from portico.runtime.errors import InvalidArgument
 
-__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "offset_from_token", "page_size", "page_token"]
+__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "offset_from_token", "page_size", "page_token", "position_from_token"]
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -31,20 +31,34 @@ def _tag(query: tuple[object, ...]) -> str:
     return hashlib.sha256(repr(query).encode()).hexdigest()[:12]
 
 
-def page_token(offset: int, query: tuple[object, ...]) -> str:
-    """The token of the page starting at `offset` of `query`."""
-    return base64.urlsafe_b64encode(orjson.dumps({"o": offset, "q": _tag(query)})).decode()
+def page_token(offset: int, query: tuple[object, ...], *, as_of: int | None = None) -> str:
+    """The token of the page starting at `offset` of `query`.
+
+    `as_of` (a time the first page chose) pins the listing to what existed then, so later pages are
+    not shifted by entries added at the top meanwhile.
+    """
+    data: dict[str, object] = {"o": offset, "q": _tag(query)}
+    if as_of is not None:
+        data["t"] = as_of
+    return base64.urlsafe_b64encode(orjson.dumps(data)).decode()
+
+
+def position_from_token(token: str, query: tuple[object, ...]) -> tuple[int, int | None]:
+    """(offset, as_of) of a token ((0, None) for no token); INVALID_ARGUMENT for a token of another query."""
+    if not token:
+        return 0, None
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(token.encode()))
+        offset, as_of = data["o"], data.get("t")
+        if data["q"] != _tag(query) or type(offset) is not int or offset < 0:
+            raise ValueError
+        if as_of is not None and (type(as_of) is not int or as_of < 0):
+            raise ValueError
+        return int(offset), as_of
+    except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
+        raise InvalidArgument("page_token", "not a token of this query") from None
 
 
 def offset_from_token(token: str, query: tuple[object, ...]) -> int:
     """The offset a token stands for (0 for no token); INVALID_ARGUMENT for a token of another query."""
-    if not token:
-        return 0
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(token.encode()))
-        offset = data["o"]
-        if data["q"] != _tag(query) or type(offset) is not int or offset < 0:
-            raise ValueError
-        return int(offset)
-    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        raise InvalidArgument("page_token", "not a token of this query") from None
+    return position_from_token(token, query)[0]

@@ -310,11 +310,16 @@ def _sort_asc(p: Params) -> bool:
     return bool(p.text("sort_by", "DESC", choices=("ASC", "DESC")) == "ASC")
 
 
-def _trade_paging(p: Params) -> dict[str, Any]:
-    """The document's count / offset / start_timestamp / end_timestamp (seconds); no count means all."""
-    start = p.integer("start_timestamp", None, minimum=0)
-    end = p.integer("end_timestamp", None, minimum=0)
-    count = p.integer("count", None, minimum=1)
+def _trade_paging(p: Params, *, required: bool = False) -> dict[str, Any]:
+    """The document's count / offset / start_timestamp / end_timestamp (seconds).
+
+    `required`: the by-instrument and by-kind calls, where the document marks count and the window
+    required (a missing one is INVALID_PARAMS, as the venue answers); by order, no count means all.
+    """
+    def read(name: str, minimum: int) -> Any:
+        return p.integer(name, minimum=minimum) if required else p.integer(name, None, minimum=minimum)
+
+    start, end, count = read("start_timestamp", 0), read("end_timestamp", 0), read("count", 1)
     return {"count": None if count is None else min(count, 1000), "offset": p.integer("offset", 0, minimum=0),
             "start_ms": None if start is None else start * 1000,
             "end_ms": None if end is None else end * 1000 + 999}
@@ -329,13 +334,13 @@ def get_user_trades_by_order(sim: Simulator, p: Params, ctx: CallContext) -> Any
 
 def get_user_trades_by_instrument(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     return sim.engine.user_trades(_account(ctx), instrument_name=p.text("instrument_name"), sort_asc=_sort_asc(p),
-                                  **_trade_paging(p))
+                                  **_trade_paging(p, required=True))
 
 
 def get_user_trades_by_kind(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     kind = p.text("kind", "any", choices=(*KINDS, "spot", "any"))
     return sim.engine.user_trades(_account(ctx), kind=None if kind == "any" else kind, sort_asc=_sort_asc(p),
-                                  **_trade_paging(p))
+                                  **_trade_paging(p, required=True))
 
 
 def get_deposits(sim: Simulator, p: Params, ctx: CallContext) -> Any:

@@ -96,6 +96,23 @@ async def feed_of(running: RunningExecution) -> Any:
     return running.app.feeds._feeds[key]
 
 
+async def test_the_stream_names_our_orders_by_their_client_order_id(stack: ExecutionStack) -> None:
+    """The venue's echo of an order just placed arrives after PlaceOrder journaled that very state; its update
+    still carries the client order id (before: empty, since nothing new was journaled)."""
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stream = OrderStream(running, channel)
+        try:
+            await feed_of(running)
+            placed = await running.stub(channel).PlaceOrder(place_request(stack, "named-1", far_bid(stack.sim)),
+                                                            metadata=running.metadata())
+            await until(lambda: stream.has(placed.order.order_id, order_pb2.ORDER_STATE_OPEN))
+            [update] = [u for u in stream.updates if u.order.order_id == placed.order.order_id]
+            assert update.order.client_order_id == "named-1"
+            assert update.order.salt == placed.order.salt
+        finally:
+            await cancel_and_wait(stream.task)
+
+
 async def test_a_journal_outage_costs_the_stream_no_update_and_the_journal_catches_up(
         stack: ExecutionStack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The venue cancels a resting order while the journal is down: the consumer still gets CANCELLED with the

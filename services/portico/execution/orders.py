@@ -332,10 +332,11 @@ class OrderManager:
     async def on_venue_order(self, venue: str, account: str, order: dict[str, Any]) -> JournalEntry | None:
         """An order update from the venue (stream or read): journal it if the order is ours.
 
-        The stream echoes every order just placed; what the journal already holds is not written again.
+        The stream echoes every order just placed; what the journal already holds is not written again,
+        but its entry is still returned: a stream consumer needs what only the journal knows (the client id).
         """
         if self._journaled.get(str(order.get("order_id", ""))) == venue_version(order):
-            return None
+            return await self.journal.find_order(venue, account, str(order.get("order_id", "")))
         entry = await self.journal.find_order(venue, account, str(order.get("order_id", "")))
         if entry is None and order.get("salt") is not None:
             try:

@@ -296,6 +296,34 @@ async def test_ws_reconnects_reauths_and_resubscribes_every_channel(stub: SyndrS
         assert (await ws.call("public/ticker", {})).result["method"] == "public/ticker"
 
 
+async def test_ws_reauthenticates_with_refreshed_credentials_after_a_reconnect(stub: SyndrStub) -> None:
+    asked: list[int] = []
+    rotated = ApiCredentials("rotated-key", "rotated-secret")
+
+    async def refresh() -> ApiCredentials:
+        asked.append(1)
+        if len(asked) == 1:
+            raise RuntimeError("vault away")  # the first reconnect keeps the key it has
+        return rotated
+
+    async with ws_client(stub, refresh_credentials=refresh) as ws:
+        orders = await ws.subscribe(["user.orders.ETH-PERP"])
+        assert asked == []  # the first connection uses the credentials given
+        assert await stub.close_all_websockets() == 1
+        assert isinstance(await next_event(orders), Disconnected)
+        assert isinstance(await next_event(orders), Reconnected)
+        assert len(asked) == 1 and stub.ws_connections == 2  # refresh failed: the old key, still valid here
+        # The venue now knows only the rotated key (the old one was deactivated).
+        stub.api_key, stub.api_secret = rotated.api_key, rotated.api_secret
+        assert await stub.close_all_websockets() == 1
+        assert isinstance(await next_event(orders), Disconnected)
+        assert isinstance(await next_event(orders), Reconnected)
+        auths = [r.params for r in stub.ws_requests if r.method == "public/auth"]
+        assert auths[-1] == {"api_key": "rotated-key", "api_secret": "rotated-secret"}
+        assert (await ws.call("private/get_open_orders", {})).result is not None
+        assert "rotated-secret" not in repr(ws)
+
+
 async def test_ws_silence_detected_and_reconnected(stub: SyndrStub) -> None:
     async with ws_client(stub, heartbeat_s=0.2, silence_timeout_s=0.8) as ws:
         sub = await ws.subscribe(["ticker.ETH-PERP"])

@@ -121,7 +121,8 @@ class PositionFeeds:
             if feed is None:
                 session = await self._accounts.session(account)
                 ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False,
-                                    rate_budget=self._accounts.budget(session.record))
+                                    rate_budget=self._accounts.budget(session.record),
+                                    refresh_credentials=lambda: self._accounts.current_credentials(account))
                 feed = PositionFeed(venue_name, account, ws, self._accounts)
                 try:
                     await feed.start()

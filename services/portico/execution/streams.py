@@ -15,9 +15,9 @@ RESOURCE_EXHAUSTED rather than silently skipped.
 
 The stream reflects the venue, not the journal: an update the journal could
 not take is still emitted (and journaled again later), so a journal outage
-never costs a consumer an update or a sequence number. A socket that cannot
-reconnect is reopened with the account's current API key once its record
-in Vault changed (a rotated key), keeping its consumers and sequences.
+never costs a consumer an update or a sequence number. After a reconnect the
+socket authenticates with the account's current API key (read again from
+Vault), so a rotated key does not silence the feed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any, Final
 
 from portico.execution.convert import fill_proto, order_proto
@@ -35,9 +35,7 @@ from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.venue import SyndrVenue, open_orders, order_history_page, user_trades_page
 from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import cancel_and_wait
-from portico.venues.accounts import VenueAccount
 from portico.venues.syndr import models
-from portico.venues.syndr.credentials import ApiCredentials
 from portico.venues.syndr.errors import SyndrError, SyndrProtocolError
 from portico.venues.syndr.ws import Message, Overflow, Reconnected, SyndrWebSocket
 
@@ -51,8 +49,6 @@ CHANNELS: Final = ("user.orders.ALL.raw", "user.fills.ALL")
 _SEEN_LIMIT: Final = 5_000
 _CATCH_UP_ORDERS: Final = 200
 _CATCH_UP_FILLS: Final = 500
-# While the socket is down, how often the account's record is checked for a rotated API key.
-_RECHECK_S: Final = 5.0
 # A journal write that failed is retried after this, the pause doubling up to the maximum while it keeps failing.
 _JOURNAL_RETRY_S: Final = 1.0
 _JOURNAL_RETRY_MAX_S: Final = 30.0
@@ -86,18 +82,12 @@ def _order_of(data: Any) -> dict[str, Any]:
 class AccountFeed:
     """The private channels of one account: journaled and fanned out."""
 
-    def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, venue: SyndrVenue, orders: OrderManager,
-                 *, credentials: ApiCredentials | None = None,
-                 reopen: Callable[[VenueAccount], SyndrWebSocket] | None = None):
-        """`credentials` are those `ws` authenticates with; with `reopen` (a new socket for a record), a socket
-        that is down while the account's record names other credentials is replaced by one with those."""
+    def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, venue: SyndrVenue, orders: OrderManager):
         self.venue_name = venue_name
         self.account = account
         self._ws = ws
         self._venue = venue
         self._orders = orders
-        self._credentials = credentials
-        self._reopen_ws = reopen
         self._consumers: set[StreamConsumer] = set()
         # The last state emitted per order id (a `venue_version`), oldest forgotten first.
         self._emitted: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
@@ -109,9 +99,7 @@ class AccountFeed:
         self._retrying: asyncio.Task[None] | None = None
         self.order_sequence = 0
         self.fill_sequence = 0
-        self.reopened = 0
         self._task: asyncio.Task[None] | None = None
-        self._watch: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -119,8 +107,6 @@ class AccountFeed:
         subscription = await self._ws.subscribe(list(CHANNELS))
         self.ready.set()
         self._task = asyncio.create_task(self._run(subscription), name=f"execution-feed-{self.account}")
-        if self._reopen_ws is not None:
-            self._watch = asyncio.create_task(self._follow_credentials(), name=f"execution-feed-key-{self.account}")
 
     def add(self, consumer: StreamConsumer) -> None:
         self._consumers.add(consumer)
@@ -128,9 +114,7 @@ class AccountFeed:
     def remove(self, consumer: StreamConsumer) -> None:
         self._consumers.discard(consumer)
 
-    async def _run(self, subscription: Any, *, catch_up: bool = False) -> None:
-        if catch_up:  # a new socket: what the old one did not deliver comes from a catch-up read, as on a reconnect
-            await self._handle(Reconnected(0))
+    async def _run(self, subscription: Any) -> None:
         async for event in subscription:
             await self._handle(event)
 
@@ -258,55 +242,7 @@ class AccountFeed:
         for fill in reversed(fills):
             self._fill(fill)
 
-    async def _follow_credentials(self) -> None:
-        """While the socket is down, look at the account's record; if its API key changed, reopen with it.
-
-        A socket keeps the key it authenticated with, and the venue refuses a rotated-out key when the
-        socket reconnects, for ever: without this the feed would go silent. The record is the one
-        `session()` reads (Vault, cached for the credentials-cache time), as the HTTP side uses.
-        """
-        while True:
-            await asyncio.sleep(_RECHECK_S)
-            if self._ws.connected:
-                continue
-            try:
-                record = (await self._venue.session(self.account)).record
-                if record.credentials != self._credentials:
-                    await self._reopen(record)
-            except Exception as exc:
-                log.warning("account feed could not reopen with the account's current credentials",
-                            extra={"account": self.account, "error": type(exc).__name__})
-
-    async def _reopen(self, record: VenueAccount) -> None:
-        """Replace the socket by one with `record`'s credentials; same consumers and sequences, then a catch-up."""
-        assert self._reopen_ws is not None
-        ws = self._reopen_ws(record)
-        try:
-            await ws.start()
-            subscription = await ws.subscribe(list(CHANNELS))
-        except BaseException:
-            await ws.aclose()
-            raise
-        old_ws, old_task = self._ws, self._task
-        self._ws, self._credentials = ws, record.credentials
-        self._task = asyncio.create_task(self._after(old_task, subscription), name=f"execution-feed-{self.account}")
-        self.reopened += 1
-        log.info("account feed reopened with the account's current API key", extra={"account": self.account})
-        await old_ws.aclose()  # ends the old subscription: its runner handles what it had queued, then ends
-
-    async def _after(self, previous: asyncio.Task[None] | None, subscription: Any) -> None:
-        """The new socket's runner: once the old one has finished, catch up, then follow the new socket."""
-        if previous is not None:
-            try:
-                await previous
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-        await self._run(subscription, catch_up=True)
-
     async def aclose(self) -> None:
-        await cancel_and_wait(self._watch)
         await cancel_and_wait(self._retrying)
         await cancel_and_wait(self._task)
         await self._ws.aclose()
@@ -353,14 +289,12 @@ class AccountFeeds:
         except Exception:
             log.warning("cannot follow account", extra={"account": account}, exc_info=True)
 
-    def _open_ws(self, record: VenueAccount) -> SyndrWebSocket:
-        return SyndrWebSocket(self._ws_url, credentials=record.credentials, compress=False,
-                              rate_budget=self._venue.budget(record))
-
     async def _start(self, venue_name: str, account: str) -> AccountFeed:
         session = await self._venue.session(account)
-        feed = AccountFeed(venue_name, account, self._open_ws(session.record), self._venue, self._orders,
-                           credentials=session.record.credentials, reopen=self._open_ws)
+        ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False,
+                            rate_budget=self._venue.budget(session.record),
+                            refresh_credentials=lambda: self._venue.current_credentials(account))
+        feed = AccountFeed(venue_name, account, ws, self._venue, self._orders)
         try:
             await feed.start()
             await feed.catch_up()

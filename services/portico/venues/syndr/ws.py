@@ -45,7 +45,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeAlias
@@ -334,9 +334,14 @@ class SyndrWebSocket:
 
     def __init__(self, url: str, *, credentials: ApiCredentials | None = None, heartbeat_s: float = 10.0,
                  silence_timeout_s: float = 15.0, reconnect_initial_s: float = 0.2, reconnect_max_s: float = 10.0,
-                 call_timeout_s: float = 5.0, rate_budget: RateBudget | None = None, compress: bool = True) -> None:
+                 call_timeout_s: float = 5.0, rate_budget: RateBudget | None = None, compress: bool = True,
+                 refresh_credentials: Callable[[], Awaitable[ApiCredentials]] | None = None) -> None:
         """`compress` offers permessage-deflate: worth it for bulky public market data over a WAN; private
-        order and position feeds carry small messages, where it only costs CPU at both ends."""
+        order and position feeds carry small messages, where it only costs CPU at both ends.
+
+        `refresh_credentials` is asked for the account's current key before every re-authentication after
+        a reconnect (a rotated key replaces the one this socket started with; the venue would refuse the old
+        one for ever); if it fails, the socket keeps the credentials it has."""
         if not 0 < heartbeat_s < silence_timeout_s:
             # Otherwise a quiet but healthy connection would look silent.
             raise ValueError("need 0 < heartbeat_s < silence_timeout_s")
@@ -350,6 +355,7 @@ class SyndrWebSocket:
         except InvalidURI:
             raise ValueError(f"not a ws:// or wss:// URL: {self.url!r}") from None
         self._credentials = credentials
+        self._refresh_credentials = refresh_credentials
         self._heartbeat_s = heartbeat_s
         self._silence_s = silence_timeout_s
         self._reconnect_initial_s = reconnect_initial_s
@@ -620,7 +626,7 @@ class SyndrWebSocket:
             watchdog = asyncio.create_task(self._watch_silence(ws), name="syndr-ws-silence")
             try:
                 try:
-                    await self._resync(ws)
+                    await self._resync(ws, reconnecting=ever_ready or attempt > 1)
                 except SyndrRpcError as exc:
                     if not ever_ready and self._started is not None and not self._started.done():
                         self._started.set_exception(exc)  # e.g. credentials refused: retrying will not help
@@ -649,8 +655,17 @@ class SyndrWebSocket:
                 with contextlib.suppress(Exception):
                     await ws.close()
 
-    async def _resync(self, ws: ClientConnection) -> None:
-        """Authenticate, then re-subscribe every channel a live subscription needs."""
+    async def _resync(self, ws: ClientConnection, *, reconnecting: bool = False) -> None:
+        """Authenticate (with refreshed credentials after a reconnect), then re-subscribe every channel."""
+        if reconnecting and self._credentials is not None and self._refresh_credentials is not None:
+            try:
+                current = await self._refresh_credentials()
+            except Exception as exc:  # Vault away, say: the key we have may still be good
+                log.warning("syndr websocket kept its credentials: refreshing them failed (%s)", type(exc).__name__)
+            else:
+                if current != self._credentials:
+                    log.info("syndr websocket re-authenticates with the account's new API key")
+                    self._credentials = current
         if self._credentials is not None:
             await self._call_on(ws, "public/auth", self._credentials.auth_params(), self._call_timeout_s)
         for method, group in _by_visibility("subscribe", list(self._subs_by_channel)):

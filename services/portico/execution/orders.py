@@ -95,10 +95,10 @@ class OrderManager:
         self._reconciling: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         self.wake_reconciler: Callable[[], None] = lambda: None
         # What the journal holds, mirrored so the hot path asks it less: unresolved entries per
-        # (venue, account, symbol), and the last venue state journaled per order id. This process
-        # is the journal's only writer (one execution replica per journal, as the README says).
+        # (venue, account, symbol), and the last venue state journaled per order id with its entry. This
+        # process is the journal's only writer (one execution replica per journal, as the README says).
         self._unresolved: dict[tuple[str, str, str], set[tuple[str, str, str]]] = {}
-        self._journaled: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._journaled: OrderedDict[str, tuple[tuple[Any, ...], JournalEntry]] = OrderedDict()
 
     async def load(self) -> None:
         """Build the in-memory index from the journal (at start, before serving)."""
@@ -322,7 +322,7 @@ class OrderManager:
         order id is remembered, so the older answer does not overwrite the newer state.
         """
         known = self._journaled.get(str(order.get("order_id", "")))
-        if known is not None and stored_is_newer(order_at_version(str(order["order_id"]), known), order):
+        if known is not None and stored_is_newer(order_at_version(str(order["order_id"]), known[0]), order):
             return await self._get(entry.key)
         if entry.venue_order and stored_is_newer(orjson.loads(entry.venue_order), order):
             return entry  # an update that raced ahead (e.g. from the order stream) is newer
@@ -335,8 +335,9 @@ class OrderManager:
         The stream echoes every order just placed; what the journal already holds is not written again,
         but its entry is still returned: a stream consumer needs what only the journal knows (the client id).
         """
-        if self._journaled.get(str(order.get("order_id", ""))) == venue_version(order):
-            return await self.journal.find_order(venue, account, str(order.get("order_id", "")))
+        known = self._journaled.get(str(order.get("order_id", "")))
+        if known is not None and known[0] == venue_version(order):
+            return known[1]
         entry = await self.journal.find_order(venue, account, str(order.get("order_id", "")))
         if entry is None and order.get("salt") is not None:
             try:
@@ -359,7 +360,7 @@ class OrderManager:
         else:
             group.discard(entry.key)
         if entry.order_id and entry.venue_order:
-            self._journaled[entry.order_id] = venue_version(orjson.loads(entry.venue_order))
+            self._journaled[entry.order_id] = (venue_version(orjson.loads(entry.venue_order)), entry)
             self._journaled.move_to_end(entry.order_id)
             if len(self._journaled) > _JOURNALED_MEMORY:
                 self._journaled.popitem(last=False)

@@ -103,8 +103,8 @@ async def test_a_cancel_overtakes_orders_queued_for_the_budget(stack: ExecutionS
         price = resting_price(sim)
         orders = [asyncio.ensure_future(stub.PlaceOrder(place(stack, f"queued-{i}", price),
                                                         metadata=running.metadata(), timeout=30))
-                  for i in range(70)]
-        # The bucket holds 50 order calls: once they are at the venue, the other 20 queue at 10 a second.
+                  for i in range(80)]
+        # The bucket holds 50 order calls: once they are at the venue, the other 30 queue at 10 a second.
         deadline = time.monotonic() + 10
         while sum(r.method == "private/buy" for r in sim.requests) < CAPACITY_CALLS - 5:
             assert time.monotonic() < deadline, "the first orders never reached the venue"
@@ -115,8 +115,9 @@ async def test_a_cancel_overtakes_orders_queued_for_the_budget(stack: ExecutionS
         results = await asyncio.gather(*orders, return_exceptions=True)
         assert all(isinstance(r, pb.PlaceOrderResponse) for r in results), results
         # The cancel (and the read of open orders it starts with) went ahead of the orders still queued, which
-        # were placed after it; at 10 a second that is most of the 20 beyond the bucket.
+        # were placed after it (without the priority, every one of the 80 went first). Even a slow host, which
+        # needs a while to see 45 at the venue while the queue drains at 10 a second, leaves some of the 30.
         methods = [r.method for r in sim.requests if r.method in ("private/buy", "private/cancel_all_by_instrument")]
         cancel_at = methods.index("private/cancel_all_by_instrument")
-        assert methods[cancel_at + 1:].count("private/buy") >= 10, methods
+        assert methods[cancel_at + 1:].count("private/buy") >= 5, methods
         assert reply.cancelled_count == methods[:cancel_at].count("private/buy")

@@ -83,6 +83,16 @@ def test_keys_errors_are_clear(vault_env: dict[str, str]) -> None:
     assert bad_key.returncode == 1 and "not-hex-at-all" not in bad_key.stderr
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`portico … | head`: the pipe closes before the output is written; no traceback, the shell's 141."""
+    process = subprocess.Popen([*PORTICO, "config-table"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # long before the command has imported anything and printed
+    complaint = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert complaint == ""
+
+
 def test_token_new_prints_a_matching_entry() -> None:
     result = portico(["token", "new", "desk-a", "--scopes", "read,trade"], {})
     assert result.returncode == 0

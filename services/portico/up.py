@@ -404,7 +404,8 @@ def _print_summary(state: Mapping[str, Any]) -> None:
     print(f"  demo account {demo['account']} at {demo['venue']} (account key {demo['account_key_id']})")
     print(f"    signing key {demo['signing_key_id']} ({demo['signing_key_address']}), registered through the "
           "account service; API key in Vault")
-    print(f"  bearer tokens (read / trade / admin) and all endpoints: {state['state_file']}")
+    print(f"  bearer tokens (read / trade / admin), a key administrator's Vault token and all endpoints: "
+          f"{state['state_file']}")
     print(f"  logs: {state['logs']}")
     print("Press Ctrl-C to stop.", flush=True)
 

@@ -187,7 +187,7 @@ async def test_a_rotated_api_key_reauthenticates_the_feed_and_the_stream_goes_on
                 await store.put(dataclasses.replace(record, credentials=new))
                 await store.aclose()
             async with SyndrHttpClient(sim.http_url, credentials=new) as venue:
-                await venue.call("private/deactivate_api_key", {"api_key": old.api_key})
+                await venue.call("private/deactivate_api_key", {"api_key": old.api_key, "api_secret": old.api_secret})
             assert await sim.close_websockets() >= 1
 
             # The HTTP side picks the new record up within the cache time; so must the feed.

@@ -20,6 +20,7 @@ from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.credentials import ApiCredentials
 from portico.venues.syndr.errors import (
     SyndrAuthError,
+    SyndrInvalidRequest,
     SyndrNotFound,
     SyndrRateLimited,
     SyndrRejected,
@@ -178,7 +179,15 @@ async def test_api_key_scopes_and_deactivation(sim: Simulator, private: SyndrHtt
         with pytest.raises(SyndrAuthError) as caught:
             await reader.call("private/buy", account.order("ETH-PERP", "buy", "0.01", price))
         assert caught.value.code == ErrorCode.FORBIDDEN
-        await private.call("private/deactivate_api_key", {"api-key": created.api_key, "api_secret": "x"})
+        # The document's table requires the key's own secret: missing or wrong, the key stays active.
+        with pytest.raises(SyndrInvalidRequest):
+            await private.call("private/deactivate_api_key", {"api-key": created.api_key})
+        with pytest.raises(SyndrAuthError) as wrong:
+            await private.call("private/deactivate_api_key", {"api-key": created.api_key, "api_secret": "x"})
+        assert wrong.value.code == ErrorCode.UNAUTHORIZED
+        await reader.call("private/get_open_orders")
+        await private.call("private/deactivate_api_key", {"api-key": created.api_key,
+                                                          "api_secret": created.api_secret})
         with pytest.raises(SyndrAuthError) as caught:
             await reader.call("private/get_open_orders")
         assert caught.value.code == ErrorCode.UNAUTHORIZED

@@ -18,6 +18,14 @@ private key ever in this process:
 If the venue refuses, the new key stays unused in Vault (harmless, and
 logged). If Vault cannot take the new record after the venue accepted, the
 write is retried; the venue shows an API secret once, so failing here is loud.
+
+From step 4 on the work runs to its end whatever happens to the RPC (a client
+deadline, a disconnect, the server's shutdown grace running out): it is a task
+of `Completions`, awaited under `asyncio.shield`, so the venue's new API key
+pair always reaches Vault (or the failure is logged). When the venue's answer
+is lost (transport failure, its internal error, an unreadable answer) the
+outcome is unknown: the venue may use the new key while Vault names the old
+one, so that is logged as an error asking for a new registration.
 """
 
 from __future__ import annotations
@@ -26,17 +34,22 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from portico.runtime.errors import FailedPrecondition, Unavailable
+from portico.runtime.errors import FailedPrecondition, PorticoError, Unavailable
 from portico.runtime.signing_keys import KeyAdmin, KeyAdminError, KeyPaths, KeyPolicy
 from portico.runtime.vault import VaultError, VaultSession
 from portico.signer.client import SignerClient
 from portico.venues.accounts import SyndrAccounts, VenueAccount
 from portico.venues.syndr import models, typed_data
 from portico.venues.syndr.credentials import ApiCredentials
+from portico.venues.syndr.errors import SyndrError, SyndrProtocolError, SyndrTransportError, SyndrVenueFailure
 
-__all__ = ["Registration", "SigningKeyRegistrar"]
+__all__ = ["Completions", "Registration", "SigningKeyRegistrar", "outcome_unknown"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("portico.account.registration")
 
@@ -44,6 +57,90 @@ _RECORD_WRITE_ATTEMPTS = 5
 SIGNING_KEY_POLICY = KeyPolicy.build(primary_types=[typed_data.ORDER_PRIMARY_TYPE, typed_data.SIGN_KEY_PRIMARY_TYPE],
                                      domain_names=[typed_data.SYNDR_DOMAIN_NAME],
                                      chain_ids=[typed_data.SYNDR_CHAIN_ID])
+
+
+def outcome_unknown(exc: SyndrError) -> bool:
+    """True when a venue write may have happened although no usable answer came back: no answer at all, the
+    venue's own internal error (which does not prove nothing was done), or an answer that cannot be read."""
+    return isinstance(exc, SyndrTransportError | SyndrVenueFailure | SyndrProtocolError)
+
+
+class Completions:
+    """Work that must run to its end once started, whatever happens to the RPC that started it.
+
+    Between a venue call that changes something (a new API key pair, a registered signing key, a toggled
+    margin mode) and what must follow it (Vault storing the secret, a rollback, the answer read), a cancelled
+    caller must not stop the work half-way. `run` starts the work as a task and waits for it under
+    `asyncio.shield`: cancelling the caller (gRPC deadline, disconnect, the end of the shutdown grace) leaves
+    the task running; its result or failure is then logged. `aclose`, once the server has stopped, waits for
+    what is still running, then cancels it, loudly.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[asyncio.Task[Any], str] = {}  # task -> what it does (for logs: never a secret)
+        self._abandoned: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, work: Coroutine[Any, Any, T], what: str, *, release: asyncio.Lock | None = None) -> T:
+        """Run `work` to its end and return its result; `release`, a lock the caller holds, is handed over
+        to the work and released when it ends (so the next caller waits for the work, not for this caller)."""
+        task = asyncio.create_task(work, name=f"account: {what}")
+        self._tasks[task] = what
+        task.add_done_callback(self._finished)
+        if release is not None:
+            task.add_done_callback(lambda _: release.release())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                self._abandoned.add(task)
+                log.warning("the caller went away; the work goes on to its end", extra={"work": what})
+            raise
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        what = self._tasks.pop(task, "?")
+        abandoned = task in self._abandoned
+        self._abandoned.discard(task)
+        if task.cancelled():
+            log.error("work cancelled before its end: check that the venue and Vault agree", extra={"work": what})
+            return
+        exc = task.exception()  # retrieved here even when the caller has gone
+        if not abandoned:
+            return  # the caller has the result or the error
+        if exc is None:
+            log.info("work finished after its caller went away", extra={"work": what})
+        else:
+            log.error("work failed after its caller went away", extra={
+                "work": what, "error": type(exc).__name__,
+                "detail": exc.message if isinstance(exc, PorticoError) else ""})
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for unfinished work, then cancel what is left."""
+        if not self._tasks:
+            return
+        log.warning("waiting for unfinished work", extra={"work": sorted(self._tasks.values()),
+                                                          "timeout_s": timeout_s})
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """Everything `public/register_signing_key` needs, made before the call."""
+
+    venue: str
+    account: str
+    account_key_id: str
+    key_id: str
+    key_address: str
+    expires_at: int
+    key_signature: str
+    account_signature: str
 
 
 @dataclass(frozen=True)
@@ -57,17 +154,28 @@ class Registration:
 class SigningKeyRegistrar:
     """Registers a new signing key for an account Portico holds the account key of."""
 
-    def __init__(self, vault: VaultSession, key_paths: KeyPaths, signer: SignerClient, accounts: SyndrAccounts):
+    def __init__(self, vault: VaultSession, key_paths: KeyPaths, signer: SignerClient, accounts: SyndrAccounts,
+                 completions: Completions):
         self._admin = KeyAdmin(vault, key_paths)
         self._signer = signer
         self._accounts = accounts
+        self._completions = completions
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def register(self, venue: str, account: str, validity_s: float | None) -> Registration:
-        async with self._locks.setdefault(account.lower(), asyncio.Lock()):  # one rotation at a time per account
-            return await self._register(venue, account, validity_s)
+        lock = self._locks.setdefault(account.lower(), asyncio.Lock())  # one rotation at a time per account
+        await lock.acquire()
+        try:
+            signed = await self._prepare(venue, account, validity_s)
+        except BaseException:
+            lock.release()
+            raise
+        # From the venue's call on, nothing may stop half-way; the lock is held until the work ends.
+        return await self._completions.run(self._complete(signed), f"signing-key registration for {account}",
+                                           release=lock)
 
-    async def _register(self, venue: str, account: str, validity_s: float | None) -> Registration:
+    async def _prepare(self, venue: str, account: str, validity_s: float | None) -> _Signed:
+        """Steps 1-3: cancellable (at worst an unused signing key is left in Vault)."""
         stored = await self._accounts.store.read_raw(venue, account)
         account_key_id = str(stored.get("account_key_id") or "")
         if not account_key_id:
@@ -101,17 +209,37 @@ class SigningKeyRegistrar:
         if signed_by.lower() != account.lower():
             raise FailedPrecondition(f"signer key {account_key_id} is not the key of {account}",
                                      reason="ACCOUNT_KEY_MISMATCH")
-        result = (await public.call("public/register_signing_key", {
-            "account": account, "signerPublicAddress": key_address, "expiresAt": str(expires_at),
-            "signingKeySignature": key_signature, "accountSignature": account_signature})).result
-        registered = models.parse_register_signing_key(result)
-        record = VenueAccount(venue=venue, account=account,
+        return _Signed(venue=venue, account=account, account_key_id=account_key_id, key_id=key_id,
+                       key_address=key_address, expires_at=expires_at, key_signature=key_signature,
+                       account_signature=account_signature)
+
+    async def _complete(self, signed: _Signed) -> Registration:
+        """Steps 4-5, run to their end whatever happens to the caller (see `Completions`)."""
+        account = signed.account
+        try:
+            result = (await self._accounts.public.call("public/register_signing_key", {
+                "account": account, "signerPublicAddress": signed.key_address, "expiresAt": str(signed.expires_at),
+                "signingKeySignature": signed.key_signature, "accountSignature": signed.account_signature})).result
+            registered = models.parse_register_signing_key(result)
+        except SyndrError as exc:
+            if not outcome_unknown(exc):
+                raise  # the venue refused: nothing changed there
+            log.error("public/register_signing_key outcome unknown: the venue may now accept only the new signing "
+                      "key while Vault still names the previous one (and the API key pair it issued is lost); "
+                      "a re-registration is needed: call RegisterSigningKey again for this account", extra={
+                          "account": account, "key_id": signed.key_id, "address": signed.key_address,
+                          "error": type(exc).__name__})
+            raise Unavailable("the venue's answer to the signing-key registration was lost: it may have "
+                              "registered the new key; call RegisterSigningKey again",
+                              reason="REGISTRATION_OUTCOME_UNKNOWN") from None
+        record = VenueAccount(venue=signed.venue, account=account,
                               credentials=ApiCredentials(registered.api_key, registered.api_secret),
-                              signing_key_id=key_id, signing_key_address=key_address, account_key_id=account_key_id)
+                              signing_key_id=signed.key_id, signing_key_address=signed.key_address,
+                              account_key_id=signed.account_key_id)
         await self._store(record)
-        log.info("signing key registered", extra={"account": account, "key_id": key_id,
+        log.info("signing key registered", extra={"account": account, "key_id": signed.key_id,
                                                   "api_key": registered.api_key})
-        return Registration(record, expires_at)
+        return Registration(record, signed.expires_at)
 
     async def _store(self, record: VenueAccount) -> None:
         for attempt in range(1, _RECORD_WRITE_ATTEMPTS + 1):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from typing import Any, Final
@@ -19,7 +21,7 @@ from portico.account.convert import (
     summary_proto,
 )
 from portico.account.positions import PositionFeeds
-from portico.account.registration import SigningKeyRegistrar
+from portico.account.registration import Completions, SigningKeyRegistrar, outcome_unknown
 from portico.account.settings import AccountSettings
 from portico.account.v1 import account_pb2
 from portico.account.v1 import account_service_pb2 as pb
@@ -29,17 +31,24 @@ from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import bearer, open_channel
 from portico.runtime.decimals import format_decimal, parse_decimal
-from portico.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+from portico.runtime.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
 from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import GrpcServiceApp
-from portico.runtime.paging import offset_from_token, page_size, page_token
+from portico.runtime.paging import offset_from_token, page_size, page_token, position_from_token
 from portico.runtime.server import GrpcServer
 from portico.runtime.signing_keys import KeyPaths
-from portico.runtime.vault import VaultError, VaultSession
+from portico.runtime.vault import VaultError, VaultNotFound, VaultSession
 from portico.signer.client import SignerClient
 from portico.venues.accounts import SyndrAccounts, VenueAccountStore, check_account, check_venue
 from portico.venues.syndr import models, typed_data
-from portico.venues.syndr.errors import SyndrError, map_venue_errors, to_portico_error
+from portico.venues.syndr.errors import (
+    SyndrError,
+    SyndrRateLimited,
+    SyndrTransportError,
+    SyndrVenueFailure,
+    map_venue_errors,
+    to_portico_error,
+)
 
 __all__ = ["SERVICE_NAME", "AccountApp", "AccountServicer"]
 
@@ -54,20 +63,30 @@ METHOD_SCOPES = {f"/{SERVICE_NAME}/{m.name}": "admin" if m.name in _ADMIN_METHOD
 ERROR_DOMAIN = "account.portico"
 _CURRENCY = re.compile(r"[A-Z0-9]{1,16}")
 _NAME = re.compile(r"[\w .:-]{0,64}")
+_API_KEY = re.compile(r"[A-Za-z0-9_=+/.:-]{1,256}")  # it names a Vault path below the account's API keys
 MAX_SIGNING_KEY_VALIDITY_S: Final = 10 * 365 * 86_400
+_DEACTIVATE_ATTEMPTS = 3
+
+
+def api_key_path(venue: str, account: str, api_key: str) -> str:
+    """Where CreateApiKey keeps a key's secret (below the KV mount)."""
+    return f"portico/venues/{venue}/api-keys/{account.lower()}/{api_key}"
 
 
 class AccountServicer(pb_grpc.AccountServiceServicer):
     """The RPCs: thin over the venue, except RegisterSigningKey (see `registration`)."""
 
     def __init__(self, accounts: SyndrAccounts, vault: VaultSession, registrar: SigningKeyRegistrar,
-                 positions: PositionFeeds, refdata: refdata_grpc.ReferenceDataServiceStub, service_token: str):
+                 positions: PositionFeeds, refdata: refdata_grpc.ReferenceDataServiceStub, service_token: str,
+                 completions: Completions):
         self.accounts = accounts
         self.vault = vault
         self.registrar = registrar
         self.positions = positions
         self.refdata = refdata
+        self.completions = completions
         self._metadata = bearer(service_token)
+        self._margin_locks: dict[str, asyncio.Lock] = {}  # by account: one read-compare-toggle at a time
 
     async def _call(self, account: str, method: str, params: dict[str, Any] | None = None) -> Any:
         return (await self.accounts.call(account, method, params)).result
@@ -108,17 +127,33 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     @map_venue_errors
     async def ListDeposits(self, request: pb.ListDepositsRequest, context: Any) -> Any:
+        """Newest first, within the window the first page fixed (`as_of`, ms: then, or the newest deposit's
+        time if the venue's clock is ahead).
+
+        The venue answers every deposit at once and new ones arrive at the top, possibly within the
+        second of the window's end (its timestamps are in seconds): so a later page's token counts the
+        entries still to come from the OLDEST end, which new deposits do not shift. Equal timestamps keep
+        one order: by asset, then the venue's own order of the asset's records (oldest first).
+        """
         venue, account = check_venue(request.venue), check_account(request.account)
         size = page_size(request.page_size)
-        offset = offset_from_token(request.page_token, ("deposits", venue, account))
+        query = ("deposits", venue, account)
+        position, as_of = position_from_token(request.page_token, query)
         by_asset = models.parse_deposits(await self._call(account, "private/get_deposits"))
-        deposits = sorted((d for records in by_asset.values() for d in records),
-                          key=lambda d: (d.timestamp, d.tx_hash), reverse=True)
-        page = deposits[offset:offset + size]
-        more = offset + size < len(deposits)
+        ranked = sorted(((d.timestamp, asset, i, d) for asset, records in by_asset.items()
+                         for i, d in enumerate(records)), key=lambda entry: entry[:3], reverse=True)
+        if as_of is None:  # the first page (or a token from before windows: an offset from the newest)
+            as_of = max(time.time_ns() // 1_000_000, ranked[0][0] if ranked else 0)
+            start = position
+            deposits = [entry[3] for entry in ranked]
+        else:
+            deposits = [entry[3] for entry in ranked if entry[0] <= as_of]
+            start = max(len(deposits) - position, 0)
+        page = deposits[start:start + size]
+        left = len(deposits) - (start + len(page))
         return pb.ListDepositsResponse(
             deposits=[deposit_proto(venue, account, d) for d in page],
-            next_page_token=page_token(offset + size, ("deposits", venue, account)) if more else "")
+            next_page_token=page_token(left, query, as_of=as_of) if left > 0 else "")
 
     @map_venue_errors
     async def ListCollaterals(self, request: pb.ListCollateralsRequest, context: Any) -> Any:
@@ -144,17 +179,33 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     @map_venue_errors
     async def SetPortfolioMargin(self, request: pb.SetPortfolioMarginRequest, context: Any) -> Any:
-        """The venue only toggles; toggle only when the mode differs, so the call is idempotent."""
+        """The venue only toggles; toggle only when the mode differs, so the call is idempotent.
+
+        Read-compare-toggle holds the account's lock, and once the lock is taken it runs to its end even if
+        the caller goes (a retry after a deadline then reads the mode the first call left, never toggles it
+        back)."""
         check_venue(request.venue)
         account = check_account(request.account)
-        summary = models.parse_account_summary(await self._call(account, "private/get_account_summary"))
-        enabled = bool(summary.is_portfolio_margined)
-        if enabled != request.enabled:
-            toggled = models.parse_portfolio_margin_toggle(await self._call(account,
-                                                                            "private/toggle_portfolio_margin"))
-            enabled = toggled.portfolio_margin
+        lock = self._margin_locks.setdefault(account.lower(), asyncio.Lock())
+        await lock.acquire()
+        enabled = await self.completions.run(self._set_portfolio_margin(account, request.enabled),
+                                             f"SetPortfolioMargin for {account}", release=lock)
         return pb.SetPortfolioMarginResponse(
             margin_mode=account_pb2.MARGIN_MODE_PORTFOLIO if enabled else account_pb2.MARGIN_MODE_STANDARD)
+
+    async def _set_portfolio_margin(self, account: str, wanted: bool) -> bool:
+        summary = models.parse_account_summary(await self._call(account, "private/get_account_summary"))
+        if bool(summary.is_portfolio_margined) == wanted:
+            return wanted
+        toggled = models.parse_portfolio_margin_toggle(await self._call(account, "private/toggle_portfolio_margin"))
+        if toggled.portfolio_margin != wanted:  # something else toggled it meanwhile (another process?)
+            log.error("portfolio margin toggled, but not to the mode asked for", extra={
+                "account": account, "wanted": wanted, "venue_mode": toggled.portfolio_margin})
+            raise FailedPrecondition(
+                f"after toggling, the venue reports portfolio margin {'on' if toggled.portfolio_margin else 'off'}, "
+                f"not {'on' if wanted else 'off'} (was it changed elsewhere at the same time?): read the mode and "
+                "retry", reason="MARGIN_MODE_NOT_SET")
+        return wanted
 
     @map_venue_errors
     async def SetLeverage(self, request: pb.SetLeverageRequest, context: Any) -> Any:
@@ -178,8 +229,12 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             raise InvalidArgument("leverage", f"{leverage} is above {request.symbol}'s maximum "
                                   f"{instrument.max_leverage}", reason="LEVERAGE_TOO_HIGH",
                                   metadata={"max_leverage": instrument.max_leverage})
-        await self._call(account, "private/update_instrument_leverage",
-                         {"instrument_id": instrument.venue_instrument_id, "updated_leverage": int(leverage)})
+        update = models.parse_leverage_update(await self._call(
+            account, "private/update_instrument_leverage",
+            {"instrument_id": instrument.venue_instrument_id, "updated_leverage": int(leverage)}))
+        if not update.success:  # the document: 1 for success, 0 for failure
+            raise FailedPrecondition(f"the venue did not apply leverage {leverage} to {request.symbol} "
+                                     "(it answered success 0)", reason="VENUE_REFUSED", metadata={"venue": venue})
         return pb.SetLeverageResponse(symbol=request.symbol, leverage=format_decimal(leverage))
 
     @map_venue_errors
@@ -199,38 +254,92 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     @map_venue_errors
     async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Any) -> Any:
-        """The secret goes straight into Vault; the answer says where, never what."""
+        """The secret goes straight into Vault; the answer says where, never what.
+
+        From the venue's call on, create -> store (or deactivate) runs to its end whatever happens to the
+        caller: an active key whose secret nobody holds must not be left behind."""
         venue, account = check_venue(request.venue), check_account(request.account)
         if request.scope not in VENUE_SCOPES:
             raise InvalidArgument("scope", "must be API_KEY_SCOPE_ADMIN, _READ_WRITE or _READ_ONLY")
         if not _NAME.fullmatch(request.name):
             raise InvalidArgument("name", "at most 64 letters, digits, spaces and . : _ -")
-        created = models.parse_created_api_key(await self._call(
-            account, "private/create_api_key", {"scope": VENUE_SCOPES[request.scope], "name": request.name}))
-        path = f"portico/venues/{venue}/api-keys/{account.lower()}/{created.api_key}"
+        key, path = await self.completions.run(
+            self._create_api_key(venue, account, VENUE_SCOPES[request.scope], request.name),
+            f"CreateApiKey for {account}")
+        return pb.CreateApiKeyResponse(api_key=api_key_proto(key, vault_path=f"{self._mount()}/{path}"))
+
+    async def _create_api_key(self, venue: str, account: str, scope: int, name: str) -> tuple[models.ApiKey, str]:
+        try:
+            created = models.parse_created_api_key(await self._call(
+                account, "private/create_api_key", {"scope": scope, "name": name}))
+        except SyndrError as exc:
+            if outcome_unknown(exc):
+                log.error("private/create_api_key outcome unknown: the venue may have created an API key whose "
+                          "secret nobody holds; check ListApiKeys and have any unknown key deactivated at the venue",
+                          extra={"account": account, "error": type(exc).__name__})
+            raise
+        path = api_key_path(venue, account, created.api_key)
         try:
             await self.vault.write_kv(path, {"api_key": created.api_key, "api_secret": created.api_secret,
-                                             "name": request.name, "scope": int(VENUE_SCOPES[request.scope])})
+                                             "name": name, "scope": int(scope)})
         except VaultError as exc:
             # The venue shows a secret once: without Vault it is lost, so the key must not stay active.
-            log.error("storing a new API key failed; deactivating it", extra={"account": account,
-                                                                              "error": type(exc).__name__})
-            await self._call(account, "private/deactivate_api_key", {"api_key": created.api_key})
+            log.error("storing a new API key failed; deactivating it", extra={
+                "account": account, "api_key": created.api_key, "error": type(exc).__name__})
+            try:
+                await self._deactivate(account, created.api_key, created.api_secret)
+            except SyndrError as failed:
+                log.error("API key created, its secret NOT stored, and it is STILL ACTIVE at the venue: deactivate "
+                          "it at the venue", extra={"account": account, "api_key": created.api_key,
+                                                    "error": type(failed).__name__})
+                raise Internal(f"API key {created.api_key} was created but its secret could not be stored, and "
+                               "deactivating it failed: key created, secret not stored, still active: deactivate it",
+                               reason="API_KEY_LEFT_ACTIVE", metadata={"api_key": created.api_key}) from None
             raise Unavailable("Vault did not take the new API key's secret; the key was deactivated",
                               reason="VAULT_UNAVAILABLE") from None
-        key = models.ApiKey(api_key=created.api_key, scope=VENUE_SCOPES[request.scope], name=request.name)
-        return pb.CreateApiKeyResponse(api_key=api_key_proto(key, vault_path=f"{self._mount()}/{path}"))
+        return models.ApiKey(api_key=created.api_key, scope=scope, name=name), path
+
+    async def _deactivate(self, account: str, api_key: str, api_secret: str) -> None:
+        """`private/deactivate_api_key` (which wants the key's secret too), repeated while the venue cannot
+        answer: deactivating is idempotent."""
+        for attempt in range(1, _DEACTIVATE_ATTEMPTS + 1):
+            try:
+                await self._call(account, "private/deactivate_api_key", {"api_key": api_key, "api_secret": api_secret})
+                return
+            except (SyndrTransportError, SyndrVenueFailure, SyndrRateLimited) as exc:
+                if attempt == _DEACTIVATE_ATTEMPTS:
+                    raise
+                log.warning("deactivating an API key failed; retrying", extra={
+                    "account": account, "api_key": api_key, "attempt": attempt, "error": type(exc).__name__})
+                await asyncio.sleep(0.2 * attempt)
 
     @map_venue_errors
     async def DeactivateApiKey(self, request: pb.DeactivateApiKeyRequest, context: Any) -> Any:
+        """The venue wants the key's secret too: Portico holds it for the keys CreateApiKey made (in Vault)."""
         venue, account = check_venue(request.venue), check_account(request.account)
         if not request.api_key:
             raise InvalidArgument("api_key", "required")
+        if not _API_KEY.fullmatch(request.api_key) or any(
+                part in ("", ".", "..") for part in request.api_key.split("/")):
+            raise InvalidArgument("api_key", "not an API key")
         record = await self.accounts.store.get(venue, account)
         if record.credentials.api_key == request.api_key:
             raise FailedPrecondition("this is the key Portico trades with; register a new signing key first",
                                      reason="API_KEY_IN_USE")
-        await self._call(account, "private/deactivate_api_key", {"api_key": request.api_key})
+        try:
+            stored = await self.vault.read_kv(api_key_path(venue, account, request.api_key))
+        except VaultNotFound:
+            stored = {}
+        except VaultError as exc:
+            raise Unavailable(f"Vault unavailable reading the API key's secret ({type(exc).__name__})",
+                              reason="VAULT_UNAVAILABLE") from None
+        secret = stored.get("api_secret")
+        if not isinstance(secret, str) or not secret:
+            raise FailedPrecondition(
+                f"Portico does not hold the secret of API key {request.api_key} (only keys made by CreateApiKey "
+                "are kept in Vault), and the venue wants it to deactivate the key: deactivate it at the venue",
+                reason="API_KEY_SECRET_NOT_HELD")
+        await self._call(account, "private/deactivate_api_key", {"api_key": request.api_key, "api_secret": secret})
         keys = models.parse_api_keys(await self._call(account, "private/get_api_keys"))
         key = next((k for k in keys if k.api_key == request.api_key),
                    models.ApiKey(api_key=request.api_key, scope=-1))
@@ -241,8 +350,10 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         venue, account = check_venue(request.venue), check_account(request.account)
         validity_s: float | None = None
         if request.HasField("validity"):
-            validity_s = request.validity.ToTimedelta().total_seconds()
-            if not 60 <= validity_s <= MAX_SIGNING_KEY_VALIDITY_S:
+            # Plain arithmetic, not ToTimedelta(): a Duration's seconds reach 2**63, beyond what timedelta takes.
+            seconds, nanos = request.validity.seconds, request.validity.nanos
+            validity_s = seconds + nanos / 1e9
+            if not (0 <= nanos <= 999_999_999 and 60 <= validity_s <= MAX_SIGNING_KEY_VALIDITY_S):
                 raise InvalidArgument("validity", "must be between one minute and ten years (unset: never expires)")
         registration = await self.registrar.register(venue, account, validity_s)
         record = registration.record
@@ -271,13 +382,17 @@ class AccountApp(GrpcServiceApp):
         self.signer_channel = open_channel(settings.signer_addr)
         self.refdata_channel = open_channel(settings.refdata_addr)
         signer = SignerClient(self.signer_channel, settings.service_token)
-        self.registrar = SigningKeyRegistrar(self.vault, KeyPaths(settings.signer_key_prefix), signer, self.accounts)
+        # Venue changes and what must follow them (Vault, rollbacks) run to their end: see `Completions`.
+        self.completions = Completions()
+        self.registrar = SigningKeyRegistrar(self.vault, KeyPaths(settings.signer_key_prefix), signer, self.accounts,
+                                             self.completions)
         self.positions = PositionFeeds(settings.syndr_ws_url, self.accounts)
         self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
         pb_grpc.add_AccountServiceServicer_to_server(
             AccountServicer(self.accounts, self.vault, self.registrar, self.positions,
-                            refdata_grpc.ReferenceDataServiceStub(self.refdata_channel), settings.service_token),
+                            refdata_grpc.ReferenceDataServiceStub(self.refdata_channel), settings.service_token,
+                            self.completions),
             self.server.grpc)
 
     async def start(self) -> None:
@@ -286,6 +401,10 @@ class AccountApp(GrpcServiceApp):
 
     async def aclose(self, grace_s: float | None = None) -> None:
         await self.server.stop(grace_s)
+        # Work whose caller went away (or whose handler the grace cancelled) still needs the venue and Vault,
+        # so it is waited for before they close: long enough for its venue call, Vault's retries and a
+        # rollback, then it is cancelled (and that logged as an error).
+        await self.completions.aclose(timeout_s=3 * self.settings.venue_timeout_s + 5)
         await self.positions.aclose()
         await self.accounts.aclose()
         await self.signer_channel.close()

@@ -9,6 +9,7 @@ the document's subscription notifications.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import time
 from decimal import Decimal
@@ -19,7 +20,7 @@ import orjson
 from portico.sim.errors import RpcFailure
 from portico.sim.instruments import fmt_decimal
 from portico.sim.params import Params
-from portico.sim.security import parse_address
+from portico.sim.security import _secret_digest, parse_address
 from portico.venues.syndr import typed_data
 from portico.venues.syndr.constants import (
     NOTIFICATION_METHOD_PUBLIC,
@@ -163,8 +164,15 @@ def get_api_keys(sim: Simulator, p: Params, ctx: CallContext) -> Any:
 
 
 def deactivate_api_key(sim: Simulator, p: Params, ctx: CallContext) -> Any:
+    """The document's table requires the key (`api-key`; its examples say `api_key`) and that key's own
+    `api_secret`: a missing one is INVALID_PARAMS, a wrong one UNAUTHORIZED, and the key stays active."""
+    account = _account(ctx)
     api_key = p.raw.get("api-key", p.raw.get("api_key"))
-    sim.security.deactivate_api_key(_account(ctx), api_key)
+    api_secret = p.text("api_secret")
+    key = next((k for k in sim.security.api_keys(account) if k.api_key == api_key), None)
+    if key is not None and not hmac.compare_digest(key.secret_sha256, _secret_digest(api_secret)):
+        raise RpcFailure(ErrorCode.UNAUTHORIZED, "api_secret is not the secret of that api key")
+    sim.security.deactivate_api_key(account, api_key)
     return {"apiKeys": "Success"}
 
 

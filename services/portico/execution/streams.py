@@ -6,9 +6,12 @@ to their final state even with nobody streaming) and fanned out to the
 account's gRPC consumers. After a reconnect (or a local overflow) the feed
 reads open orders, recent order history and recent fills over HTTP and
 emits whatever it had not seen, so a consumer misses no order's latest
-state and no fill. An order update older than one already emitted for that
-order (a notification that queued while the catch-up read a later state) is
-not emitted: a consumer's last word on an order is the newest the feed saw.
+state and no fill. A catch-up read that fails is retried with growing pauses
+while live updates go on (`CatchUp`); if the venue still cannot be read, the
+account's streams end with UNAVAILABLE. An order update older than one
+already emitted for that order (a notification that queued while the
+catch-up read a later state) is not emitted: a consumer's last word on an
+order is the newest the feed saw.
 Each update gets the next number of the account's sequence (orders and fills
 count separately); a consumer that cannot keep up is cut off with
 RESOURCE_EXHAUSTED rather than silently skipped.
@@ -33,7 +36,7 @@ from portico.execution.convert import fill_proto, order_proto
 from portico.execution.orders import OrderManager, order_at_version, stored_is_newer, venue_version
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.venue import SyndrVenue, open_orders, order_history_page, user_trades_page
-from portico.runtime.fanout import StreamConsumer
+from portico.runtime.fanout import CatchUp, StreamConsumer
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, SyndrProtocolError
@@ -100,6 +103,8 @@ class AccountFeed:
         self.order_sequence = 0
         self.fill_sequence = 0
         self._task: asyncio.Task[None] | None = None
+        self._catch_up = CatchUp(self.catch_up, lambda: self._consumers, logger=log, extra={"account": account},
+                                 name=f"execution-feed-catch-up-{account}")
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -126,7 +131,7 @@ class AccountFeed:
                 elif event.channel.startswith("user.fills."):
                     self._fill(event.data)
             elif isinstance(event, Reconnected | Overflow):
-                await self.catch_up()
+                await self._catch_up.run()  # retried in the background if the venue cannot be read now
         except SyndrError as exc:
             log.warning("account feed update failed", extra={"account": self.account, "error": type(exc).__name__})
         except Exception:
@@ -245,6 +250,7 @@ class AccountFeed:
     async def aclose(self) -> None:
         await cancel_and_wait(self._retrying)
         await cancel_and_wait(self._task)
+        await self._catch_up.aclose()  # after the task that starts it
         await self._ws.aclose()
 
 

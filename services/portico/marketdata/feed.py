@@ -450,6 +450,10 @@ class InstrumentFeed:
         self.divergences = 0
         self.audits_skipped = 0
         self._audit: models.OrderBook | None = None  # a venue snapshot ahead of our book, to compare at its id
+        # After a rebuild: the stream's changes up to this id are in the snapshot already (the WebSocket commonly
+        # lags the HTTP snapshot); they are dropped until the first change past it, which must chain from it.
+        self._covered_through: int | None = None
+        self._dropped_covered = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -520,6 +524,14 @@ class InstrumentFeed:
                 self._buffer.clear()
                 self.resync("buffer overflow")
             return
+        if self._covered_through is not None:
+            if change.change_id <= self._covered_through:
+                self._dropped_covered += 1
+                if self._dropped_covered > self._settings.max_buffer:  # ids went backwards: not a lag, a reset
+                    self._covered_through = None
+                    self.resync("change ids behind the book")
+                return
+            self._covered_through = None  # the first change past the snapshot: it chains from it, or is a gap
         if change.previous_change_id != self.book.change_id:
             GAPS.add(1)
             log.info("book gap; rebuilding", extra={"symbol": self.symbol, "have": self.book.change_id,
@@ -608,6 +620,8 @@ class InstrumentFeed:
                 continue
             self._buffer.clear()
             self.book = book
+            self._covered_through = book.change_id
+            self._dropped_covered = 0
             self.live = True
             now = time.time_ns()
             for view in self.views.values():
@@ -673,7 +687,8 @@ class VenueBooks:
         self.http = http
         self.settings = settings
         self.feeds: dict[str, InstrumentFeed] = {}
-        self._starting: dict[str, asyncio.Future[InstrumentFeed]] = {}
+        self._starting: dict[str, asyncio.Task[InstrumentFeed]] = {}
+        self._waiting: dict[str, int] = {}  # callers of `attach` waiting for a feed's start, by symbol
         self._closing: dict[str, asyncio.TimerHandle] = {}
         self._auditor: asyncio.Task[None] | None = None
 
@@ -693,24 +708,46 @@ class VenueBooks:
             pending_close.cancel()
         feed = self.feeds.get(symbol)
         if feed is None:
+            # The feed starts in a task of its own, shared by every caller waiting for it: one caller giving up
+            # (deadline, cancel) neither cancels the start nor hands its CancelledError to the others.
             starting = self._starting.get(symbol)
             if starting is None:
-                starting = asyncio.get_running_loop().create_future()
+                starting = asyncio.create_task(self._start_feed(symbol), name=f"start-{self.venue}-{symbol}")
                 self._starting[symbol] = starting
-                try:
-                    feed = InstrumentFeed(self.venue, symbol, self.ws, self.http, self.settings, self._idle)
-                    await feed.start()
-                    self.feeds[symbol] = feed
-                    starting.set_result(feed)
-                except BaseException as exc:
-                    starting.set_exception(exc)
-                    starting.exception()
-                    raise
-                finally:
-                    self._starting.pop(symbol, None)
-            else:
+                starting.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved if none waits
+            self._waiting[symbol] = self._waiting.get(symbol, 0) + 1
+            try:
                 feed = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                self._waiting[symbol] -= 1
+                self._idle_if_unclaimed(symbol, starting)
+                raise
+            except BaseException:
+                self._waiting[symbol] -= 1
+                raise
+            self._waiting[symbol] -= 1
         return feed.attach(depth)
+
+    async def _start_feed(self, symbol: str) -> InstrumentFeed:
+        try:
+            feed = InstrumentFeed(self.venue, symbol, self.ws, self.http, self.settings, self._idle)
+            await feed.start()
+            self.feeds[symbol] = feed
+        finally:
+            self._starting.pop(symbol, None)
+        self._idle_if_unclaimed(symbol, None)
+        return feed
+
+    def _idle_if_unclaimed(self, symbol: str, starting: asyncio.Future[InstrumentFeed] | None) -> None:
+        """Every caller that waited for this feed's start gave up: let it linger and close like an idle one."""
+        if self._waiting.get(symbol, 0) > 0:
+            return
+        self._waiting.pop(symbol, None)
+        if starting is not None and (not starting.done() or starting.cancelled() or starting.exception()):
+            return  # still starting (it checks when done), or it failed: nothing to close
+        feed = self.feeds.get(symbol)
+        if feed is not None and not feed.views and symbol not in self._closing:
+            self._idle(feed)
 
     def detach(self, consumer: BookConsumer) -> None:
         consumer.view.feed.detach(consumer)
@@ -735,6 +772,10 @@ class VenueBooks:
 
     async def aclose(self) -> None:
         await cancel_and_wait(self._auditor)
+        starting = list(self._starting.values())
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
         for handle in self._closing.values():
             handle.cancel()
         for feed in list(self.feeds.values()):

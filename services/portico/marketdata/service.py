@@ -256,6 +256,9 @@ class MarketDataServicer:
         symbols = await self._symbols_of(books, list(request.symbols))
         async with await books.ws.subscribe([f"ticker.{s}" for s in symbols]) as subscription:
             async for event in subscription:
+                if isinstance(event, Overflow):  # the backlog was dropped: a symbol's last ticker may be missing
+                    raise ResourceExhausted("the ticker stream fell behind; tickers would be missing or stale",
+                                            reason="CONSUMER_TOO_SLOW")
                 if isinstance(event, Message):
                     yield pb.StreamTickersResponse(tickers=[ticker_proto(books.venue, models.parse_ticker(event.data))])
 

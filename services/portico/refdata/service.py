@@ -40,6 +40,17 @@ METHOD_SCOPES = {
 ERROR_DOMAIN = "refdata.portico"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_TEXT_CHARS = 256  # a symbol, a currency: far longer than any venue's
+MAX_PAGE_TOKEN_CHARS = 2048  # what we issue is a few hundred characters at most
+
+
+def check_text(field: str, value: str) -> str:
+    """`value`, or INVALID_ARGUMENT naming `field`: databases refuse a NUL (PostgreSQL text cannot hold one)."""
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain a NUL character")
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidArgument(field, f"must be at most {MAX_TEXT_CHARS} characters")
+    return value
 
 _TYPE_TO_PROTO = {"spot": instrument_pb2.INSTRUMENT_TYPE_SPOT, "perpetual": instrument_pb2.INSTRUMENT_TYPE_PERPETUAL,
                   "future": instrument_pb2.INSTRUMENT_TYPE_FUTURE, "option": instrument_pb2.INSTRUMENT_TYPE_OPTION}
@@ -110,7 +121,11 @@ def to_proto(record: InstrumentRecord) -> instrument_pb2.Instrument:
 
 
 def filter_from_proto(message: instrument_pb2.InstrumentFilter) -> InstrumentFilter:
-    """The request's filter, with unspecified enum values refused."""
+    """The request's filter, with unspecified enum values and unstorable strings refused."""
+    for name, currencies in (("base_currencies", message.base_currencies),
+                             ("quote_currencies", message.quote_currencies)):
+        for i, currency in enumerate(currencies):
+            check_text(f"filter.{name}[{i}]", currency)
     types = []
     for i, value in enumerate(message.types):
         if value not in _TYPE_FROM_PROTO:
@@ -143,13 +158,17 @@ def encode_page_token(after: str, query: str) -> str:
 def decode_page_token(token: str, query: str) -> str | None:
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise InvalidArgument("page_token", "is not a token this service issued")
     try:
         data: Any = json.loads(base64.urlsafe_b64decode(token.encode()))
         after, token_query = data["a"], data["q"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deeply nested JSON
         raise InvalidArgument("page_token", "is not a token this service issued") from None
     if token_query != query or not isinstance(after, str):
         raise InvalidArgument("page_token", "belongs to a different venue or filter")
+    if "\x00" in after or len(after) > MAX_TEXT_CHARS:
+        raise InvalidArgument("page_token", "is not a token this service issued")
     return after
 
 
@@ -164,6 +183,7 @@ class ReferenceDataServicer(reference_data_service_pb2_grpc.ReferenceDataService
         for i, symbol in enumerate(request.symbols):
             if not symbol.strip():
                 raise InvalidArgument(f"symbols[{i}]", "must not be empty")
+            check_text(f"symbols[{i}]", symbol)
         venue, outcome = await self._syncer.sync(request.venue, list(request.symbols))
         return reference_data_service_pb2.SyncInstrumentsResponse(
             venue=venue, synced=outcome.synced, added=outcome.added, updated=outcome.updated,
@@ -174,6 +194,7 @@ class ReferenceDataServicer(reference_data_service_pb2_grpc.ReferenceDataService
         venue = self._syncer.check_venue(request.venue)
         if not request.symbol:
             raise InvalidArgument("symbol", "is required")
+        check_text("symbol", request.symbol)
         record = await self._store.get(venue, request.symbol)
         if record is None:
             raise NotFound(f"{venue} has no instrument {request.symbol!r}", reason="INSTRUMENT_NOT_FOUND",

@@ -33,7 +33,10 @@ PostgreSQL by `pg_advisory_xact_lock(hashtext(venue))` taken first in the
 sync's transaction, on SQLite by `BEGIN IMMEDIATE` (the database's single
 writer lock, waited for up to `busy_timeout_s`). The diff is computed inside
 that transaction from one bulk SELECT, so a second concurrent sync of the same
-data sees the first one's result and reports nothing left to do.
+data sees the first one's result and reports nothing left to do. On
+PostgreSQL `venue_sync_lock` (a session advisory lock in the two-key space)
+also covers the fetch of the venue's listing, so that syncs in different
+processes commit in the order they fetched.
 
 The store owns the lifecycle fields (`active`, `available_since`,
 `available_to`, `changes`, `update_time`): whatever the incoming records carry
@@ -44,11 +47,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -324,6 +328,13 @@ class InstrumentStore(ABC):
     async def aclose(self) -> None:
         """Release the connections (and the SQLite worker thread)."""
 
+    @contextlib.asynccontextmanager
+    async def venue_sync_lock(self, venue: str) -> AsyncIterator[None]:
+        """Held around a whole sync of `venue` (fetching the venue's listing, then `sync_venue`) so that syncs
+        in several processes commit in the order they fetched. Within one process `InstrumentSyncer` has its own
+        lock; this default (one process per SQLite file) adds nothing."""
+        yield
+
     @abstractmethod
     async def sync_venue(self, venue: str, records: Sequence[InstrumentRecord], *, full: bool,
                          now_ms: int) -> SyncOutcome:
@@ -469,6 +480,9 @@ class SqliteInstrumentStore(InstrumentStore):
 # PostgreSQL
 
 
+_SYNC_LOCK_CLASS = "portico-refdata-sync"
+
+
 class PostgresInstrumentStore(InstrumentStore):
     """PostgreSQL through a psycopg 3 async connection pool."""
 
@@ -494,6 +508,30 @@ class PostgresInstrumentStore(InstrumentStore):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def venue_sync_lock(self, venue: str) -> AsyncIterator[None]:
+        """A session advisory lock, in the two-key space (never the one `sync_venue` takes in its transaction),
+        held on a pooled connection for the whole sync. Polled with `pg_try_advisory_lock`, never a blocking
+        `pg_advisory_lock` a cancelled caller could leave granted on a connection returned to the pool."""
+        key = (_SYNC_LOCK_CLASS, venue)
+        async with self._started().connection() as conn:
+            delay = 0.01
+            try:
+                while not await pg_scalar(conn, "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", key):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.25)
+            except BaseException:
+                await conn.close()  # cancelled mid-query, the lock may be ours: ending the session releases it
+                raise
+            try:
+                yield
+            finally:
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", key)
+                except BaseException:
+                    await conn.close()  # the session, and with it the lock, ends here; the pool replaces it
+                    raise
 
     async def sync_venue(self, venue: str, records: Sequence[InstrumentRecord], *, full: bool,
                          now_ms: int) -> SyncOutcome:

@@ -3,9 +3,10 @@
 A sync fetches the venue's whole list (Syndr's `public/get_instruments` with
 `kind=any` lists only active instruments), normalises it, and hands it to the
 store, which diffs and writes in one transaction. Syncs of one venue are
-serialised in this process by a lock and across processes by the store, so
-concurrent requests neither corrupt nor double-count: the second one sees the
-first one's result and reports what is left to change (usually nothing).
+serialised, fetch included, in this process by a lock and across processes by
+the store, so concurrent requests neither corrupt nor double-count nor commit
+an older listing over a newer one: the second one fetches after the first one
+committed and reports what is left to change (usually nothing).
 """
 
 from __future__ import annotations
@@ -153,16 +154,19 @@ class InstrumentSyncer:
 
     async def sync(self, venue: str, symbols: Sequence[str] = ()) -> tuple[str, SyncOutcome]:
         canonical = self.check_venue(venue)
-        records = await self._sources[canonical]()
         full = not symbols
-        if symbols:
-            by_symbol = {r.symbol: r for r in records}
-            unknown = [s for s in symbols if s not in by_symbol]
-            if unknown:
-                raise InvalidArgument("symbols", f"{canonical} does not list {', '.join(unknown)}",
-                                      reason="UNKNOWN_SYMBOL", metadata={"symbols": ",".join(unknown)})
-            records = [by_symbol[s] for s in dict.fromkeys(symbols)]
-        async with self._locks[canonical]:
+        # The listing is fetched under the venue's locks (this process's, then the store's across processes):
+        # a sync that fetched earlier must never commit after one that fetched later, or it would revert the
+        # newer terms (a tick size) and deactivate instruments listed in between.
+        async with self._locks[canonical], self._store.venue_sync_lock(canonical):
+            records = await self._sources[canonical]()
+            if symbols:
+                by_symbol = {r.symbol: r for r in records}
+                unknown = [s for s in symbols if s not in by_symbol]
+                if unknown:
+                    raise InvalidArgument("symbols", f"{canonical} does not list {', '.join(unknown)}",
+                                          reason="UNKNOWN_SYMBOL", metadata={"symbols": ",".join(unknown)})
+                records = [by_symbol[s] for s in dict.fromkeys(symbols)]
             outcome = await self._store.sync_venue(canonical, records, full=full, now_ms=self._now_ms())
         self._hub.publish(canonical, outcome.events)
         log.info("synced", extra={"venue": canonical, "synced": outcome.synced, "added": outcome.added,

@@ -1,0 +1,68 @@
+"""Request strings a database cannot store or that no instrument could carry are INVALID_ARGUMENT naming the
+field, on every backend (PostgreSQL refuses a NUL in text: that was INTERNAL), and so are malformed page tokens."""
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tests.support.refdata import RunningRefdata, database, running_refdata
+
+from portico.refdata.service import _query_key, encode_page_token, filter_from_proto
+from portico.refdata.v1 import instrument_pb2
+from portico.refdata.v1 import reference_data_service_pb2 as pb
+from portico.runtime.client import open_channel
+from portico.sim.server import SimConfig, Simulator
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def refdata(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunningRefdata]:
+    async with Simulator(SimConfig(port=0, market_maker=False)) as sim:
+        with database(str(request.param), tmp_path) as db_env:
+            async with running_refdata(sim.http_url, db_env) as running:
+                yield running
+
+
+async def refused(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value.code(), caught.value.details() or ""
+
+
+async def test_nul_and_overlong_request_strings_are_invalid_argument(refdata: RunningRefdata) -> None:
+    token = encode_page_token("A\x00", _query_key("syndr", filter_from_proto(instrument_pb2.InstrumentFilter())))
+    async with open_channel(refdata.target) as channel:
+        stub, md = refdata.stub(channel), refdata.metadata("read")
+        cases = {
+            "symbol": stub.GetInstrument(pb.GetInstrumentRequest(venue="syndr", symbol="ETH-\x00PERP"),
+                                         metadata=md, timeout=10),
+            "symbol ": stub.GetInstrument(pb.GetInstrumentRequest(venue="syndr", symbol="X" * 257),
+                                          metadata=md, timeout=10),
+            "filter.base_currencies[0]": stub.ListInstruments(pb.ListInstrumentsRequest(
+                venue="syndr", filter=instrument_pb2.InstrumentFilter(base_currencies=["E\x00"])),
+                metadata=md, timeout=10),
+            "filter.quote_currencies[1]": stub.ListInstruments(pb.ListInstrumentsRequest(
+                venue="syndr", filter=instrument_pb2.InstrumentFilter(quote_currencies=["USD", "U\x00"])),
+                metadata=md, timeout=10),
+            "page_token": stub.ListInstruments(pb.ListInstrumentsRequest(venue="syndr", page_token=token),
+                                               metadata=md, timeout=10),
+        }
+        for field, call in cases.items():
+            code, details = await refused(call)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (field, code, details)
+            assert field.strip() in details, (field, details)
+        await stub.ListInstruments(pb.ListInstrumentsRequest(venue="syndr"), metadata=md, timeout=10)  # still up
+
+
+async def test_deeply_nested_or_huge_page_tokens_are_invalid_argument(refdata: RunningRefdata) -> None:
+    nested = base64.urlsafe_b64encode(b"[" * 100_000).decode()
+    huge = base64.urlsafe_b64encode(b'{"a": "' + b"x" * 100_000 + b'", "q": "y"}').decode()
+    async with open_channel(refdata.target) as channel:
+        stub, md = refdata.stub(channel), refdata.metadata("read")
+        for token in (nested, huge):
+            code, details = await refused(stub.ListInstruments(
+                pb.ListInstrumentsRequest(venue="syndr", page_token=token), metadata=md, timeout=10))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in details, (code, details)

@@ -64,6 +64,7 @@ _OUTCOME_UNKNOWN_CODES: Final = frozenset({ErrorCode.SALT_REUSED, ErrorCode.INTE
 # Order ids whose last journaled venue state is remembered, to skip the private stream's echo of a write just
 # made (it arrives within milliseconds); small, so memory stays flat.
 _JOURNALED_MEMORY: Final = 5_000
+_RECENT_ENTRIES: Final = 256
 
 
 def venue_state(order: dict[str, Any]) -> OrderState:
@@ -95,10 +96,13 @@ class OrderManager:
         self._reconciling: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         self.wake_reconciler: Callable[[], None] = lambda: None
         # What the journal holds, mirrored so the hot path asks it less: unresolved entries per
-        # (venue, account, symbol), and the last venue state journaled per order id with its entry. This
-        # process is the journal's only writer (one execution replica per journal, as the README says).
+        # (venue, account, symbol), the last venue state journaled per order id, and the entries of the
+        # orders journaled most recently (the venue echoes an order within moments of its placement; whole
+        # entries for every remembered order id cost megabytes). This process is the journal's only writer
+        # (one execution replica per journal, as the README says).
         self._unresolved: dict[tuple[str, str, str], set[tuple[str, str, str]]] = {}
-        self._journaled: OrderedDict[str, tuple[tuple[Any, ...], JournalEntry]] = OrderedDict()
+        self._journaled: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._recent: OrderedDict[str, JournalEntry] = OrderedDict()
 
     async def load(self) -> None:
         """Build the in-memory index from the journal (at start, before serving)."""
@@ -322,7 +326,7 @@ class OrderManager:
         order id is remembered, so the older answer does not overwrite the newer state.
         """
         known = self._journaled.get(str(order.get("order_id", "")))
-        if known is not None and stored_is_newer(order_at_version(str(order["order_id"]), known[0]), order):
+        if known is not None and stored_is_newer(order_at_version(str(order["order_id"]), known), order):
             return await self._get(entry.key)
         if entry.venue_order and stored_is_newer(orjson.loads(entry.venue_order), order):
             return entry  # an update that raced ahead (e.g. from the order stream) is newer
@@ -335,9 +339,10 @@ class OrderManager:
         The stream echoes every order just placed; what the journal already holds is not written again,
         but its entry is still returned: a stream consumer needs what only the journal knows (the client id).
         """
-        known = self._journaled.get(str(order.get("order_id", "")))
-        if known is not None and known[0] == venue_version(order):
-            return known[1]
+        order_id = str(order.get("order_id", ""))
+        if self._journaled.get(order_id) == venue_version(order):
+            recent = self._recent.get(order_id)
+            return recent if recent is not None else await self.journal.find_order(venue, account, order_id)
         entry = await self.journal.find_order(venue, account, str(order.get("order_id", "")))
         if entry is None and order.get("salt") is not None:
             try:
@@ -360,10 +365,14 @@ class OrderManager:
         else:
             group.discard(entry.key)
         if entry.order_id and entry.venue_order:
-            self._journaled[entry.order_id] = (venue_version(orjson.loads(entry.venue_order)), entry)
+            self._journaled[entry.order_id] = venue_version(orjson.loads(entry.venue_order))
             self._journaled.move_to_end(entry.order_id)
             if len(self._journaled) > _JOURNALED_MEMORY:
                 self._journaled.popitem(last=False)
+            self._recent[entry.order_id] = entry
+            self._recent.move_to_end(entry.order_id)
+            if len(self._recent) > _RECENT_ENTRIES:
+                self._recent.popitem(last=False)
 
     # ------------------------------------------------------------------ finding, amending, cancelling
 

@@ -365,6 +365,8 @@ def test_termination_grace_exceeds_prestop_plus_drain(overlay: str) -> None:
             continue
         env = effective_env(overlay, dep, _fake_external_secrets())
         drain = _aiohttp_shutdown_timeout() if name == "gateway" else SHUTDOWN_GRACE.get_float(env)
+        if name == "account":  # then waits for venue changes whose callers went away (AccountApp.aclose)
+            drain += account_settings.completion_wait_s(account_settings.VENUE_TIMEOUT_MS.get_float(env) / 1000)
         grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert prestop_sleep(c) > 0, f"{name}: no preStop sleep"
         assert grace >= prestop_sleep(c) + drain + margin, (name, grace, prestop_sleep(c), drain)

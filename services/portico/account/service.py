@@ -404,7 +404,7 @@ class AccountApp(GrpcServiceApp):
         # Work whose caller went away (or whose handler the grace cancelled) still needs the venue and Vault,
         # so it is waited for before they close: long enough for its venue call, Vault's retries and a
         # rollback, then it is cancelled (and that logged as an error).
-        await self.completions.aclose(timeout_s=3 * self.settings.venue_timeout_s + 5)
+        await self.completions.aclose(timeout_s=self.settings.completion_wait_s)
         await self.positions.aclose()
         await self.accounts.aclose()
         await self.signer_channel.close()

@@ -11,7 +11,7 @@ from portico.runtime.server import ServerSettings
 from portico.runtime.vault import VaultSettings
 from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL, rate_share
 
-__all__ = ["DEFAULT_PORT", "AccountSettings"]
+__all__ = ["DEFAULT_PORT", "AccountSettings", "completion_wait_s"]
 
 DEFAULT_PORT = 50054
 _SCOPE = "account"
@@ -34,6 +34,12 @@ VENUE_RATE_SHARE = setting("PORTICO_ACCOUNT_VENUE_RATE_SHARE", "0.15", "Share (0
                            "0 turns it off.", scope=_SCOPE)
 
 
+def completion_wait_s(venue_timeout_s: float) -> float:
+    """How long shutdown waits for venue changes whose callers went away (their venue call, Vault's retries
+    and a rollback) before cancelling them; a deployment's termination grace must leave room for it."""
+    return 3 * venue_timeout_s + 5
+
+
 @dataclass(frozen=True)
 class AccountSettings:
     """Everything the account service needs to start."""
@@ -49,6 +55,10 @@ class AccountSettings:
     venue_timeout_s: float
     credentials_cache_s: float
     venue_rate_share: float
+
+    @property
+    def completion_wait_s(self) -> float:
+        return completion_wait_s(self.venue_timeout_s)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AccountSettings:

@@ -137,3 +137,26 @@ async def test_a_feed_every_waiter_gave_up_on_closes_after_the_linger() -> None:
         assert ws.closed == 1 and not books.feeds
     finally:
         await books.aclose()
+
+
+async def test_a_snapshot_without_change_id_ends_the_streams_saying_why() -> None:
+    """The venue document's get_order_book example has no change_id: no exact book, and no endless RESYNCING."""
+
+    class NoChangeId(SnapshotHttp):
+        async def call(self, method: str, params: dict[str, Any]) -> SimpleNamespace:
+            answer = await super().call(method, params)
+            del answer.result["change_id"]
+            return answer
+
+    feed = InstrumentFeed("syndr", "ETH-PERP", None, NoChangeId(10), FeedSettings(),  # type: ignore[arg-type]
+                          lambda f: None)
+    try:
+        first = feed.attach(10)
+        feed.resync("start")
+        assert feed._rebuild is not None
+        await feed._rebuild  # ends instead of raising in a task nobody awaits
+        assert first.error is not None and first.error.reason == "SNAPSHOT_WITHOUT_CHANGE_ID"
+        later = feed.attach(5)  # a stream that comes later is told at once, too
+        assert later.error is first.error
+    finally:
+        await feed.aclose()

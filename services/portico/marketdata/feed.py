@@ -43,7 +43,7 @@ from opentelemetry import metrics
 from portico.marketdata.book import Book, Level, side_text, top_diff
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import order_book_pb2
-from portico.runtime.errors import PorticoError, ResourceExhausted
+from portico.runtime.errors import FailedPrecondition, PorticoError, ResourceExhausted
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError
@@ -454,6 +454,8 @@ class InstrumentFeed:
         # lags the HTTP snapshot); they are dropped until the first change past it, which must chain from it.
         self._covered_through: int | None = None
         self._dropped_covered = 0
+        # Set when the venue's snapshot cannot be lined up with its changes: every stream of this feed ends with it.
+        self.unusable: PorticoError | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -480,7 +482,10 @@ class InstrumentFeed:
             if self.live and self.book is not None:
                 view.reset(self.book)
         CONSUMERS.add(1)
-        return view.attach()
+        consumer = view.attach()
+        if self.unusable is not None:
+            view.close(self.unusable)
+        return consumer
 
     def detach(self, consumer: BookConsumer) -> None:
         view = consumer.view
@@ -595,7 +600,17 @@ class InstrumentFeed:
                 continue  # asked again while this snapshot was on its way: it may predate the reason
             base = snapshot.change_id
             if base is None:
-                raise RuntimeError("the venue's order book carries no change_id; cannot line it up with changes")
+                # The venue document's own example of public/get_order_book shows no change_id (the simulator
+                # sends one). Without it no snapshot can be lined up with the stream's changes, so rather than
+                # resync for ever (or guess by timestamps), every stream of this book ends saying why.
+                self.unusable = FailedPrecondition(
+                    f"{self.venue}'s order book snapshot for {self.symbol} carries no change_id, so it cannot be "
+                    "lined up with the stream's changes: no exact book can be built",
+                    reason="SNAPSHOT_WITHOUT_CHANGE_ID")
+                log.error("book snapshot without change_id: book streams end", extra={"symbol": self.symbol})
+                for view in self.views.values():
+                    view.close(self.unusable)
+                return
             pending = [c for c in self._buffer if c.change_id > base]
             if pending and pending[0].previous_change_id != base:
                 await asyncio.sleep(delay)  # the snapshot is older than the stream: fetch again

@@ -348,3 +348,20 @@ async def test_scheduled_and_startup_syncs(sim: Simulator, backend: str, tmp_pat
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the scheduled sync did not pick up the new instrument")
+
+
+async def test_a_service_configured_with_no_venues_serves_its_database_and_syncs_nothing(
+        sim: Simulator, tmp_path: Path) -> None:
+    with database("sqlite", tmp_path) as db_env:
+        async with running_refdata(sim.http_url, db_env) as syncing, open_channel(syncing.target) as channel:
+            await sync(syncing, channel)
+        calls = len(sim.requests)
+        env = {"PORTICO_REFDATA_VENUES": "", "PORTICO_REFDATA_SYNC_ON_START": "true"}
+        async with running_refdata(sim.http_url, db_env, env) as serving, open_channel(serving.target) as channel:
+            assert (await get(serving, channel, "ETH-PERP")).symbol == "ETH-PERP"  # what the database holds
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await sync(serving, channel)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            info = error_info(caught.value)
+            assert info is not None and info.reason == "VENUE_NOT_SYNCED"
+        assert len(sim.requests) == calls  # not even the sync on start asked the venue

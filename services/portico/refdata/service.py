@@ -245,7 +245,10 @@ class RefdataApp(GrpcServiceApp):
         self.store = open_store(sqlite_path=settings.sqlite_path, dsn=settings.dsn)
         self.syndr = SyndrHttpClient(settings.syndr_http_url)
         self.hub = EventHub()
-        self.syncer = InstrumentSyncer(self.store, {"syndr": SyndrInstrumentSource(self.syndr)}, self.hub)
+        adapters = {"syndr": SyndrInstrumentSource(self.syndr)}  # every venue this build has an adapter for
+        # Only the configured venues are synced (none: the service serves what its database holds).
+        self.syncer = InstrumentSyncer(self.store, {venue: adapters[venue] for venue in settings.venues}, self.hub,
+                                       served=adapters)
         self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
         reference_data_service_pb2_grpc.add_ReferenceDataServiceServicer_to_server(

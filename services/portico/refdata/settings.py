@@ -23,7 +23,8 @@ SYNC_ON_START = setting("PORTICO_REFDATA_SYNC_ON_START", "false",
                         "Sync every configured venue once at start, before reporting SERVING.", scope=_SCOPE)
 SYNC_INTERVAL = setting("PORTICO_REFDATA_SYNC_INTERVAL_SECONDS", "0",
                         "Re-sync every configured venue this often (0: only on request).", scope=_SCOPE)
-VENUES = setting("PORTICO_REFDATA_VENUES", "syndr", "Venues this service syncs, comma separated.", scope=_SCOPE)
+VENUES = setting("PORTICO_REFDATA_VENUES", "syndr", "Venues this service syncs, comma separated; empty: it only "
+                 "serves what its database holds (SyncInstruments is FAILED_PRECONDITION).", scope=_SCOPE)
 
 
 @dataclass(frozen=True)

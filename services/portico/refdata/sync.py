@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from portico.refdata.model import InstrumentRecord
 from portico.refdata.normalize import normalize_syndr
 from portico.refdata.store import InstrumentEvent, InstrumentStore, SyncOutcome
-from portico.runtime.errors import InvalidArgument, ResourceExhausted
+from portico.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
@@ -133,9 +133,12 @@ class InstrumentSyncer:
     """Runs syncs: validates the request, fetches, stores, publishes."""
 
     def __init__(self, store: InstrumentStore, sources: Mapping[str, VenueSource], hub: EventHub,
-                 *, now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000):
+                 *, now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000, served: Iterable[str] = ()):
+        """`sources`: the venues this service syncs; `served`: further venues whose stored instruments it
+        serves without syncing them (`PORTICO_REFDATA_VENUES` leaves them out)."""
         self._store = store
         self._sources = dict(sources)
+        self._served = frozenset(served) | frozenset(self._sources)
         self._hub = hub
         self._now_ms = now_ms
         self._locks = {venue: asyncio.Lock() for venue in self._sources}
@@ -147,13 +150,16 @@ class InstrumentSyncer:
     def check_venue(self, venue: str, field: str = "venue") -> str:
         """The canonical venue id, or INVALID_ARGUMENT naming the field."""
         canonical = venue.strip().lower()
-        if canonical not in self._sources:
-            known = ", ".join(sorted(self._sources)) or "none"
+        if canonical not in self._served:
+            known = ", ".join(sorted(self._served)) or "none"
             raise InvalidArgument(field, f"unknown venue {venue!r} (known: {known})", reason="UNKNOWN_VENUE")
         return canonical
 
     async def sync(self, venue: str, symbols: Sequence[str] = ()) -> tuple[str, SyncOutcome]:
         canonical = self.check_venue(venue)
+        if canonical not in self._sources:
+            raise FailedPrecondition(f"this service does not sync {canonical} (PORTICO_REFDATA_VENUES)",
+                                     reason="VENUE_NOT_SYNCED", metadata={"venue": canonical})
         full = not symbols
         # The listing is fetched under the venue's locks (this process's, then the store's across processes):
         # a sync that fetched earlier must never commit after one that fetched later, or it would revert the

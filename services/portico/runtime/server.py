@@ -33,16 +33,21 @@ __all__ = ["GrpcServer", "ServerSettings", "TlsFiles"]
 
 log = logging.getLogger("portico.server")
 
+_SCOPE = "gRPC services"  # not the REST gateway, which has its own (PORTICO_GATEWAY_*)
+
 LISTEN_ADDR = setting(
-    "PORTICO_LISTEN_ADDR", "", "host:port to serve gRPC on; default `127.0.0.1:<the service's port>`.")
-TLS_CERT_FILE = setting("PORTICO_TLS_CERT_FILE", "", "Server certificate (PEM). With the key file, turns TLS on.")
-TLS_KEY_FILE = setting("PORTICO_TLS_KEY_FILE", "", "Server private key (PEM).")
+    "PORTICO_LISTEN_ADDR", "", "host:port to serve gRPC on; default `127.0.0.1:<the service's port>`.", scope=_SCOPE)
+TLS_CERT_FILE = setting("PORTICO_TLS_CERT_FILE", "", "Server certificate (PEM). With the key file, turns TLS on.",
+                        scope=_SCOPE)
+TLS_KEY_FILE = setting("PORTICO_TLS_KEY_FILE", "", "Server private key (PEM).", scope=_SCOPE)
 TLS_CLIENT_CA_FILE = setting(
     "PORTICO_TLS_CLIENT_CA_FILE", "",
-    "CA bundle (PEM) for client certificates; when set, clients must present one (mTLS).")
+    "CA bundle (PEM) for client certificates; when set, clients must present one (mTLS).", scope=_SCOPE)
 SHUTDOWN_GRACE = setting(
-    "PORTICO_SHUTDOWN_GRACE_SECONDS", "10", "On SIGTERM, how long in-flight calls may run before they are cancelled.")
-MAX_MESSAGE_BYTES = setting("PORTICO_MAX_MESSAGE_BYTES", "4194304", "Largest request or response message accepted.")
+    "PORTICO_SHUTDOWN_GRACE_SECONDS", "10", "On SIGTERM, how long in-flight calls may run before they are cancelled.",
+    scope=_SCOPE)
+MAX_MESSAGE_BYTES = setting("PORTICO_MAX_MESSAGE_BYTES", "4194304", "Largest request or response message accepted.",
+                            scope=_SCOPE)
 
 
 @dataclass(frozen=True)

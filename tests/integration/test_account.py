@@ -6,7 +6,6 @@ import asyncio
 import io
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,8 +13,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tests.support.account import running_account
-from tests.support.execution import ExecutionStack, execution_stack, running_execution
-from tests.support.openbao import OpenBaoDevServer
+from tests.support.execution import ExecutionStack, running_execution
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
 
@@ -40,12 +38,6 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=13, book_changes_per_second=50, market_maker_instruments=(SYMBOL,),
                                    rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
         yield simulator
-
-
-@pytest.fixture
-async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
-    async with execution_stack(sim, openbao, tmp_path) as s:
-        yield s
 
 
 def request(cls: Any, stack: ExecutionStack, **fields: Any) -> Any:

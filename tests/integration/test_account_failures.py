@@ -7,7 +7,6 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,8 +14,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from tests.integration.test_account import SYMBOL, request, vault_secret
 from tests.support.account import RunningAccount, running_account
-from tests.support.execution import ExecutionStack, execution_stack
-from tests.support.openbao import OpenBaoDevServer
+from tests.support.execution import ExecutionStack
 from tests.support.waiting import until
 
 from portico.account.v1 import account_pb2
@@ -36,12 +34,6 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=17, book_changes_per_second=50, market_maker_instruments=(SYMBOL,),
                                    rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
         yield simulator
-
-
-@pytest.fixture
-async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
-    async with execution_stack(sim, openbao, tmp_path) as s:
-        yield s
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:

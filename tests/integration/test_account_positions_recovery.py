@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from tests.support.account import RunningAccount, running_account
-from tests.support.execution import ExecutionStack, execution_stack
-from tests.support.openbao import OpenBaoDevServer
+from tests.support.execution import ExecutionStack
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
 
@@ -35,12 +33,6 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=17, book_changes_per_second=50, market_maker_instruments=(SYMBOL,),
                                    rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
         yield simulator
-
-
-@pytest.fixture
-async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
-    async with execution_stack(sim, openbao, tmp_path) as s:
-        yield s
 
 
 def request(cls: Any, stack: ExecutionStack) -> Any:

@@ -13,8 +13,7 @@ import orjson
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tests.support.execution import ExecutionStack, execution_stack, running_execution
-from tests.support.openbao import OpenBaoDevServer
+from tests.support.execution import ExecutionStack, running_execution
 from tests.support.postgres import fresh_database
 from tests.support.refdata import RestartableRefdata, database
 from tests.support.waiting import until
@@ -39,12 +38,6 @@ async def sim() -> AsyncIterator[Simulator]:
                                    market_maker_instruments=(SYMBOL,), rate_limit_capacity=100_000,
                                    rate_limit_refill_per_s=100_000)) as simulator:
         yield simulator
-
-
-@pytest.fixture
-async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
-    async with execution_stack(sim, openbao, tmp_path) as s:
-        yield s
 
 
 def order_calls(sim: Simulator) -> list[Any]:

@@ -8,14 +8,12 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import grpc
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from tests.support.execution import ExecutionStack, execution_stack, running_execution
-from tests.support.openbao import OpenBaoDevServer
+from tests.support.execution import ExecutionStack, running_execution
 from tests.support.ports import free_port
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
@@ -39,12 +37,6 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=5, book_changes_per_second=20, market_maker_instruments=SYMBOLS,
                                    rate_limit_capacity=1_000_000, rate_limit_refill_per_s=1_000_000)) as simulator:
         yield simulator
-
-
-@pytest.fixture
-async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
-    async with execution_stack(sim, openbao, tmp_path) as s:
-        yield s
 
 
 def resting_price(sim: Simulator, symbol: str) -> str:

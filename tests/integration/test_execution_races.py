@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import grpc
 import pytest
-from tests.support.execution import ExecutionStack, execution_stack, running_execution
-from tests.support.openbao import OpenBaoDevServer
+from tests.support.execution import ExecutionStack, running_execution
 
 from portico.common.v1 import side_pb2
 from portico.execution.model import OrderState
@@ -35,12 +33,6 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=13, market_maker_instruments=(SYMBOL,),
                                    rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
         yield simulator
-
-
-@pytest.fixture
-async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
-    async with execution_stack(sim, openbao, tmp_path) as s:
-        yield s
 
 
 def resting_bid(sim: Simulator) -> str:

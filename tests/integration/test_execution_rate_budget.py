@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
-from tests.support.execution import ExecutionStack, execution_stack, running_execution
-from tests.support.openbao import OpenBaoDevServer
+from tests.support.execution import ExecutionStack, running_execution
 
 from portico.common.v1 import side_pb2
 from portico.execution.model import OrderState
@@ -36,12 +34,6 @@ REFILL_CALLS_PER_S = RateLimit.REFILL_PER_S * SHARE / RateLimit.MATCHING_ENGINE_
 async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=5, market_maker_instruments=(SYMBOL,))) as simulator:
         yield simulator
-
-
-@pytest.fixture
-async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
-    async with execution_stack(sim, openbao, tmp_path) as s:
-        yield s
 
 
 def resting_price(sim: Simulator) -> str:

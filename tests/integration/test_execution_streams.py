@@ -8,13 +8,11 @@ import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from tests.support.execution import ExecutionStack, RunningExecution, execution_stack, running_execution
-from tests.support.openbao import OpenBaoDevServer
+from tests.support.execution import ExecutionStack, RunningExecution, running_execution
 from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
@@ -40,12 +38,6 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=11, book_changes_per_second=50, market_maker_instruments=(SYMBOL,),
                                    rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
         yield simulator
-
-
-@pytest.fixture
-async def stack(sim: Simulator, openbao: OpenBaoDevServer, tmp_path: Path) -> AsyncIterator[ExecutionStack]:
-    async with execution_stack(sim, openbao, tmp_path) as s:
-        yield s
 
 
 def far_bid(sim: Simulator) -> str:

@@ -45,9 +45,9 @@ from portico.signer.client import SignerClient
 from portico.venues.accounts import SyndrAccounts, VenueAccount
 from portico.venues.syndr import models, typed_data
 from portico.venues.syndr.credentials import ApiCredentials
-from portico.venues.syndr.errors import SyndrError, SyndrProtocolError, SyndrTransportError, SyndrVenueFailure
+from portico.venues.syndr.errors import SyndrError, outcome_unknown
 
-__all__ = ["Completions", "Registration", "SigningKeyRegistrar", "outcome_unknown"]
+__all__ = ["Completions", "Registration", "SigningKeyRegistrar"]
 
 T = TypeVar("T")
 
@@ -57,12 +57,6 @@ _RECORD_WRITE_ATTEMPTS = 5
 SIGNING_KEY_POLICY = KeyPolicy.build(primary_types=[typed_data.ORDER_PRIMARY_TYPE, typed_data.SIGN_KEY_PRIMARY_TYPE],
                                      domain_names=[typed_data.SYNDR_DOMAIN_NAME],
                                      chain_ids=[typed_data.SYNDR_CHAIN_ID])
-
-
-def outcome_unknown(exc: SyndrError) -> bool:
-    """True when a venue write may have happened although no usable answer came back: no answer at all, the
-    venue's own internal error (which does not prove nothing was done), or an answer that cannot be read."""
-    return isinstance(exc, SyndrTransportError | SyndrVenueFailure | SyndrProtocolError)
 
 
 class Completions:

@@ -21,7 +21,7 @@ from portico.account.convert import (
     summary_proto,
 )
 from portico.account.positions import PositionFeeds
-from portico.account.registration import Completions, SigningKeyRegistrar, outcome_unknown
+from portico.account.registration import Completions, SigningKeyRegistrar
 from portico.account.settings import AccountSettings
 from portico.account.v1 import account_pb2
 from portico.account.v1 import account_service_pb2 as pb
@@ -47,6 +47,7 @@ from portico.venues.syndr.errors import (
     SyndrTransportError,
     SyndrVenueFailure,
     map_venue_errors,
+    outcome_unknown,
     to_portico_error,
 )
 

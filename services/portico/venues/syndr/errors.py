@@ -55,6 +55,7 @@ __all__ = [
     "SyndrTransportError",
     "SyndrVenueFailure",
     "map_venue_errors",
+    "outcome_unknown",
     "rpc_error_from_object",
     "to_portico_error",
 ]
@@ -172,6 +173,12 @@ def to_portico_error(error: SyndrError, *, venue: str = "syndr") -> PorticoError
         return Unavailable(f"venue {venue} unreachable: {error}", reason="VENUE_UNAVAILABLE",
                            metadata={"venue": venue})
     return Internal(f"venue {venue} answered unexpectedly", reason="VENUE_PROTOCOL_ERROR", metadata={"venue": venue})
+
+
+def outcome_unknown(exc: SyndrError) -> bool:
+    """True when a venue write may have happened although no usable answer came back: no answer at all, the
+    venue's own internal error (which does not prove nothing was done), or an answer that cannot be read."""
+    return isinstance(exc, SyndrTransportError | SyndrVenueFailure | SyndrProtocolError)
 
 
 def map_venue_errors(method: F) -> F:

@@ -34,8 +34,10 @@ flight on its own channel. It reports
 
 `--profile` then runs the load phase (or, with `--profile-one-in-flight`, one
 order in flight) once more with `py-spy record` attached to the execution
-process (speedscope file: `--profile-out`) and summarises where its
-event-loop thread and its SQLite thread spend their time.
+process (or `--profile-process signer|simulator`; speedscope file:
+`--profile-out`) and summarises where its event-loop thread and its SQLite
+thread spend their time. `--profile-native` adds the C and Cython frames
+(gRPC core, uvloop, SQLite); py-spy then stops the process for each sample.
 
 `--baseline REV` instead compares this tree with another revision of the
 services (a temporary `git worktree`), both stacks alive side by side, in
@@ -186,7 +188,8 @@ class Stack:
 
 
 def load(stack: Stack, *, mode: str, clients: int, concurrency: int, seconds: float, tag: str,
-         profile_to: Path | None = None) -> dict[str, Any]:
+         profile_to: Path | None = None, profile_process: str = "execution",
+         profile_native: bool = False) -> dict[str, Any]:
     """One run: `clients` processes x `concurrency` calls in flight for `seconds`; latencies and CPU per call."""
     start_at = time.time() + 2.0  # client processes need ~1 s to import and connect
     argv = [sys.executable, "-m", "tests.bench.bench_execution", "--worker", "--target", stack.target,
@@ -200,8 +203,10 @@ def load(stack: Stack, *, mode: str, clients: int, concurrency: int, seconds: fl
         profiler = None
         if profile_to is not None:
             profile_to.unlink(missing_ok=True)  # never summarise an earlier run's file
-            profiler = subprocess.Popen([py_spy(), "record", "-p", str(stack.pids["execution"]), "-d",
-                                         str(int(seconds)), "-r", "200", "--nonblocking", "-f", "speedscope",
+            profiler = subprocess.Popen([py_spy(), "record", "-p", str(stack.pids[profile_process]), "-d",
+                                         str(int(seconds)), "-r", "200", "-f", "speedscope",
+                                         # --native has to stop the process for each sample
+                                         *(["--native"] if profile_native else ["--nonblocking"]),
                                          "-o", str(profile_to)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         outputs = []
         for p in procs:
@@ -422,9 +427,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile:
             speedscope = args.profile_out or Path(tempfile.gettempdir()) / "execution-profile.speedscope.json"
             clients, concurrency = ((1, 1) if args.profile_one_in_flight else (args.clients, args.concurrency))
-            under = go("place", clients, concurrency, args.seconds, profile_to=speedscope)
+            under = go("place", clients, concurrency, args.seconds, profile_to=speedscope,
+                       profile_process=args.profile_process, profile_native=args.profile_native)
             measured = {k: under[k] for k in ("per_second", "p50_ms", "p99_ms", "execution_cpu_ms_per_call")}
-            profile = {"in_flight": clients * concurrency, "load_under_profiler": measured,
+            profile = {"process": args.profile_process, "in_flight": clients * concurrency,
+                       "load_under_profiler": measured,
                        **summarise_profile(speedscope, args.seconds)}
 
     one, many = median_of(single), median_of(loaded)
@@ -653,6 +660,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="one more load run under py-spy")
     parser.add_argument("--profile-one-in-flight", action="store_true",
                         help="profile with one order in flight instead of the load phase")
+    parser.add_argument("--profile-process", choices=("execution", "signer", "simulator"), default="execution",
+                        help="the process --profile attaches to (default: execution)")
+    parser.add_argument("--profile-native", action="store_true",
+                        help="py-spy --native: C and Cython frames too (gRPC core, uvloop, SQLite)")
     parser.add_argument("--profile-out", type=Path, default=None,
                         help="speedscope file of --profile (default: execution-profile.speedscope.json in $TMPDIR)")
     parser.add_argument("--baseline", metavar="REV",

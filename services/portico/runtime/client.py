@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from portico.runtime.config import setting
-from portico.runtime.interceptors import client_interceptors
+from portico.runtime.interceptors import TracedChannel
 
 __all__ = ["KEEPALIVE_OPTIONS", "SERVICE_TOKEN", "bearer", "open_channel"]
 
@@ -64,11 +64,11 @@ def open_channel(
     """
     channel_options = list({**KEEPALIVE_OPTIONS, **(options or {})}.items())
     if ca_file is None:
-        return grpc.aio.insecure_channel(target, options=channel_options, interceptors=client_interceptors())
+        return TracedChannel(grpc.aio.insecure_channel(target, options=channel_options))
     key_pem = cert_pem = None
     if client_cert is not None:
         cert_pem, key_pem = client_cert[0].read_bytes(), client_cert[1].read_bytes()
     credentials = grpc.ssl_channel_credentials(ca_file.read_bytes(), key_pem, cert_pem)
     if token is not None:
         credentials = grpc.composite_channel_credentials(credentials, grpc.metadata_call_credentials(_TokenAuth(token)))
-    return grpc.aio.secure_channel(target, credentials, options=channel_options, interceptors=client_interceptors())
+    return TracedChannel(grpc.aio.secure_channel(target, credentials, options=channel_options))

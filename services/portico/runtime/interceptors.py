@@ -12,8 +12,8 @@ Server side, one interceptor wraps each call in this order:
    a log line carrying the trace id.
 
 It is one interceptor rather than three so the hot path wraps each call once.
-Client side, `client_interceptors()` start CLIENT spans and inject the trace
-context into outgoing metadata.
+Client side, `TracedChannel` starts a CLIENT span per call and injects the
+trace context into its outgoing metadata.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from portico.runtime.auth import TokenAuthenticator, current_principal
 from portico.runtime.errors import PermissionDenied, PorticoError, to_grpc_status
 
-__all__ = ["PUBLIC_SERVICES", "ServerInterceptor", "client_interceptors"]
+__all__ = ["PUBLIC_SERVICES", "ServerInterceptor", "TracedChannel"]
 
 log = logging.getLogger("portico.rpc")
 _tracer = trace.get_tracer("portico.runtime")
@@ -176,78 +176,101 @@ def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Beh
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **codec)
 
 
-_pending_span_ends: set[asyncio.Future[None]] = set()
+def _client_span(method: str | bytes, metadata: Metadata | None) -> tuple[trace.Span, grpc.aio.Metadata]:
+    """A CLIENT span for one call, and the call's metadata with the span's `traceparent` added."""
+    name = method.decode() if isinstance(method, bytes) else method
+    service, rpc = _split(name)
+    span = _tracer.start_span(
+        name.lstrip("/"), kind=SpanKind.CLIENT,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
+    )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    outgoing = grpc.aio.Metadata(*(metadata or ()))
+    for key, value in carrier.items():
+        outgoing.add(key, value)
+    return span, outgoing
 
 
-class _ClientTracing:
-    """Start a CLIENT span per call and put `traceparent` into its metadata."""
-
-    def _prepare(self, client_call_details: Any) -> tuple[trace.Span, grpc.aio.ClientCallDetails]:
-        method = client_call_details.method
-        name = method.decode() if isinstance(method, bytes) else method
-        service, rpc = _split(name)
-        span = _tracer.start_span(
-            name.lstrip("/"), kind=SpanKind.CLIENT,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
-        )
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
-        for key, value in carrier.items():
-            metadata.add(key, value)
-        details = grpc.aio.ClientCallDetails(
-            method=client_call_details.method, timeout=client_call_details.timeout, metadata=metadata,
-            credentials=client_call_details.credentials, wait_for_ready=client_call_details.wait_for_ready,
-        )
-        return span, details
-
-    @staticmethod
-    def _finish(span: trace.Span, code: grpc.StatusCode) -> None:
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code != grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, code.name))
-        span.end()
+def _end_client_span(span: trace.Span, code: grpc.StatusCode) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code != grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
 
 
-class _UnaryUnaryTracing(_ClientTracing, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        span, details = self._prepare(client_call_details)
-        with trace.use_span(span, end_on_exit=False):
-            call = await continuation(details, request)
+def _finished_code(call: Any) -> grpc.StatusCode:
+    """A finished call's status code. aio's `code()` is a coroutine, but on a finished call it returns
+    without suspending, so it is run to its end here rather than in a task of its own."""
+    pending = call.code()
+    try:
+        pending.send(None)
+    except StopIteration as finished:
+        return finished.value
+    except Exception:
+        return grpc.StatusCode.UNKNOWN
+    pending.close()
+    return grpc.StatusCode.UNKNOWN
+
+
+class _Traced:
+    """A multicallable whose calls each get a CLIENT span, ended by the call's own done callback."""
+
+    __slots__ = ("_inner", "_method")
+
+    def __init__(self, inner: Any, method: str | bytes):
+        self._inner = inner
+        self._method = method
+
+    def __call__(self, request: Any, *, metadata: Metadata | None = None, **kwargs: Any) -> Any:
+        span, outgoing = _client_span(self._method, metadata)
         try:
-            await call
-            self._finish(span, grpc.StatusCode.OK)
-        except grpc.aio.AioRpcError as exc:
-            self._finish(span, exc.code())
-        except asyncio.CancelledError:
-            self._finish(span, grpc.StatusCode.CANCELLED)
+            call = self._inner(request, metadata=outgoing, **kwargs)
+        except BaseException:
+            _end_client_span(span, grpc.StatusCode.INTERNAL)
             raise
+        call.add_done_callback(lambda finished: _end_client_span(span, _finished_code(finished)))
         return call
 
 
-class _UnaryStreamTracing(_ClientTracing, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        span, details = self._prepare(client_call_details)
-        with trace.use_span(span, end_on_exit=False):
-            call = await continuation(details, request)
+class TracedChannel(grpc.aio.Channel):
+    """A grpc.aio channel whose unary and server-streaming calls each get a CLIENT span and carry `traceparent`.
 
-        async def finish(finished: Any) -> None:
-            try:
-                code = await finished.code()
-            except Exception:
-                code = grpc.StatusCode.UNKNOWN
-            self._finish(span, code)
+    This does what a grpc.aio client interceptor would, without one: an intercepted call costs gRPC an
+    extra task and call object per RPC, about 0.1 ms of CPU here for a Sign call (one in flight,
+    measured against a plain channel). The contracts have no client-streaming RPCs; such calls pass
+    through untraced.
+    """
 
-        def done(finished: Any) -> None:
-            # aio's code() is a coroutine; the call is over, so it resolves at once.
-            task = asyncio.ensure_future(finish(finished))
-            _pending_span_ends.add(task)
-            task.add_done_callback(_pending_span_ends.discard)
+    def __init__(self, channel: grpc.aio.Channel):
+        self._channel = channel
 
-        call.add_done_callback(done)
-        return call
+    async def __aenter__(self) -> TracedChannel:
+        return self
 
+    async def __aexit__(self, *exc: object) -> None:
+        await self._channel.close(None)
 
-def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors for channels that call other Portico services."""
-    return [_UnaryUnaryTracing(), _UnaryStreamTracing()]
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Traced(self._channel.unary_unary(method, *args, **kwargs), method)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Traced(self._channel.unary_stream(method, *args, **kwargs), method)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_stream(method, *args, **kwargs)

@@ -1,5 +1,5 @@
-"""The order journal on both backends: exact round trips, first-insert-wins (also concurrently, also from two
-journals), updates that never touch the signed request, lookups, listings, reopening and migrations.
+"""The order journal on both backends: exact round trips, first-insert-wins (also concurrently), one writer
+process per journal, updates that never touch the signed request, lookups, listings, reopening and migrations.
 
 PostgreSQL tests run in a fresh database per test (`tests.support.postgres.fresh_database`), skipped only if
 nothing listens on 127.0.0.1:5432; SQLite tests in a new file under tmp_path.
@@ -27,7 +27,8 @@ from portico.execution.journal import (
 )
 from portico.execution.model import FINAL_STATES, UNRESOLVED_STATES, JournalEntry, OrderIntent, OrderState
 from portico.refdata.store import open_store
-from portico.runtime.sqlstore import SchemaVersionError, now_ms
+from portico.runtime.errors import Unavailable
+from portico.runtime.sqlstore import SchemaVersionError, WriterLockHeld, now_ms
 
 VENUE = "syndr"
 ALICE = "0x52908400098527886E0F7030069857D2E4169EE7"  # checksummed
@@ -183,15 +184,64 @@ async def test_concurrent_inserts_of_one_key_store_exactly_one(journal: OrderJou
     assert await journal.count() == 1
 
 
-async def test_concurrent_inserts_from_two_journals_store_exactly_one(journal: OrderJournal, backend: Backend) -> None:
-    """Two journals on one database: two pools on PostgreSQL, two connections (and threads) on one SQLite file."""
-    async with backend.journal() as second:
-        candidates = [entry("race", salt=2000 + i) for i in range(20)]
-        results = await asyncio.gather(*((journal if i % 2 else second).insert(c) for i, c in enumerate(candidates)))
-        assert len({r.salt for r in results}) == 1
-        assert await second.count() == 1
-    stored = await journal.get(VENUE, ALICE, "race")
-    assert stored is not None and stored.salt == results[0].salt
+async def test_a_second_journal_on_the_same_database_is_refused_until_the_first_closes(
+        journal: OrderJournal, backend: Backend) -> None:
+    """One writer per journal: a second process (here a second journal) is refused at start, not let in to race."""
+    stored = await journal.insert(entry("first", salt=1))
+    second = backend.journal()
+    with pytest.raises(WriterLockHeld, match=r"the order journal .*already has a writer"):
+        await second.start()
+    assert await journal.insert(entry("still-writing", salt=2))  # the holder is unaffected
+    await journal.aclose()
+    async with backend.journal() as third:  # the lock went with the first
+        assert await third.get(VENUE, ALICE, "first") == stored
+        assert await third.count() == 2
+
+
+async def test_postgres_journal_refuses_new_orders_while_its_writer_lock_is_lost(tmp_path: Path) -> None:
+    """The lock's session is killed (as a failover or a network cut would): no new order is journaled until the
+    lock is held again, so a replica that took over meanwhile is never raced."""
+    if not postgres_reachable():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    import psycopg
+
+    with fresh_database("portico_journal_lock") as dsn:
+        journal = PostgresOrderJournal(dsn, writer_check_s=0.1)
+        await journal.start()
+        try:
+            await journal.insert(entry("before", salt=1))
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+                # Kill the lock's session and take the lock at once, as a replica that took over would.
+                cursor = await admin.execute(
+                    "SELECT pg_terminate_backend(pid), "
+                    "pg_advisory_lock(hashtext('portico-writer'), hashtext('execution-journal')) "
+                    "FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE %s",
+                    ("%writer lock%",))
+                assert len(await cursor.fetchall()) == 1
+                refused = None
+                for attempt in range(100):
+                    try:
+                        await journal.insert(entry(f"during-{attempt}", salt=100 + attempt))
+                    except Unavailable as exc:
+                        refused = exc
+                        break
+                    await asyncio.sleep(0.02)
+                assert refused is not None and refused.reason == "JOURNAL_WRITER_LOCK_LOST"
+                await asyncio.sleep(0.5)  # the journal keeps asking for the lock, and keeps refusing meanwhile
+                with pytest.raises(Unavailable):
+                    await journal.insert(entry("while-taken", salt=3))
+                await admin.execute(
+                    "SELECT pg_advisory_unlock(hashtext('portico-writer'), hashtext('execution-journal'))")
+                for _ in range(100):  # released: the journal takes it again and journals new orders
+                    try:
+                        await journal.insert(entry("after", salt=4))
+                        break
+                    except Unavailable:
+                        await asyncio.sleep(0.05)
+            assert await journal.get(VENUE, ALICE, "after") is not None
+            assert await journal.get(VENUE, ALICE, "while-taken") is None
+        finally:
+            await journal.aclose()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -350,13 +400,16 @@ async def test_migrations_are_idempotent(backend: Backend) -> None:
     assert await backend.sql("SELECT version, description, applied_at_ms FROM execution_schema_version") == versions
 
 
-async def test_concurrent_first_starts_migrate_once(backend: Backend) -> None:
+async def test_concurrent_first_starts_migrate_once_and_let_one_writer_in(backend: Backend) -> None:
     journals = [backend.journal() for _ in range(4)]
     try:
-        await asyncio.gather(*(j.start() for j in journals))
+        outcomes = await asyncio.gather(*(j.start() for j in journals), return_exceptions=True)
+        started = [j for j, outcome in zip(journals, outcomes, strict=True) if outcome is None]
+        assert len(started) == 1
+        assert all(isinstance(o, WriterLockHeld) for o in outcomes if o is not None)
         assert await backend.sql("SELECT version FROM execution_schema_version") == [(1,)]
-        await asyncio.gather(*(j.insert(entry(f"c-{i}")) for i, j in enumerate(journals)))
-        assert await journals[0].count() == 4
+        await started[0].insert(entry("c-1"))
+        assert await started[0].count() == 1
     finally:
         for j in journals:
             await j.aclose()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -18,12 +21,14 @@ from eth_account.messages import encode_typed_data
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tests.support.openbao import OpenBaoDevServer
+from tests.support.ports import free_port
 from tests.support.signer import RunningSigner, running_signer, stub
 
 from portico.runtime.client import bearer, open_channel
 from portico.runtime.errors import error_info
 from portico.runtime.secp256k1 import recover_address
 from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
+from portico.runtime.sqlstore import WriterLockHeld
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.signer.v1 import signer_service_pb2 as pb
 from portico.venues.syndr import typed_data as syndr
@@ -223,6 +228,26 @@ async def test_salt_watermark_survives_restart(openbao: OpenBaoDevServer, signer
             open_channel(second.target) as channel:
         error = await sign_error(channel, second, typed_request(ORDER_KEY, order(salt, price="2")))
         assert error_info(error).reason == "SALT_REUSED"
+
+
+async def test_a_second_signer_on_the_same_ledger_is_refused(openbao: OpenBaoDevServer, signer_vault_token: str,
+                                                             tmp_path: Path) -> None:
+    """Two signers on one ledger file would each trust their own view of the salts: the second never starts."""
+    async with running_signer(openbao.addr, signer_vault_token, tmp_path) as first, \
+            open_channel(first.target) as channel:
+        with pytest.raises(WriterLockHeld, match=r"the salt ledger .*already has a writer"):
+            async with running_signer(openbao.addr, signer_vault_token, tmp_path):
+                pass
+        # As a process: a clear message and exit status 1, no traceback.
+        env = {**os.environ, "PORTICO_LISTEN_ADDR": f"127.0.0.1:{free_port()}", "PORTICO_VAULT_ADDR": openbao.addr,
+               "PORTICO_VAULT_TOKEN": signer_vault_token, "PORTICO_AUTH_TOKENS": "[]",
+               "PORTICO_SIGNER_WATERMARK_DB": str(tmp_path / "watermarks.sqlite3")}
+        second = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "portico.signer"], env=env,
+                                         capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "portico-signer: not started: the salt ledger" in second.stderr
+        assert "Traceback" not in second.stderr
+        await sign(channel, first, typed_request(ORDER_KEY, order(secrets.randbits(64))))  # the first still signs
 
 
 # --------------------------------------------------------------------------- bad input

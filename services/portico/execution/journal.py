@@ -12,6 +12,13 @@ wins over a SQLite path), on the shared layer of `portico.runtime.sqlstore`:
 - `PostgresOrderJournal`: psycopg 3 async pool, autocommit: each statement is
   its own transaction.
 
+The journal has one writer: the execution process holds the store's writer
+lock (`runtime.sqlstore`) from `start` to `aclose`, and a second process
+opening the same journal is refused at start (`WriterLockHeld`). Idempotency
+leans on it: only one process can know which of its orders are in flight.
+Should PostgreSQL drop the lock's session, new orders are refused
+(UNAVAILABLE, `JOURNAL_WRITER_LOCK_LOST`) until the lock is held again.
+
 One row per (venue, account, client_order_id), which is UNIQUE: `insert` stores
 nothing when the key exists and returns the stored entry, so of several
 processes (or tasks) journaling the same client id exactly one wins, and every
@@ -40,10 +47,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from portico.execution.model import UNRESOLVED_STATES, JournalEntry, OrderIntent, OrderState
+from portico.runtime.errors import Unavailable
 from portico.runtime.sqlstore import (
     Migration,
+    PostgresWriterLock,
     Schema,
     SqliteWorker,
+    SqliteWriterLock,
     now_ms,
     open_postgres_pool,
 )
@@ -315,12 +325,21 @@ class SqliteOrderJournal(OrderJournal):
     def __init__(self, path: Path, *, busy_timeout_s: float = 2.0, synchronous: str = "NORMAL"):
         self._worker = SqliteWorker(path, SCHEMA, label="SqliteOrderJournal", busy_timeout_s=busy_timeout_s,
                                     synchronous=synchronous, inline=True)
+        self._writer = SqliteWriterLock(path, role="the order journal")
 
     async def start(self) -> None:
-        await self._worker.start()
+        self._writer.acquire()
+        try:
+            await self._worker.start()
+        except BaseException:
+            self._writer.release()
+            raise
 
     async def aclose(self) -> None:
-        await self._worker.aclose()
+        try:
+            await self._worker.aclose()
+        finally:
+            self._writer.release()
 
     async def insert(self, entry: JournalEntry) -> JournalEntry:
         return await self._worker.call(self._insert, entry)
@@ -419,19 +438,27 @@ _PG_UPDATE = (f"UPDATE orders SET {_UPDATE_SET.format(p=_P, greatest='GREATEST')
 class PostgresOrderJournal(OrderJournal):
     """PostgreSQL through a psycopg 3 async connection pool (autocommit: every statement commits)."""
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0):
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 8, connect_timeout_s: float = 10.0,
+                 writer_check_s: float = 5.0):
         self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
         self._connect_timeout_s = connect_timeout_s
         self._pool: PostgresPool | None = None
+        self._writer = PostgresWriterLock(dsn, name="execution-journal", role="the order journal",
+                                          check_s=writer_check_s, connect_timeout_s=connect_timeout_s)
 
     async def start(self) -> None:
         if self._pool is not None:
             return
-        self._pool = await open_postgres_pool(self._dsn, SCHEMA, name="portico-execution-journal",
-                                              min_size=self._min_size, max_size=self._max_size,
-                                              connect_timeout_s=self._connect_timeout_s)
+        await self._writer.acquire()
+        try:
+            self._pool = await open_postgres_pool(self._dsn, SCHEMA, name="portico-execution-journal",
+                                                  min_size=self._min_size, max_size=self._max_size,
+                                                  connect_timeout_s=self._connect_timeout_s)
+        except BaseException:
+            await self._writer.release()
+            raise
 
     def _started(self) -> PostgresPool:
         if self._pool is None:
@@ -440,8 +467,11 @@ class PostgresOrderJournal(OrderJournal):
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        try:
+            if pool is not None:
+                await pool.close()
+        finally:
+            await self._writer.release()
 
     async def _fetch(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async with self._started().connection() as conn:
@@ -455,6 +485,9 @@ class PostgresOrderJournal(OrderJournal):
     async def insert(self, entry: JournalEntry) -> JournalEntry:
         # On a conflict with an insert still in flight, PostgreSQL waits for it to commit and then does nothing:
         # the SELECT after (a new statement, so a new snapshot) sees the winner.
+        if not self._writer.held:  # another process may be the writer now: no new order from this one
+            raise Unavailable("the order journal's writer lock was lost; new orders wait until it is held again",
+                              reason="JOURNAL_WRITER_LOCK_LOST")
         rows = await self._fetch(_PG_INSERT, _insert_row(entry, now_ms()))
         if rows:
             return _inserted(entry, rows[0])

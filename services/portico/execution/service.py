@@ -296,8 +296,8 @@ class ExecutionApp(GrpcServiceApp):
         self._refdata_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.journal.start()  # first: it takes the journal's writer lock, or refuses to start
         await self.vault.start()
-        await self.journal.start()
         await self.orders.load()
         await self.server.start([SERVICE_NAME], serving=False)
         self._refdata_watch = asyncio.create_task(self.orders.instruments.follow("syndr"),

@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.logs import configure_logging
+from portico.runtime.sqlstore import WriterLockHeld
 from portico.runtime.telemetry import configure_tracing
 
 __all__ = ["EVENT_LOOP", "Service", "event_loop_factory", "run_in_event_loop", "run_service"]
@@ -52,7 +53,8 @@ def run_service(name: str, settings_from_env: Callable[[Mapping[str, str]], S],
                 prepare: Callable[[S], Any] | None = None) -> None:
     """Configure logs, tracing and settings from the environment, then serve until SIGTERM.
 
-    A configuration error exits with status 2 and a message naming the variable.
+    A configuration error exits with status 2 and a message naming the variable; a store that another
+    process already writes (`WriterLockHeld`) exits with status 1 and a message naming the store.
     The app is built inside the event loop, since grpc.aio objects bind to it.
     """
     env = dict(os.environ)
@@ -76,5 +78,9 @@ def run_service(name: str, settings_from_env: Callable[[Mapping[str, str]], S],
 
     try:
         run_in_event_loop(serve(), env)
+    except WriterLockHeld as exc:  # a second process on a single-writer store: refuse, plainly
+        logging.getLogger("portico.runtime").error("not started: store has a writer already")
+        print(f"portico-{name}: not started: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         provider.shutdown()

@@ -16,14 +16,23 @@ each with its SQLite and PostgreSQL statements) and gets it applied by
 
 Each schema names its own version table, so stores of different services can
 share one PostgreSQL database without their version numbers colliding.
+
+A store with a single writer (the order journal, the salt ledger) holds a
+writer lock for as long as it writes: `SqliteWriterLock` (an `flock` beside
+the file) or `PostgresWriterLock` (a session advisory lock). A second process
+opening the same store is refused at start with `WriterLockHeld`, instead of
+two writers silently breaking the store's guarantees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -42,10 +51,13 @@ if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL pool opens: SQLite-on
 __all__ = [
     "MIGRATION_LOCK",
     "Migration",
+    "PostgresWriterLock",
     "Schema",
     "SchemaVersionError",
     "SqliteWorker",
+    "SqliteWriterLock",
     "WalCheckpointer",
+    "WriterLockHeld",
     "immediate_transaction",
     "now_ms",
     "open_postgres_pool",
@@ -357,6 +369,147 @@ class SqliteWorker:
                 with contextlib.suppress(sqlite3.Error):  # leave a small file behind; a busy one is fine too
                     db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             db.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Single writers
+
+
+class WriterLockHeld(RuntimeError):
+    """Another process is already the writer of this store: this one must not start."""
+
+
+def _holder_note() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+class SqliteWriterLock:
+    """An exclusive `flock` on `<file>.writer-lock`, held for as long as this process writes `<file>`.
+
+    The kernel releases it when the process ends, however it ends (SIGKILL included), so it never outlives
+    its holder and needs no expiry; a second process asking for it is refused at once. The lock file names
+    its holder, for the error message. (flock is per host: the file must not be on a network filesystem
+    shared by several hosts, which SQLite's own locking does not support either.)
+    """
+
+    def __init__(self, database: Path, *, role: str):
+        self.path = database.with_name(database.name + ".writer-lock")
+        self._database = database
+        self._role = role
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise WriterLockHeld(f"{self._role} {self._database} already has a writer ({holder}); "
+                                 "one process may write it") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (_holder_note() + "\n").encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor releases the flock
+
+
+class PostgresWriterLock:
+    """A session advisory lock on a connection of its own, held for as long as this process writes the database.
+
+    PostgreSQL releases it when the session ends. The session turns on TCP keepalives (server and client
+    side), so a writer whose host vanished without closing its connection loses the lock within about
+    half a minute rather than after the operating system's two hours, and a replacement can start.
+    A watch queries the session every `check_s`; once a query fails the lock may be gone, so `held`
+    turns False (the store refuses new writes) and the lock is asked for again on a new session until
+    it is held again.
+    """
+
+    _CLASS = "portico-writer"  # the two-key space, with hashtext(name): never the keys other stores use
+
+    def __init__(self, dsn: str, *, name: str, role: str, check_s: float = 5.0, connect_timeout_s: float = 10.0):
+        self._dsn = dsn
+        self._name = name
+        self._role = role
+        self._check_s = check_s
+        self._connect_timeout_s = connect_timeout_s
+        self._conn: AsyncConnection[tuple[Any, ...]] | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    async def acquire(self) -> None:
+        """Take the lock or raise WriterLockHeld; then keep watching it."""
+        if not await self._try_acquire():
+            raise WriterLockHeld(f"{self._role} (PostgreSQL lock {self._name!r}) already has a writer; "
+                                 "one process may write it")
+        self._watch = asyncio.create_task(self._watch_forever(), name=f"writer-lock-{self._name}")
+
+    async def _try_acquire(self) -> bool:
+        from psycopg import AsyncConnection
+
+        conn = await AsyncConnection.connect(
+            self._dsn, autocommit=True, connect_timeout=max(1, int(self._connect_timeout_s)),
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+            application_name=f"portico {self._role} writer lock")
+        try:
+            for setting_sql in ("SET tcp_keepalives_idle = 10", "SET tcp_keepalives_interval = 5",
+                                "SET tcp_keepalives_count = 3"):
+                await conn.execute(setting_sql)
+            if await pg_scalar(conn, "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))",
+                               (self._CLASS, self._name)):
+                self._conn = conn
+                return True
+        except BaseException:
+            await conn.close()
+            raise
+        await conn.close()
+        return False
+
+    async def _watch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_s)
+            conn = self._conn
+            if conn is not None:
+                try:
+                    await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self._check_s)
+                    continue
+                except Exception as exc:
+                    self._conn = None
+                    log.error("writer lock lost: new writes are refused until it is held again",
+                              extra={"store": self._role, "error": type(exc).__name__})
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            try:
+                if await self._try_acquire():
+                    log.warning("writer lock held again", extra={"store": self._role})
+            except Exception as exc:
+                log.debug("writer lock not taken yet", extra={"store": self._role, "error": type(exc).__name__})
+
+    async def release(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()  # ending the session releases the lock
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ during one loop iteration goes into one transaction, run by a callback at the
 end of that iteration. Measured here, handing each batch to a worker thread
 cost more CPU (two cross-thread wakeups per batch) than the commit itself,
 which is one WAL append plus, with `synchronous=FULL`, one fsync (~0.15 ms).
-One ledger file belongs to one signer process: SQLite would arbitrate several,
-but its lock waits would then stall the event loop. WAL checkpoints (which
+One ledger file belongs to one signer process (SQLite would arbitrate several,
+but its lock waits would then stall the event loop): the ledger holds the
+file's writer lock (`runtime.sqlstore.SqliteWriterLock`), so a second signer
+on the same file is refused at start. WAL checkpoints (which
 fsync) run on a `WalCheckpointer` thread, not inside a commit on the loop.
 """
 
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portico.runtime.errors import FailedPrecondition
-from portico.runtime.sqlstore import WalCheckpointer
+from portico.runtime.sqlstore import SqliteWriterLock, WalCheckpointer
 
 __all__ = ["SaltLedger", "SaltReused"]
 
@@ -68,15 +70,21 @@ class SaltLedger:
         self._db: sqlite3.Connection | None = None
         self._pending: list[_Claim] = []
         self._checkpointer = WalCheckpointer(path, label="salt-ledger")
+        self._writer = SqliteWriterLock(path, role="the salt ledger")
 
     async def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.execute("PRAGMA busy_timeout=2000")  # only another process (an operator's sqlite3 shell) can hold it
-        db.execute(_SCHEMA)
-        WalCheckpointer.disable_autocheckpoint(db)
+        self._writer.acquire()
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA busy_timeout=2000")  # only another process (an operator's sqlite3 shell) can hold it
+            db.execute(_SCHEMA)
+            WalCheckpointer.disable_autocheckpoint(db)
+        except BaseException:
+            self._writer.release()
+            raise
         self._db = db
         self._checkpointer.start()
 
@@ -144,3 +152,4 @@ class SaltLedger:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             db.close()
+        self._writer.release()

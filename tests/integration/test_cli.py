@@ -244,6 +244,8 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
         listed = portico(["signer", "keys", "list-addresses"], admin_env)
         assert listed.returncode == 0, listed.stderr
         assert f"{demo['signing_key_id']}\t{demo['signing_key_address']}" in listed.stdout.splitlines()
+        again = portico(["signer", "keys", "create", demo["signing_key_id"]], admin_env)  # create-only: Vault says 403
+        assert again.returncode == 1 and "already exists" in again.stderr, again.stderr
         kv = hvac.Client(url=state["vault"]["addr"], token=state["vault"]["key_admin_token"]).secrets.kv.v2
         with pytest.raises(hvac.exceptions.Forbidden):
             kv.read_secret_version(path=f"portico/signer/keys/{demo['signing_key_id']}", mount_point="secret",

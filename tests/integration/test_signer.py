@@ -26,8 +26,8 @@ from tests.support.signer import RunningSigner, running_signer, stub
 
 from portico.runtime.client import bearer, open_channel
 from portico.runtime.errors import error_info
-from portico.runtime.secp256k1 import recover_address
-from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
+from portico.runtime.secp256k1 import address_from_private_key, recover_address
+from portico.runtime.signing_keys import KeyAdmin, KeyAdminError, KeyPaths, KeyPolicy
 from portico.runtime.sqlstore import WriterLockHeld
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.signer.v1 import signer_service_pb2 as pb
@@ -42,6 +42,7 @@ RAW_KEY = f"raw-{RUN}"
 MAINNET_KEY = f"mainnet-{RUN}"
 NO_POLICY_KEY = f"nopolicy-{RUN}"
 ORDER_KEY_HEX = "0x" + secrets.token_hex(32)
+ORDER_ADDRESS = address_from_private_key(bytes.fromhex(ORDER_KEY_HEX[2:]))
 SYNDR_POLICY = KeyPolicy.build(primary_types=["Order", "SignKey"], domain_names=["Syndr"], chain_ids=[421614])
 
 
@@ -230,6 +231,25 @@ async def test_salt_watermark_survives_restart(openbao: OpenBaoDevServer, signer
         assert error_info(error).reason == "SALT_REUSED"
 
 
+async def test_one_private_key_under_two_key_ids_never_signs_one_salt_twice(
+        channel: grpc.aio.Channel, signer: RunningSigner, openbao: OpenBaoDevServer, admin: KeyAdmin) -> None:
+    """The watermark is the key's, not its name's: a twin id of the same private key (stored straight into
+    Vault, as before KeyAdmin refused it) cannot sign a salt the first id signed over another payload."""
+    twin = f"twin-{secrets.token_hex(3)}"
+    paths = KeyPaths()
+    async with VaultSession(VaultSettings(addr=openbao.addr, auth_method="token", token=openbao.root_token)) as vault:
+        await vault.write_kv(paths.key(twin), {"private_key": ORDER_KEY_HEX, "address": ORDER_ADDRESS}, cas=0)
+        await vault.write_kv(paths.policy(twin), SYNDR_POLICY.to_document())
+    salt = secrets.randbits(64)
+    first = await sign(channel, signer, typed_request(ORDER_KEY, order(salt, price="1")))
+    error = await sign_error(channel, signer, typed_request(twin, order(salt, price="2")))
+    assert error_info(error).reason == "SALT_REUSED"
+    again = await sign(channel, signer, typed_request(twin, order(salt, price="1")))  # the same payload: allowed
+    assert (again.signature, again.address) == (first.signature, first.address)
+    with pytest.raises(KeyAdminError, match=f"already stored as key {ORDER_KEY}"):  # and no new twins
+        await admin.import_key(f"twin-{secrets.token_hex(3)}", ORDER_KEY_HEX, SYNDR_POLICY)
+
+
 async def test_a_second_signer_on_the_same_ledger_is_refused(openbao: OpenBaoDevServer, signer_vault_token: str,
                                                              tmp_path: Path) -> None:
     """Two signers on one ledger file would each trust their own view of the salts: the second never starts."""
@@ -272,6 +292,18 @@ def _bad_typed_data() -> list[tuple[str, str]]:
     variant("typed_data_json.message", lambda d: d["message"].update(extra=1))
     variant("typed_data_json.primaryType", lambda d: d.update(primaryType="Nope"))
     variant("typed_data_json.types", lambda d: d["types"]["Order"].append({"name": "x", "type": "Missing"}))
+    def string_salt(d: dict[str, Any]) -> None:  # a salt declared as a string, and not a number
+        d["types"]["Order"] = [{"name": f["name"], "type": "string" if f["name"] == "salt" else f["type"]}
+                               for f in d["types"]["Order"]]
+        d["message"]["salt"] = "abc"
+
+    variant("typed_data_json.message.salt", string_salt)
+    variant("typed_data_json.message", lambda d: d["message"].update({"\ud800": 1}))  # a lone surrogate as a key
+    variant("typed_data_json.message", lambda d: d["message"].update({"k" * 60_000: 1}))  # far beyond a status's size
+    variant("typed_data_json.types", lambda d: d["types"]["Order"].append({"name": "x", "type": "T" * 20_000}))
+    huge = json.dumps(base).replace('"instrumentId": 3', '"instrumentId": ' + "9" * 5000)
+    assert huge != json.dumps(base)
+    cases.append(("typed_data_json", huge))  # beyond Python's 4,300-digit integer conversion limit
     cases.append(("typed_data_json", "{not json"))
     cases.append(("typed_data_json", "[1, 2, 3]"))
     cases.append(("typed_data_json", "[" * 100_000 + "]" * 100_000))
@@ -285,6 +317,7 @@ async def test_malformed_typed_data_is_invalid_argument(channel: grpc.aio.Channe
     error = await sign_error(channel, signer, typed_request(ORDER_KEY, text))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(error).metadata["field"].startswith(field)
+    assert len(error.details() or "") <= 512  # bounded, whatever the input quoted
 
 
 @pytest.mark.parametrize(("request_", "field"), [

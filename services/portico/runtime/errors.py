@@ -106,19 +106,37 @@ class Internal(PorticoError):
     default_reason = "INTERNAL"
 
 
+# Bounds on what a status carries. Error texts can quote the caller's input (a field path built from a JSON
+# key, a symbol); its trailers must stay far below gRPC's metadata limit (8 KiB by default), or the caller
+# gets RESOURCE_EXHAUSTED from gRPC itself instead of this status.
+_MESSAGE_CHARS = 512
+_TEXT_CHARS = 200
+_METADATA_ENTRIES = 8
+
+
+def _bounded(text: str, limit: int) -> str:
+    """`text` as valid UTF-8 (a lone surrogate from JSON input becomes an escape) and at most `limit` chars."""
+    clean = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return clean if len(clean) <= limit else clean[:limit - 1] + "…"
+
+
 def to_grpc_status(error: PorticoError, domain: str) -> grpc.Status:
-    """Build the rich status (code, message, ErrorInfo, BadRequest) for `error`."""
+    """Build the rich status (code, message, ErrorInfo, BadRequest) for `error`, bounded in size."""
     details = []
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))
+    metadata = {_bounded(k, 64): _bounded(v, _TEXT_CHARS) for k, v in list(error.metadata.items())[:_METADATA_ENTRIES]}
+    info.Pack(error_details_pb2.ErrorInfo(reason=_bounded(error.reason, _TEXT_CHARS), domain=domain,
+                                          metadata=metadata))
     details.append(info)
     if isinstance(error, InvalidArgument):
         bad = any_pb2.Any()
         bad.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
+            error_details_pb2.BadRequest.FieldViolation(field=_bounded(error.field, _TEXT_CHARS),
+                                                        description=_bounded(error.description, _MESSAGE_CHARS))
         ]))
         details.append(bad)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    status = status_pb2.Status(code=error.code.value[0], message=_bounded(error.message, _MESSAGE_CHARS),
+                               details=details)
     return rpc_status.to_status(status)
 
 

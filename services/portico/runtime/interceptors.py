@@ -110,8 +110,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             otel_context.detach(ctx_token)  # type: ignore[arg-type]
 
         async def fail(exc: BaseException, span: trace.Span, context: grpc.aio.ServicerContext) -> None:
+            status = None
             if isinstance(exc, PorticoError):
-                status = to_grpc_status(exc, self._domain)
+                try:
+                    status = to_grpc_status(exc, self._domain)
+                except Exception as unbuildable:  # reported below as what it is: a bug, never its text
+                    exc = unbuildable
+            if isinstance(exc, PorticoError) and status is not None:
                 span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
                 span.set_attribute("error.reason", exc.reason)
                 span.set_status(Status(StatusCode.ERROR, exc.reason))

@@ -18,6 +18,7 @@ created, never overwritten, and no caller here reads a private key back.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 from portico.runtime.eip712 import TypedDataHash
 from portico.runtime.errors import InvalidArgument, PermissionDenied
 from portico.runtime.secp256k1 import address_from_private_key, generate_private_key, parse_private_key
-from portico.runtime.vault import VaultCasMismatch, VaultNotFound, VaultSession
+from portico.runtime.vault import VaultAuthError, VaultCasMismatch, VaultNotFound, VaultSession
 
 __all__ = ["KEY_ID_RE", "KeyAdmin", "KeyAdminError", "KeyPaths", "KeyPolicy", "PolicyError", "check_key_id"]
 
@@ -139,17 +140,33 @@ class KeyAdmin:
         return await self._store(key_id, generate_private_key(), policy)
 
     async def import_key(self, key_id: str, private_key_hex: str, policy: KeyPolicy) -> str:
-        """Store an existing private key with its policy; return the address."""
+        """Store an existing private key with its policy; return the address.
+
+        A private key already stored under another key id is refused: the signer's salt watermarks hold
+        per key, and one key under two ids is one more way to get them wrong. (Reading the other keys'
+        addresses takes a token that may list key metadata, as the key administrator's does.)
+        """
         try:
             private_key = parse_private_key(private_key_hex)
         except ValueError as exc:
             raise KeyAdminError(str(exc)) from None
+        address = address_from_private_key(private_key)
+        holders = [held for held, stored in await self.list_addresses() if stored.lower() == address.lower()]
+        if holders:
+            raise KeyAdminError(f"this private key is already stored as key {holders[0]} ({address}); "
+                                "one key id per private key")
         return await self._store(key_id, private_key, policy)
 
     async def _store(self, key_id: str, private_key: bytes, policy: KeyPolicy) -> str:
         if not KEY_ID_RE.fullmatch(key_id):
             raise KeyAdminError(f"invalid key id {key_id!r}: use 1-64 of a-z 0-9 _ . - starting alphanumeric")
         address = address_from_private_key(private_key)
+        # Asked first where the token may read metadata: a key administrator may create but not update, so
+        # Vault refuses its write to an existing key with a bare "permission denied" before check-and-set
+        # could say "exists". (A token that may not read metadata leaves it to the write.)
+        with contextlib.suppress(VaultNotFound, VaultAuthError):
+            await self._vault.read_kv_metadata(self._paths.key(key_id))
+            raise KeyAdminError(f"key {key_id} already exists; keys are never overwritten")
         try:
             await self._vault.write_kv(self._paths.key(key_id), {"private_key": "0x" + private_key.hex(),
                                                                   "address": address}, cas=0)

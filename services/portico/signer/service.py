@@ -38,14 +38,23 @@ audit = logging.getLogger("portico.signer.audit")
 
 
 def _salt_of(typed: TypedDataHash) -> int | None:
-    """The message's top-level `salt`, if its type has one (Syndr `Order`)."""
+    """The message's top-level `salt`, if its type has one (Syndr `Order`).
+
+    The caller declares the types, so a `salt` may arrive as any type: a number or a numeric string
+    (decimal or 0x hex) is watermarked, anything else is refused rather than signed unwatched.
+    """
     salt = typed.message.get("salt")
     if salt is None:
         return None
-    if isinstance(salt, int):
+    if isinstance(salt, int) and not isinstance(salt, bool):
         return salt
-    text = str(salt)
-    return int(text, 16) if text.lower().startswith("0x") else int(text)
+    if isinstance(salt, str):
+        try:
+            return int(salt, 16) if salt.lower().startswith("0x") else int(salt)
+        except ValueError:
+            pass
+    raise InvalidArgument("typed_data_json.message.salt", "must be an integer (e.g. uint256) or its decimal or "
+                                                          "0x-hex string: the signer watermarks every salt")
 
 
 class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
@@ -76,7 +85,7 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
             digest = typed.digest
             salt = _salt_of(typed)
             if salt is not None:
-                await self._ledger.claim(key_id, salt, digest)
+                await self._ledger.claim(key_id, key.address, salt, digest)
         else:
             key.policy.check_raw_digest(key_id)
             digest = request.digest
@@ -103,6 +112,8 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
                                   f"is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
         except RecursionError:
             raise InvalidArgument("typed_data_json", "is nested too deeply") from None
+        except ValueError:  # e.g. an integer of more than 4,300 digits (Python's conversion limit)
+            raise InvalidArgument("typed_data_json", "holds a number too large to read") from None
         if not isinstance(data, dict):
             raise InvalidArgument("typed_data_json", "must be a JSON object")
         try:

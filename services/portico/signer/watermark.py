@@ -3,10 +3,17 @@
 This is the order-signing analogue of a validator's slashing protection. A
 Syndr order's `salt` makes it unique at the venue; if the same salt were ever
 signed over two different orders, either could be replayed in place of the
-other. So before a signature leaves the signer, the (key id, salt, digest)
+other. So before a signature leaves the signer, the (key, salt, digest)
 triple is committed to a SQLite ledger: a different digest under a known salt
 is refused with FAILED_PRECONDITION, the identical digest is allowed (a retry
 re-signs the same payload and gets the same, deterministic signature).
+
+"The key" is the private key, not its name: one private key can be stored
+under two key ids, and its two ids must not sign one salt twice. Each claim
+is recorded under the key id and under `address:<signing address>` (a name
+no key id can have, so the `key_id` column holds both kinds of owner), and
+checked against both; ledgers from before the address rows keep protecting
+their salts through the key-id rows.
 
 Claims are group-committed on the event loop's own thread: every claim made
 during one loop iteration goes into one transaction, run by a callback at the
@@ -54,9 +61,15 @@ class SaltReused(FailedPrecondition):
 @dataclass(slots=True)
 class _Claim:
     key_id: str
+    address: str
     salt: str
     digest: bytes
     future: asyncio.Future[None]
+
+    @property
+    def owners(self) -> tuple[str, str]:
+        """The ledger names this claim is recorded and checked under (':' never occurs in a key id)."""
+        return self.key_id, "address:" + self.address.lower()
 
 
 class SaltLedger:
@@ -88,15 +101,15 @@ class SaltLedger:
         self._db = db
         self._checkpointer.start()
 
-    async def claim(self, key_id: str, salt: int, digest: bytes) -> None:
-        """Record that `key_id` signs `digest` under `salt`, or raise SaltReused."""
+    async def claim(self, key_id: str, address: str, salt: int, digest: bytes) -> None:
+        """Record that `key_id` (whose key signs as `address`) signs `digest` under `salt`, or raise SaltReused."""
         if self._db is None:
             raise RuntimeError("SaltLedger.start() was not awaited")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append(_Claim(key_id, str(salt), digest, future))
+        self._pending.append(_Claim(key_id, address, str(salt), digest, future))
         await future
 
     def _flush(self) -> None:
@@ -113,7 +126,8 @@ class SaltLedger:
                 continue
             if was_reused:
                 claim.future.set_exception(SaltReused(
-                    f"salt {claim.salt} was already signed by key {claim.key_id} over a different payload",
+                    f"salt {claim.salt} was already signed over a different payload by key {claim.key_id} or by "
+                    f"another key id holding the same key ({claim.address})",
                     metadata={"key_id": claim.key_id, "salt": claim.salt}))
             else:
                 claim.future.set_result(None)
@@ -128,15 +142,16 @@ class SaltLedger:
         db.execute("BEGIN IMMEDIATE")
         try:
             for claim in batch:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO salt_watermarks (key_id, salt, digest, signed_at) VALUES (?, ?, ?, ?)",
-                    (claim.key_id, claim.salt, claim.digest, now))
-                if cursor.rowcount == 1:
-                    reused.append(False)
+                stored = [db.execute("SELECT digest FROM salt_watermarks WHERE key_id = ? AND salt = ?",
+                                     (owner, claim.salt)).fetchone() for owner in claim.owners]
+                if any(row is not None and bytes(row[0]) != claim.digest for row in stored):
+                    reused.append(True)
                     continue
-                row = db.execute("SELECT digest FROM salt_watermarks WHERE key_id = ? AND salt = ?",
-                                 (claim.key_id, claim.salt)).fetchone()
-                reused.append(row is None or bytes(row[0]) != claim.digest)
+                for owner, row in zip(claim.owners, stored, strict=True):
+                    if row is None:
+                        db.execute("INSERT INTO salt_watermarks (key_id, salt, digest, signed_at) VALUES (?, ?, ?, ?)",
+                                   (owner, claim.salt, claim.digest, now))
+                reused.append(False)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import re
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +21,10 @@ import pytest
 from aiohttp import web
 from tests.support.refdata import RunningRefdata, database, running_refdata
 
+from portico.gateway.__main__ import GatewaySettings
 from portico.gateway.app import Gateway
 from portico.runtime.client import open_channel
+from portico.runtime.config import ConfigError
 from portico.sim.server import SimConfig, Simulator
 
 SYNC = "/api/v3/market/instrument/sync"
@@ -33,20 +41,25 @@ class Edge:
         return {"Authorization": f"Bearer {self.refdata.tokens[scope]}"}
 
 
+@contextlib.asynccontextmanager
+async def serving(target: str) -> AsyncIterator[str]:
+    """A gateway on 127.0.0.1 over a channel to `target`; yields its URL."""
+    async with open_channel(target) as channel:
+        runner = web.AppRunner(Gateway(channel).app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        finally:
+            await runner.cleanup()
+
+
 @pytest.fixture
 async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     async with Simulator(SimConfig(port=0, market_maker=False)) as sim:
         with database("sqlite", tmp_path) as db_env:
-            async with running_refdata(sim.http_url, db_env) as refdata, open_channel(refdata.target) as channel:
-                runner = web.AppRunner(Gateway(channel).app())
-                await runner.setup()
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                port = runner.addresses[0][1]
-                try:
-                    yield Edge(f"http://127.0.0.1:{port}", refdata, sim)
-                finally:
-                    await runner.cleanup()
+            async with running_refdata(sim.http_url, db_env) as refdata, serving(refdata.target) as url:
+                yield Edge(url, refdata, sim)
 
 
 async def request(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
@@ -149,3 +162,124 @@ async def test_bad_filters_are_400(edge: Edge, flt: str) -> None:
     status, body = await request("GET", f"{edge.url}/v1/instruments/syndr?filter={quote(flt)}",
                                  headers=edge.auth("read"))
     assert status == 400 and body["error"].startswith("Invalid request")
+
+
+@pytest.fixture
+async def unreachable() -> AsyncIterator[str]:
+    """A gateway whose reference data is a port nobody listens on: any gRPC call it makes fails UNAVAILABLE."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with serving(f"127.0.0.1:{port}") as url:
+        yield url
+
+
+MALFORMED = "Unauthorized: authorization must be `Bearer <token>`"
+
+
+@pytest.mark.parametrize("header", ["Bearer pt_\u00e9", "Bearer pt_\u212a", "Bearer \u212a", "Basic abc", "Bearer",
+                                    "Bearer a b", "Token pt_x"])
+async def test_a_malformed_authorization_is_401_before_any_call(edge: Edge, unreachable: str, header: str) -> None:
+    """Non-ASCII metadata fails inside gRPC's core (a 500, and ~1 KB leaked per call): refuse it at the edge."""
+    for url in (edge.url, unreachable):  # unreachable: a forwarded header would have been a 503
+        status, body = await request("POST", url + SYNC, json={"venue": "syndr"}, headers={"Authorization": header})
+        assert (status, body["errno"], body["error"]) == (401, 401, MALFORMED)
+        status, body = await request("GET", url + "/v1/instruments/syndr/ETH-PERP", headers={"Authorization": header})
+        assert (status, body) == (401, {"error": MALFORMED})
+
+
+async def test_the_bearer_scheme_is_case_insensitive(edge: Edge) -> None:
+    status, _ = await request("GET", edge.url + "/v1/instruments/syndr/ETH-PERP",
+                              headers={"Authorization": f"bearer  {edge.refdata.tokens['read']}"})
+    assert status == 404  # authenticated: the instrument is not synced yet
+
+
+@pytest.mark.parametrize("data", [b'{"venue": "\\ud800"}', b'{"venue": "syndr", "symbols": ["\\udfff"]}',
+                                  b"[" * 20000 + b"]" * 20000, b'{"venue": "syndr", "a": ' + b"[" * 2000 + b"]" * 2000,
+                                  b'{"venue": "syndr\xff"}'])
+async def test_bodies_json_cannot_represent_are_400(edge: Edge, data: bytes) -> None:
+    status, body = await request("POST", edge.url + SYNC, data=data, headers=edge.auth("admin"))
+    assert (status, body) == (400, {"data": None, "success": False, "errno": 400,
+                                    "error": "Invalid request: body must be JSON: {venue, symbols?}"})
+
+
+async def test_the_body_is_utf8_whatever_charset_it_claims(edge: Edge) -> None:
+    headers = {**edge.auth("admin"), "Content-Type": "application/json; charset=nope"}
+    status, body = await request("POST", edge.url + SYNC, data=b'{"venue": "syndr"}', headers=headers)
+    assert (status, body["success"]) == (200, True)
+
+
+@pytest.mark.parametrize("flt", ['{"baseCurrency": "\\ud800"}', "[" * 2000, '{"active": NaN}'])
+async def test_filters_json_cannot_represent_are_400(edge: Edge, flt: str) -> None:
+    status, body = await request("GET", f"{edge.url}/v1/instruments/syndr?filter={quote(flt)}",
+                                 headers=edge.auth("read"))
+    assert (status, body) == (400, {"error": "Invalid request: filter must be url-encoded JSON"})
+
+
+async def test_an_oversized_body_gets_the_sync_envelope(edge: Edge) -> None:
+    data = b'{"venue": "syndr", "x": "' + b"a" * 70_000 + b'"}'
+    status, body = await request("POST", edge.url + SYNC, data=data, headers=edge.auth("admin"))
+    assert status == 413
+    assert body["data"] is None and body["success"] is False and body["errno"] == 413
+    assert body["error"].startswith("Request too large: ")
+
+
+async def test_an_unexpected_error_gets_the_sync_envelope_and_no_details(edge: Edge, monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(Gateway, "_call", broken)
+    with caplog.at_level(logging.ERROR, logger="portico.gateway"):
+        status, body = await request("POST", edge.url + SYNC, json={"venue": "syndr"}, headers=edge.auth("admin"))
+    assert (status, body) == (500, {"data": None, "success": False, "errno": 500,
+                                    "error": "Internal error: internal error"})
+    logged = [r for r in caplog.records if r.name == "portico.gateway"]
+    assert logged and logged[0].exc_info is not None and "secret internals" in str(logged[0].exc_info[1])
+
+
+async def test_unreachable_reference_data_is_503_without_its_address(unreachable: str) -> None:
+    """gRPC's own text for a failed connection names internal addresses: it stays inside."""
+    read = {"Authorization": "Bearer pt_anything"}
+    status, body = await request("POST", unreachable + SYNC, json={"venue": "syndr"}, headers=read)
+    assert (status, body["errno"], body["error"]) == (503, 503, "Service unavailable: reference data unavailable")
+    for path in ("/v1/instruments/syndr/ETH-PERP", "/v1/instruments/syndr"):
+        status, body = await request("GET", unreachable + path, headers=read)
+        assert (status, body) == (503, {"error": "Service unavailable: reference data unavailable"})
+
+
+async def test_a_services_own_unavailable_message_passes_through(edge: Edge) -> None:
+    """Reference data's UNAVAILABLE carries Portico's ErrorInfo: its message is meant for the caller."""
+    await edge.sim.stop()
+    status, body = await request("POST", edge.url + SYNC, json={"venue": "syndr"}, headers=edge.auth("admin"))
+    assert (status, body["errno"]) == (503, 503)
+    assert body["error"].startswith("Service unavailable: ") and "reference data unavailable" not in body["error"]
+
+
+@pytest.mark.parametrize("value", [
+    "127.0.0.1:99999", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:", ":8080", "8080",
+    "127.0.0.1:\uff18\uff10", "127.0.0.1:\u00b2",  # digits to str.isdigit, not a port
+    "::1:8080", "[::1]", "[]:8080"])
+def test_a_bad_listen_address_is_a_configuration_error(value: str) -> None:
+    with pytest.raises(ConfigError, match="PORTICO_GATEWAY_LISTEN_ADDR"):
+        GatewaySettings.from_env({"PORTICO_GATEWAY_LISTEN_ADDR": value})
+
+
+@pytest.mark.parametrize(("value", "host", "port"), [
+    ("127.0.0.1:0", "127.0.0.1", 0), ("0.0.0.0:65535", "0.0.0.0", 65535), ("[::1]:0", "::1", 0),
+    ("[::]:8080", "::", 8080), ("localhost:8080", "localhost", 8080)])
+def test_listen_addresses(value: str, host: str, port: int) -> None:
+    settings = GatewaySettings.from_env({"PORTICO_GATEWAY_LISTEN_ADDR": value})
+    assert (settings.host, settings.port) == (host, port)
+
+
+def test_the_gateway_refuses_a_bad_listen_address_with_exit_status_2() -> None:
+    """Before, 127.0.0.1:99999 listened on port 99999 % 65536 = 34463."""
+    env = {**os.environ, "PORTICO_GATEWAY_LISTEN_ADDR": "127.0.0.1:99999", "PORTICO_REFDATA_ADDR": "127.0.0.1:1"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "portico.gateway"], env=env, capture_output=True, text=True,
+                              timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the gateway started on 127.0.0.1:99999")
+    assert done.returncode == 2
+    assert "configuration error" in done.stderr and "PORTICO_GATEWAY_LISTEN_ADDR" in done.stderr

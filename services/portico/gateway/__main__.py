@@ -6,6 +6,7 @@ import portico.runtime.grpc_core  # noqa: F401  first: gRPC reads its core optio
 
 # isort: split
 import asyncio
+import re
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,9 +32,16 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
-        host, _, port = LISTEN.get_str(env).rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"{LISTEN.name} must be host:port")
+        """Refuses a port out of range (the socket would take it modulo 65536) and an unbracketed IPv6 host."""
+        value = LISTEN.get_str(env)
+        host, _, port = value.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            host = ""  # IPv6 without brackets: which colon ends the host is a guess
+        if not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+            raise ConfigError(f"{LISTEN.name} must be host:port or [ipv6]:port, with a port from 0 (any free port) "
+                              f"to 65535 (got {value!r})")
         return cls(host, int(port), REFDATA_ADDR.get_str(env))
 
 

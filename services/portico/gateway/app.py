@@ -13,8 +13,8 @@ through one table, `HTTP_STATUS`.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
@@ -52,8 +52,14 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 _HTTP_TITLES = {400: "Invalid request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
                 409: "Conflict", 429: "Too many requests", 499: "Cancelled", 501: "Not implemented",
-                503: "Service unavailable", 504: "Timeout", 500: "Internal error"}
+                413: "Request too large", 503: "Service unavailable", 504: "Timeout", 500: "Internal error"}
+# What callers read for an UNAVAILABLE or DEADLINE_EXCEEDED the service did not raise itself (no ErrorInfo):
+# gRPC's own text for those names internal addresses.
+_UNAVAILABLE_DETAIL = {503: "reference data unavailable", 504: "reference data did not answer in time"}
 CALL_TIMEOUT_S = 30.0
+MAX_BODY_BYTES = 64 * 1024
+# Printable ASCII only: gRPC's core refuses anything else in metadata (failing the call and leaking memory).
+_BEARER = re.compile(r"Bearer +([\x21-\x7E]+)", re.IGNORECASE | re.ASCII)
 _FILTER_KEYS = {"baseCurrency", "quoteCurrency", "type", "contractType", "active"}
 _TYPES = {"spot": instrument_pb2.INSTRUMENT_TYPE_SPOT, "perpetual": instrument_pb2.INSTRUMENT_TYPE_PERPETUAL,
           "future": instrument_pb2.INSTRUMENT_TYPE_FUTURE, "option": instrument_pb2.INSTRUMENT_TYPE_OPTION}
@@ -146,6 +152,12 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+def _envelope_error(error: HttpError) -> web.Response:
+    """A failure in the sync document's envelope."""
+    return _json({"data": None, "success": False, "errno": error.status,
+                  "error": f"{_HTTP_TITLES.get(error.status, 'Error')}: {error.detail}"}, error.status)
+
+
 def _one_or_many(value: Any, key: str) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -160,7 +172,9 @@ def filter_message(raw: str | None) -> instrument_pb2.InstrumentFilter:
     if not raw:
         return message
     try:
-        data = json.loads(raw)  # aiohttp has already url-decoded the query string
+        # aiohttp has already url-decoded the query string. orjson, not json: it refuses lone surrogates and
+        # nesting deeper than 1024 with a ValueError, where json accepts the one and overflows the stack on the other.
+        data = orjson.loads(raw)
     except ValueError:
         raise HttpError(400, "filter must be url-encoded JSON") from None
     if not isinstance(data, dict):
@@ -194,7 +208,7 @@ class Gateway:
         self._refdata = refdata_grpc.ReferenceDataServiceStub(refdata)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/api/v3/market/instrument/sync", self._sync)
         app.router.add_get("/v1/instruments/{exchange}/{symbol}", self._instrument)
         app.router.add_get("/v1/instruments/{exchange}", self._instruments)
@@ -206,7 +220,10 @@ class Gateway:
         header = request.headers.get("Authorization")
         if not header:
             raise HttpError(401, "missing bearer token")
-        return (("authorization", header),)
+        match = _BEARER.fullmatch(header)
+        if match is None:
+            raise HttpError(401, "authorization must be `Bearer <token>`")
+        return (("authorization", f"Bearer {match[1]}"),)
 
     async def _call(self, request: web.Request, rpc: Callable[..., Awaitable[Any]], message: Any) -> Any:
         try:
@@ -214,29 +231,43 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             status = HTTP_STATUS.get(exc.code(), 500)
             info = error_info(exc)
-            detail = exc.details() if status < 500 or status in (503, 504) else "internal error"
-            raise HttpError(status, detail or (info.reason if info else "")) from None
+            if status in _UNAVAILABLE_DETAIL and info is None:
+                detail = _UNAVAILABLE_DETAIL[status]
+            elif status < 500 or status in _UNAVAILABLE_DETAIL:
+                detail = exc.details() or (info.reason if info else "")
+            else:
+                detail = "internal error"
+            raise HttpError(status, detail) from None
 
     async def _health(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
     async def _sync(self, request: web.Request) -> web.Response:
-        """The sync document, envelope and all."""
+        """The sync document, envelope and all: every answer, even a failure, is in its envelope."""
         try:
-            try:
-                body = await request.json()
-            except ValueError:
-                raise HttpError(400, "body must be JSON: {venue, symbols?}") from None
-            if not isinstance(body, dict) or not isinstance(body.get("venue"), str) or not body["venue"]:
-                raise HttpError(400, "venue is required")
-            symbols = body.get("symbols")
-            if symbols is not None and (not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols)):
-                raise HttpError(400, "symbols must be a list of strings")
-            reply = await self._call(request, self._refdata.SyncInstruments, refdata_pb2.SyncInstrumentsRequest(
-                venue=body["venue"], symbols=symbols or []))
+            return await self._sync_reply(request)
         except HttpError as error:
-            return _json({"data": None, "success": False, "errno": error.status,
-                          "error": f"{_HTTP_TITLES.get(error.status, 'Error')}: {error.detail}"}, error.status)
+            return _envelope_error(error)
+        except web.HTTPException as exc:  # aiohttp's own, e.g. 413 for a body over MAX_BODY_BYTES
+            return _envelope_error(HttpError(exc.status, exc.text or exc.reason))
+        except Exception:
+            log.exception("sync request failed")
+            return _envelope_error(HttpError(500, "internal error"))
+
+    async def _sync_reply(self, request: web.Request) -> web.Response:
+        try:
+            # orjson on the bytes: JSON is UTF-8 whatever charset the request claims, and orjson refuses lone
+            # surrogates and deep nesting with a ValueError.
+            body = orjson.loads(await request.read())
+        except ValueError:
+            raise HttpError(400, "body must be JSON: {venue, symbols?}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("venue"), str) or not body["venue"]:
+            raise HttpError(400, "venue is required")
+        symbols = body.get("symbols")
+        if symbols is not None and (not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols)):
+            raise HttpError(400, "symbols must be a list of strings")
+        reply = await self._call(request, self._refdata.SyncInstruments, refdata_pb2.SyncInstrumentsRequest(
+            venue=body["venue"], symbols=symbols or []))
         return _json({"data": {"venue": reply.venue, "synced": reply.synced, "added": reply.added,
                                "updated": reply.updated, "deactivated": reply.deactivated},
                       "success": True, "errno": 0, "error": None})

@@ -93,6 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Rules between arguments that argparse cannot express; UsageError names the one broken."""
+    if not args.venue.strip():
+        raise UsageError("--venue must not be empty")
     if args.seconds is not None and not args.watch:
         raise UsageError("--seconds only goes with --watch")
     if args.account is not None and not _ADDRESS.fullmatch(args.account):

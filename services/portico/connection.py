@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 DEFAULT_STATE_FILE = Path("var/up/state.json")  # where `portico up` writes it by default
+# What a bearer token can be in gRPC metadata: printable ASCII, no spaces. Anything else fails inside grpc
+# with an opaque error, so it is refused here, with a message that never repeats the token.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 class ConfigError(Exception):
@@ -121,15 +125,26 @@ class StateFile:
 
 def connection(args: argparse.Namespace, *, service: str, scope: str,
                state: StateFile | None = None) -> tuple[str, str]:
-    """The target and bearer token: `--target` and `--token-env` first, else the state file."""
+    """The target and bearer token: `--target` and `--token-env` first, else the state file.
+
+    A blank `--target` or `--token-env` is an error, not "absent": falling back to the state file would call a
+    service or use a token the user did not choose.
+    """
     state = state or StateFile(args.state_file)
+    for flag, value in (("--target", args.target), ("--token-env", args.token_env)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag} must not be empty")
     target: str = args.target or state.value("services", service)
     if args.token_env:
         token = os.environ.get(args.token_env, "").strip()
         if not token:
             raise ConfigError(f"environment variable {args.token_env} is not set or empty")
+        source = f"environment variable {args.token_env}"
     else:
         token = state.value("tokens", scope).strip()
+        source = f"tokens.{scope} in {state.path}"
+    if not _TOKEN.fullmatch(token):
+        raise ConfigError(f"the token from {source} is not a bearer token: only printable ASCII without spaces")
     return target, token
 
 

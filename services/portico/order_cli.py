@@ -144,8 +144,19 @@ def add_arguments(order_parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Rules between arguments that argparse cannot express; UsageError names the one broken."""
+    """Rules between arguments that argparse cannot express; UsageError names the one broken.
+
+    A blank value is refused rather than taken as absent: `cancel --all --symbol ""` must not cancel every order.
+    """
     command = args.order_command
+    if not args.venue.strip():
+        raise UsageError("--venue must not be empty")
+    if command in ("buy", "sell") and not args.symbol.strip():
+        raise UsageError("the symbol must not be empty")
+    if command in ("cancel", "list") and args.symbol is not None and not args.symbol.strip():
+        raise UsageError("--symbol must not be empty")
+    if command == "cancel" and args.order_id is not None and not args.order_id.strip():
+        raise UsageError("--order-id must not be empty")
     if command in ("buy", "sell") and args.market and args.post_only:
         raise UsageError("--post-only needs a limit price: a market order always takes liquidity")
     if command == "cancel" and args.symbol is not None and not args.all:
@@ -231,7 +242,7 @@ async def _call(args: argparse.Namespace, target: str, token: str, venue: str, a
             return 1 if placed.order.state == order_pb2.ORDER_STATE_REJECTED else 0
         if command == "cancel" and args.all:
             request = pb.CancelAllOrdersRequest(venue=venue, account=account)
-            if args.symbol:
+            if args.symbol is not None:
                 request.symbol = args.symbol
             reply = await stub.CancelAllOrders(request, metadata=metadata, timeout=args.timeout)
             print(f"cancelled {reply.cancelled_count} order(s)", file=out, flush=True)
@@ -247,7 +258,7 @@ async def _call(args: argparse.Namespace, target: str, token: str, venue: str, a
         while True:
             listing = pb.ListOpenOrdersRequest(venue=venue, account=account, page_size=LIST_PAGE_SIZE,
                                                page_token=page_token)
-            if args.symbol:
+            if args.symbol is not None:
                 listing.symbol = args.symbol
             page = await stub.ListOpenOrders(listing, metadata=metadata, timeout=args.timeout)
             orders.extend(page.orders)

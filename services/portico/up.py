@@ -9,20 +9,25 @@ until each reports SERVING. Before execution starts, the demo account is
 provisioned through the account service's `RegisterSigningKey` (a new signing
 key in Vault, both signatures by the signer, the venue's API key pair stored in
 Vault, where execution reads it). Prints the endpoints and writes them as JSON
-(`--state-file`). Ctrl-C (or SIGTERM) stops everything in the reverse order of
-starting: the services first, Vault and the simulator last.
+(`--state-file`). Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT), also during start-up,
+stops everything in the reverse order of starting: the services first, Vault
+and the simulator last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +63,9 @@ DEMO_VENUE = "syndr"
 # Which scopes each generated bearer token gets: scopes are independent, so
 # the broader tokens list the narrower scopes too.
 TOKEN_SCOPES = {"read": ["read"], "trade": ["read", "trade"], "admin": ["read", "trade", "admin"]}
+# A closed terminal (SIGHUP) or SIGQUIT must stop the children too: they run in their own sessions, so nothing
+# else would.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 @dataclass
@@ -81,6 +89,10 @@ class UpError(Exception):
     """`portico up` could not bring the suite up; the message says why."""
 
 
+class OptionsError(UpError):
+    """The options themselves are unusable (exit 2, like any bad argument); found before anything starts."""
+
+
 def _bao_binary() -> str:
     found = shutil.which("bao") or str(Path(sys.executable).with_name("bao"))
     if not Path(found).exists():
@@ -89,15 +101,31 @@ def _bao_binary() -> str:
 
 
 def _port_free(host: str, port: int) -> bool:
-    import socket
-
+    """Whether `host:port` can be bound now. Only EADDRINUSE means taken: any other failure (an unresolvable
+    or foreign host) is an UpError saying so, not a misleading "in use"."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise UpError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return True
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` (and its parents) if needed; owner-only (0700) either way, as it holds secrets."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def _open_log(path: Path) -> int:
+    """A log file descriptor for appending, owner-only (0600) even when an earlier run created the file: Vault's
+    dev server prints its root token and unseal key. Never follows a symlink planted at that name."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 class Suite:
@@ -110,10 +138,17 @@ class Suite:
         self.logs_dir = options.data_dir / "logs"
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_file = (self.logs_dir / f"{name}.log").open("ab")
-        process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        log = self.logs_dir / f"{name}.log"
+        try:
+            _private_dir(self.logs_dir)
+            log_fd = _open_log(log)
+        except OSError as exc:
+            raise UpError(f"cannot write the log {log}: {exc.strerror or exc}") from None
+        try:
+            process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log_fd, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            os.close(log_fd)  # the child has its own copy
         self.processes[name] = process
         return process
 
@@ -139,9 +174,11 @@ async def _start_vault(suite: Suite) -> tuple[str, str]:
     _require_free(options.host, options.vault_port, "Vault", "--vault-port")
     root_token = "root-" + secrets.token_hex(16)
     addr = f"http://{options.host}:{options.vault_port}"
-    # -dev-no-store-token: do not write ~/.vault-token, which other Vault clients would pick up.
-    suite.spawn("vault", [_bao_binary(), "server", "-dev", "-dev-no-store-token", f"-dev-root-token-id={root_token}",
-                          f"-dev-listen-address={options.host}:{options.vault_port}"], {})
+    # -dev-no-store-token: do not write ~/.vault-token, which other Vault clients would pick up. The root token
+    # goes through the environment: a command line is visible to every user through `ps`.
+    suite.spawn("vault", [_bao_binary(), "server", "-dev", "-dev-no-store-token",
+                          f"-dev-listen-address={options.host}:{options.vault_port}"],
+                {"BAO_DEV_ROOT_TOKEN_ID": root_token})
     client = hvac.Client(url=addr, token=root_token, timeout=2)
 
     async def unsealed() -> bool:
@@ -256,19 +293,71 @@ async def _wait_serving(target: str, service: str, suite: Suite) -> None:
 
 
 def _write_state(path: Path, state: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds bearer tokens
-    with os.fdopen(fd, "w") as handle:
-        json.dump(state, handle, indent=2)
-    os.replace(tmp, path)
+    """Replace `path` atomically. The temporary file is a new one (mkstemp: 0600, O_EXCL), never a file or
+    symlink already at some fixed name, since the state holds bearer tokens; it is removed on any failure."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(state, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _ports(options: UpOptions) -> dict[str, int]:
+    """Each port option by its flag."""
+    return {"--vault-port": options.vault_port, "--sim-port": options.sim_port,
+            "--signer-port": options.signer_port, "--refdata-port": options.refdata_port,
+            "--marketdata-port": options.marketdata_port, "--account-port": options.account_port,
+            "--execution-port": options.execution_port, "--gateway-port": options.gateway_port}
+
+
+def _check_options(options: UpOptions) -> Path:
+    """Everything about the options that can be checked before anything starts; the state file's path.
+
+    Creates the data directory and the state file's directory, so that a bad path fails now rather than after
+    the whole suite is up. OptionsError for a bad option, UpError for a port in use.
+    """
+    ports = _ports(options)
+    for flag, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise OptionsError(f"{flag} {port} is not a port number (1-65535)")
+    flags_by_port: dict[int, list[str]] = {}
+    for flag, port in ports.items():
+        flags_by_port.setdefault(port, []).append(flag)
+    for port, flags in flags_by_port.items():
+        if len(flags) > 1:
+            raise OptionsError(f"port {port} is given to {' and '.join(flags)}: each needs its own")
+    try:
+        _port_free(options.host, 0)
+    except UpError as exc:
+        raise OptionsError(f"--host {options.host!r}: {exc}") from None
+    try:
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionsError(f"--data-dir {options.data_dir}: cannot create it: {exc.strerror or exc}") from None
+    state_file = options.state_file or options.data_dir / "state.json"
+    if state_file.is_dir():
+        raise OptionsError(f"--state-file {state_file} is a directory")
+    try:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionsError(f"--state-file {state_file}: cannot create its directory: {exc.strerror or exc}") from None
+    for path in (options.data_dir, state_file.parent):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OptionsError(f"{path} is not a writable directory")
+    for flag, port in ports.items():  # checked again just before each start; this is to fail before any
+        _require_free(options.host, port, flag.removeprefix("--").removesuffix("-port"), flag)
+    return state_file
 
 
 async def bring_up(suite: Suite) -> dict[str, Any]:
     """Start everything and return the state document."""
     options = suite.options
-    options.data_dir.mkdir(parents=True, exist_ok=True)
-    state_file = options.state_file or options.data_dir / "state.json"
+    state_file = _check_options(options)
     tokens = {scope: new_token() for scope in SCOPES}
     auth_tokens = json.dumps([{"name": f"portico-up-{scope}", "sha256": hash_token(token),
                                "scopes": TOKEN_SCOPES[scope]} for scope, token in tokens.items()])
@@ -410,26 +499,49 @@ def _print_summary(state: Mapping[str, Any]) -> None:
     print("Press Ctrl-C to stop.", flush=True)
 
 
+def _say(text: str) -> None:
+    """Print a progress line; a terminal that is gone (SIGHUP) must not keep the children from being stopped."""
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
+
+
 async def _serve(options: UpOptions) -> int:
     suite = Suite(options)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
     state_file: Path | None = None
+    # Start-up can take minutes: it races the stop signal, and a signal cancels it; `finally` then stops
+    # whatever had started.
+    starting = asyncio.create_task(bring_up(suite))
+    stopping = asyncio.create_task(stop.wait())
     try:
-        state = await bring_up(suite)
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            _say("Stopping...")
+            starting.cancel()
+            await asyncio.wait({starting})
+            return 128 + received[0]  # as a shell reports a command ended by that signal
+        state = starting.result()
         state_file = Path(state["state_file"])
         _print_summary(state)
         while not stop.is_set():
             suite.check_alive()
             await wait_event(stop, 0.5)
-        print("Stopping...", flush=True)
+        _say("Stopping...")
         return 0
     except UpError as exc:
         print(f"portico up: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return 2 if isinstance(exc, OptionsError) else 1
     finally:
+        stopping.cancel()
         suite.stop()
         if state_file is not None:
             state_file.unlink(missing_ok=True)

@@ -182,6 +182,24 @@ async def _account_summary(state: dict[str, object], state_file: Path) -> None:
     assert wrong.stderr.startswith("portico account: NOT_FOUND from "), wrong.stderr
 
 
+def _modes(directory: Path) -> tuple[int, set[int]]:
+    """The permission bits of `directory` and the set of those of the files in it."""
+    return directory.stat().st_mode & 0o777, {path.stat().st_mode & 0o777 for path in directory.iterdir()}
+
+
+def _cmdlines_with(marker: str) -> list[str]:
+    """The command lines of every process (as `ps` shows them) that contain `marker`."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if marker in line:
+            found.append(line)
+    return found
+
+
 async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None:
     up = PorticoUp(tmp_path)
     state_file, ports = up.state_file, up.ports
@@ -192,6 +210,9 @@ async def test_portico_up_serves_signs_and_stops_cleanly(tmp_path: Path) -> None
     try:
         state = await up.wait_for_state()
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
+        assert _modes(Path(state["logs"])) == (0o700, {0o600})  # Vault's dev log shows its root token
+        vault_cmdlines = _cmdlines_with(f"-dev-listen-address=127.0.0.1:{vault_port}")
+        assert vault_cmdlines and not any("root-token" in line for line in vault_cmdlines)  # `ps` shows no token
         assert state["services"] == {"signer": f"127.0.0.1:{signer_port}", "refdata": f"127.0.0.1:{refdata_port}",
                                      "marketdata": f"127.0.0.1:{marketdata_port}",
                                      "execution": f"127.0.0.1:{execution_port}",

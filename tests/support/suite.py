@@ -57,9 +57,9 @@ class RestartableSuite(up.Suite):
         return await up.bring_up(self)
 
     def vault_root_token(self) -> str:
-        """The dev server's root token (`portico up` keeps it only on the server's command line)."""
-        argv, _ = self.spawned["vault"]
-        return next(arg.split("=", 1)[1] for arg in argv if arg.startswith("-dev-root-token-id="))
+        """The dev server's root token (`portico up` keeps it only in the server's environment)."""
+        _, env = self.spawned["vault"]
+        return str(env["BAO_DEV_ROOT_TOKEN_ID"])
 
     def pid(self, name: str) -> int:
         return self.processes[name].pid

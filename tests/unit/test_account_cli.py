@@ -69,6 +69,7 @@ def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
     (["--seconds", "5"], "--seconds only goes with --watch"),
     (["--account", "0x1234"], "is not a 0x-prefixed 20-byte hex address"),
     (["--account", "ab" * 21], "is not a 0x-prefixed 20-byte hex address"),
+    (["--venue", " "], "--venue must not be empty"),
 ])
 def test_rules_between_arguments(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -194,6 +195,11 @@ def test_missing_state_file_and_missing_values_exit_2(tmp_path: Path, capsys: py
     assert "PORTICO_TEST_TOKEN is not set or empty" in capsys.readouterr().err
     assert run(parse("--seconds", "1", "--state-file", str(state))) == 2
     assert "--seconds only goes with --watch" in capsys.readouterr().err
+    # A token gRPC cannot send is a configuration error, not a traceback; the message does not show it.
+    monkeypatch.setenv("PORTICO_TEST_TOKEN", "s\u00e9cret")
+    assert run(parse("--target", "127.0.0.1:1", "--token-env", "PORTICO_TEST_TOKEN", "--account", ACCOUNT)) == 2
+    err = capsys.readouterr().err
+    assert "PORTICO_TEST_TOKEN is not a bearer token" in err and "s\u00e9cret" not in err
 
 
 @pytest.mark.parametrize("watch", [False, True])

@@ -264,6 +264,11 @@ def test_missing_state_file_and_missing_values_exit_2(tmp_path: Path, capsys: py
     assert "PORTICO_TEST_TOKEN is not set or empty" in capsys.readouterr().err
     assert run(parse("show", "", "--state-file", str(state))) == 2
     assert capsys.readouterr().err == "portico instruments: the symbol must not be empty\n"
+    # A token gRPC cannot send is a configuration error, not a traceback; the message does not show it.
+    state.write_text(json.dumps({"services": {"refdata": "127.0.0.1:1"}, "tokens": {"admin": "a\x1bb"}}))
+    assert run(parse("sync", "--state-file", str(state))) == 2
+    err = capsys.readouterr().err
+    assert f"the token from tokens.admin in {state} is not a bearer token" in err and "a\x1bb" not in err
 
 
 @pytest.mark.parametrize("argv", [["list"], ["show", "ETH-PERP"], ["sync"]])

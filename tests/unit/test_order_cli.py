@@ -103,6 +103,13 @@ def test_token_on_the_command_line_says_why(capsys: pytest.CaptureFixture[str]) 
     (["buy", "ETH-PERP", "0.1", "--market", "--post-only"], "--post-only needs a limit price"),
     (["cancel", "--order-id", "1", "--symbol", "ETH-PERP"], "--symbol only goes with --all"),
     (["list", "--account", "0x1234"], "is not a 0x-prefixed 20-byte hex address"),
+    # Blank is not absent: `cancel --all --symbol ""` must not cancel every order of the account.
+    (["cancel", "--all", "--symbol", ""], "--symbol must not be empty"),
+    (["cancel", "--all", "--symbol", " \t"], "--symbol must not be empty"),
+    (["list", "--symbol", ""], "--symbol must not be empty"),
+    (["cancel", "--order-id", " "], "--order-id must not be empty"),
+    (["list", "--venue", ""], "--venue must not be empty"),
+    (["buy", " ", "0.1", "--market"], "the symbol must not be empty"),
 ])
 def test_rules_between_arguments(argv: list[str], message: str) -> None:
     args = parse(*argv)
@@ -174,6 +181,44 @@ def test_missing_state_file_and_missing_values_exit_2(tmp_path: Path, capsys: py
     assert "PORTICO_TEST_TOKEN is not set or empty" in capsys.readouterr().err
     assert run(parse("buy", "X", "1", "--market", "--post-only", "--state-file", str(state))) == 2
     assert "--post-only needs a limit price" in capsys.readouterr().err
+
+
+def test_cancel_all_with_a_blank_symbol_exits_2_without_a_call(capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTICO_TEST_TOKEN", "t")
+    # 127.0.0.1:1 answers nothing: a call would exit 1 (UNAVAILABLE), not 2.
+    args = parse("cancel", "--all", "--symbol", "", "--target", "127.0.0.1:1", "--token-env", "PORTICO_TEST_TOKEN",
+                 "--account", ACCOUNT, "--timeout", "2")
+    assert run(args) == 2
+    assert capsys.readouterr().err == "portico order: --symbol must not be empty\n"
+
+
+@pytest.mark.parametrize("token", ["t\u00f6k", "two words", "a\x01b", "a\tb", "x\u00a0y"])
+def test_a_token_grpc_cannot_send_exits_2_without_showing_it(token: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTICO_TEST_TOKEN", token)
+    assert run(parse("list", "--target", "127.0.0.1:1", "--token-env", "PORTICO_TEST_TOKEN",
+                     "--account", ACCOUNT)) == 2
+    err = capsys.readouterr().err
+    assert err == ("portico order: the token from environment variable PORTICO_TEST_TOKEN is not a bearer token: "
+                   "only printable ASCII without spaces\n")
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"services": {"execution": "127.0.0.1:1"}, "tokens": {"read": token},
+                                 "demo": {"account": ACCOUNT}}))
+    assert run(parse("list", "--state-file", str(state))) == 2
+    err = capsys.readouterr().err
+    assert f"the token from tokens.read in {state} is not a bearer token" in err and token not in err
+
+
+@pytest.mark.parametrize("flag", ["--target", "--token-env"])
+def test_a_blank_target_or_token_env_is_not_the_state_files(flag: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"services": {"execution": "127.0.0.1:1"}, "tokens": {"trade": "t"},
+                                 "demo": {"account": ACCOUNT}}))
+    assert run(parse("cancel", "--all", "--state-file", str(state), flag, " ")) == 2
+    assert capsys.readouterr().err == f"portico order: {flag} must not be empty\n"
 
 
 def test_a_failed_call_exits_1_with_the_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -532,6 +532,11 @@ def test_missing_state_file_or_token_is_exit_2(tmp_path: Path, capsys: pytest.Ca
     (tmp_path / "bad.json").write_text(json.dumps({"services": {}}))
     assert run_book(root.parse_args(["book", "ETH-PERP", "--state-file", str(tmp_path / "bad.json")])) == 2
     assert "has no services.marketdata" in capsys.readouterr().err
+    # A token gRPC cannot send is a configuration error, not a traceback; the message does not show it.
+    state = write_state(tmp_path / "state.json", "127.0.0.1:1", token="t\u00f6ken")
+    assert run_book(root.parse_args(["book", "ETH-PERP", "--state-file", str(state), "--seconds", "1"])) == 2
+    assert capsys.readouterr().err == (f"portico book: the token from tokens.read in {state} is not a bearer token: "
+                                       "only printable ASCII without spaces\n")
 
 
 async def test_run_book_and_run_trades_from_the_state_file(fake: tuple[FakeMarketData, str], tmp_path: Path,

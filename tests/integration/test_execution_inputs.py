@@ -172,3 +172,26 @@ async def test_order_history_pages_through_everything_at_every_page_size(stack: 
         by_symbol = await pages(MAX_PAGE, SYMBOL)
         assert [len(p) for p in by_symbol] == [MAX_PAGE, 50]
         assert [oid for p in by_symbol for oid in p] == expected
+
+
+async def test_cancelling_an_order_the_journal_does_not_hold_names_its_instrument(stack: ExecutionStack) -> None:
+    """`private/cancel` requires `instrument_name` (the document's table): for an order placed elsewhere the
+    service finds it among the open orders; an order id the venue has open nowhere is NOT_FOUND, never sent."""
+    sim = stack.sim
+    account = stack.account.address
+    inst = sim.engine.instrument(SYMBOL)
+    elsewhere = sim.engine.place(account, SYMBOL, side="buy", order_type="limit", amount=inst.min_trade_amount,
+                                 price=far_bid(sim)).to_wire()["order"]
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        cancelled = await stub.CancelOrder(pb.CancelOrderRequest(venue="syndr", account=account,
+                                                                 order_id=elsewhere["order_id"]),
+                                           metadata=running.metadata())
+        assert cancelled.order.state == order_pb2.ORDER_STATE_CANCELLED
+        sent = [r.params for r in sim.requests if r.method == "private/cancel"]
+        assert sent == [{"instrument_name": SYMBOL, "order_id": elsewhere["order_id"]}]
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.CancelOrder(pb.CancelOrderRequest(venue="syndr", account=account, order_id="0x" + "ab" * 32),
+                                   metadata=running.metadata())
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert len([r for r in sim.requests if r.method == "private/cancel"]) == 1

@@ -130,7 +130,7 @@ async def test_a_journal_outage_costs_the_stream_no_update_and_the_journal_catch
 
             monkeypatch.setattr(journal, "find_order", journal_down)
             async with SyndrHttpClient(sim.http_url, credentials=stack.account.credentials) as venue:
-                await venue.call("private/cancel", {"order_id": order_id})  # the venue acts, not Portico
+                await venue.call("private/cancel", {"instrument_name": SYMBOL, "order_id": order_id})  # not Portico
             await until(lambda: stream.has(order_id, order_pb2.ORDER_STATE_CANCELLED), timeout_s=20)
             assert stream.contiguous()
             entry = await journal.get("syndr", address, "rest-1")
@@ -195,7 +195,7 @@ async def test_a_rotated_api_key_reauthenticates_the_feed_and_the_stream_goes_on
             assert stream.contiguous()
             # The venue's own notification over the new socket arrives too (not only the catch-up read).
             async with SyndrHttpClient(sim.http_url, credentials=new) as venue:
-                await venue.call("private/cancel", {"order_id": second.order.order_id})
+                await venue.call("private/cancel", {"instrument_name": SYMBOL, "order_id": second.order.order_id})
             await until(lambda: stream.has(second.order.order_id, order_pb2.ORDER_STATE_CANCELLED), timeout_s=30)
             assert stream.contiguous()
             assert not stream.task.done()  # the same gRPC stream throughout

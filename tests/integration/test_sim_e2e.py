@@ -350,6 +350,76 @@ async def test_bad_websocket_input_gets_json_rpc_errors_and_the_venue_stays_up(s
     assert ok["result"]["name"] == "ETH-PERP"
 
 
+async def test_parameters_the_document_requires_are_required(sim: Simulator, account: SyndrAccount,
+                                                              public: SyndrHttpClient,
+                                                              private: SyndrHttpClient) -> None:
+    """What the document's tables mark required is refused when missing (or when it names another instrument),
+    so an adapter that leaves it out fails here rather than at the venue."""
+    book = await best(public)
+    bought = await private.call("private/buy", account.order("ETH-PERP", "buy", "0.01", str(book.best_bid_price - 70)))
+    placed = models.parse_order(bought.result["order"])
+    edit = account.edit(placed, "0.02", str(book.best_bid_price - 71))
+    now_s = int(time.time())
+    history = {"count": 10, "start_time": now_s - 60, "end_time": now_s + 60}
+    refused = [
+        ("private/cancel", {"order_id": placed.order_id}),
+        ("private/cancel", {"instrument_name": "BTC-PERP", "order_id": placed.order_id}),
+        ("private/edit", {k: v for k, v in edit.items() if k != "instrument_name"}),
+        ("private/edit", {**edit, "instrument_name": "BTC-PERP"}),
+        ("private/edit", {k: v for k, v in edit.items() if k != "time_in_force"}),
+        ("private/edit", {k: v for k, v in edit.items() if k != "type"}),
+        ("private/edit", {**edit, "time_in_force": "IOC"}),
+        ("private/get_order_history_by_instrument", {"instrument_name": "ETH-PERP"}),
+        *[("private/get_order_history_by_instrument",
+           {"instrument_name": "ETH-PERP", **{k: v for k, v in history.items() if k != missing}})
+          for missing in history],
+        ("private/get_order_history_by_kind", history),
+        ("private/get_user_trades_by_kind", {"count": 10, "start_timestamp": 0, "end_timestamp": now_s}),
+    ]
+    for method, params in refused:
+        with pytest.raises(SyndrInvalidRequest):
+            await private.call(method, params)
+    assert (await private.call("private/get_order_history_by_kind", {"kind": "any", **history})).result
+    # Nothing above touched the order; with everything given, edit and cancel work (an edit's price is optional).
+    price_kept = account.edit(placed, "0.03", str(placed.price))
+    edited = models.parse_order((await private.call(
+        "private/edit", {k: v for k, v in price_kept.items() if k != "price"})).result["result"])
+    assert (edited.amount, edited.price) == (Decimal("0.03"), placed.price)
+    cancelled = (await private.call("private/cancel", {"instrument_name": "ETH-PERP",
+                                                       "order_id": placed.order_id})).result
+    assert cancelled["order_state"] == "cancelled"
+
+
+async def test_a_request_without_an_id_is_still_answered(sim: Simulator) -> None:
+    """The document: the API "always responds with a JSON object" (the id is echoed when there is one)."""
+    request = {"jsonrpc": "2.0", "method": "public/get_instrument", "params": {"instrument_name": "ETH-PERP"}}
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(sim.http_url, json=request)
+        over_http = json.loads(await response.text())
+        async with session.ws_connect(sim.ws_url) as ws:
+            await ws.send_str(json.dumps(request))
+            over_ws = json.loads((await ws.receive(timeout=5)).data)
+    for answer in (over_http, over_ws):
+        assert answer["id"] is None and answer["result"]["name"] == "ETH-PERP"
+
+
+async def test_book_channels_are_depth_15_only(sim: Simulator) -> None:
+    """The document names book.{instrument}.15.raw and .15.{interval}; another depth is refused, not
+    acknowledged and then never published."""
+    async with aiohttp.ClientSession() as session, session.ws_connect(sim.ws_url) as ws:
+        for i, channel in enumerate(["book.ETH-PERP.10.raw", "book.ETH-PERP.1.100ms", "book.ETH-PERP.15.raw"]):
+            await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": i, "method": "public/subscribe",
+                                          "params": {"channels": [channel]}}))
+            while True:
+                answer = json.loads((await ws.receive(timeout=5)).data)
+                if answer.get("id") == i:
+                    break
+            if channel.endswith(".15.raw"):
+                assert answer["result"] == [channel]
+            else:
+                assert answer["error"]["code"] == ErrorCode.INVALID_PARAMS
+
+
 async def test_oversized_http_body_is_an_error_not_a_crash(sim: Simulator, public: SyndrHttpClient) -> None:
     async with aiohttp.ClientSession() as session:
         response = await session.post(sim.http_url, data=b"{" + b" " * (sim.config.max_frame_bytes + 10) + b"}")

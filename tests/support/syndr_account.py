@@ -73,8 +73,8 @@ class SyndrAccount:
             reduce_only=bool(order.reduce_only), price=Decimal(price), amount=Decimal(amount), salt=salt,
             expiration=expiration, timestamp=now)
         return {"order_id": order.order_id, "instrument_name": order.instrument_name, "amount": amount,
-                "price": price, "timestamp": now, "salt": salt, "expiration": expiration,
-                "signature": sign(self.signing_key, data)}
+                "price": price, "time_in_force": order.time_in_force or "GTC", "type": order.order_type.lower(),
+                "timestamp": now, "salt": salt, "expiration": expiration, "signature": sign(self.signing_key, data)}
 
 
 async def register(http: SyndrHttpClient, *, account_key: Secp256k1Key | None = None,

@@ -441,8 +441,9 @@ class OrderManager:
             price=final_price, amount=final_amount, salt=salt, expiration=expiration_ms, timestamp=now_ms)
         signature, _ = await self.signer.sign(session.record.signing_key_id, data)
         params = {"order_id": current["order_id"], "instrument_name": symbol, "amount": str(final_amount),
-                  "price": str(final_price), "salt": salt, "expiration": expiration_ms, "timestamp": now_ms,
-                  "signature": signature}
+                  "price": str(final_price), "time_in_force": str(current.get("time_in_force") or "GTC"),
+                  "type": str(current["order_type"]), "salt": salt, "expiration": expiration_ms,
+                  "timestamp": now_ms, "signature": signature}
         try:
             result = await self.venue.call(account, "private/edit", params)
         except SyndrError as exc:
@@ -456,7 +457,10 @@ class OrderManager:
                      ) -> tuple[JournalEntry | None, dict[str, Any]]:
         entry, venue_order_id = await self.locate(venue, account, order_id, client_order_id)
         try:
-            result = await self.venue.call(account, "private/cancel", {"order_id": venue_order_id})
+            symbol = entry.intent.symbol if entry is not None else await self._open_order_symbol(account,
+                                                                                                venue_order_id)
+            result = await self.venue.call(account, "private/cancel",
+                                           {"instrument_name": symbol, "order_id": venue_order_id})
         except SyndrNotFound:
             raise NotFound(f"the venue has no open order {venue_order_id}", reason="ORDER_NOT_FOUND") from None
         except SyndrError as exc:
@@ -467,6 +471,13 @@ class OrderManager:
         if entry is not None:
             entry = await self.apply_venue_order(entry, order)
         return entry, order
+
+    async def _open_order_symbol(self, account: str, order_id: str) -> str:
+        """The instrument of an open order this journal does not hold (`private/cancel` needs it)."""
+        for order in await open_orders(self.venue, account, priority=Priority.CANCEL):
+            if order.get("order_id") == order_id:
+                return str(order["instrument_name"])
+        raise NotFound(f"the venue has no open order {order_id}", reason="ORDER_NOT_FOUND")
 
     async def cancel_all(self, venue: str, account: str, symbol: str | None) -> int:
         """Cancel the account's open orders (on one instrument); return how many were open; journal them."""

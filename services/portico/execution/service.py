@@ -18,7 +18,13 @@ from portico.execution.streams import AccountFeeds
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from portico.execution.validation import Instruments, check_client_order_id, intent_from_request
-from portico.execution.venue import SyndrVenue, open_orders, order_history_page, user_trades_page
+from portico.execution.venue import (
+    SyndrVenue,
+    history_until_s,
+    open_orders,
+    order_history_page,
+    user_trades_page,
+)
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import open_channel
 from portico.runtime.errors import AlreadyExists, InvalidArgument, NotFound
@@ -167,20 +173,22 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         symbol = request.symbol if request.HasField("symbol") else None
         size = page_size(request.page_size)
         query = ("history", venue, account, symbol)
-        offset = offset_from_token(request.page_token, query)
-        try:
-            page = await self._history_page(account, symbol, offset, size + 1)  # one more: is there a next page?
+        offset, as_of = position_from_token(request.page_token, query)
+        as_of = history_until_s() if as_of is None else as_of  # the window the first page fixed: later orders
+        try:                                                     # do not shift the pages after it
+            page = await self._history_page(account, symbol, offset, size + 1, as_of)  # one more: a next page?
         except SyndrError as exc:
             raise to_portico_error(exc) from None
         more = len(page) > size
-        return pb.ListOrderHistoryResponse(orders=await self._with_journal(venue, account, page[:size]),
-                                           next_page_token=page_token(offset + size, query) if more else "")
+        return pb.ListOrderHistoryResponse(
+            orders=await self._with_journal(venue, account, page[:size]),
+            next_page_token=page_token(offset + size, query, as_of=as_of) if more else "")
 
-    async def _history_page(self, account: str, symbol: str | None, offset: int,
-                            count: int) -> list[dict[str, Any]]:
-        """Up to `count` orders of history from `offset` (see `_read_in_chunks`)."""
-        return await _read_in_chunks(lambda at, n: order_history_page(self.venue, account, symbol, at, n),
-                                     offset, count)
+    async def _history_page(self, account: str, symbol: str | None, offset: int, count: int,
+                            until_s: int) -> list[dict[str, Any]]:
+        """Up to `count` orders of history from `offset`, created up to `until_s` (see `_read_in_chunks`)."""
+        return await _read_in_chunks(
+            lambda at, n: order_history_page(self.venue, account, symbol, at, n, until_s), offset, count)
 
     @map_venue_errors
     async def ListFills(self, request: pb.ListFillsRequest, context: Any) -> pb.ListFillsResponse:

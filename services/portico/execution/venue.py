@@ -7,13 +7,14 @@ without trusting labels.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Final
 
 from portico.venues.accounts import SyndrAccounts
 from portico.venues.syndr import models
 from portico.venues.syndr.ratelimit import Priority
 
-__all__ = ["SyndrVenue", "open_orders", "order_history_page", "user_trades_page"]
+__all__ = ["SyndrVenue", "history_until_s", "open_orders", "order_history_page", "user_trades_page"]
 
 HISTORY_PAGE: Final = 500
 # How far before an order's signing time its venue record may be (clock skew between us and the venue).
@@ -95,14 +96,23 @@ async def user_trades_page(venue: SyndrVenue, account: str, symbol: str | None, 
     return [t for t in (result if isinstance(result, list) else [result]) if isinstance(t, dict)]
 
 
+def history_until_s() -> int:
+    """The end of an order-history window that holds every order created until now: the venue stamps
+    creation with its own clock, so the window reaches the skew allowed between the two clocks past ours."""
+    return int(time.time()) + _SKEW_MS // 1000
+
+
 async def order_history_page(venue: SyndrVenue, account: str, symbol: str | None, offset: int,
-                             count: int) -> list[dict[str, Any]]:
-    """One page of the account's orders, newest first (all instruments when `symbol` is None)."""
+                             count: int, until_s: int | None = None) -> list[dict[str, Any]]:
+    """One page of the account's orders created up to `until_s` (epoch seconds; default: now, plus the
+    clock skew allowed between us and the venue), newest first (all instruments when `symbol` is None), with
+    the parameters the document requires (kind, count and the time window)."""
+    end_s = until_s if until_s is not None else history_until_s()
+    window = {"count": count, "offset": offset, "start_time": 0, "end_time": end_s}
     if symbol is None:
-        method, params = "private/get_order_history_by_kind", {"kind": "any", "count": count, "offset": offset}
+        method, params = "private/get_order_history_by_kind", {"kind": "any", **window}
     else:
-        method = "private/get_order_history_by_instrument"
-        params = {"instrument_name": symbol, "count": count, "offset": offset}
+        method, params = "private/get_order_history_by_instrument", {"instrument_name": symbol, **window}
     result = (await venue.call(account, method, params)).result
     orders = _flatten(result)
     models.parse_orders(orders)

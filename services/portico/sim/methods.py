@@ -224,14 +224,33 @@ def sell(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     return _place(sim, p, ctx, "sell")
 
 
+def _own_order(sim: Simulator, p: Params, account: str) -> dict[str, Any]:
+    """The account's order named by `order_id`, which must be on `instrument_name` (both required by the
+    document's tables for edit and cancel): a wrong instrument is refused, never silently ignored."""
+    instrument_name = p.text("instrument_name")
+    wire = sim.engine.order(account, p.text("order_id")).to_wire()
+    if wire["instrument_name"] != instrument_name:
+        raise RpcFailure(ErrorCode.INVALID_PARAMS,
+                         f"order {wire['order_id']} is on {wire['instrument_name']}, not {instrument_name}")
+    return wire
+
+
 def edit(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    """Re-price / re-size an open order; the change is signed like a new order."""
+    """Re-price / re-size an open order; the change is signed like a new order.
+
+    The document's table marks `instrument_name`, `amount`, `time_in_force` and `type` required and `price`
+    optional (the order keeps its price); `time_in_force` and `type` must be the order's own, since the
+    signature covers them. (The table's `signature: false` aside, the change is signed, salt, expiration and
+    timestamp as a new order's: an unsigned edit of a signed order is not taken.)
+    """
     account = _account(ctx)
-    order = sim.engine.order(account, p.text("order_id"))
-    wire = order.to_wire()
+    wire = _own_order(sim, p, account)
     instrument = sim.engine.instrument(wire["instrument_name"])
     amount = p.number("amount")
-    price = p.number("price")
+    price = p.number("price", Decimal(str(wire["price"])))
+    for name, own in (("time_in_force", str(wire["time_in_force"])), ("type", str(wire["order_type"]))):
+        if p.text(name) != own:
+            raise RpcFailure(ErrorCode.INVALID_PARAMS, f"{name} must be the order's own ({own}): it is signed")
     salt = p.integer("salt", int(wire["salt"] or 0), minimum=0)
     expiration = p.integer("expiration", int(wire["expiration"] or 0), minimum=0)
     timestamp = p.integer("timestamp", minimum=0)
@@ -257,7 +276,8 @@ def edit(sim: Simulator, p: Params, ctx: CallContext) -> Any:
 
 
 def cancel(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    return sim.engine.cancel(_account(ctx), p.text("order_id")).to_wire()
+    account = _account(ctx)
+    return sim.engine.cancel(account, _own_order(sim, p, account)["order_id"]).to_wire()
 
 
 def cancel_all(sim: Simulator, p: Params, ctx: CallContext) -> Any:
@@ -296,15 +316,15 @@ def get_positions(sim: Simulator, p: Params, ctx: CallContext) -> Any:
 
 
 def _paging(p: Params) -> dict[str, Any]:
-    """count / offset, and the document's start_time / end_time (in seconds) as a millisecond window."""
-    start, end = p.integer("start_time", None, minimum=0), p.integer("end_time", None, minimum=0)
-    return {"count": min(p.integer("count", 100, minimum=1), 1000), "offset": p.integer("offset", 0, minimum=0),
-            "start_ms": None if start is None else start * 1000,
-            "end_ms": None if end is None else end * 1000 + 999}
+    """count / offset, and the document's start_time / end_time (seconds, of the orders' creation) as a
+    millisecond window; count and the window are required, as the document's tables and examples have them."""
+    start, end = p.integer("start_time", minimum=0), p.integer("end_time", minimum=0)
+    return {"count": min(p.integer("count", minimum=1), 1000), "offset": p.integer("offset", 0, minimum=0),
+            "start_ms": start * 1000, "end_ms": end * 1000 + 999}
 
 
 def get_order_history_by_kind(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    kind = p.text("kind", "any", choices=(*KINDS, "spot", "any"))
+    kind = p.text("kind", choices=(*KINDS, "spot", "any"))
     return [o.to_wire() for o in sim.engine.order_history(
         _account(ctx), kind=None if kind == "any" else kind, **_paging(p))]
 
@@ -346,7 +366,7 @@ def get_user_trades_by_instrument(sim: Simulator, p: Params, ctx: CallContext) -
 
 
 def get_user_trades_by_kind(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    kind = p.text("kind", "any", choices=(*KINDS, "spot", "any"))
+    kind = p.text("kind", choices=(*KINDS, "spot", "any"))
     return sim.engine.user_trades(_account(ctx), kind=None if kind == "any" else kind, sort_asc=_sort_asc(p),
                                   **_trade_paging(p, required=True))
 
@@ -398,8 +418,10 @@ def _channel_key(sim: Simulator, channel: str, ctx: CallContext, *, private: boo
         match = pattern.fullmatch(channel)
         if match:
             sim.engine.instrument(match.group("instrument"))
-            if match.groupdict().get("depth") and not 1 <= int(match.group("depth")) <= 50:
-                raise RpcFailure(ErrorCode.INVALID_PARAMS, f"{channel}: depth must be 1-50")
+            if match.groupdict().get("depth") and match.group("depth") != "15":
+                # The document's book channels are depth 15 only: another depth would be acknowledged and
+                # then never published, a subscriber that looks connected and hears nothing.
+                raise RpcFailure(ErrorCode.INVALID_PARAMS, f"{channel}: the book channels are depth 15 only")
             return channel
     for pattern in _USER_CHANNELS:
         match = pattern.fullmatch(channel)

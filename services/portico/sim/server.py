@@ -399,8 +399,12 @@ class Simulator:
 
     # ------------------------------------------------------------------ dispatch
 
-    def execute(self, request: Any, ctx: CallContext) -> tuple[dict[str, Any] | None, bool]:
-        """Run one JSON-RPC request; return (response or None for a notification, response dropped?)."""
+    def execute(self, request: Any, ctx: CallContext) -> tuple[dict[str, Any], bool]:
+        """Run one JSON-RPC request; return (its response, response dropped?).
+
+        Every request is answered, one without an `id` too (with `"id": null`): the document says the API
+        "always responds with a JSON object", and a request's effect must never go unreported.
+        """
         us_in = ctx.us_in
         if not isinstance(request, dict):
             return _error(ErrorCode.INVALID_REQUEST, "invalid request: expected a JSON object", None, us_in), False
@@ -416,7 +420,6 @@ class Simulator:
         key = ctx.api_key or (ctx.connection.api_key if ctx.connection else None)
         self.requests.append(LoggedRequest(method_name, ctx.transport, key.api_key if key else None,
                                            _redact(params_raw)))
-        notification = "id" not in request
         try:
             if self.faults.roll(self.rng, self.faults.fail_rate):
                 raise RpcFailure(ErrorCode.INTERNAL_ERROR, "simulated failure")
@@ -431,18 +434,15 @@ class Simulator:
                 ctx.api_key = key
             result = method.handler(self, Params(params_raw), ctx)
         except RpcFailure as failure:
-            return (None if notification else _error(failure.code, failure.message, request_id, us_in)), False
+            return _error(failure.code, failure.message, request_id, us_in), False
         except Exception as exc:
             from portico.sim.engine import EngineError
 
             if isinstance(exc, EngineError):
-                return (None if notification else _error(exc.code, exc.message, request_id, us_in)), False
+                return _error(exc.code, exc.message, request_id, us_in), False
             log.exception("simulator method failed", extra={"method": method_name})
-            return (None if notification else _error(ErrorCode.INTERNAL_ERROR, "internal error", request_id,
-                                                     us_in)), False
+            return _error(ErrorCode.INTERNAL_ERROR, "internal error", request_id, us_in), False
         dropped = self.faults.roll(self.rng, self.faults.drop_response_rate)
-        if notification:
-            return None, dropped
         us_out = _now_us()
         return {"jsonrpc": "2.0", "id": request_id, "result": result, "usIn": us_in, "usOut": us_out,
                 "usDiff": us_out - us_in}, dropped
@@ -493,8 +493,6 @@ class Simulator:
             if request.transport is not None:
                 request.transport.abort()
             raise ConnectionResetError("response dropped (simulated)")
-        if response is None:
-            return web.Response(status=204)
         return self._json_response(response)
 
     @staticmethod
@@ -537,5 +535,5 @@ class Simulator:
             connection.send(dumps(_error(ErrorCode.PARSE_ERROR, "parse error", None, us_in)))
             return
         response, dropped = self.execute(payload, CallContext("ws", us_in, connection=connection))
-        if response is not None and not dropped:
+        if not dropped:
             connection.send(dumps(response))

@@ -142,16 +142,17 @@ class SaltLedger:
         db.execute("BEGIN IMMEDIATE")
         try:
             for claim in batch:
-                stored = [db.execute("SELECT digest FROM salt_watermarks WHERE key_id = ? AND salt = ?",
-                                     (owner, claim.salt)).fetchone() for owner in claim.owners]
-                if any(row is not None and bytes(row[0]) != claim.digest for row in stored):
-                    reused.append(True)
-                    continue
-                for owner, row in zip(claim.owners, stored, strict=True):
-                    if row is None:
-                        db.execute("INSERT INTO salt_watermarks (key_id, salt, digest, signed_at) VALUES (?, ?, ?, ?)",
-                                   (owner, claim.salt, claim.digest, now))
-                reused.append(False)
+                # A new salt (the common case) is two inserts; a known one is read back and compared, and a
+                # refused claim takes back what it inserted, so the refused digest is recorded under no owner.
+                known = [owner for owner in claim.owners if db.execute(
+                    "INSERT OR IGNORE INTO salt_watermarks (key_id, salt, digest, signed_at) VALUES (?, ?, ?, ?)",
+                    (owner, claim.salt, claim.digest, now)).rowcount != 1]
+                refused = any(bytes(row[0]) != claim.digest for owner in known for row in db.execute(
+                    "SELECT digest FROM salt_watermarks WHERE key_id = ? AND salt = ?", (owner, claim.salt)))
+                if refused:
+                    for owner in set(claim.owners) - set(known):
+                        db.execute("DELETE FROM salt_watermarks WHERE key_id = ? AND salt = ?", (owner, claim.salt))
+                reused.append(refused)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -9,11 +9,11 @@ is refused with FAILED_PRECONDITION, the identical digest is allowed (a retry
 re-signs the same payload and gets the same, deterministic signature).
 
 "The key" is the private key, not its name: one private key can be stored
-under two key ids, and its two ids must not sign one salt twice. Each claim
-is recorded under the key id and under `address:<signing address>` (a name
-no key id can have, so the `key_id` column holds both kinds of owner), and
-checked against both; ledgers from before the address rows keep protecting
-their salts through the key-id rows.
+under two key ids, and its two ids must not sign one salt twice. So a claim
+is recorded under `address:<signing address>` (a name no key id can have; the
+`key_id` column holds the owner). A ledger written before that holds rows
+under key ids: while any is left, each claim is also checked (read only)
+against its key id's row, so those salts stay protected.
 
 Claims are group-committed on the event loop's own thread: every claim made
 during one loop iteration goes into one transaction, run by a callback at the
@@ -67,9 +67,9 @@ class _Claim:
     future: asyncio.Future[None]
 
     @property
-    def owners(self) -> tuple[str, str]:
-        """The ledger names this claim is recorded and checked under (':' never occurs in a key id)."""
-        return self.key_id, "address:" + self.address.lower()
+    def owner(self) -> str:
+        """The ledger's name for the claim's key: its address (':' never occurs in a key id)."""
+        return "address:" + self.address.lower()
 
 
 class SaltLedger:
@@ -82,6 +82,7 @@ class SaltLedger:
         self._synchronous = synchronous
         self._db: sqlite3.Connection | None = None
         self._pending: list[_Claim] = []
+        self._legacy = False
         self._checkpointer = WalCheckpointer(path, label="salt-ledger")
         self._writer = SqliteWriterLock(path, role="the salt ledger")
 
@@ -95,6 +96,9 @@ class SaltLedger:
             db.execute("PRAGMA busy_timeout=2000")  # only another process (an operator's sqlite3 shell) can hold it
             db.execute(_SCHEMA)
             WalCheckpointer.disable_autocheckpoint(db)
+            # Rows under key ids (a ledger from before address owners): claims are checked against them too.
+            self._legacy = db.execute(
+                "SELECT 1 FROM salt_watermarks WHERE key_id NOT LIKE 'address:%' LIMIT 1").fetchone() is not None
         except BaseException:
             self._writer.release()
             raise
@@ -142,16 +146,14 @@ class SaltLedger:
         db.execute("BEGIN IMMEDIATE")
         try:
             for claim in batch:
-                # A new salt (the common case) is two inserts; a known one is read back and compared, and a
-                # refused claim takes back what it inserted, so the refused digest is recorded under no owner.
-                known = [owner for owner in claim.owners if db.execute(
+                cursor = db.execute(
                     "INSERT OR IGNORE INTO salt_watermarks (key_id, salt, digest, signed_at) VALUES (?, ?, ?, ?)",
-                    (owner, claim.salt, claim.digest, now)).rowcount != 1]
-                refused = any(bytes(row[0]) != claim.digest for owner in known for row in db.execute(
+                    (claim.owner, claim.salt, claim.digest, now))
+                owners = ([] if cursor.rowcount == 1 else [claim.owner]) + ([claim.key_id] if self._legacy else [])
+                refused = any(bytes(row[0]) != claim.digest for owner in owners for row in db.execute(
                     "SELECT digest FROM salt_watermarks WHERE key_id = ? AND salt = ?", (owner, claim.salt)))
-                if refused:
-                    for owner in set(claim.owners) - set(known):
-                        db.execute("DELETE FROM salt_watermarks WHERE key_id = ? AND salt = ?", (owner, claim.salt))
+                if refused and cursor.rowcount == 1:  # the refused digest is recorded under no owner
+                    db.execute("DELETE FROM salt_watermarks WHERE key_id = ? AND salt = ?", (claim.owner, claim.salt))
                 reused.append(refused)
             db.execute("COMMIT")
         except BaseException:

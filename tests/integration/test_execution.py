@@ -277,6 +277,7 @@ async def test_restart_reconciles_before_serving(stack: ExecutionStack, journal_
     ({"type": order_pb2.ORDER_TYPE_MARKET, "post_only": True, "price": ""}, "post_only", "POST_ONLY_MARKET"),
     ({"time_in_force": order_pb2.TIME_IN_FORCE_IMMEDIATE_OR_CANCEL, "post_only": True}, "post_only",
      "POST_ONLY_NOT_GTC"),
+    ({"time_in_force": order_pb2.TIME_IN_FORCE_FILL_OR_KILL}, "time_in_force", "TIME_IN_FORCE_NOT_ACCEPTED"),
     ({"price": ""}, "price", "INVALID_ARGUMENT"),
     ({"type": order_pb2.ORDER_TYPE_MARKET}, "price", "INVALID_ARGUMENT"),
     ({"side": side_pb2.SIDE_UNSPECIFIED}, "side", "INVALID_ARGUMENT"),

@@ -375,6 +375,8 @@ async def test_parameters_the_document_requires_are_required(sim: Simulator, acc
           for missing in history],
         ("private/get_order_history_by_kind", history),
         ("private/get_user_trades_by_kind", {"count": 10, "start_timestamp": 0, "end_timestamp": now_s}),
+        # "Currently only GTC supported ... IOC and more types coming soon": no FOK order is taken.
+        ("private/buy", account.order("ETH-PERP", "buy", "0.01", str(book.best_ask_price), time_in_force="FOK")),
     ]
     for method, params in refused:
         with pytest.raises(SyndrInvalidRequest):

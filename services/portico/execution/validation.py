@@ -34,6 +34,9 @@ __all__ = ["MAX_INCREMENTS", "Instruments", "check_against_instrument", "check_c
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 _SIDES = {side_pb2.SIDE_BUY: "buy", side_pb2.SIDE_SELL: "sell"}
 _TYPES = {order_pb2.ORDER_TYPE_LIMIT: "limit", order_pb2.ORDER_TYPE_MARKET: "market"}
+# What Syndr's document says it accepts: "Currently only GTC supported (good till canceled) IOC and more types
+# coming soon", and its examples and order updates already carry IOC. FOK is in the contract for other venues.
+_VENUE_TIME_IN_FORCE = frozenset({"GTC", "IOC"})
 _TIF = {order_pb2.TIME_IN_FORCE_UNSPECIFIED: "GTC", order_pb2.TIME_IN_FORCE_GOOD_TIL_CANCELLED: "GTC",
         order_pb2.TIME_IN_FORCE_IMMEDIATE_OR_CANCEL: "IOC", order_pb2.TIME_IN_FORCE_FILL_OR_KILL: "FOK"}
 
@@ -59,6 +62,10 @@ def intent_from_request(request: pb.PlaceOrderRequest) -> OrderIntent:
     time_in_force = _TIF.get(request.time_in_force)
     if time_in_force is None:
         raise InvalidArgument("time_in_force", f"unknown value {request.time_in_force}")
+    if time_in_force not in _VENUE_TIME_IN_FORCE:
+        raise InvalidArgument("time_in_force", f"the venue does not accept {time_in_force}: its document lists GTC "
+                                               "(and IOC as coming); use GTC or IOC",
+                              reason="TIME_IN_FORCE_NOT_ACCEPTED")
     amount = parse_decimal(request.amount, "amount", positive=True)
     price: Decimal | None = None
     if order_type == "limit":

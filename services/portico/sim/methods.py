@@ -182,6 +182,9 @@ def deactivate_api_key(sim: Simulator, p: Params, ctx: CallContext) -> Any:
 _ORDER_TYPES = {"limit": typed_data.OrderType.LIMIT, "market": typed_data.OrderType.MARKET}
 _TIME_IN_FORCE = {"GTC": typed_data.TimeInForce.GTC, "IOC": typed_data.TimeInForce.IOC,
                   "FOK": typed_data.TimeInForce.FOK}
+# What the API takes on a new order: the document lists GTC, "IOC and more types coming soon", and shows IOC;
+# the engine keeps FOK (and orders keep their own on edits), but no request places one.
+_NEW_ORDER_TIME_IN_FORCE = ("GTC", "IOC")
 
 
 def _place(sim: Simulator, p: Params, ctx: CallContext, side: str) -> Any:
@@ -189,7 +192,7 @@ def _place(sim: Simulator, p: Params, ctx: CallContext, side: str) -> Any:
     name = p.text("instrument_name")
     instrument = sim.engine.instrument(name)
     order_type = p.text("order_type", "limit", choices=tuple(_ORDER_TYPES))
-    time_in_force = p.text("time_in_force", "GTC", choices=tuple(_TIME_IN_FORCE))
+    time_in_force = p.text("time_in_force", "GTC", choices=_NEW_ORDER_TIME_IN_FORCE)
     post_only = p.flag("post_only", False)
     reduce_only = p.flag("reduce_only", False)
     amount = p.number("amount")

@@ -397,22 +397,39 @@ async def test_venue_rejection_maps_to_status_with_venue_code(stack: ExecutionSt
     sim = stack.sim
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
-        _, ask = best(sim)
-        # Post-only through the market: the venue refuses it.
-        request = place_request(stack, "po-1", price=str(ask), post_only=True)
+        bid, ask = best(sim)
+        # Reduce-only on the side that would grow the position (or open one): the venue refuses it.
+        size = sum((Decimal(str(p["size"])) for p in sim.engine.positions(stack.account.address)
+                    if p["instrument_name"] == SYMBOL), Decimal(0))
+        side, price = (side_pb2.SIDE_BUY, bid) if size >= 0 else (side_pb2.SIDE_SELL, ask)
+        request = place_request(stack, "ro-1", side=side, price=str(price), reduce_only=True)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.PlaceOrder(request, metadata=running.metadata())
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         info = error_info(caught.value)
-        assert info is not None and info.metadata["venue_code"] == "11054"
+        assert info is not None and info.metadata["venue_code"] == "11055"
         # The same id again: the same answer, and no second venue call.
         calls = len(order_calls(sim))
         with pytest.raises(grpc.aio.AioRpcError) as again:
             await stub.PlaceOrder(request, metadata=running.metadata())
         assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert len(order_calls(sim)) == calls
+        entry = await running.app.journal.get("syndr", stack.account.address, "ro-1")
+        assert entry is not None and entry.state == OrderState.REJECTED and entry.reject_code == 11055
+
+
+async def test_a_post_only_order_that_would_take_comes_back_cancelled(stack: ExecutionStack) -> None:
+    """The venue places it and cancels it (the document: "put in order book before execution or ... cancelled"):
+    an order, cancelled and unfilled, journaled so; not an error."""
+    sim = stack.sim
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        _, ask = best(sim)
+        placed = await running.stub(channel).PlaceOrder(place_request(stack, "po-1", price=str(ask), post_only=True),
+                                                        metadata=running.metadata())
+        assert placed.order.state == order_pb2.ORDER_STATE_CANCELLED
+        assert Decimal(placed.order.filled_amount) == 0
         entry = await running.app.journal.get("syndr", stack.account.address, "po-1")
-        assert entry is not None and entry.state == OrderState.REJECTED and entry.reject_code == 11054
+        assert entry is not None and entry.state == OrderState.CANCELLED and entry.order_id == placed.order.order_id
 
 
 async def test_scopes(stack: ExecutionStack) -> None:

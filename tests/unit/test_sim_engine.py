@@ -179,12 +179,16 @@ def test_gtc_limit_rests_what_it_could_not_fill(engine: Engine) -> None:
     assert levels(engine) == ([(D(3002), D(1))], [(D(3003), D(2))])
 
 
-def test_post_only_rests_or_is_rejected(engine: Engine, events: list[Event]) -> None:
+def test_post_only_rests_or_is_cancelled(engine: Engine, events: list[Event]) -> None:
+    """The document: a post-only order "will be first put in order book before execution or will be cancelled"."""
     limit(engine, A, "sell", "1", "3001")
     events.clear()
-    rejects(ErrorCode.POST_ONLY_WOULD_TAKE, lambda: limit(engine, B, "buy", "1", "3001", post_only=True))
-    rejects(ErrorCode.POST_ONLY_WOULD_TAKE, lambda: limit(engine, B, "buy", "1", "3005", post_only=True))
-    assert events == []
+    for price in ("3001", "3005"):
+        placed = limit(engine, B, "buy", "1", price, post_only=True)
+        assert (placed.order.order_state, placed.order.filled_amount, placed.trades) == ("cancelled", D(0), [])
+    assert levels(engine) == ([], [(D(3001), D(1))])  # nothing taken, nothing rested
+    assert [o.order_state for o in engine.open_orders(B)] == []
+    assert len(engine.order_history(B, count=10)) == 2  # both are the account's (cancelled) orders
     assert limit(engine, B, "buy", "1", "3000.9", post_only=True).order.order_state == "open"
 
 
@@ -337,8 +341,6 @@ REJECTIONS: list[tuple[ErrorCode, Callable[[Engine, Clock], object]]] = [
     (ErrorCode.AMOUNT_TOO_SMALL, lambda e, c: (e.update_instrument(PERP, min_trade_amount=D("0.01")),
                                                limit(e, A, "buy", "0.005", "2990"))),
     (ErrorCode.ORDER_EXPIRED, _expired),
-    (ErrorCode.POST_ONLY_WOULD_TAKE, lambda e, c: (limit(e, B, "sell", "1", "3000"),
-                                                   limit(e, A, "buy", "1", "3000", post_only=True))),
     (ErrorCode.REDUCE_ONLY_WOULD_INCREASE, lambda e, c: limit(e, A, "buy", "1", "2990", reduce_only=True)),
     (ErrorCode.NO_LIQUIDITY, lambda e, c: market(e, A, "buy", "1")),
     (ErrorCode.NOT_ENOUGH_FUNDS, lambda e, c: limit(e, A, "buy", "3400", "3000")),
@@ -381,7 +383,7 @@ def test_every_rejection_has_its_code_and_no_side_effects(
 
 def test_a_rejected_order_emits_nothing(engine: Engine, events: list[Event]) -> None:
     for code, action in REJECTIONS:
-        if code not in (ErrorCode.INSTRUMENT_INACTIVE, ErrorCode.AMOUNT_TOO_SMALL, ErrorCode.POST_ONLY_WOULD_TAKE):
+        if code not in (ErrorCode.INSTRUMENT_INACTIVE, ErrorCode.AMOUNT_TOO_SMALL):
             with pytest.raises(EngineError):
                 action(engine, Clock())
     assert events == []

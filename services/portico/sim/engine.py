@@ -20,8 +20,11 @@ Decisions the document leaves open (the server and the adapter rely on them):
   before now is rejected (ORDER_EXPIRED); resting orders are never expired later.
   The document shows it in milliseconds (private/buy) and in seconds
   (user.orders), so values below 10^11 are read as seconds.
-* FOK that cannot fill entirely, and the unfilled rest of IOC and market orders,
-  end "cancelled" (not an error). A market order with an empty opposite side is
+* FOK that cannot fill entirely, a post-only order that would take (the
+  document: it "will be first put in order book before execution or will be
+  cancelled"), and the unfilled rest of IOC and market orders, end "cancelled"
+  (not an error). An edit that would make a post-only order take is refused
+  (POST_ONLY_WOULD_TAKE): the order keeps resting as it was. A market order with an empty opposite side is
   rejected with NO_LIQUIDITY. Price bands (min/max_price) are informational only.
 * Amounts are in underlying units (1 = 1 ETH). Position size is signed
   (negative = short) with direction "buy"/"sell". PnL is linear for every kind,
@@ -1153,8 +1156,9 @@ class Engine:
             raise EngineError(ErrorCode.ORDER_EXPIRED, f"expired at {expiration_ms}")
         is_buy = side == "buy"
         limit_price = price if is_limit and price is not None else ZERO
-        if post_only and self._crosses(mkt, is_buy, limit_price):
-            raise EngineError(ErrorCode.POST_ONLY_WOULD_TAKE, f"{limit_price} would cross the book")
+        # The document: a post-only order "will be first put in order book before execution or will be
+        # cancelled": one that would take is placed and closed as cancelled, not refused with an error.
+        would_take = post_only and self._crosses(mkt, is_buy, limit_price)
         if reduce_only:
             self._check_reduce_only(acct, inst.name, is_buy, amount)
         opposite = mkt.asks if is_buy else mkt.bids
@@ -1176,7 +1180,8 @@ class Engine:
         )
         try:
             self._dirty_orders[order.order_id] = order
-            if time_in_force == "FOK" and not self._can_fill(mkt, is_buy, price if is_limit else None, amount):
+            if would_take or (time_in_force == "FOK"
+                               and not self._can_fill(mkt, is_buy, price if is_limit else None, amount)):
                 self._close(order, "cancelled")
             else:
                 self._match(mkt, order)

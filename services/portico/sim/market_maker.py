@@ -236,12 +236,12 @@ class MarketMaker:
         if price is None:
             return 0
         try:
-            self.engine.place(self.rng.choice(self.accounts), name, side="buy" if side == "buy" else "sell",
-                              order_type="limit", amount=self._amount(inst), price=price, post_only=True,
-                              label="mm")
+            placed = self.engine.place(self.rng.choice(self.accounts), name, side="buy" if side == "buy" else "sell",
+                                       order_type="limit", amount=self._amount(inst), price=price, post_only=True,
+                                       label="mm")
         except EngineError:
             return 0
-        return 1
+        return 1 if placed.order.order_state == "open" else 0  # a quote that would have taken is cancelled
 
     def _ideal(self, inst: Instrument, side: str) -> Decimal:
         reference, spread, _ = self._reference(inst)

@@ -203,3 +203,27 @@ async def test_a_rotated_api_key_reauthenticates_the_feed_and_the_stream_goes_on
             assert any(r.transport == "ws" and r.api_key == new.api_key for r in sim.requests)
         finally:
             await cancel_and_wait(stream.task)
+
+
+async def test_an_order_past_its_expiration_ends_cancelled_on_the_stream_and_in_the_journal(
+        stack: ExecutionStack) -> None:
+    """Every order is signed with an expiration (PORTICO_EXECUTION_ORDER_TTL_SECONDS later), after which the
+    venue takes it off the book if it is still resting: the stream and the journal follow it to its end."""
+    async with running_execution(stack, {"PORTICO_EXECUTION_ORDER_TTL_SECONDS": "1"}) as running, \
+            open_channel(running.target) as channel:
+        stream = OrderStream(running, channel)
+        try:
+            await feed_of(running)
+            placed = await running.stub(channel).PlaceOrder(place_request(stack, "ttl-1", far_bid(stack.sim)),
+                                                            metadata=running.metadata())
+            assert placed.order.state == order_pb2.ORDER_STATE_OPEN
+            await until(lambda: stream.has(placed.order.order_id, order_pb2.ORDER_STATE_CANCELLED), timeout_s=10)
+            assert stream.contiguous()
+
+            async def journaled_cancelled() -> bool:
+                entry = await running.app.journal.get("syndr", stack.account.address, "ttl-1")
+                return entry is not None and entry.state == OrderState.CANCELLED
+
+            await until_true(journaled_cancelled, timeout_s=10)
+        finally:
+            await cancel_and_wait(stream.task)

@@ -331,6 +331,33 @@ def test_expiration_in_milliseconds_or_seconds(engine: Engine, clock: Clock) -> 
                                                          expiration_ms=clock.ms - 1))
 
 
+def test_resting_orders_are_cancelled_when_their_expiration_passes(engine: Engine, clock: Clock,
+                                                                    events: list[Event]) -> None:
+    """The document: `expiration` is the "time in milliseconds after which trade will expire if not executed"."""
+    soon = limit(engine, A, "buy", "1", "2990", expiration_ms=clock.ms + 1_000).order
+    later = limit(engine, A, "buy", "2", "2989", expiration_ms=clock.ms + 5_000).order
+    in_seconds = limit(engine, A, "buy", "3", "2988", expiration_ms=clock.ms // 1000 + 2).order
+    moved = limit(engine, A, "buy", "4", "2987", expiration_ms=clock.ms + 1_000).order
+    engine.edit(A, moved.order_id, amount=D(4), price=D(2986), expiration_ms=clock.ms + 60_000)  # re-signed, later
+    shrunk = limit(engine, A, "buy", "6", "2984", expiration_ms=clock.ms + 1_000).order
+    engine.edit(A, shrunk.order_id, amount=D(5), price=D(2984), expiration_ms=clock.ms + 60_000)  # stays in place
+    never = limit(engine, A, "buy", "5", "2985").order  # no expiration: rests until cancelled
+    assert engine.expire_orders() == []
+    events.clear()
+    clock.ms += 1_000
+    assert [o.order_id for o in engine.expire_orders()] == [soon.order_id]
+    assert soon.order_state == "cancelled" and soon.filled_amount == 0
+    updated = [e for e in of(events, OrderUpdated) if e.order_wire["order_id"] == soon.order_id]
+    assert [e.order_wire["order_state"] for e in updated] == ["cancelled"]
+    assert (D(2990), D(1)) not in levels(engine)[0]
+    clock.ms += 5_000
+    assert {o.order_id for o in engine.expire_orders()} == {later.order_id, in_seconds.order_id}
+    assert {o.order_id for o in engine.open_orders(A)} == {moved.order_id, shrunk.order_id, never.order_id}
+    clock.ms += 60_000
+    assert {o.order_id for o in engine.expire_orders()} == {moved.order_id, shrunk.order_id}
+    assert [o.order_id for o in engine.open_orders(A)] == [never.order_id]
+
+
 REJECTIONS: list[tuple[ErrorCode, Callable[[Engine, Clock], object]]] = [
     (ErrorCode.INSTRUMENT_NOT_FOUND, lambda e, c: limit(e, A, "buy", "1", "2990", name="ETH-1JAN27")),
     (ErrorCode.INSTRUMENT_NOT_FOUND, lambda e, c: e.instrument("XRP-PERP")),

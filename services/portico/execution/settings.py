@@ -27,7 +27,9 @@ SIGNER_ADDR = setting("PORTICO_EXECUTION_SIGNER_ADDR", "127.0.0.1:50055", "host:
 REFDATA_ADDR = setting("PORTICO_EXECUTION_REFDATA_ADDR", "127.0.0.1:50051",
                        "host:port of reference data, which every order is checked against.", scope=_SCOPE)
 ORDER_TTL_S = setting("PORTICO_EXECUTION_ORDER_TTL_SECONDS", "86400",
-                      "Signed orders expire at the venue this long after signing (if not yet placed).", scope=_SCOPE)
+                      "Signed orders expire at the venue this long after signing: one still resting then is taken "
+                      "off the book (the venue's `expiration`: \"after which trade will expire if not executed\").",
+                      scope=_SCOPE)
 VENUE_TIMEOUT_MS = setting("PORTICO_EXECUTION_VENUE_TIMEOUT_MS", "5000", "How long a venue call may take before its "
                            "outcome is treated as unknown.", scope=_SCOPE)
 RECONCILE_S = setting("PORTICO_EXECUTION_RECONCILE_SECONDS", "1", "How often orders of unknown outcome are "

@@ -17,7 +17,8 @@ Decisions the document leaves open (the server and the adapter rely on them):
   since shrunk is clamped at match time to what it still reduces, and cancelled
   once nothing is left to reduce. Reduce-only orders reserve no margin.
 * `expiration` is the signature's validity: an order whose expiration is at or
-  before now is rejected (ORDER_EXPIRED); resting orders are never expired later.
+  before now is rejected (ORDER_EXPIRED), and a resting order is cancelled once
+  its expiration passes (`expire_orders`, run every 100 ms by the simulator).
   The document shows it in milliseconds (private/buy) and in seconds
   (user.orders), so values below 10^11 are read as seconds.
 * FOK that cannot fill entirely, a post-only order that would take (the
@@ -62,6 +63,7 @@ and does not stop delivery.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import random
@@ -596,11 +598,14 @@ def _kinds(kind: InstrumentKind | str | None) -> frozenset[InstrumentKind]:
         raise EngineError(ErrorCode.INVALID_PARAMS, f"unknown instrument kind: {kind!r}") from None
 
 
+def _expiration_ms(expiration: int) -> int:
+    """A signed expiration in milliseconds; values below 10^11 are seconds (the document uses both)."""
+    return expiration * 1000 if expiration < 10**11 else expiration
+
+
 def _expired(expiration: int, now_ms: int) -> bool:
-    """Whether a signed expiration has passed; values below 10^11 are seconds (the document uses both)."""
-    if not expiration:
-        return False
-    return (expiration * 1000 if expiration < 10**11 else expiration) <= now_ms
+    """Whether a signed expiration (0: none) has passed."""
+    return bool(expiration) and _expiration_ms(expiration) <= now_ms
 
 
 def _require_decimal(value: object, what: str) -> Decimal:
@@ -637,6 +642,10 @@ class Engine:
         self._listeners: list[Callable[[Event], None]] = []
         self._order_seq = 0
         self._catalog_version = 0
+        # Resting orders by signed expiration: (expires at ms, push order, account, order id); may hold entries
+        # of orders closed or re-signed since, which expire_orders skips.
+        self._expiries: list[tuple[int, int, str, str]] = []
+        self._expiry_seq = 0
         # Buffers of the operation in progress, flushed as events when it ends.
         self._dirty_markets: list[_Market] = []
         self._queue: list[Event] = []
@@ -1034,6 +1043,45 @@ class Engine:
             self._touch(mkt, is_bid, order.price, level.total)
         level.orders.append(order)
         level.total += order.unfilled_amount
+        self._watch_expiry(order)
+
+    def _watch_expiry(self, order: SimOrder) -> None:
+        """Have expire_orders look at a resting order when its expiration comes (it checks it is still due)."""
+        if order.expiration:
+            self._expiry_seq += 1
+            heapq.heappush(self._expiries, (_expiration_ms(order.expiration), self._expiry_seq,
+                                            order.creator.lower(), order.order_id))
+
+    def expire_orders(self) -> list[SimOrder]:
+        """Cancel the resting orders whose signed expiration has passed; return them.
+
+        The document: `expiration` is the "time in milliseconds after which trade will expire if not
+        executed", and its order states are open, filled and cancelled, so an expired order is reported
+        cancelled. The simulator runs this every 100 ms.
+        """
+        t = self._now()
+        if not self._expiries or self._expiries[0][0] > t:
+            return []
+        self._t = t
+        expired: list[SimOrder] = []
+        try:
+            while self._expiries and self._expiries[0][0] <= t:
+                _, _, account, order_id = heapq.heappop(self._expiries)
+                acct = self._accounts.get(account)
+                order = acct.open_orders.get(order_id) if acct is not None else None
+                if order is None or not _expired(order.expiration, t):  # closed since, or its expiry moved
+                    continue
+                self._book_remove(self._markets[order.instrument_name], order)
+                self._close(order, "cancelled")
+                expired.append(order)
+        finally:
+            self._flush()
+        if len(self._expiries) > 1024 and len(self._expiries) > 4 * sum(len(a.open_orders) for a in
+                                                                          self._accounts.values()):
+            self._expiries = [entry for entry in self._expiries  # entries of orders closed since: dropped
+                              if entry[3] in self._accounts[entry[2]].open_orders]
+            heapq.heapify(self._expiries)
+        return expired
 
     def _book_remove(self, mkt: _Market, order: SimOrder) -> None:
         is_bid = order.direction == "buy"
@@ -1391,8 +1439,9 @@ class Engine:
                 order.signature = signature
             if salt is not None:
                 order.salt = salt
-            if expiration_ms is not None:
+            if expiration_ms is not None and expiration_ms != order.expiration:
                 order.expiration = expiration_ms
+                self._watch_expiry(order)  # if it stays where it rests, _book_add will not
             self._dirty_orders[order.order_id] = order
             if price == order.price and unfilled <= order.unfilled_amount:
                 level = (mkt.bids if is_buy else mkt.asks)[order.price]

@@ -607,9 +607,11 @@ class Notifier:
         self._publish("user.bursts.ALL", data, user=account)
 
     async def periodic(self) -> None:
-        """Every 100 ms: ticker, 100 ms book snapshots and quotes of what changed."""
+        """Every 100 ms: resting orders past their expiration cancelled, then ticker, 100 ms book snapshots and
+        quotes of what changed."""
         while True:
             await asyncio.sleep(0.1)
+            self.sim.engine.expire_orders()  # their user.orders notifications go out with the engine's events
             books, self._dirty_books = self._dirty_books, set()
             tickers, self._dirty_tickers = self._dirty_tickers, set()
             now_ms = time.time_ns() // 1_000_000

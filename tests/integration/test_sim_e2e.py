@@ -390,6 +390,8 @@ async def test_parameters_the_document_requires_are_required(sim: Simulator, acc
     cancelled = (await private.call("private/cancel", {"instrument_name": "ETH-PERP",
                                                        "order_id": placed.order_id})).result
     assert cancelled["order_state"] == "cancelled"
+    # cancel_all answers the document's acknowledgement (its example: 1), also with nothing left to cancel.
+    assert (await private.call("private/cancel_all", {})).result == 1
 
 
 async def test_a_request_without_an_id_is_still_answered(sim: Simulator) -> None:

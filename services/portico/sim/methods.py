@@ -284,7 +284,8 @@ def cancel(sim: Simulator, p: Params, ctx: CallContext) -> Any:
 
 
 def cancel_all(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    return len(sim.engine.cancel_all(_account(ctx)))
+    sim.engine.cancel_all(_account(ctx))
+    return 1  # the document: "Acknowledgement of the operation (e.g., success)", its example 1; not a count
 
 
 def cancel_all_by_instrument(sim: Simulator, p: Params, ctx: CallContext) -> Any:

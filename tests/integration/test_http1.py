@@ -1,4 +1,5 @@
-"""The keep-alive HTTP/1.1 client (portico.runtime.http1) against a scripted server on loopback.
+"""The keep-alive HTTP/1.1 client (portico.runtime.http1), and the venue client's reading of its answers, against
+a scripted server on loopback.
 
 The server answers each request with whatever bytes the test scripts, so
 framing (Content-Length, chunked, connection close), reuse, closes, timeouts
@@ -8,14 +9,23 @@ and malformed answers are all exercised over real TCP (and TLS).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from tests.support.certs import CertificateAuthority
 
 from portico.runtime.http1 import Http1ConnectionError, Http1Pool, Http1ProtocolError
+from portico.venues.syndr.constants import ErrorCode
+from portico.venues.syndr.credentials import ApiCredentials
+from portico.venues.syndr.errors import SyndrInvalidRequest, SyndrProtocolError
+from portico.venues.syndr.http import SyndrHttpClient
 
 Answer = Callable[[bytes], bytes | None]  # request body -> raw answer bytes (None: close without answering)
 
@@ -210,3 +220,125 @@ async def test_a_closed_pool_refuses_calls(echo: ScriptedServer) -> None:
         await pool.post(b"x", {})
     with pytest.raises(ValueError, match="not an http"):
         Http1Pool("ws://127.0.0.1:1/x")
+
+
+async def test_interim_1xx_answers_are_skipped_never_taken_for_the_answer() -> None:
+    """102 Processing and 103 Early Hints come before the answer (servers and CDNs send them unasked): taken for
+    it, the real answer would be read as the next call's."""
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"
+    async with ScriptedServer(lambda body: interim + ok(b"answer-to:" + body)) as server:
+        async with Http1Pool(server.url()) as pool:
+            assert await pool.post(b"buy", {}) == (200, b"answer-to:buy")
+            assert await pool.post(b"read", {}) == (200, b"answer-to:read")
+        assert server.connections == 1
+
+
+async def test_bytes_after_the_answer_make_the_connection_unusable() -> None:
+    """Anything after a complete answer would be read as the next call's answer: that connection is dropped."""
+    answers = iter([ok(b"one") + b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nSTALE", ok(b"two")])
+    async with ScriptedServer(lambda body: next(answers)) as server:
+        async with Http1Pool(server.url()) as pool:
+            assert await pool.post(b"1", {}) == (200, b"one")
+            await asyncio.sleep(0.05)
+            assert await pool.post(b"2", {}) == (200, b"two")
+        assert server.connections == 2
+
+
+async def raw_server(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]) -> asyncio.Server:
+    return await asyncio.start_server(handler, "127.0.0.1", 0)
+
+
+def url_of(server: asyncio.Server) -> str:
+    return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/api/v1"
+
+
+async def test_a_close_framed_answer_cut_by_a_reset_is_an_error_and_other_encodings_frame_by_close() -> None:
+    """An answer framed by the connection's end is complete only at a clean end, not at a reset; and only a
+    Content-Length or a chunked Transfer-Encoding frames it otherwise."""
+    answers = iter([(b"HTTP/1.1 200 OK\r\n\r\n" b'{"jsonrpc":"2.0","id":1,"result":{"order_id":"12', True),
+                    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nConnection: close\r\n\r\nwhole body", False)])
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(1)
+        answer, reset = next(answers)
+        writer.write(answer)
+        await writer.drain()
+        if reset:  # RST, not FIN: linger 0 on close
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        else:
+            writer.close()
+
+    server = await raw_server(handler)
+    try:
+        async with Http1Pool(url_of(server)) as pool:
+            with pytest.raises(Http1ConnectionError, match="lost"):
+                await pool.post(b"x", {})
+            assert await pool.post(b"y", {}) == (200, b"whole body")
+    finally:
+        server.close()
+
+
+async def test_a_large_answer_arriving_with_its_headers_is_read_whole() -> None:
+    """The header limit counts the head only, not a body that arrives in the same read."""
+    body = b"x" * 300_000
+    async with ScriptedServer(lambda _: ok(body)) as server, Http1Pool(server.url()) as pool:
+        assert await pool.post(b"big", {}) == (200, body)
+
+
+async def test_endless_headers_are_refused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Junk: ")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):
+                writer.write(b"a" * 4096)
+                await writer.drain()
+        writer.close()
+
+    server = await raw_server(handler)
+    try:
+        async with Http1Pool(url_of(server)) as pool:
+            with pytest.raises(Http1ProtocolError, match="headers larger"):
+                await asyncio.wait_for(pool.post(b"x", {}), 10)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("drain", [False, True])
+async def test_closing_sends_nothing_still_queued_and_draining_lets_calls_on_their_way_finish(
+        echo: ScriptedServer, drain: bool) -> None:
+    echo.delay_s = 0.3
+    pool = Http1Pool(echo.url(), max_connections=1)
+    on_its_way = asyncio.ensure_future(pool.post(b"A", {}))
+    queued = asyncio.ensure_future(pool.post(b"B", {}))  # waits for the one slot
+    await asyncio.sleep(0.1)
+    await pool.aclose(drain=drain)
+    with pytest.raises(Http1ConnectionError, match="closed"):
+        await queued
+    if drain:
+        assert await on_its_way == (200, b"echo:A")
+    else:
+        with pytest.raises(Http1ConnectionError):
+            await on_its_way
+    await asyncio.sleep(0.4)
+    assert [body for _, body in echo.requests] == [b"A"]  # B never went out
+
+
+@pytest.mark.parametrize(("answer_id", "private", "error"), [
+    (None, True, SyndrProtocolError),  # a private call: a null id proves nothing about which request it answers
+    (None, False, SyndrInvalidRequest),  # a public one: the venue could not read it
+    ("1", False, SyndrProtocolError),
+    (1.0, False, SyndrProtocolError),
+    (True, False, SyndrProtocolError),
+    (2, False, SyndrProtocolError),
+])
+async def test_a_json_rpc_answer_must_carry_the_requests_own_id(answer_id: Any, private: bool,
+                                                                 error: type[Exception]) -> None:
+    answer = orjson.dumps({"jsonrpc": "2.0", "id": answer_id,
+                           "error": {"code": ErrorCode.INVALID_REQUEST, "message": "invalid request"}})
+    async with ScriptedServer(lambda body: ok(answer)) as server, \
+            SyndrHttpClient(server.url(), credentials=ApiCredentials("key", "secret"), retries=0) as client:
+        with pytest.raises(error):
+            await client.call("private/buy" if private else "public/get_time", {})

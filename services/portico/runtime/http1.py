@@ -12,8 +12,12 @@ parser (`httptools`, as uvicorn uses) for the response:
   idle for longer than `keepalive_s` (servers drop idle ones; a request written
   just as the server closes would be lost, which for an order means an outcome
   to reconcile);
-* responses framed by Content-Length, chunked encoding or connection close;
-  bodies larger than `max_body_bytes` are refused;
+* responses framed by Content-Length, chunked encoding or connection close (a
+  close-framed answer cut by a reset is an error, not a short success); interim
+  1xx answers (102 Processing, 103 Early Hints) are skipped, never taken for the
+  answer; headers beyond `MAX_HEADER_BYTES` and bodies beyond `max_body_bytes`
+  are refused; a byte after the answer makes the connection unusable (it would
+  be read as the next call's answer);
 * http:// and https:// (certificates verified against the system store);
 * a call that is cancelled or times out closes its connection (its answer may
   still arrive and must not be read as the next call's).
@@ -36,6 +40,7 @@ import httptools
 __all__ = ["Http1ConnectionError", "Http1Error", "Http1Pool", "Http1ProtocolError"]
 
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+MAX_HEADER_BYTES: Final = 64 * 1024  # status line and headers of one answer
 
 
 class Http1Error(Exception):
@@ -61,6 +66,8 @@ class _Connection(asyncio.Protocol):
         self._status = 0
         self._framed = False  # the answer has a Content-Length or is chunked (else the connection's end ends it)
         self._headers_done = False
+        self._interim = False  # the message being parsed is a 1xx: the answer still to come
+        self._head_bytes = 0
         self._chunks: list[bytes] = []
         self._size = 0
         self.reusable = False
@@ -80,25 +87,39 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(Http1ProtocolError("the server switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(Http1ProtocolError(f"malformed HTTP response ({type(exc).__name__})"))
+            return
+        if not self._headers_done:  # all of this read went to a head that has not ended yet
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEADER_BYTES:
+                self._fail(Http1ProtocolError(f"answer headers larger than {MAX_HEADER_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         self._transport = None
-        if self._headers_done and not self._framed:  # an answer framed by the connection's end is complete now
+        if exc is None and self._headers_done and not self._framed:  # framed by the connection's (clean) end
             self.on_message_complete()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(Http1ConnectionError("connection lost before the whole answer arrived"))
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self._waiter is None or self._waiter.done():  # more after the answer: this connection cannot be trusted
+            self._fail(Http1ProtocolError("data from the server after its answer"))
+            raise Http1ProtocolError("unexpected message")  # stops the parser
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        lowered = name.lower()
+        if lowered == b"content-length" or (lowered == b"transfer-encoding"
+                                            and value.rstrip().lower().endswith(b"chunked")):
             self._framed = True
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        self._interim = 100 <= self._status < 200  # (101 Switching Protocols is an upgrade: refused above)
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -109,10 +130,14 @@ class _Connection(asyncio.Protocol):
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:  # a 1xx is not the answer: wait for the one that follows
+            self._interim = self._framed = self._headers_done = False
+            self._chunks, self._size, self._head_bytes = [], 0, 0
+            return
         if not self._parser.should_keep_alive():
             self.reusable = False
         waiter, self._waiter = self._waiter, None
-        body, self._chunks, self._size = b"".join(self._chunks), [], 0
+        body, self._chunks, self._size, self._head_bytes = b"".join(self._chunks), [], 0, 0
         self._framed = self._headers_done = False
         if waiter is not None and not waiter.done():
             waiter.set_result((self._status, body))
@@ -166,11 +191,16 @@ class Http1Pool:
 
     async def post(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
         """POST `body` with `headers` (Content-Length is added); return (status, body) of the answer."""
-        if self._closed:
-            raise Http1ConnectionError("client is closed")
+        self._require_open()
         request = self._request(body, headers)
         async with self._slots:
+            self._require_open()  # closed while this call waited for a slot: it is not sent
             connection = await self._checkout()
+            try:
+                self._require_open()  # closed while it connected
+            except Http1ConnectionError:
+                connection.close()
+                raise
             self._busy.add(connection)
             try:
                 answer = await connection.exchange(request)
@@ -185,6 +215,10 @@ class Http1Pool:
             else:
                 connection.close()
             return answer
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise Http1ConnectionError("client is closed")
 
     def _request(self, body: bytes, headers: Mapping[str, str]) -> bytes:
         lines = [self._head]
@@ -223,10 +257,11 @@ class Http1Pool:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Close every connection; calls in flight fail with Http1ConnectionError, later ones too."""
+    async def aclose(self, *, drain: bool = False) -> None:
+        """Close every connection; calls not yet sent fail with Http1ConnectionError, and so do calls in
+        flight, unless `drain`: then those get their answers, and their connections close after."""
         self._closed = True
-        for connection in [*self._idle, *self._busy]:
+        for connection in [*self._idle, *([] if drain else self._busy)]:
             connection.close()
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports run their connection_lost

@@ -185,8 +185,8 @@ class SyndrAccounts:
                                                          timeout_s=self._timeout_s, retries=0,
                                                          rate_budget=self.budget(record)))
         self._sessions[key] = session
-        if current is not None:
-            await current.http.aclose()
+        if current is not None:  # calls on their way with the old record still get their answers
+            await current.http.aclose(drain=True)
         return session
 
     def independent_client(self, record: VenueAccount) -> SyndrHttpClient:

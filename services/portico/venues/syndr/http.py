@@ -178,12 +178,13 @@ class SyndrHttpClient:
                         tb: TracebackType | None) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Close the connection pool; later calls raise `SyndrConnectionError`."""
+    async def aclose(self, *, drain: bool = False) -> None:
+        """Close the connection pool; later calls raise `SyndrConnectionError`. With `drain`, calls already
+        on their way still get their answers (a client replaced by a new one must not make them unknown)."""
         self._closed = True
         session, self._session = self._session, None
         if session is not None:
-            await session.aclose()
+            await session.aclose(drain=drain)
 
     def _pool(self) -> Http1Pool:
         if self._session is None:
@@ -259,7 +260,7 @@ class SyndrHttpClient:
         except orjson.JSONDecodeError:
             answer = None
         if isinstance(answer, dict) and (answer.get("error") is not None or "result" in answer):
-            if answer.get("id") not in (None, request_id):
+            if not _answers(answer, request_id, private):
                 raise SyndrProtocolError(f"{method}: response id does not match request id")
             result = parse_response(answer, raw, method=method, credentials=self._credentials)
             record_result_on_span(span, result)
@@ -269,3 +270,15 @@ class SyndrHttpClient:
         if status >= 400:
             raise SyndrHttpError(status, f"{method}: HTTP {status} from venue")
         raise SyndrProtocolError(f"{method}: response is not a JSON-RPC object (HTTP {status})")
+
+
+def _answers(answer: dict[str, Any], request_id: int, private: bool) -> bool:
+    """Whether `answer` is the answer to request `request_id`: the same integer id. JSON-RPC answers a request
+    it could not read with a null id; that is taken for a public call, but for a private one it proves
+    nothing about which request it answers, so it reads as an unusable answer (outcome unknown)."""
+    answer_id = answer.get("id")
+    if type(answer_id) is int:
+        return answer_id == request_id
+    error = answer.get("error")
+    return (answer_id is None and not private and isinstance(error, dict)
+            and error.get("code") in (ErrorCode.PARSE_ERROR, ErrorCode.INVALID_REQUEST))

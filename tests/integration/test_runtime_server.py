@@ -235,3 +235,22 @@ def test_channels_ping_by_default() -> None:
     assert KEEPALIVE_OPTIONS["grpc.keepalive_time_ms"] == 30_000
     assert KEEPALIVE_OPTIONS["grpc.http2.ping_timeout_ms"] == KEEPALIVE_OPTIONS["grpc.keepalive_timeout_ms"] == 10_000
     assert KEEPALIVE_OPTIONS["grpc.http2.max_pings_without_data"] == 0  # a quiet watch keeps being pinged
+
+
+async def test_stop_does_not_wait_forever_for_grpc_to_report_the_server_stopped(
+        tokens: tuple[dict[str, str], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC's shutdown was once seen never to finish; stop() waits the grace period plus STOP_SLACK_S, no more."""
+    from portico.runtime import server as server_module
+
+    monkeypatch.setattr(server_module, "STOP_SLACK_S", 0.3)
+    server, _ = await start({"PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": tokens[1]})
+    real_stop = server.grpc.stop  # type: ignore[attr-defined]
+
+    async def never_done(grace: float | None) -> None:
+        await real_stop(grace)
+        await asyncio.Event().wait()  # as if gRPC never reported itself done
+
+    monkeypatch.setattr(server.grpc, "stop", never_done)  # type: ignore[attr-defined]
+    started = time.monotonic()
+    await asyncio.wait_for(server.stop(0.2), 10)  # type: ignore[attr-defined]
+    assert time.monotonic() - started < 3

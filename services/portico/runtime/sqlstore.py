@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+from portico.runtime.lifecycle import cancel_and_wait
+
 if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL pool opens: SQLite-only deployments do not need it
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
@@ -502,11 +504,8 @@ class PostgresWriterLock:
                 log.debug("writer lock not taken yet", extra={"store": self._role, "error": type(exc).__name__})
 
     async def release(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        watch, self._watch = self._watch, None
+        await cancel_and_wait(watch)
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.close()  # ending the session releases the lock

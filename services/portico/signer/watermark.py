@@ -97,8 +97,10 @@ class SaltLedger:
             db.execute(_SCHEMA)
             WalCheckpointer.disable_autocheckpoint(db)
             # Rows under key ids (a ledger from before address owners): claims are checked against them too.
+            # Asked as two ranges of the primary key (';' follows ':'), not a scan of a ledger of any size.
             self._legacy = db.execute(
-                "SELECT 1 FROM salt_watermarks WHERE key_id NOT LIKE 'address:%' LIMIT 1").fetchone() is not None
+                "SELECT 1 FROM salt_watermarks WHERE key_id < 'address:' OR key_id >= 'address;' LIMIT 1"
+            ).fetchone() is not None
         except BaseException:
             self._writer.release()
             raise

@@ -5,11 +5,11 @@ The venue and the order manager are stand-ins (as in test_execution_feed.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tests.support.subscriptions import QueuedSubscription as Subscription
 from tests.support.waiting import until
 
 from portico.execution.streams import AccountFeed
@@ -59,18 +59,6 @@ class Venue:
 class Orders:
     async def on_venue_order(self, venue: str, account: str, o: dict[str, Any]) -> None:
         return None
-
-
-class Subscription:
-    def __init__(self) -> None:
-        self.events: asyncio.Queue[Any] = asyncio.Queue()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._events()
-
-    async def _events(self) -> AsyncIterator[Any]:
-        while True:
-            yield await self.events.get()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tests.support.subscriptions import QueuedSubscription as Subscription
 from tests.support.waiting import until
 
 from portico.account import positions
@@ -58,20 +59,6 @@ class Accounts:
             self.failures -= 1
             raise SyndrHttpError(503, "service unavailable")
         return SimpleNamespace(result=answer)
-
-
-class Subscription:
-    """The feed's `user.positions` subscription, fed by the test."""
-
-    def __init__(self) -> None:
-        self.events: asyncio.Queue[Any] = asyncio.Queue()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._events()
-
-    async def _events(self) -> AsyncIterator[Any]:
-        while True:
-            yield await self.events.get()
 
 
 def sizes(consumer: StreamConsumer) -> list[tuple[int, str]]:

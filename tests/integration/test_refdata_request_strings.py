@@ -11,7 +11,7 @@ import grpc
 import pytest
 from tests.support.refdata import RunningRefdata, database, running_refdata
 
-from portico.refdata.service import _query_key, encode_page_token, filter_from_proto
+from portico.refdata.service import MAX_FILTER_VALUES, _query_key, encode_page_token, filter_from_proto
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as pb
 from portico.runtime.client import open_channel
@@ -66,3 +66,39 @@ async def test_deeply_nested_or_huge_page_tokens_are_invalid_argument(refdata: R
             code, details = await refused(stub.ListInstruments(
                 pb.ListInstrumentsRequest(venue="syndr", page_token=token), metadata=md, timeout=10))
             assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in details, (code, details)
+
+
+async def test_a_page_token_whose_cursor_is_not_unicode_text_is_invalid_argument(refdata: RunningRefdata) -> None:
+    """JSON can spell a lone surrogate (`"\\ud800"`), which no database driver can encode: that was INTERNAL."""
+    query = _query_key("syndr", filter_from_proto(instrument_pb2.InstrumentFilter()))
+    async with open_channel(refdata.target) as channel:
+        stub, md = refdata.stub(channel), refdata.metadata("read")
+        for cursor in ("\ud800", "ETH-\udfff-PERP"):
+            code, details = await refused(stub.ListInstruments(pb.ListInstrumentsRequest(
+                venue="syndr", page_token=encode_page_token(cursor, query)), metadata=md, timeout=10))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in details, (cursor, code, details)
+        await stub.ListInstruments(pb.ListInstrumentsRequest(  # an ordinary cursor still works
+            venue="syndr", page_token=encode_page_token("ETH-PERP", query)), metadata=md, timeout=10)
+
+
+async def test_a_filter_with_more_values_than_a_database_takes_is_invalid_argument(refdata: RunningRefdata) -> None:
+    """SQLite binds at most 250,000 parameters: more values in one list were INTERNAL there (and fine on
+    PostgreSQL). Both now refuse a list longer than the service's bound, naming it, and stay up."""
+    too_many, past_sqlite = MAX_FILTER_VALUES + 1, 250_001
+    async with open_channel(refdata.target) as channel:
+        stub, md = refdata.stub(channel), refdata.metadata("read")
+        for field, flt in (
+            ("filter.base_currencies", instrument_pb2.InstrumentFilter(
+                base_currencies=[f"C{i}" for i in range(past_sqlite)])),
+            ("filter.quote_currencies", instrument_pb2.InstrumentFilter(quote_currencies=["USD"] * too_many)),
+            ("filter.types", instrument_pb2.InstrumentFilter(
+                types=[instrument_pb2.INSTRUMENT_TYPE_OPTION] * past_sqlite)),
+            ("filter.contract_types", instrument_pb2.InstrumentFilter(
+                contract_types=[instrument_pb2.CONTRACT_TYPE_CALL_OPTION] * too_many)),
+        ):
+            code, details = await refused(stub.ListInstruments(pb.ListInstrumentsRequest(venue="syndr", filter=flt),
+                                                               metadata=md, timeout=30))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details, (field, code, details)
+        at_the_bound = instrument_pb2.InstrumentFilter(base_currencies=[f"C{i}" for i in range(MAX_FILTER_VALUES)])
+        await stub.ListInstruments(pb.ListInstrumentsRequest(venue="syndr", filter=at_the_bound), metadata=md,
+                                   timeout=10)

@@ -42,6 +42,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_TEXT_CHARS = 256  # a symbol, a currency: far longer than any venue's
 MAX_PAGE_TOKEN_CHARS = 2048  # what we issue is a few hundred characters at most
+MAX_FILTER_VALUES = 1000  # per filter list: far more than a venue's currencies (SQLite binds at most 250,000)
 
 
 def check_text(field: str, value: str) -> str:
@@ -121,7 +122,11 @@ def to_proto(record: InstrumentRecord) -> instrument_pb2.Instrument:
 
 
 def filter_from_proto(message: instrument_pb2.InstrumentFilter) -> InstrumentFilter:
-    """The request's filter, with unspecified enum values and unstorable strings refused."""
+    """The request's filter, with unspecified enum values, unstorable strings and overlong lists refused."""
+    for name, values in (("base_currencies", message.base_currencies), ("quote_currencies", message.quote_currencies),
+                         ("types", message.types), ("contract_types", message.contract_types)):
+        if len(values) > MAX_FILTER_VALUES:
+            raise InvalidArgument(f"filter.{name}", f"must have at most {MAX_FILTER_VALUES} values")
     for name, currencies in (("base_currencies", message.base_currencies),
                              ("quote_currencies", message.quote_currencies)):
         for i, currency in enumerate(currencies):
@@ -167,9 +172,18 @@ def decode_page_token(token: str, query: str) -> str | None:
         raise InvalidArgument("page_token", "is not a token this service issued") from None
     if token_query != query or not isinstance(after, str):
         raise InvalidArgument("page_token", "belongs to a different venue or filter")
-    if "\x00" in after or len(after) > MAX_TEXT_CHARS:
+    if "\x00" in after or len(after) > MAX_TEXT_CHARS or not _is_unicode_text(after):
         raise InvalidArgument("page_token", "is not a token this service issued")
     return after
+
+
+def _is_unicode_text(value: str) -> bool:
+    """False for a string with a lone surrogate: JSON can spell one ("\\ud800"), no database driver stores it."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ReferenceDataServicer(reference_data_service_pb2_grpc.ReferenceDataServiceServicer):

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
@@ -86,6 +87,8 @@ __all__ = [
     "SyncOutcome",
     "open_store",
 ]
+
+log = logging.getLogger("portico.refdata.store")
 
 EventKind = Literal["added", "updated", "deactivated"]
 
@@ -556,11 +559,16 @@ class PostgresInstrumentStore(InstrumentStore):
                         f"ON CONFLICT (venue, symbol) DO UPDATE SET {_UPSERT_SET}",
                         plan.rows)
         if _worth_analyzing(plan.outcome):  # after COMMIT: the venue's lock is not held for it
-            async with self._started().connection() as conn:
-                changed = plan.outcome.added + plan.outcome.deactivated
-                if _stats_stale(changed, await pg_scalar(conn, "SELECT COUNT(*) FROM instruments")):
-                    await conn.execute("ANALYZE instruments")  # a table we do not own: a warning, not an error
+            try:
+                await self._analyze(plan.outcome.added + plan.outcome.deactivated)
+            except Exception as exc:  # committed: the sync happened and is reported; autovacuum analyzes later
+                log.warning("statistics refresh after a sync failed", extra={"venue": venue, "error": repr(exc)})
         return plan.outcome
+
+    async def _analyze(self, changed: int) -> None:
+        async with self._started().connection() as conn:
+            if _stats_stale(changed, await pg_scalar(conn, "SELECT COUNT(*) FROM instruments")):
+                await conn.execute("ANALYZE instruments")  # a table we do not own: a warning, not an error
 
     @staticmethod
     def _plan(rows: Iterable[tuple[Any, ...]], records: Sequence[InstrumentRecord], full: bool,

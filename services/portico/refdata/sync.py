@@ -1,12 +1,16 @@
 """Syncing a venue's instruments into the store, and telling watchers what changed.
 
 A sync fetches the venue's whole list (Syndr's `public/get_instruments` with
-`kind=any` lists only active instruments), normalises it, and hands it to the
-store, which diffs and writes in one transaction. Syncs of one venue are
-serialised, fetch included, in this process by a lock and across processes by
-the store, so concurrent requests neither corrupt nor double-count nor commit
-an older listing over a newer one: the second one fetches after the first one
-committed and reports what is left to change (usually nothing).
+`kind=any` lists only active instruments; one it marks `is_active: false`
+counts as not listed), normalises it, and hands it to the store, which diffs
+and writes in one transaction, then publishes the events to watchers. Once the
+write has started, a cancelled caller (deadline, disconnect) does not stop it
+or its publication: the database and the watchers never disagree. Syncs of
+one venue are serialised, fetch included, in this process by a lock and across
+processes by the store, so concurrent requests neither corrupt nor
+double-count nor commit an older listing over a newer one: the second one
+fetches after the first one committed and reports what is left to change
+(usually nothing).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ VenueSource = Callable[[], Awaitable[list[InstrumentRecord]]]
 
 
 class SyndrInstrumentSource:
-    """Every instrument Syndr lists, normalised."""
+    """Every instrument Syndr lists as active, normalised."""
 
     def __init__(self, client: SyndrHttpClient):
         self._client = client
@@ -45,6 +49,8 @@ class SyndrInstrumentSource:
             raise to_portico_error(exc) from None
         records = []
         for name, instrument in listed.items():
+            if not instrument.is_active:  # listed but not tradable: as good as not listed (a full sync deactivates)
+                continue
             try:
                 records.append(normalize_syndr(instrument))
             except ValueError as exc:  # a name we cannot read: skip it rather than fail the whole sync
@@ -173,11 +179,31 @@ class InstrumentSyncer:
                     raise InvalidArgument("symbols", f"{canonical} does not list {', '.join(unknown)}",
                                           reason="UNKNOWN_SYMBOL", metadata={"symbols": ",".join(unknown)})
                 records = [by_symbol[s] for s in dict.fromkeys(symbols)]
-            outcome = await self._store.sync_venue(canonical, records, full=full, now_ms=self._now_ms())
-        self._hub.publish(canonical, outcome.events)
+            outcome = await self._write(canonical, records, full)
         log.info("synced", extra={"venue": canonical, "synced": outcome.synced, "added": outcome.added,
                                   "updated": outcome.updated, "deactivated": outcome.deactivated, "full": full})
         return canonical, outcome
+
+    async def _write(self, venue: str, records: Sequence[InstrumentRecord], full: bool) -> SyncOutcome:
+        """Store the listing and publish what changed, to the end even if the caller is cancelled meanwhile.
+
+        Once the write has started it may commit whatever happens to the caller (SQLite's runs on the store's
+        thread), and a commit whose events were never published would leave watchers (market data, execution)
+        on the old terms. So a cancellation waits for the write and its publication, under the venue's locks
+        (the next sync still commits after this one), and is raised afterwards.
+        """
+        write = asyncio.ensure_future(self._store.sync_venue(venue, records, full=full, now_ms=self._now_ms()))
+        cancelled = False
+        while not write.done():
+            try:
+                await asyncio.wait((write,))
+            except asyncio.CancelledError:
+                cancelled = True
+        if write.exception() is None:
+            self._hub.publish(venue, write.result().events)
+        if cancelled:
+            raise asyncio.CancelledError
+        return write.result()
 
     async def sync_all(self) -> None:
         """Sync every venue; one venue failing does not stop the others."""

@@ -1,0 +1,195 @@
+"""Syncs that go wrong part-way: what the database holds and what watchers are told must agree.
+
+- A caller that goes away (its deadline, a disconnect) while the sync's write is under way: the write runs to
+  its end and its events still reach the watchers (SQLite cannot stop a statement running on its thread, and a
+  commit that nobody published would leave market data and execution on the old tick size).
+- PostgreSQL's statistics refresh after a big sync failing (a lock timeout behind autovacuum, a dropped
+  connection): the sync has committed, so it is reported and published, not turned into an error.
+- The venue listing an instrument with `is_active: false`: it is not tradable, so it is not active here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tests.support.postgres import fresh_database, postgres_reachable
+from tests.support.refdata import RunningRefdata, database, running_refdata
+from tests.support.syndr_stub import SyndrStub
+
+from portico.refdata.model import InstrumentRecord
+from portico.refdata.store import PostgresInstrumentStore
+from portico.refdata.v1 import reference_data_service_pb2 as pb
+from portico.runtime.client import open_channel
+from portico.sim.server import SimConfig, Simulator
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@contextlib.contextmanager
+def writes_blocked(db_env: dict[str, str]) -> Iterator[None]:
+    """Hold the lock a sync's write transaction needs (SQLite's writer lock, or the venue's PostgreSQL
+    transaction lock), from another connection, until the block ends."""
+    if "PORTICO_REFDATA_DB" in db_env:
+        db = sqlite3.connect(db_env["PORTICO_REFDATA_DB"], isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+        return
+    import psycopg
+
+    with psycopg.connect(db_env["PORTICO_REFDATA_DSN"]) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("syndr",))
+        yield
+
+
+async def test_a_sync_whose_caller_went_away_still_tells_the_watchers(backend: str, tmp_path: Path) -> None:
+    async with Simulator(SimConfig(port=0, market_maker=False)) as sim:
+        with database(backend, tmp_path) as db_env:
+            async with running_refdata(sim.http_url, db_env) as refdata, open_channel(refdata.target) as channel:
+                stub = refdata.stub(channel)
+                await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata(),
+                                           timeout=30)
+                watch = stub.WatchInstruments(pb.WatchInstrumentsRequest(venue="syndr"),
+                                              metadata=refdata.metadata("read"))
+                await asyncio.wait_for(watch.initial_metadata(), 10)
+                sim.update_instrument("ETH-PERP", tick_size="0.5")
+
+                with writes_blocked(db_env):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr", symbols=["ETH-PERP"]),
+                                                   metadata=refdata.metadata(), timeout=1)
+                    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                    await asyncio.sleep(0.3)  # the server has cancelled the call by now
+
+                # The write that was waiting for the lock goes through, and the watcher hears of it.
+                message = await asyncio.wait_for(watch.read(), 10)
+                watch.cancel()
+                assert [(e.type, e.instrument.symbol, e.instrument.price_increment) for e in message.events] == [
+                    (pb.INSTRUMENT_EVENT_TYPE_UPDATED, "ETH-PERP", "0.5")]
+                stored = await stub.GetInstrument(pb.GetInstrumentRequest(venue="syndr", symbol="ETH-PERP"),
+                                                  metadata=refdata.metadata("read"), timeout=10)
+                assert stored.instrument.price_increment == "0.5"
+                assert [c.price_increment for c in stored.instrument.changes] == ["0.1"]  # recorded once
+                again = await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"),
+                                                   metadata=refdata.metadata(), timeout=30)
+                assert (again.added, again.updated, again.deactivated) == (0, 0, 0)
+
+
+def _record(i: int) -> InstrumentRecord:
+    symbol = f"ETH-{i + 1}JAN27"
+    return InstrumentRecord(venue="syndr", symbol=symbol, dataset_id=symbol, base_currency="ETH",
+                            quote_currency="USD", type="future", active=True, available_since=0,
+                            price_increment=Decimal("0.1"), amount_increment=Decimal("0.001"),
+                            min_trade_amount=Decimal("0.001"), maker_fee=Decimal(0), taker_fee=Decimal(0),
+                            contract_type="linear_future", contract_multiplier=Decimal(1))
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    if not postgres_reachable():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    with fresh_database() as dsn:
+        yield dsn
+
+
+async def test_a_committed_sync_is_reported_even_if_the_statistics_refresh_after_it_fails(pg_dsn: str) -> None:
+    import psycopg
+
+    # An operator's lock_timeout, and something (autovacuum, a manual VACUUM) holding the lock ANALYZE needs.
+    async with PostgresInstrumentStore(pg_dsn + "?options=-c%20lock_timeout%3D200") as store:
+        with psycopg.connect(pg_dsn) as other, other.transaction():
+            other.execute("LOCK TABLE instruments IN SHARE UPDATE EXCLUSIVE MODE")  # does not block writes
+            outcome = await store.sync_venue("syndr", [_record(i) for i in range(60)], full=True, now_ms=1_000)
+        assert (outcome.added, outcome.updated, outcome.deactivated, len(outcome.events)) == (60, 0, 0, 60)
+        assert await store.count("syndr") == 60
+
+
+def _wire(name: str, ident: int, **overrides: Any) -> dict[str, Any]:
+    return {"base_currency": "ETH", "contract_size": "0.001", "id": ident, "is_active": True, "kind": "perpetual",
+            "maker_commission": "-0.000025", "max_leverage": "50", "max_liquidation_commission": "5",
+            "min_trade_amount": "0.001", "name": name, "price_index": "ETHUSD", "quote_currency": "USD",
+            "settlement_period": "perpetual", "taker_commission": "0.00025", "tick_size": "0.1",
+            "underlying_name": "ETHUSD", **overrides}
+
+
+@pytest.fixture
+async def stub_refdata(tmp_path: Path) -> AsyncIterator[tuple[SyndrStub, RunningRefdata, grpc.aio.Channel]]:
+    async with SyndrStub() as venue:
+        with database("sqlite", tmp_path) as db_env:
+            async with running_refdata(venue.http_url, db_env) as refdata, open_channel(refdata.target) as channel:
+                yield venue, refdata, channel
+
+
+async def test_an_instrument_the_venue_marks_inactive_is_not_active_here(
+        stub_refdata: tuple[SyndrStub, RunningRefdata, grpc.aio.Channel]) -> None:
+    venue, refdata, channel = stub_refdata
+    stub = refdata.stub(channel)
+
+    async def sync(*symbols: str) -> pb.SyncInstrumentsResponse:
+        reply: pb.SyncInstrumentsResponse = await stub.SyncInstruments(
+            pb.SyncInstrumentsRequest(venue="syndr", symbols=symbols), metadata=refdata.metadata(), timeout=10)
+        return reply
+
+    async def active(symbol: str) -> bool:
+        reply = await stub.GetInstrument(pb.GetInstrumentRequest(venue="syndr", symbol=symbol),
+                                         metadata=refdata.metadata("read"), timeout=10)
+        return bool(reply.instrument.active)
+
+    venue.results["public/get_instruments"] = {"ETH-PERP": _wire("ETH-PERP", 3), "BTC-PERP": _wire("BTC-PERP", 4)}
+    first = await sync()
+    assert (first.added, first.deactivated) == (2, 0)
+
+    venue.results["public/get_instruments"] = {"ETH-PERP": _wire("ETH-PERP", 3),
+                                               "BTC-PERP": _wire("BTC-PERP", 4, is_active=False)}
+    second = await sync()
+    assert (second.synced, second.added, second.updated, second.deactivated) == (1, 0, 0, 1)
+    assert await active("ETH-PERP") and not await active("BTC-PERP")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # a sync of just that one says the venue does not list it
+        await sync("BTC-PERP")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "BTC-PERP" in (caught.value.details() or "")
+    # Never seen active: never added.
+    venue.results["public/get_instruments"]["SOL-PERP"] = _wire("SOL-PERP", 5, is_active=False)
+    assert (await sync()).added == 0
+
+    venue.results["public/get_instruments"] = {"ETH-PERP": _wire("ETH-PERP", 3), "BTC-PERP": _wire("BTC-PERP", 4)}
+    assert (await sync()).updated == 1  # active again
+    assert await active("BTC-PERP")
+
+
+async def test_tick_sizes_sent_as_json_numbers_are_exact_decimals(
+        stub_refdata: tuple[SyndrStub, RunningRefdata, grpc.aio.Channel]) -> None:
+    """The document types them as strings; a venue sending numbers (1e-05 from a float) must not change them."""
+    venue, refdata, channel = stub_refdata
+    stub = refdata.stub(channel)
+    venue.results["public/get_instruments"] = {
+        "ETH-PERP": _wire("ETH-PERP", 3, tick_size=1e-05, contract_size=0.001, min_trade_amount="1E-3"),
+        "ETH-27DEC26-2400.5-C": _wire("ETH-27DEC26-2400.5-C", 6, kind="option", tick_size=5, contract_size="0.010"),
+    }
+    await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata(), timeout=10)
+    perp = (await stub.GetInstrument(pb.GetInstrumentRequest(venue="syndr", symbol="ETH-PERP"),
+                                     metadata=refdata.metadata("read"), timeout=10)).instrument
+    assert (perp.price_increment, perp.amount_increment, perp.min_trade_amount) == ("0.00001", "0.001", "0.001")
+    option = (await stub.GetInstrument(pb.GetInstrumentRequest(venue="syndr", symbol="ETH-27DEC26-2400.5-C"),
+                                       metadata=refdata.metadata("read"), timeout=10)).instrument
+    assert (option.price_increment, option.amount_increment, option.strike_price) == ("5", "0.01", "2400.5")
+    assert option.expiry.ToJsonString() == "2026-12-27T08:00:00Z"
+    # The same values spelled differently (a string now) are no change.
+    venue.results["public/get_instruments"]["ETH-PERP"] = _wire("ETH-PERP", 3, tick_size="0.000010",
+                                                                contract_size="0.001", min_trade_amount="0.001")
+    again = await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata(),
+                                       timeout=10)
+    assert (again.added, again.updated, again.deactivated) == (0, 0, 0)

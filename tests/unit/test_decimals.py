@@ -43,3 +43,12 @@ def test_optional_and_format() -> None:
     assert format_decimal(Decimal("0.00000001")) == "0.00000001"
     with pytest.raises(ValueError):
         format_decimal(Decimal("NaN"))
+
+
+@pytest.mark.parametrize("text", ["123456789.1234567890123456789012",  # 31 significant digits
+                                  "115792089237316195423570985008687907853269984665640564039457.584007913129639935",
+                                  "-0.00000000000000000000000000000000001"])
+def test_format_keeps_every_digit(text: str) -> None:
+    # Decimal.normalize() rounds to the context's 28 digits: a long price or balance came out changed.
+    assert format_decimal(Decimal(text)) == text
+    assert format_decimal(Decimal(text + "000")) == text

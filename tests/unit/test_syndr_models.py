@@ -619,3 +619,20 @@ def test_malformed_envelopes(frame: bytes, message: str) -> None:
 def test_malformed_notifications(frame: bytes, message: str) -> None:
     with pytest.raises(SyndrProtocolError, match=message):
         m.parse_notification(frame)
+
+
+@pytest.mark.parametrize("value", ["1e999999", "1E-999999", "0e999999", "1" * 101, 10 ** 101, 1e300, 5e-324])
+def test_decimals_out_of_any_plausible_range_are_protocol_errors(value: object) -> None:
+    # "1e999999" is a valid JSON number; printed as a plain decimal (format_decimal) it is a megabyte.
+    with pytest.raises(SyndrProtocolError, match=r"'bids\[0\]\[0\]' is not a decimal number in range") as caught:
+        m.parse_order_book({"instrument_name": "ETH-PERP", "timestamp": 1, "change_id": 1,
+                            "bids": [[value, "1"]], "asks": []})
+    assert len(str(caught.value)) < 200
+
+
+def test_decimals_at_the_edge_of_the_range_are_exact() -> None:
+    wei = "115792089237316195423570985008687907853269984665640564039457.584007913129639935"
+    book = m.parse_order_book({"instrument_name": "ETH-PERP", "timestamp": 1, "change_id": 1,
+                               "bids": [[wei, "1e-18"]], "asks": [[1e20, 12345678901234567890]]})
+    assert book.bids == ((Decimal(wei), Decimal("1e-18")),)
+    assert book.asks == ((Decimal("1e20"), Decimal(12345678901234567890)),)

@@ -8,7 +8,7 @@ length, so that what a venue or caller sent is exactly what is used.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from portico.runtime.errors import InvalidArgument
 
@@ -47,5 +47,6 @@ def format_decimal(value: Decimal) -> str:
         raise ValueError("cannot format a non-finite decimal")
     if value == 0:
         return "0"
-    text = format(value.normalize(), "f")
-    return text
+    # normalize() rounds to its context's precision (28 digits by default): give it one holding every digit.
+    exact = Context(prec=max(1, len(value.as_tuple().digits)))
+    return format(value.normalize(exact), "f")

@@ -190,21 +190,38 @@ def _required(obj: Mapping[str, Any], where: str, *keys: str) -> tuple[str, Any]
 
 
 _DECIMAL_TEXT: Final = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+# Bounds on a venue's number: far beyond any price, amount or balance (an 18-decimal fixed-point uint256 has
+# 78 digits), far short of what would exhaust memory once printed in plain form ("1e999999" is a valid
+# JSON number; as a plain decimal string it is a megabyte).
+_MAX_DECIMAL_CHARS: Final = 100
+_MAX_DECIMAL_EXPONENT: Final = 100
+
+
+def _preview(value: Any) -> str:
+    """A bounded picture of an unreadable value, for an error message."""
+    if type(value) is int:
+        return f"an integer of {value.bit_length()} bits"  # repr() refuses ints of more than 4,300 digits
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def _to_decimal(value: Any, where: str, key: str) -> Decimal:
     kind = type(value)
+    number: Decimal | None = None
     if kind is str:
-        if _DECIMAL_TEXT.fullmatch(value):
-            return Decimal(value)
+        if len(value) <= _MAX_DECIMAL_CHARS and _DECIMAL_TEXT.fullmatch(value):
+            number = Decimal(value)
     elif kind is Decimal:
         if value.is_finite():
-            return value  # type: ignore[no-any-return]
+            number = value
     elif kind is int:
-        return Decimal(value)
+        if -(10 ** _MAX_DECIMAL_EXPONENT) < value < 10 ** _MAX_DECIMAL_EXPONENT:
+            return Decimal(value)
     elif kind is float and math.isfinite(value):
-        return Decimal(repr(value))  # orjson-decoded: the shortest spelling that round-trips
-    _protocol(where, f"field {key!r} is not a decimal number: {value!r}")
+        number = Decimal(repr(value))  # orjson-decoded: the shortest spelling that round-trips
+    if number is not None and abs(number.as_tuple().exponent) <= _MAX_DECIMAL_EXPONENT:  # type: ignore[arg-type]
+        return number
+    _protocol(where, f"field {key!r} is not a decimal number in range: {_preview(value)}")
 
 
 def _dec(obj: Mapping[str, Any], where: str, *keys: str) -> Decimal:

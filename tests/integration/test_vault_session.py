@@ -608,3 +608,158 @@ def test_settings_validate_on_construction() -> None:
         VaultSettings(addr="http://v", token="t", renew_fraction=1.5)
     custom = VaultSettings.from_env({"SIGNER_VAULT_ADDR": "http://v", "SIGNER_VAULT_TOKEN": "t"}, "SIGNER_VAULT_")
     assert custom.addr == "http://v"
+
+
+# --------------------------------------------------------------------------- review regressions
+
+
+async def test_callers_waiting_on_a_hung_login_share_its_verdict(bao: OpenBaoDevServer) -> None:
+    """Vault hanging: requests queued behind a login that times out fail with it, not one timeout each."""
+    async with TcpProxy("127.0.0.1", bao.port) as proxy:
+        settings = approle(bao, f"http://{proxy.addr}", timeout_s=1.0)
+        proxy.stall()
+        vault = VaultSession(settings, backoff_initial_s=30)  # the background task tries once, then sleeps
+        try:
+            await vault.start()  # times out; the background task starts its own attempt at once
+            assert not vault.authenticated
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(vault.read_kv("app/x") for _ in range(6)), return_exceptions=True)
+            elapsed = time.monotonic() - started
+            assert all(isinstance(o, VaultUnavailable) for o in outcomes), outcomes
+            # They arrived while the background task's login hung: its timeout is their answer.
+            assert elapsed < 1.5 * settings.timeout_s, f"callers waited {elapsed:.1f}s, for a second login"
+        finally:
+            proxy.resume()
+            await vault.aclose()
+
+
+async def test_a_cancelled_login_hands_no_stale_error_to_the_callers_behind_it(
+    bao: OpenBaoDevServer, prefix: str
+) -> None:
+    """A caller giving up mid-login leaves no verdict: the next one logs in rather than repeating an old failure."""
+    await bao_write(bao, f"{prefix}/s", {"v": "1"})
+    async with TcpProxy("127.0.0.1", bao.port) as proxy:
+        settings = approle(bao, f"http://{proxy.addr}", timeout_s=2.0)
+        await proxy.block()
+        vault = VaultSession(settings, backoff_initial_s=60)
+        try:
+            await vault.start()  # fails fast: an old "unreachable" verdict is now on record
+            await wait_until(lambda: vault._logins_finished >= 2, 5, "the background login attempt")
+            await proxy.unblock()
+            proxy.stall()
+            first = asyncio.create_task(vault.read_kv(f"{prefix}/s"))
+            await asyncio.sleep(0.2)  # `first` is logging in, on a stalled connection
+            second = asyncio.create_task(vault.read_kv(f"{prefix}/s"))
+            await asyncio.sleep(0.2)  # `second` waits for that login
+            first.cancel()
+            proxy.resume()
+            async with asyncio.timeout(5):
+                assert await second == {"v": "1"}
+        finally:
+            await vault.aclose()
+
+
+async def test_aclose_fails_queued_calls_with_a_vault_error_not_a_cancellation(
+    bao: OpenBaoDevServer, prefix: str
+) -> None:
+    await bao_write(bao, f"{prefix}/s", {"v": "1"})
+    async with TcpProxy("127.0.0.1", bao.port) as proxy:
+        vault = VaultSession(approle(bao, f"http://{proxy.addr}", timeout_s=1.0), max_workers=1)
+        await vault.start()
+        proxy.stall()
+        running = asyncio.create_task(vault.read_kv(f"{prefix}/s"))  # holds the only pool thread
+        await asyncio.sleep(0.1)
+        queued = asyncio.create_task(vault.read_kv(f"{prefix}/s"))  # waits for that thread
+        await asyncio.sleep(0.1)
+        await vault.aclose()
+        outcomes = await asyncio.gather(running, queued, return_exceptions=True)
+        proxy.resume()
+    assert all(isinstance(o, VaultError) for o in outcomes), outcomes
+    assert "closed" in str(outcomes[1])
+
+
+async def test_a_transient_renewal_failure_does_not_stop_renewing_a_static_token(
+    bao: OpenBaoDevServer, prefix: str, vault_log: pytest.LogCaptureFixture
+) -> None:
+    """A 429 (rate limit) on renew-self is an outage to wait out, not Vault refusing to extend the token."""
+    root = bao.client()
+    token = root.auth.token.create(policies=["portico-app"], ttl="4s", renewable=True)["auth"]["client_token"]
+    root.secrets.kv.v2.create_or_update_secret(f"{prefix}/s", {"v": "1"})
+    quota = f"renew-{uuid.uuid4().hex[:8]}"
+    settings = VaultSettings(addr=bao.addr, token=token)
+    vault = VaultSession(settings, backoff_initial_s=0.05, backoff_max_s=0.2)
+    try:
+        async with vault:
+            root.write_data(f"sys/quotas/rate-limit/{quota}",
+                            data={"path": "auth/token/renew-self", "rate": 1, "interval": "1h"})
+            spare = root.auth.token.create(policies=["default"], ttl="60s")["auth"]["client_token"]
+            bao.client(spare).auth.token.renew_self()  # uses up the quota: the session's renewals get 429
+            await wait_until(
+                lambda: events(vault_log, "renew_refused") or events(vault_log, "maintenance_failed"),
+                5, "a renewal answered with 429")
+            root.delete(f"sys/quotas/rate-limit/{quota}")
+            quota = ""
+            await read_for(vault, f"{prefix}/s", 4.0)  # past the token's 4 s TTL
+            assert vault.authenticated
+    finally:
+        if quota:
+            root.delete(f"sys/quotas/rate-limit/{quota}")
+    assert len(events(vault_log, "renew")) >= 2
+
+
+async def test_an_unusable_ca_bundle_is_a_clear_vault_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    settings = VaultSettings(addr=f"https://127.0.0.1:{free_port()}", token="s.not-a-real-token-0000",
+                             ca_cert=str(missing))
+    vault = VaultSession(settings)
+    try:
+        with pytest.raises(VaultError) as err:
+            await vault.start()
+        assert not isinstance(err.value, VaultUnavailable)  # a configuration problem, not an outage
+        assert "CA" in str(err.value) and "not-a-real-token" not in str(err.value)
+        with pytest.raises(VaultError):
+            await vault.read_kv("app/x")
+    finally:
+        await vault.aclose()
+
+
+async def test_a_configured_secret_id_stays_redacted_after_many_logins(bao: OpenBaoDevServer) -> None:
+    role = f"r-{uuid.uuid4().hex[:8]}"
+    mount = f"approle-{role}"
+    role_id, secret_id = bao.enable_approle(role, ["portico-app"], "60s", "600s", 0, mount=mount)
+    settings = VaultSettings(addr=bao.addr, auth_method="approle", approle_role_id=role_id,
+                             approle_secret_id=secret_id, approle_mount=mount)
+    async with VaultSession(settings) as vault:
+        for _ in range(10):  # each revocation costs a re-login, and so one more token to redact
+            bao.revoke_logins(mount)
+            with pytest.raises(VaultNotFound):
+                await vault.read_kv("app/none")
+        # White-box: what every error text from Vault goes through.
+        assert secret_id not in vault._scrub(f"invalid secret_id {secret_id}")
+
+
+async def test_calls_queued_behind_a_hung_vault_time_out_too(bao: OpenBaoDevServer, prefix: str) -> None:
+    """More calls than pool threads while Vault hangs: the ones waiting for a thread do not wait a timeout each."""
+    await bao_write(bao, f"{prefix}/s", {"v": "1"})
+    async with TcpProxy("127.0.0.1", bao.port) as proxy:
+        settings = approle(bao, f"http://{proxy.addr}", timeout_s=1.0)
+        async with VaultSession(settings, max_workers=2) as vault:
+            proxy.stall()
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(vault.read_kv(f"{prefix}/s") for _ in range(8)),
+                                            return_exceptions=True)
+            elapsed = time.monotonic() - started
+            assert all(isinstance(o, VaultUnavailable) for o in outcomes), outcomes
+            assert elapsed < 2.5 * settings.timeout_s, f"the last call waited {elapsed:.1f}s"
+            proxy.resume()
+            async with asyncio.timeout(3 * settings.timeout_s):  # the pool drains: Vault is usable again
+                while True:
+                    try:
+                        assert await vault.read_kv(f"{prefix}/s") == {"v": "1"}
+                        break
+                    except VaultUnavailable:
+                        await asyncio.sleep(0.1)
+
+
+async def bao_write(bao: OpenBaoDevServer, path: str, data: Mapping[str, Any]) -> None:
+    await asyncio.to_thread(bao.client().secrets.kv.v2.create_or_update_secret, path, dict(data))

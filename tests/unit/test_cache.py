@@ -214,3 +214,35 @@ async def test_put_starts_a_values_age_and_aclose_stops_running_loads() -> None:
     assert source.loads == 1
     await cache.aclose()  # returns although the reload can never finish
     assert len(cache) == 1
+
+
+async def test_a_reload_running_when_a_value_is_put_does_not_overwrite_it() -> None:
+    """The reload read the source before the write: keeping its answer would bring back the old value."""
+    source, clock = Source(), Clock()
+    cache = make(source, clock)
+    await cache.get("a")
+    source.gate = asyncio.Event()
+    clock.now += 21
+    assert await cache.get("a") == "a-v1"  # starts a background reload, which reads the old value
+    await settle()
+    cache.put("a", "written")  # meanwhile the caller wrote a new value to the source
+    source.gate.set()
+    await settle()
+    assert await cache.get("a") == "written"
+    await cache.aclose()
+
+
+@pytest.mark.parametrize("steps", range(4))
+async def test_aclose_does_not_raise_the_error_of_a_load_that_just_failed(steps: int) -> None:
+    """Shutdown must go on (closing what comes after the cache), whenever a failed load's callbacks run."""
+    source, clock = Source(), Clock()
+    source.gate, source.fail = asyncio.Event(), Down()
+    cache = make(source, clock)
+    caller = asyncio.ensure_future(cache.get("a"))
+    await settle()
+    source.gate.set()
+    for _ in range(steps):  # one of these lands between the load failing and its done-callbacks
+        await asyncio.sleep(0)
+    await cache.aclose()
+    with pytest.raises((Down, asyncio.CancelledError)):
+        await caller

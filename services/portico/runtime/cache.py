@@ -13,8 +13,9 @@ however many callers wait.
 A background reload that fails with one of `drop_on` (the thing no longer
 exists, say) drops the value, so the next caller sees that error itself; any
 other failure keeps the value until its `max_age_s` and tries again after
-`retry_s`. `forget` and `clear` invalidate: a load that was running then is
-neither cached nor joined by later callers, who start a load of their own.
+`retry_s`. `forget`, `clear` and `put` invalidate: a load that was running
+then is neither cached nor joined by later callers, who start a load of their
+own (after `put`, that load may have read the value the write replaced).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class RefreshingCache(Generic[K, V]):
         return await self._load_once(key)
 
     def put(self, key: K, value: V) -> None:
-        """A value the caller just wrote to the source: its age starts now."""
+        """A value the caller just wrote to the source: its age starts now, and no load begun before replaces it."""
+        self._generation += 1
         self._entries[key] = _Entry(value, self._clock())
 
     def forget(self, key: K) -> None:
@@ -91,7 +93,8 @@ class RefreshingCache(Generic[K, V]):
     async def aclose(self) -> None:
         """Stop the loads still running (at shutdown)."""
         for task in [*self._tasks, *self._refreshing.values()]:
-            await cancel_and_wait(task)
+            if not task.done():  # one that just failed is not ours to raise (its callers have the error)
+                await cancel_and_wait(task)
 
     async def _load_once(self, key: K) -> V:
         """Load `key` once for every concurrent caller, in a task of its own (a caller giving up does not

@@ -352,6 +352,15 @@ def _quote(path: str) -> str:
     return urllib.parse.quote(path, safe="/")
 
 
+def _renewal_refused(exc: VaultUnavailable) -> bool:
+    """Whether a 5xx to renew-self means "never" (a 500 "past the max TTL") rather than "not now".
+
+    Taking a rate limit (429) or an overloaded standby (503) for a refusal would mark a
+    static token as capped, and it would then be left to expire although it can be renewed.
+    """
+    return exc.status == 500 and "max ttl" in str(exc).lower()
+
+
 def _as_float(value: Any) -> float:
     try:
         return float(value or 0)
@@ -386,16 +395,15 @@ class VaultSession:
         self._adapters_lock = threading.Lock()
         self._state: _TokenState | None = None
         self._generation = 0
-        self._login_attempts = 0
+        self._logins_finished = 0
         self._last_login_error: VaultError | None = None
         self._auth_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        # Everything we must never echo: configured secrets plus recent tokens/JWTs.
+        # Everything we must never echo: configured secrets (kept for good) plus recent tokens/JWTs.
+        self._configured_secrets = tuple(s for s in (settings.token, settings.approle_secret_id) if s)
         self._secrets: deque[str] = deque(maxlen=8)
-        for secret in (settings.token, settings.approle_secret_id):
-            self._remember_secret(secret)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -641,10 +649,25 @@ class VaultSession:
         if self._closed:
             raise VaultError(f"vault {op}: session is closed", operation=op, path=path)
         loop = asyncio.get_running_loop()
+        # requests bounds the connect and each read; this bounds the wait for a pool thread too, which
+        # a hung Vault keeps busy: without it, each call queued behind the hung ones waits a timeout more.
+        deadline_s = 2 * self._settings.timeout_s
         try:
-            resp = await loop.run_in_executor(
-                self._executor, self._http_blocking, method, url, token, payload, params
-            )
+            async with asyncio.timeout(deadline_s):
+                resp = await loop.run_in_executor(
+                    self._executor, self._http_blocking, method, url, token, payload, params
+                )
+        except TimeoutError:
+            raise VaultUnavailable(
+                self._msg(op, path, f"no answer within {deadline_s:g}s"), operation=op, path=path
+            ) from None
+        except asyncio.CancelledError:
+            # aclose() cancels the calls still queued for the pool: unless the caller itself
+            # is being cancelled, that is a closed session, not a cancellation to pass on.
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling() and self._closed:
+                raise VaultError(f"vault {op}: session is closed", operation=op, path=path) from None
+            raise
         except requests.exceptions.SSLError as exc:
             detail = self._scrub(str(exc), extra_secrets)
             raise VaultError(self._msg(op, path, f"TLS error: {detail}"), operation=op, path=path) from None
@@ -659,6 +682,10 @@ class VaultSession:
                 operation=op,
                 path=path,
             ) from None
+        except OSError as exc:
+            # requests raises a bare OSError for an unusable CA bundle (ca_cert): a configuration problem.
+            detail = self._scrub(str(exc), extra_secrets)
+            raise VaultError(self._msg(op, path, f"cannot connect: {detail}"), operation=op, path=path) from None
         except RuntimeError as exc:
             # The pool refuses work after aclose(); report it as a closed session.
             if self._closed:
@@ -737,30 +764,34 @@ class VaultSession:
         state = self._state
         if state is not None and not state.expired(time.monotonic()):
             return state
-        attempts_seen = self._login_attempts
+        finished_seen = self._logins_finished
         async with self._auth_lock:
             state = self._state
             if state is None or state.expired(time.monotonic()):
-                failed = self._last_login_error
-                if self._login_attempts != attempts_seen and failed is not None:
-                    # A login finished (and failed) while we queued: share its verdict
-                    # instead of queueing one timeout per waiting request.
-                    raise type(failed)(
-                        str(failed), operation=failed.operation, path=failed.path, status=failed.status
-                    )
-                await self._login("no valid token" if state is None else "token expired")
+                await self._login_unless_one_failed_since(
+                    finished_seen, "no valid token" if state is None else "token expired"
+                )
                 state = self._state
             if state is None:
                 raise VaultError("vault: session is closed")
             return state
 
+    async def _login_unless_one_failed_since(self, finished_seen: int, reason: str) -> None:
+        """Log in, unless a login (also one already running when we queued) failed meanwhile: then share
+        its verdict instead of queueing one timeout per waiting request (caller holds _auth_lock)."""
+        failed = self._last_login_error
+        if self._logins_finished != finished_seen and failed is not None:
+            raise type(failed)(str(failed), operation=failed.operation, path=failed.path, status=failed.status)
+        await self._login(reason)
+
     async def _recover_rejected_token(self, generation: int, op: str) -> bool:
         """After a 401/403: True if the token was dead and has been replaced, False if it is a real denial."""
+        finished_seen = self._logins_finished
         async with self._auth_lock:
             state = self._state
             if state is None or state.generation != generation:
                 if state is None:
-                    await self._login("token rejected")
+                    await self._login_unless_one_failed_since(finished_seen, "token rejected")
                 return True
             try:
                 await self._send("lookup-self", "auth/token/lookup-self", "GET",
@@ -793,13 +824,14 @@ class VaultSession:
 
     async def _login(self, reason: str) -> None:
         """Get a fresh token by the configured method and learn its TTL (caller holds _auth_lock)."""
-        self._login_attempts += 1
+        self._last_login_error = None  # a login abandoned half-way (its caller cancelled) has no verdict
         try:
             await self._login_once(reason)
         except VaultError as exc:
             self._last_login_error = exc
             raise
-        self._last_login_error = None
+        finally:
+            self._logins_finished += 1
 
     async def _login_once(self, reason: str) -> None:
         s = self._settings
@@ -927,8 +959,8 @@ class VaultSession:
                 try:
                     await self._renew(state)
                 except (VaultUnavailable, VaultAuthError) as exc:
-                    if isinstance(exc, VaultUnavailable) and (exc.status is None or isinstance(exc, VaultSealed)):
-                        raise  # Vault is not answering: back off and try again
+                    if isinstance(exc, VaultUnavailable) and not _renewal_refused(exc):
+                        raise  # Vault is not answering, or not now (429, 503...): back off and try again
                     # Vault answered but will not extend this token (expired, revoked,
                     # "past the max TTL" comes back as a 500): replace it if we can.
                     # Expected at the max TTL when we can log in again; worth a warning otherwise.
@@ -989,7 +1021,7 @@ class VaultSession:
 
     def _scrub(self, text: str, extra: Iterable[str] = ()) -> str:
         """Remove anything secret-looking from text that came from Vault or requests."""
-        for secret in (*self._secrets, *extra):
+        for secret in (*self._configured_secrets, *self._secrets, *extra):
             if secret and len(secret) >= 4:
                 text = text.replace(secret, "<redacted>")
         text = _URL_CREDENTIALS.sub("<redacted>@", text)

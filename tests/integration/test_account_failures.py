@@ -232,6 +232,48 @@ async def test_a_new_key_vault_refuses_is_deactivated_with_its_secret(stack: Exe
     assert [sorted(p) for p in deactivations(sim)] == [["api_key", "api_secret"]]
 
 
+async def test_a_new_key_is_deactivated_when_vault_goes_down_altogether(stack: ExecutionStack) -> None:
+    """Vault stops answering right after the venue made the key: the secret cannot be stored, and the rollback
+    must not need Vault either. It did: the venue call read the account's credentials from Vault again (its
+    cache had expired: with a cache of 0 s, always), so the key stayed active and nothing said so."""
+    sim = stack.sim
+    account = stack.account.address
+    before = {k.api_key for k in sim.security.api_keys(account)}
+    down = False
+
+    def vault_goes_down(_: Any) -> None:
+        nonlocal down
+        down = True
+
+    wrap(sim, "private/create_api_key", vault_goes_down)
+    async with running_account(stack, {"PORTICO_ACCOUNT_CREDENTIALS_CACHE_SECONDS": "0"}) as running, \
+            open_channel(running.target) as channel:
+        vault = running.app.vault
+        read_kv, write_kv = vault.read_kv, vault.write_kv
+
+        async def read(path: str) -> Any:
+            if down:
+                raise VaultUnavailable("vault read refused (test)", operation="read", path=path, status=503)
+            return await read_kv(path)
+
+        async def write(path: str, data: Any, **kwargs: Any) -> int:
+            if down:
+                raise VaultUnavailable("vault write refused (test)", operation="write", path=path, status=503)
+            return await write_kv(path, data, **kwargs)
+
+        vault.read_kv, vault.write_kv = read, write  # type: ignore[method-assign]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await running.stub(channel).CreateApiKey(
+                request(pb.CreateApiKeyRequest, stack, name="ops", scope=account_pb2.API_KEY_SCOPE_ADMIN),
+                metadata=running.metadata("admin"))
+    new = [k for k in sim.security.api_keys(account) if k.api_key not in before]
+    assert len(new) == 1 and not new[0].active, "an active key whose secret nobody holds"
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "VAULT_UNAVAILABLE"
+    assert "deactivated" in (caught.value.details() or "")
+
+
 async def test_a_failed_rollback_is_reported_as_a_key_left_active(stack: ExecutionStack,
                                                                   log_lines: io.StringIO) -> None:
     sim = stack.sim

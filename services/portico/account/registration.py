@@ -19,6 +19,14 @@ If the venue refuses, the new key stays unused in Vault (harmless, and
 logged). If Vault cannot take the new record after the venue accepted, the
 write is retried; the venue shows an API secret once, so failing here is loud.
 
+One registration of an account at a time, across processes too: steps 1-5
+hold the account's lease (`leases`), so a registration by another process
+cannot come between this one's venue call and its record, and the record Vault
+ends with names the key the venue registered last. A registration that took
+so long that its lease could have passed to another process stops before the
+venue's call, or before writing the record (logged as needing a new
+registration, as when Vault does not take it).
+
 From step 4 on the work runs to its end whatever happens to the RPC (a client
 deadline, a disconnect, the server's shutdown grace running out): it is a task
 of `Completions`, awaited under `asyncio.shield`, so the venue's new API key
@@ -38,6 +46,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from portico.account.leases import AccountLeases, Lease
 from portico.runtime.errors import FailedPrecondition, PorticoError, Unavailable
 from portico.runtime.signing_keys import KeyAdmin, KeyAdminError, KeyPaths, KeyPolicy
 from portico.runtime.vault import VaultError, VaultSession
@@ -149,24 +158,34 @@ class SigningKeyRegistrar:
     """Registers a new signing key for an account Portico holds the account key of."""
 
     def __init__(self, vault: VaultSession, key_paths: KeyPaths, signer: SignerClient, accounts: SyndrAccounts,
-                 completions: Completions):
+                 completions: Completions, leases: AccountLeases, *, venue_timeout_s: float):
         self._admin = KeyAdmin(vault, key_paths)
         self._signer = signer
         self._accounts = accounts
         self._completions = completions
+        self._leases = leases
+        self._vault_timeout_s = vault.settings.timeout_s
+        self._venue_timeout_s = venue_timeout_s
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def register(self, venue: str, account: str, validity_s: float | None) -> Registration:
-        lock = self._locks.setdefault(account.lower(), asyncio.Lock())  # one rotation at a time per account
+        # One rotation at a time per account: in this process (the lock: its callers queue here) and across
+        # processes (the lease in Vault).
+        what = f"signing-key registration for {account}"
+        lock = self._locks.setdefault(account.lower(), asyncio.Lock())
         await lock.acquire()
         try:
-            signed = await self._prepare(venue, account, validity_s)
+            lease = await self._leases.acquire(venue, account, "signing-key", f"a {what}")
         except BaseException:
             lock.release()
             raise
-        # From the venue's call on, nothing may stop half-way; the lock is held until the work ends.
-        return await self._completions.run(self._complete(signed), f"signing-key registration for {account}",
-                                           release=lock)
+        try:
+            signed = await self._prepare(venue, account, validity_s)
+        except BaseException:
+            await self._completions.run(lease.release(), f"releasing the lease of a {what}", release=lock)
+            raise
+        # From the venue's call on, nothing may stop half-way; the lock and lease are held until the work ends.
+        return await self._completions.run(self._complete(signed, lease), what, release=lock)
 
     async def _prepare(self, venue: str, account: str, validity_s: float | None) -> _Signed:
         """Steps 1-3: cancellable (at worst an unused signing key is left in Vault)."""
@@ -207,9 +226,17 @@ class SigningKeyRegistrar:
                        key_address=key_address, expires_at=expires_at, key_signature=key_signature,
                        account_signature=account_signature)
 
-    async def _complete(self, signed: _Signed) -> Registration:
-        """Steps 4-5, run to their end whatever happens to the caller (see `Completions`)."""
+    async def _complete(self, signed: _Signed, lease: Lease) -> Registration:
+        """Steps 4-5, run to their end whatever happens to the caller (see `Completions`); then the lease goes."""
+        try:
+            return await self._register(signed, lease)
+        finally:
+            await lease.release()
+
+    async def _register(self, signed: _Signed, lease: Lease) -> Registration:
         account = signed.account
+        # The venue's call, then at least one write of the record, within the lease.
+        lease.check(self._venue_timeout_s + self._vault_timeout_s, "public/register_signing_key")
         try:
             result = (await self._accounts.public.call("public/register_signing_key", {
                 "account": account, "signerPublicAddress": signed.key_address, "expiresAt": str(signed.expires_at),
@@ -230,13 +257,20 @@ class SigningKeyRegistrar:
                               credentials=ApiCredentials(registered.api_key, registered.api_secret),
                               signing_key_id=signed.key_id, signing_key_address=signed.key_address,
                               account_key_id=signed.account_key_id)
-        await self._store(record)
+        await self._store(record, lease)
         log.info("signing key registered", extra={"account": account, "key_id": signed.key_id,
                                                   "api_key": registered.api_key})
         return Registration(record, signed.expires_at)
 
-    async def _store(self, record: VenueAccount) -> None:
+    async def _store(self, record: VenueAccount, lease: Lease) -> None:
         for attempt in range(1, _RECORD_WRITE_ATTEMPTS + 1):
+            if lease.remaining_s() < self._vault_timeout_s:  # another process may take the lease and register
+                log.error("the venue registered the new signing key, but its lease ran out before Vault took the "
+                          "new credentials; a re-registration is needed: call RegisterSigningKey again for this "
+                          "account", extra={"account": record.account, "key_id": record.signing_key_id,
+                                            "attempt": attempt})
+                raise Unavailable("the venue registered the key but it took too long to store the new credentials "
+                                  "(another registration may follow); register again", reason="LEASE_EXPIRED")
             try:
                 await self._accounts.store.put(record)
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import time
@@ -11,6 +12,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 import grpc
+import orjson
 
 from portico.account.convert import (
     VENUE_SCOPES,
@@ -20,6 +22,7 @@ from portico.account.convert import (
     position_proto,
     summary_proto,
 )
+from portico.account.leases import AccountLeases, Lease
 from portico.account.positions import PositionFeeds
 from portico.account.registration import Completions, SigningKeyRegistrar
 from portico.account.settings import AccountSettings
@@ -39,7 +42,7 @@ from portico.runtime.server import GrpcServer
 from portico.runtime.signing_keys import KeyPaths
 from portico.runtime.vault import VaultError, VaultNotFound, VaultSession
 from portico.signer.client import SignerClient
-from portico.venues.accounts import SyndrAccounts, VenueAccountStore, check_account, check_venue
+from portico.venues.accounts import SyndrAccounts, VenueAccount, VenueAccountStore, check_account, check_venue
 from portico.venues.syndr import models, typed_data
 from portico.venues.syndr.errors import (
     SyndrError,
@@ -74,18 +77,37 @@ def api_key_path(venue: str, account: str, api_key: str) -> str:
     return f"portico/venues/{venue}/api-keys/{account.lower()}/{api_key}"
 
 
+def _symbol_token(offset: int, after: str, query: tuple[object, ...]) -> str:
+    """A page token naming the last symbol listed (`after`), with the offset too: a token an earlier version
+    of the service (paging by offset, say the other pod of a rolling update) also takes."""
+    data = orjson.loads(base64.urlsafe_b64decode(page_token(offset, query)))
+    return base64.urlsafe_b64encode(orjson.dumps({**data, "k": after})).decode()
+
+
+def _symbol_cursor(token: str, query: tuple[object, ...]) -> tuple[str | None, int]:
+    """(the last symbol listed, or None for a token without one, and the offset); INVALID_ARGUMENT naming
+    `page_token` for a token of another query."""
+    offset = offset_from_token(token, query)
+    after = orjson.loads(base64.urlsafe_b64decode(token.encode())).get("k") if token else None
+    if after is not None and type(after) is not str:
+        raise InvalidArgument("page_token", "not a token of this query")
+    return after, offset
+
+
 class AccountServicer(pb_grpc.AccountServiceServicer):
     """The RPCs: thin over the venue, except RegisterSigningKey (see `registration`)."""
 
     def __init__(self, accounts: SyndrAccounts, vault: VaultSession, registrar: SigningKeyRegistrar,
                  positions: PositionFeeds, refdata: refdata_grpc.ReferenceDataServiceStub, service_token: str,
-                 completions: Completions):
+                 completions: Completions, leases: AccountLeases, *, venue_timeout_s: float):
         self.accounts = accounts
         self.vault = vault
         self.registrar = registrar
         self.positions = positions
         self.refdata = refdata
         self.completions = completions
+        self.leases = leases
+        self.venue_timeout_s = venue_timeout_s
         self._metadata = bearer(service_token)
         self._margin_locks: dict[str, asyncio.Lock] = {}  # by account: one read-compare-toggle at a time
 
@@ -100,16 +122,21 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     @map_venue_errors
     async def ListPositions(self, request: pb.ListPositionsRequest, context: Any) -> Any:
+        """By symbol; a later page starts after the last symbol listed, so positions closed or opened meanwhile
+        shift nothing (each one open from the first page to the last is listed once)."""
         venue, account = check_venue(request.venue), check_account(request.account)
         size = page_size(request.page_size)
-        offset = offset_from_token(request.page_token, ("positions", venue, account))
+        query = ("positions", venue, account)
+        after, offset = _symbol_cursor(request.page_token, query)
         positions = sorted(models.parse_positions(await self._call(account, "private/get_positions")),
                            key=lambda p: p.instrument_name)
-        page = positions[offset:offset + size]
-        more = offset + size < len(positions)
+        rest = positions[offset:] if after is None else [p for p in positions if p.instrument_name > after]
+        page = rest[:size]
+        more = len(rest) > size
         return pb.ListPositionsResponse(
             positions=[position_proto(venue, account, p) for p in page],
-            next_page_token=page_token(offset + size, ("positions", venue, account)) if more else "")
+            next_page_token=_symbol_token(len(positions) - len(rest) + len(page), page[-1].instrument_name, query)
+            if more else "")
 
     async def StreamPositions(self, request: pb.StreamPositionsRequest,
                               context: Any) -> AsyncIterator[pb.StreamPositionsResponse]:
@@ -182,22 +209,34 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     async def SetPortfolioMargin(self, request: pb.SetPortfolioMarginRequest, context: Any) -> Any:
         """The venue only toggles; toggle only when the mode differs, so the call is idempotent.
 
-        Read-compare-toggle holds the account's lock, and once the lock is taken it runs to its end even if
-        the caller goes (a retry after a deadline then reads the mode the first call left, never toggles it
-        back)."""
-        check_venue(request.venue)
-        account = check_account(request.account)
+        Read-compare-toggle holds the account's lock and its lease (so it is one at a time across processes
+        too), and once they are taken it runs to its end even if the caller goes (a retry after a deadline, on
+        this process or another, then reads the mode the first call left, never toggles it back)."""
+        venue, account = check_venue(request.venue), check_account(request.account)
+        what = f"SetPortfolioMargin for {account}"
         lock = self._margin_locks.setdefault(account.lower(), asyncio.Lock())
         await lock.acquire()
-        enabled = await self.completions.run(self._set_portfolio_margin(account, request.enabled),
-                                             f"SetPortfolioMargin for {account}", release=lock)
+        try:  # and across processes: the account's lease in Vault
+            lease = await self.leases.acquire(venue, account, "portfolio-margin", what)
+        except BaseException:
+            lock.release()
+            raise
+        enabled = await self.completions.run(self._set_portfolio_margin(account, request.enabled, lease), what,
+                                             release=lock)
         return pb.SetPortfolioMarginResponse(
             margin_mode=account_pb2.MARGIN_MODE_PORTFOLIO if enabled else account_pb2.MARGIN_MODE_STANDARD)
 
-    async def _set_portfolio_margin(self, account: str, wanted: bool) -> bool:
+    async def _set_portfolio_margin(self, account: str, wanted: bool, lease: Lease) -> bool:
+        try:
+            return await self._read_and_toggle(account, wanted, lease)
+        finally:
+            await lease.release()
+
+    async def _read_and_toggle(self, account: str, wanted: bool, lease: Lease) -> bool:
         summary = models.parse_account_summary(await self._call(account, "private/get_account_summary"))
         if bool(summary.is_portfolio_margined) == wanted:
             return wanted
+        lease.check(self.venue_timeout_s, "private/toggle_portfolio_margin")  # the toggle lands within the lease
         toggled = models.parse_portfolio_margin_toggle(await self._call(account, "private/toggle_portfolio_margin"))
         if toggled.portfolio_margin != wanted:  # something else toggled it meanwhile (another process?)
             log.error("portfolio margin toggled, but not to the mode asked for", extra={
@@ -224,6 +263,8 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise InvalidArgument("symbol", f"{venue} has no instrument {request.symbol!r}",
                                       reason="INSTRUMENT_NOT_FOUND") from None
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # the venue is known here: it is the symbol
+                raise InvalidArgument("symbol", f"not a symbol reference data takes ({exc.details()})") from None
             raise Unavailable(f"reference data unavailable: {exc.code().name}", reason="REFDATA_UNAVAILABLE") from None
         instrument = reply.instrument
         if instrument.max_leverage and leverage > Decimal(instrument.max_leverage):
@@ -270,6 +311,9 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         return pb.CreateApiKeyResponse(api_key=api_key_proto(key, vault_path=f"{self._mount()}/{path}"))
 
     async def _create_api_key(self, venue: str, account: str, scope: int, name: str) -> tuple[models.ApiKey, str]:
+        # The credentials the key is made with: a rollback uses them as they are, without Vault (whose failure
+        # is the usual reason for one, and which the account's client reads them from once its cache expires).
+        record = (await self.accounts.session(account)).record
         try:
             created = models.parse_created_api_key(await self._call(
                 account, "private/create_api_key", {"scope": scope, "name": name}))
@@ -288,7 +332,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             log.error("storing a new API key failed; deactivating it", extra={
                 "account": account, "api_key": created.api_key, "error": type(exc).__name__})
             try:
-                await self._deactivate(account, created.api_key, created.api_secret)
+                await self._deactivate(record, created.api_key, created.api_secret)
             except SyndrError as failed:
                 log.error("API key created, its secret NOT stored, and it is STILL ACTIVE at the venue: deactivate "
                           "it at the venue", extra={"account": account, "api_key": created.api_key,
@@ -300,19 +344,24 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
                               reason="VAULT_UNAVAILABLE") from None
         return models.ApiKey(api_key=created.api_key, scope=scope, name=name), path
 
-    async def _deactivate(self, account: str, api_key: str, api_secret: str) -> None:
-        """`private/deactivate_api_key` (which wants the key's secret too), repeated while the venue cannot
-        answer: deactivating is idempotent."""
-        for attempt in range(1, _DEACTIVATE_ATTEMPTS + 1):
-            try:
-                await self._call(account, "private/deactivate_api_key", {"api_key": api_key, "api_secret": api_secret})
-                return
-            except (SyndrTransportError, SyndrVenueFailure, SyndrRateLimited) as exc:
-                if attempt == _DEACTIVATE_ATTEMPTS:
-                    raise
-                log.warning("deactivating an API key failed; retrying", extra={
-                    "account": account, "api_key": api_key, "attempt": attempt, "error": type(exc).__name__})
-                await asyncio.sleep(0.2 * attempt)
+    async def _deactivate(self, record: VenueAccount, api_key: str, api_secret: str) -> None:
+        """`private/deactivate_api_key` (which wants the key's secret too) with the account's credentials in
+        `record` (not read again from Vault), repeated while the venue cannot answer: deactivating is idempotent."""
+        http = self.accounts.independent_client(record)
+        try:
+            for attempt in range(1, _DEACTIVATE_ATTEMPTS + 1):
+                try:
+                    await http.call("private/deactivate_api_key", {"api_key": api_key, "api_secret": api_secret})
+                    return
+                except (SyndrTransportError, SyndrVenueFailure, SyndrRateLimited) as exc:
+                    if attempt == _DEACTIVATE_ATTEMPTS:
+                        raise
+                    log.warning("deactivating an API key failed; retrying", extra={
+                        "account": record.account, "api_key": api_key, "attempt": attempt,
+                        "error": type(exc).__name__})
+                    await asyncio.sleep(0.2 * attempt)
+        finally:
+            await http.aclose()
 
     @map_venue_errors
     async def DeactivateApiKey(self, request: pb.DeactivateApiKeyRequest, context: Any) -> Any:
@@ -385,15 +434,17 @@ class AccountApp(GrpcServiceApp):
         signer = SignerClient(self.signer_channel, settings.service_token)
         # Venue changes and what must follow them (Vault, rollbacks) run to their end: see `Completions`.
         self.completions = Completions()
+        # Changes that read the venue and act on it are one at a time per account across processes.
+        self.leases = AccountLeases(self.vault)
         self.registrar = SigningKeyRegistrar(self.vault, KeyPaths(settings.signer_key_prefix), signer, self.accounts,
-                                             self.completions)
+                                             self.completions, self.leases, venue_timeout_s=settings.venue_timeout_s)
         self.positions = PositionFeeds(settings.syndr_ws_url, self.accounts)
         self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
         pb_grpc.add_AccountServiceServicer_to_server(
             AccountServicer(self.accounts, self.vault, self.registrar, self.positions,
                             refdata_grpc.ReferenceDataServiceStub(self.refdata_channel), settings.service_token,
-                            self.completions),
+                            self.completions, self.leases, venue_timeout_s=settings.venue_timeout_s),
             self.server.grpc)
 
     async def start(self) -> None:

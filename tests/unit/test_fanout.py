@@ -134,3 +134,18 @@ async def test_closing_cancels_the_retries(quick: None, monkeypatch: pytest.Monk
     async with asyncio.timeout(1):
         await catch_up.aclose()
     assert not catch_up.retrying and venue.calls == 1
+
+
+async def test_updates_queued_while_a_batch_is_being_sent_are_delivered_before_the_error() -> None:
+    """The stream is suspended in its `yield` while gRPC sends a batch; updates offered meanwhile and then the
+    end must both reach the consumer, in that order (they used to be dropped: the error was raised at once)."""
+    consumer = StreamConsumer("fills")
+    stream = consumer.batches()
+    consumer.offer(1)
+    assert await anext(stream) == [1]  # being sent
+    consumer.offer(2)
+    consumer.offer(3)
+    consumer.end(Unavailable("venue unreadable", reason="CATCH_UP_FAILED"))
+    assert await anext(stream) == [2, 3]
+    with pytest.raises(Unavailable):
+        await anext(stream)

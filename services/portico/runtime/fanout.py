@@ -74,7 +74,8 @@ class StreamConsumer:
             updates = [u for u in await self.batch() if u is not None]
             if updates:
                 yield updates
-            if self.error is not None:
+            # Updates offered while that batch was being sent still go out before the error.
+            if self.error is not None and self.queue.empty():
                 raise self.error
 
 

@@ -65,8 +65,10 @@ from portico.venues.syndr.errors import (
     SyndrConnectionError,
     SyndrError,
     SyndrProtocolError,
+    SyndrRateLimited,
     SyndrRpcError,
     SyndrTimeout,
+    SyndrVenueFailure,
 )
 from portico.venues.syndr.http import (
     RpcResult,
@@ -107,6 +109,11 @@ _CLOSE_TIMEOUT_S: Final = 1.0
 _MAX_FRAME_BYTES: Final = 16 * 2**20
 # The reader yields to other tasks once every this many frames, even with more buffered.
 _YIELD_EVERY: Final = 100
+# Backoff steps are capped here: the pause reached its maximum long before, and 2 ** steps must stay a float
+# (uncapped, the 1,025th failed attempt of a long outage raised OverflowError and ended every subscription).
+_MAX_BACKOFF_STEPS: Final = 64
+# Answers that refuse nothing for good: the venue (or our share of its rate limit) could not serve the call now.
+_TRANSIENT: Final = (SyndrRateLimited, SyndrVenueFailure)
 
 
 # --------------------------------------------------------------------------- events
@@ -370,6 +377,7 @@ class SyndrWebSocket:
         self._subs: list[Subscription] = []
         self._subs_by_channel: dict[str, list[Subscription]] = {}
         self._sub_lock = asyncio.Lock()
+        self._cleanups: set[asyncio.Task[None]] = set()  # unsubscribes after a failed or cancelled subscribe
         # Notifications that arrive before a (re)connection is resynced wait here, so
         # `Reconnected` reaches consumers before any message of the new connection.
         self._buffering = True
@@ -424,6 +432,8 @@ class SyndrWebSocket:
             return
         self._closing = True
         await cancel_and_wait(self._runner)
+        for cleanup in list(self._cleanups):
+            await cancel_and_wait(cleanup)
         if self._ws is not None:  # the runner closes it; this covers a runner that never started
             await self._ws.close()
             self._ws = None
@@ -542,8 +552,15 @@ class SyndrWebSocket:
             try:
                 await self._upstream("subscribe", new)
             except BaseException:
-                self._detach(sub)
+                orphaned = self._detach(sub)
                 sub._end()
+                # Cancelled or failed after the request went out (an answer too late, a second chunk refused):
+                # the venue may have subscribed them, and would go on streaming them to nobody. Undone in a task
+                # of its own: this one may be cancelled, and holds the lock.
+                if orphaned and not self._closing:
+                    cleanup = asyncio.create_task(self._unsubscribe_orphans(orphaned), name="syndr-ws-unsubscribe")
+                    self._cleanups.add(cleanup)
+                    cleanup.add_done_callback(self._cleanups.discard)
                 raise
         return sub
 
@@ -552,13 +569,16 @@ class SyndrWebSocket:
             return
         orphaned = self._detach(sub)
         sub._end()
-        if not orphaned or self._closing:
-            return
+        if orphaned and not self._closing:
+            await self._unsubscribe_orphans(orphaned)
+
+    async def _unsubscribe_orphans(self, channels: list[str]) -> None:
+        """Unsubscribe those of `channels` that no subscription needs (any more) on the live connection."""
         async with self._sub_lock:
             # Someone may have subscribed again while we waited for the lock.
-            orphaned = [c for c in orphaned if not self._subs_by_channel.get(c)]
+            orphaned = [c for c in channels if not self._subs_by_channel.get(c)]
             if not orphaned or not self.connected:
-                return  # not connected: the next connection simply will not subscribe them
+                return  # not connected: the next connection does not subscribe them (`_resync` sees to it)
             try:
                 await self._upstream("unsubscribe", orphaned)
             except SyndrError as exc:
@@ -601,14 +621,21 @@ class SyndrWebSocket:
                 sub._end()
 
     async def _run(self) -> None:
-        """Connect, resync, serve until the connection drops; repeat until closed."""
+        """Connect, resync, serve until the connection drops; repeat until closed.
+
+        The pause before a reconnect grows with the failed attempts since the last connection went live, and
+        with the connections in a row that dropped within `reconnect_max_s` of going live (`flaps`): a venue
+        that accepts and then drops every connection is not reconnected to at the shortest pause for ever.
+        """
         attempt = 0
+        flaps = 0
         ever_ready = False
         while not self._closing:
             attempt += 1
             if ever_ready or attempt > 1:
-                await asyncio.sleep(backoff_s(attempt if ever_ready else attempt - 1,
-                                              self._reconnect_initial_s, self._reconnect_max_s))
+                steps = (attempt if ever_ready else attempt - 1) + flaps
+                await asyncio.sleep(backoff_s(min(steps, _MAX_BACKOFF_STEPS), self._reconnect_initial_s,
+                                              self._reconnect_max_s))
             try:
                 ws = await connect(self.url, open_timeout=self._call_timeout_s, ping_interval=None,
                                    ping_timeout=None, close_timeout=_CLOSE_TIMEOUT_S, max_size=_MAX_FRAME_BYTES,
@@ -627,6 +654,9 @@ class SyndrWebSocket:
             try:
                 try:
                     await self._resync(ws, reconnecting=ever_ready or attempt > 1)
+                except _TRANSIENT as exc:
+                    log.warning("syndr websocket resync failed: %s", exc)
+                    continue
                 except SyndrRpcError as exc:
                     if not ever_ready and self._started is not None and not self._started.done():
                         self._started.set_exception(exc)  # e.g. credentials refused: retrying will not help
@@ -638,9 +668,11 @@ class SyndrWebSocket:
                     continue
                 self._go_live(attempt if ever_ready else 0)
                 ever_ready, attempt = True, 0
+                live_since = time.monotonic()
                 if self._started is not None and not self._started.done():
                     self._started.set_result(None)
                 reason = await reader
+                flaps = flaps + 1 if time.monotonic() - live_since < self._reconnect_max_s else 0
                 log.warning("syndr websocket disconnected: %s", reason)
                 for sub in list(self._subs):
                     sub._deliver(Disconnected(reason))
@@ -668,14 +700,27 @@ class SyndrWebSocket:
                     self._credentials = current
         if self._credentials is not None:
             await self._call_on(ws, "public/auth", self._credentials.auth_params(), self._call_timeout_s)
-        for method, group in _by_visibility("subscribe", list(self._subs_by_channel)):
+        subscribed = list(self._subs_by_channel)
+        for method, group in _by_visibility("subscribe", subscribed):
             try:
                 result = await self._call_on(ws, method, {"channels": group}, self._call_timeout_s)
             except SyndrRpcError as exc:
+                if isinstance(exc, _TRANSIENT):
+                    raise  # not a refusal: another connection tries again, rather than leave them silent
                 # The venue accepted these before; one refused channel must not stop the others.
                 log.error("re-subscribe of %d channel(s) refused: %s", len(group), exc)
                 continue
             _warn_missing(method, group, result.result)
+        # Subscriptions closed meanwhile did not unsubscribe (not connected yet), but the loop above may have
+        # subscribed their channels: undo that, until no more were closed while we did (no await after this).
+        while released := [c for c in subscribed if not self._subs_by_channel.get(c)]:
+            gone = set(released)
+            subscribed = [c for c in subscribed if c not in gone]
+            for method, group in _by_visibility("unsubscribe", released):
+                try:
+                    await self._call_on(ws, method, {"channels": group}, self._call_timeout_s)
+                except SyndrRpcError as exc:
+                    log.info("unsubscribe of %d channel(s) failed: %s", len(group), exc)
 
     def _go_live(self, reconnect_attempt: int) -> None:
         """Announce `Reconnected`, then release buffered messages, then open for calls (no await between)."""

@@ -1,0 +1,147 @@
+"""The Syndr WebSocket client against the simulator: no subscription left behind upstream or dropped by a
+reconnect, and reconnect pacing.
+
+Each test drives the real client against the real simulator on loopback, making it misbehave with its fault
+knobs (frames delayed, calls failed, every connection dropped) or by not running it at all for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from tests.support.ports import free_port
+from tests.support.waiting import until
+
+from portico.sim.server import SimConfig, Simulator
+from portico.venues.syndr.errors import SyndrTimeout
+from portico.venues.syndr.ws import Disconnected, Reconnected, Subscription, SyndrWebSocket, WsEvent
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimConfig(port=0, market_maker=False)) as simulator:
+        yield simulator
+
+
+def client(url: str, **overrides: Any) -> SyndrWebSocket:
+    options: dict[str, Any] = {"heartbeat_s": 0.5, "silence_timeout_s": 3.0, "reconnect_initial_s": 0.05,
+                               "reconnect_max_s": 0.2, "call_timeout_s": 2.0, "compress": False}
+    options.update(overrides)
+    return SyndrWebSocket(url, **options)
+
+
+def subscribe_requests(sim: Simulator) -> int:
+    return sum(1 for r in sim.requests if r.method == "public/subscribe")
+
+
+async def next_event(sub: Subscription, within_s: float = 5.0) -> WsEvent:
+    return await asyncio.wait_for(anext(sub), within_s)
+
+
+@pytest.mark.parametrize("outcome", ["cancelled", "timed out"])
+async def test_a_subscribe_that_fails_after_the_venue_acted_on_it_is_undone_upstream(sim: Simulator,
+                                                                                     outcome: str) -> None:
+    """A gRPC client that goes away while its subscribe is on the wire (or an answer that comes too late):
+    the venue has subscribed the channel, so the client must unsubscribe it, or the venue streams it for ever
+    to nobody."""
+    async with client(sim.ws_url, call_timeout_s=0.3 if outcome == "timed out" else 2.0) as ws:
+        sim.faults.update({"delay_ms": 600})  # every answer is late; the venue acts on the request at once
+        attempt = asyncio.create_task(ws.subscribe(["ticker.ETH-PERP"]))
+        await until(lambda: sim.has_subscribers("ticker.ETH-PERP"), 5)
+        if outcome == "cancelled":
+            attempt.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await attempt
+        else:
+            with pytest.raises(SyndrTimeout):
+                await attempt
+        sim.faults.update({"delay_ms": 0})
+        await until(lambda: not sim.has_subscribers("ticker.ETH-PERP"), 5)
+        # The channel can be subscribed again, and is undone once more when that subscription closes.
+        again = await ws.subscribe(["ticker.ETH-PERP"])
+        assert sim.has_subscribers("ticker.ETH-PERP")
+        await again.close()
+        await until(lambda: not sim.has_subscribers("ticker.ETH-PERP"), 5)
+
+
+async def test_a_subscription_closed_while_the_reconnect_resubscribes_is_not_left_subscribed(sim: Simulator) -> None:
+    async with client(sim.ws_url) as ws:
+        keep = await ws.subscribe(["ticker.BTC-PERP"])
+        leave = await ws.subscribe(["ticker.ETH-PERP"])
+        sim.faults.update({"delay_ms": 400})  # the resync's subscribe is answered late
+        before = subscribe_requests(sim)
+        await sim.close_websockets()
+        await until(lambda: subscribe_requests(sim) == before + 1, 5)  # the venue has re-subscribed both
+        assert not ws.connected and sim.has_subscribers("ticker.ETH-PERP")
+        await leave.close()  # the last consumer of ETH-PERP leaves during the resync
+        sim.faults.update({"delay_ms": 0})
+        assert isinstance(await next_event(keep), Disconnected)
+        assert isinstance(await next_event(keep), Reconnected)
+        await until(lambda: not sim.has_subscribers("ticker.ETH-PERP"), 5)
+        assert sim.has_subscribers("ticker.BTC-PERP")
+
+
+async def test_a_venue_that_drops_every_connection_at_once_gets_growing_pauses(sim: Simulator) -> None:
+    """Each reconnect costs the venue an auth, a resubscribe of every channel and a book snapshot per feed: a
+    connection that dies as soon as it is live must not reset the backoff, or the client reconnects at the
+    shortest pause for ever. One that stayed up does reset it."""
+    async with client(sim.ws_url, reconnect_initial_s=0.05, reconnect_max_s=0.8) as ws:
+        sub = await ws.subscribe(["ticker.ETH-PERP"])
+        pauses = []
+        for _ in range(5):
+            await sim.close_websockets()
+            dropped = time.monotonic()
+            assert isinstance(await next_event(sub), Disconnected)
+            assert isinstance(await next_event(sub), Reconnected)
+            pauses.append(time.monotonic() - dropped)
+        # Growing: 0.05 s doubling per drop up to 0.8 s, at 50-100 % jitter; at the shortest pause each time,
+        # five reconnects take well under half a second in all.
+        assert pauses[-1] >= 0.4 and sum(pauses[-2:]) >= 0.8, pauses
+        await asyncio.sleep(0.9)  # up longer than the longest pause: a healthy connection
+        await sim.close_websockets()
+        dropped = time.monotonic()
+        assert isinstance(await next_event(sub), Disconnected)
+        assert isinstance(await next_event(sub), Reconnected)
+        assert time.monotonic() - dropped < 0.35  # 25-50 ms again, not 0.4 s or more
+
+
+async def test_a_long_outage_does_not_kill_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    """After ~1,000 failed connection attempts (hours of outage at the default pauses) the client must still be
+    trying, and connect once the venue is back."""
+    port = free_port()
+    ws = client(f"ws://127.0.0.1:{port}", reconnect_initial_s=0.0001, reconnect_max_s=0.0005)
+    starting = asyncio.create_task(ws.start())
+    try:
+        async with asyncio.timeout(30):  # connection refused, over and over
+            while sum(1 for r in caplog.records if "connect attempt" in r.getMessage()) < 1100:
+                await asyncio.sleep(0.1)
+                if starting.done():
+                    break
+        assert not starting.done(), starting
+        async with Simulator(SimConfig(port=port, market_maker=False)):
+            await asyncio.wait_for(starting, 10)
+            assert ws.connected
+            assert (await ws.call("public/get_instrument", {"instrument_name": "ETH-PERP"})).result
+    finally:
+        starting.cancel()
+        await ws.aclose()
+
+
+async def test_a_resubscribe_the_venue_failed_to_serve_is_retried_not_dropped(sim: Simulator) -> None:
+    """An internal error (or a rate limit) answering the reconnect's re-subscribe is not a refusal of the channel:
+    the client must try again rather than announce `Reconnected` and leave the subscription silent for ever."""
+    async with client(sim.ws_url) as ws:
+        sub = await ws.subscribe(["ticker.ETH-PERP"])
+        sim.faults.update({"fail_rate": 1.0})  # every call answered with an internal error
+        before = subscribe_requests(sim)
+        await sim.close_websockets()
+        assert isinstance(await next_event(sub), Disconnected)
+        await until(lambda: subscribe_requests(sim) >= before + 2, 5)  # tried, failed, tried again
+        assert not ws.connected and not sim.has_subscribers("ticker.ETH-PERP")
+        sim.faults.update({"fail_rate": 0.0})
+        assert isinstance(await next_event(sub), Reconnected)
+        assert sim.has_subscribers("ticker.ETH-PERP") and ws.connected

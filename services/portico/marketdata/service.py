@@ -25,14 +25,15 @@ from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import SERVICE_TOKEN, bearer, open_channel
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.decimals import format_decimal
-from portico.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from portico.runtime.errors import InvalidArgument, NotFound, PorticoError, ResourceExhausted, Unavailable
+from portico.runtime.fanout import RecentKeys
 from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
 from portico.runtime.server import GrpcServer, ServerSettings
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, SyndrNotFound, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL
-from portico.venues.syndr.ws import Message, Overflow, SyndrWebSocket
+from portico.venues.syndr.ws import Message, Overflow, Reconnected, SyndrWebSocket
 
 __all__ = ["SERVICE_NAME", "MarketDataApp", "MarketDataServicer", "MarketDataSettings"]
 
@@ -52,6 +53,10 @@ _SCOPE = "marketdata"
 REFDATA_SKEW_MARGIN_MS = 5_000
 _CATCH_UP_PAGE_SIZE = 1000  # reference data's largest page
 _CATCH_UP_TIMEOUT_S = 10.0  # for the watch's initial metadata and each page
+# A trade stream's catch-up after an upstream reconnect reads the venue's latest trades, at most this many
+# per instrument (public/get_trades' largest count), and remembers this many emitted trade ids.
+_TRADES_CATCH_UP = 1000
+_TRADES_SEEN = 20_000
 
 REFDATA_ADDR = setting("PORTICO_MARKETDATA_REFDATA_ADDR", "", "host:port of reference data, to check symbols "
                        "(unset: symbols are checked against the venue).", scope=_SCOPE)
@@ -163,7 +168,10 @@ class MarketDataServicer:
         books = self._venue(request.venue)
         depth = self._depth(request.depth)
         await self._symbols.check(books.venue, request.symbol)
-        consumer = await books.attach(request.symbol, depth)
+        try:
+            consumer = await books.attach(request.symbol, depth)
+        except SyndrError as exc:  # the venue could not give us the book (unreachable, refused): not INTERNAL
+            raise to_portico_error(exc) from None
         try:
             while True:
                 if not consumer.ready():
@@ -264,15 +272,53 @@ class MarketDataServicer:
 
     async def StreamTrades(self, request: pb.StreamTradesRequest, context: grpc.aio.ServicerContext
                            ) -> AsyncIterator[pb.StreamTradesResponse]:
+        """Every trade from the stream's start, once: after an upstream reconnect, the trades made while it was
+        down are read from the venue (`public/get_trades`) and sent before the live ones that follow."""
         books = self._venue(request.venue)
         symbols = await self._symbols_of(books, list(request.symbols))
+        seen = RecentKeys(_TRADES_SEEN)
+        since_ms = dict.fromkeys(symbols, int(time.time() * 1000))  # per symbol: the latest trade time emitted
         async with await books.ws.subscribe([f"trades.{s}.raw" for s in symbols]) as subscription:
             async for event in subscription:
                 if isinstance(event, Overflow):
                     raise ResourceExhausted("the trade stream fell behind; trades would be missing",
                                             reason="CONSUMER_TOO_SLOW")
-                if isinstance(event, Message):
-                    yield pb.StreamTradesResponse(trades=[trade_proto(books.venue, models.parse_trade(event.data))])
+                if isinstance(event, Reconnected):
+                    missed = await self._missed_trades(books, since_ms, seen)
+                    if missed:
+                        yield pb.StreamTradesResponse(trades=[trade_proto(books.venue, t) for t in missed])
+                elif isinstance(event, Message):
+                    trade = models.parse_trade(event.data)
+                    if seen.add(trade.id):
+                        since_ms[trade.instrument_name] = max(since_ms.get(trade.instrument_name, 0), trade.timestamp)
+                        yield pb.StreamTradesResponse(trades=[trade_proto(books.venue, trade)])
+
+    @staticmethod
+    async def _missed_trades(books: VenueBooks, since_ms: dict[str, int], seen: RecentKeys) -> list[models.Trade]:
+        """The trades of `since_ms`'s symbols made at or after its time and not emitted yet, oldest first.
+
+        UNAVAILABLE (reason TRADES_MISSED) when more were made than the venue lists (the consumer re-reads
+        `ListTrades`), or when the venue cannot be read: a stream never goes on with a hole in it.
+        """
+        missed: list[models.Trade] = []
+        for symbol, since in since_ms.items():
+            try:
+                listed = await _venue_call(books.http, "public/get_trades",
+                                           {"instrument_name": symbol, "count": _TRADES_CATCH_UP}, models.parse_trades)
+            except PorticoError as exc:
+                raise Unavailable(f"the trades of {symbol} made while the venue connection was down could not be "
+                                  f"read ({exc}); re-read them with ListTrades", reason="TRADES_MISSED") from None
+            if len(listed) >= _TRADES_CATCH_UP and min(t.timestamp for t in listed) > since:
+                raise Unavailable(f"more trades of {symbol} were made while the venue connection was down than the "
+                                  "venue lists; re-read them with ListTrades", reason="TRADES_MISSED")
+            new = [t for t in reversed(listed) if t.timestamp >= since and t.id not in seen]  # listed newest first
+            for trade in new:
+                seen.add(trade.id)
+            if new:
+                since_ms[symbol] = max(t.timestamp for t in new)
+            missed.extend(new)
+        missed.sort(key=lambda t: t.timestamp)
+        return missed
 
 
 async def _venue_call(http: SyndrHttpClient, method: str, params: dict[str, Any], parse: Any) -> Any:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from portico.runtime.errors import ResourceExhausted, Unavailable
 from portico.runtime.lifecycle import cancel_and_wait
 
-__all__ = ["CatchUp", "StreamConsumer"]
+__all__ = ["CatchUp", "RecentKeys", "StreamConsumer"]
 
 _CONSUMER_QUEUE: Final = 10_000
 # A catch-up that failed is tried again after this, the pause doubling up to the maximum; once the next pause
@@ -29,6 +30,27 @@ _CONSUMER_QUEUE: Final = 10_000
 _CATCH_UP_RETRY_S: Final = 0.5
 _CATCH_UP_RETRY_MAX_S: Final = 8.0
 _CATCH_UP_GIVE_UP_S: Final = 60.0
+
+
+class RecentKeys:
+    """A bounded memory of what a stream already emitted (oldest forgotten first): live updates and a
+    catch-up read after a reconnect overlap, and each must go out once."""
+
+    def __init__(self, limit: int):
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+        self._limit = limit
+
+    def add(self, key: Hashable) -> bool:
+        """True if `key` is new."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._limit:
+            self._keys.popitem(last=False)
+        return True
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
 
 
 @dataclass(eq=False)

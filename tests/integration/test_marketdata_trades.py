@@ -1,0 +1,107 @@
+"""StreamTrades across upstream drops, and StreamOrderBook when the venue cannot give a book."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import grpc
+import pytest
+from tests.integration.test_marketdata import Running, running_marketdata, until
+
+from portico.marketdata.v1 import market_data_service_pb2 as pb
+from portico.marketdata.v1 import market_data_service_pb2_grpc as pb_grpc
+from portico.runtime.client import open_channel
+from portico.sim.server import SimConfig, Simulator
+
+SYMBOL = "ETH-PERP"
+TAKER = "0x" + "ab" * 20
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    # A quiet market maker: its quotes are there to be taken, and it makes no trades of its own.
+    async with Simulator(SimConfig(port=0, seed=31, book_changes_per_second=5, market_maker_instruments=(SYMBOL,))
+                         ) as simulator:
+        simulator.engine.open_account(TAKER, {"USDT": Decimal(10_000_000)})
+        yield simulator
+
+
+def take(sim: Simulator, side: str) -> list[str]:
+    """A market order against the maker's quotes, made in the venue at once; the ids of its trades."""
+    inst = sim.engine.instrument(SYMBOL)
+    placed = sim.engine.place(TAKER, SYMBOL, side=side, order_type="market",  # type: ignore[arg-type]
+                              amount=inst.min_trade_amount)
+    assert placed.trades, "the market maker quoted nothing to take"
+    return [t.trade_id for t in placed.trades]
+
+
+def venue_trades(sim: Simulator) -> list[str]:
+    """The venue's trade ids of SYMBOL, oldest first."""
+    return [t["id"] for t in reversed(sim.engine.public_trades(SYMBOL, 1000))]
+
+
+async def read_trades(stub: pb_grpc.MarketDataServiceStub, running: Running, into: list[str]) -> None:
+    stream = stub.StreamTrades(pb.StreamTradesRequest(venue="syndr", symbols=[SYMBOL]), metadata=running.metadata())
+    with contextlib.suppress(asyncio.CancelledError):
+        async for message in stream:
+            into.extend(t.trade_id for t in message.trades)
+
+
+async def test_trades_made_while_the_upstream_was_down_are_streamed_once_and_in_order(sim: Simulator) -> None:
+    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
+        stub = pb_grpc.MarketDataServiceStub(channel)
+        received: list[str] = []
+        reader = asyncio.create_task(read_trades(stub, running, received))
+        try:
+            await until(lambda: sim.has_subscribers(f"trades.{SYMBOL}.raw"))
+            first = take(sim, "buy")
+            await until(lambda: set(first) <= set(received))
+            for side in ("sell", "buy"):
+                await sim.close_websockets()
+                # Made before the service can reconnect (this runs without yielding to its event loop): the
+                # venue publishes them to nobody.
+                missed = take(sim, side) + take(sim, side)
+                await until(lambda: set(missed) <= set(received))  # noqa: B023 (awaited in the loop)
+            live = take(sim, "sell")
+            await until(lambda: set(live) <= set(received))
+        finally:
+            reader.cancel()
+            await reader
+    made = venue_trades(sim)
+    assert received == made[made.index(first[0]):]  # each once, none missing, in the venue's order
+
+
+async def test_a_catch_up_the_venue_cannot_serve_ends_the_stream_rather_than_skip_trades(sim: Simulator) -> None:
+    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
+        stub = pb_grpc.MarketDataServiceStub(channel)
+        stream = stub.StreamTrades(pb.StreamTradesRequest(venue="syndr", symbols=[SYMBOL]),
+                                   metadata=running.metadata())
+        await until(lambda: sim.has_subscribers(f"trades.{SYMBOL}.raw"))
+        take(sim, "buy")
+        assert (await asyncio.wait_for(stream.read(), 10)).trades
+        sim.faults.update({"http_5xx_rate": 1.0, "http_5xx_method": "public/get_trades"})
+        await sim.close_websockets()
+        take(sim, "sell")  # published to nobody, and the venue will not list it
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(stream.read(), 20)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "TRADES_MISSED" in str(caught.value.trailing_metadata())
+
+
+async def test_a_book_stream_the_venue_cannot_start_is_unavailable_not_internal(sim: Simulator) -> None:
+    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
+        stub = pb_grpc.MarketDataServiceStub(channel)
+        await stub.GetTicker(pb.GetTickerRequest(venue="syndr", symbol=SYMBOL), metadata=running.metadata())
+        sim.faults.update({"fail_rate": 1.0})  # the symbol is known; the book's subscription is then refused
+        try:
+            stream = stub.StreamOrderBook(pb.StreamOrderBookRequest(venue="syndr", symbol=SYMBOL, depth=5),
+                                          metadata=running.metadata(), timeout=30)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stream.read()
+        finally:
+            sim.faults.update({"fail_rate": 0.0})
+        assert caught.value.code() != grpc.StatusCode.INTERNAL, caught.value.details()
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -254,3 +254,79 @@ async def test_stop_does_not_wait_forever_for_grpc_to_report_the_server_stopped(
     started = time.monotonic()
     await asyncio.wait_for(server.stop(0.2), 10)  # type: ignore[attr-defined]
     assert time.monotonic() - started < 3
+
+
+# --------------------------------------------------------------------------- run_service: configuration errors
+
+
+# A service as the real ones are built: settings from the environment first, then the app, inside the event
+# loop, reads the token list; it prints its port once serving.
+RUN_SERVICE = """
+import portico.runtime.grpc_core  # noqa: F401
+from portico.runtime.auth import TokenAuthenticator
+from portico.runtime.main import run_service
+from portico.runtime.server import GrpcServer, ServerSettings
+
+
+class App:
+    def __init__(self, settings, env):
+        self.server = GrpcServer(settings, domain="test.portico", authenticator=TokenAuthenticator.from_env(env),
+                                 method_scopes={})
+
+    async def run(self):
+        await self.server.start(["test.Demo"])
+        print(self.server.port, flush=True)
+        await self.server.run_until_signalled()
+
+
+run_service("demo", lambda env: ServerSettings.from_env(env, 0), App)
+"""
+
+
+def run_service_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTICO_", "OTEL_"))}
+    return {**env, "PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": "[]", **overrides}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"PORTICO_AUTH_TOKENS": '["pt_plain"]'}, "PORTICO_AUTH_TOKENS: auth token entry 0 must be an object"),
+    ({"PORTICO_AUTH_TOKENS": "{not json"}, "PORTICO_AUTH_TOKENS is not valid JSON (line 1, column 2)"),
+    ({"PORTICO_AUTH_TOKENS": "", "PORTICO_AUTH_TOKENS_FILE": "/nonexistent/tokens.json"},
+     "PORTICO_AUTH_TOKENS_FILE: cannot read token list (FileNotFoundError)"),
+    ({"PORTICO_TLS_CERT_FILE": "/nonexistent/server.pem", "PORTICO_TLS_KEY_FILE": "/nonexistent/server.key"},
+     "PORTICO_TLS_CERT_FILE: cannot read /nonexistent/server.pem (No such file or directory)"),
+    ({"PORTICO_LISTEN_ADDR": "127.0.0.1:99999"}, "PORTICO_LISTEN_ADDR must be host:port"),
+    ({"PORTICO_SHUTDOWN_GRACE_SECONDS": "nan"}, "PORTICO_SHUTDOWN_GRACE_SECONDS must be a finite number"),
+    ({"OTEL_TRACES_EXPORTER": "file", "PORTICO_TRACES_FILE": "/nonexistent/spans.jsonl"},
+     "PORTICO_TRACES_FILE: cannot open /nonexistent/spans.jsonl"),
+])
+def test_run_service_reports_a_bad_configuration_in_one_line_and_exits_2(overrides: dict[str, str],
+                                                                         message: str) -> None:
+    process = subprocess.Popen([sys.executable, "-c", RUN_SERVICE], cwd=REPO, env=run_service_env(**overrides),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # it started serving on a configuration it should have refused
+        process.kill()
+        stdout, stderr = process.communicate()
+    assert "Traceback" not in stderr, stderr
+    ours = [line for line in stderr.splitlines() if line.startswith("portico-demo")]
+    assert len(ours) == 1 and ours[0].startswith(f"portico-demo: configuration error: {message}"), stderr
+    assert (process.returncode, stdout) == (2, "")
+
+
+def test_run_service_serves_until_sigterm_then_exits_0() -> None:
+    process = subprocess.Popen([sys.executable, "-c", RUN_SERVICE], cwd=REPO,
+                               env=run_service_env(PORTICO_SHUTDOWN_GRACE_SECONDS="1"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert int(process.stdout.readline()) > 0
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+        assert process.returncode == 0, stderr
+        assert '"msg":"stopped"' in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

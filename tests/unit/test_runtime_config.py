@@ -16,6 +16,7 @@ from portico.cli import _all_settings_table
 from portico.execution.settings import ExecutionSettings
 from portico.runtime.auth import TokenAuthenticator, hash_token, new_token
 from portico.runtime.config import ConfigError
+from portico.runtime.errors import Unauthenticated
 from portico.runtime.logs import JsonFormatter
 from portico.runtime.server import ServerSettings
 from portico.signer.settings import SignerSettings
@@ -124,3 +125,131 @@ def test_event_loop_choice() -> None:
     assert run_in_event_loop(loop_type(), {"PORTICO_EVENT_LOOP": "asyncio"}) is not uvloop.Loop
     with pytest.raises(ConfigError, match="PORTICO_EVENT_LOOP must be uvloop or asyncio"):
         event_loop_factory({"PORTICO_EVENT_LOOP": "tokio"})
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"PORTICO_LISTEN_ADDR": "127.0.0.1"}, "PORTICO_LISTEN_ADDR must be host:port"),  # gRPC would bind 443
+    ({"PORTICO_LISTEN_ADDR": "127.0.0.1:99999"}, "PORTICO_LISTEN_ADDR must be host:port"),  # gRPC: port 34463
+    ({"PORTICO_LISTEN_ADDR": "127.0.0.1:-1"}, "PORTICO_LISTEN_ADDR must be host:port"),  # gRPC: port 65535
+    ({"PORTICO_LISTEN_ADDR": ":50051"}, "PORTICO_LISTEN_ADDR must be host:port"),
+    ({"PORTICO_LISTEN_ADDR": "nonsense"}, "PORTICO_LISTEN_ADDR must be host:port"),
+    ({"PORTICO_MAX_MESSAGE_BYTES": "99999999999"}, "PORTICO_MAX_MESSAGE_BYTES must be at most 2147483647"),
+    ({"PORTICO_SHUTDOWN_GRACE_SECONDS": "nan"}, "PORTICO_SHUTDOWN_GRACE_SECONDS must be a finite number"),
+    ({"PORTICO_SHUTDOWN_GRACE_SECONDS": "inf"}, "PORTICO_SHUTDOWN_GRACE_SECONDS must be a finite number"),
+])
+def test_server_settings_grpc_would_misread_are_refused(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        ServerSettings.from_env(env, 1)
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0:50051", "[::]:0", "localhost:65535", "127.0.0.1:0"])
+def test_listen_addresses_that_grpc_understands_are_accepted(addr: str) -> None:
+    assert ServerSettings.from_env({"PORTICO_LISTEN_ADDR": addr}, 1).listen_addr == addr
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.support.certs import CertificateAuthority
+
+    directory = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority(directory, "ca")
+    server, other = ca.issue("server", server=True), ca.issue("other", server=True)
+    garbage = directory / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    return {"ca": ca.cert_path, "cert": server.cert, "key": server.key, "other_key": other.key, "garbage": garbage,
+            "missing": directory / "missing.pem", "directory": directory}
+
+
+@pytest.mark.parametrize(("cert", "key", "client_ca", "needle"), [
+    ("missing", "key", None, "PORTICO_TLS_CERT_FILE: cannot read"),
+    ("cert", "missing", None, "PORTICO_TLS_KEY_FILE: cannot read"),
+    ("cert", "directory", None, "PORTICO_TLS_KEY_FILE: cannot read"),
+    ("cert", "key", "missing", "PORTICO_TLS_CLIENT_CA_FILE: cannot read"),
+    ("garbage", "key", None, "PORTICO_TLS_CERT_FILE does not hold a PEM certificate"),
+    ("key", "key", None, "PORTICO_TLS_CERT_FILE does not hold a PEM certificate"),
+    ("cert", "garbage", None, "PORTICO_TLS_KEY_FILE is not the unencrypted PEM private key"),
+    ("cert", "other_key", None, "PORTICO_TLS_KEY_FILE is not the unencrypted PEM private key"),
+    ("cert", "key", "garbage", "PORTICO_TLS_CLIENT_CA_FILE does not hold PEM CA certificates"),
+])
+def test_unusable_tls_files_are_a_configuration_error(pki: dict[str, Path], cert: str, key: str,
+                                                      client_ca: str | None, needle: str) -> None:
+    """gRPC itself would only say "Failed to bind to address", at start, or a traceback of a missing file."""
+    env = {"PORTICO_TLS_CERT_FILE": str(pki[cert]), "PORTICO_TLS_KEY_FILE": str(pki[key])}
+    if client_ca is not None:
+        env["PORTICO_TLS_CLIENT_CA_FILE"] = str(pki[client_ca])
+    with pytest.raises(ConfigError, match=needle) as caught:
+        ServerSettings.from_env(env, 1)
+    assert "PRIVATE KEY" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_usable_tls_files_are_accepted(pki: dict[str, Path]) -> None:
+    env = {"PORTICO_TLS_CERT_FILE": str(pki["cert"]), "PORTICO_TLS_KEY_FILE": str(pki["key"]),
+           "PORTICO_TLS_CLIENT_CA_FILE": str(pki["ca"])}
+    tls = ServerSettings.from_env(env, 1).tls
+    assert tls is not None and (tls.cert, tls.key, tls.client_ca) == (pki["cert"], pki["key"], pki["ca"])
+
+
+@pytest.mark.parametrize(("raw", "needle"), [
+    ('["pt_abc"]', r"PORTICO_AUTH_TOKENS: auth token entry 0 must be an object"),
+    ("[null]", r"PORTICO_AUTH_TOKENS: auth token entry 0 must be an object"),
+    ('{"name": "a"}', r"PORTICO_AUTH_TOKENS must be a JSON list"),
+    ('[{"name": "a", "sha256": "abc", "scopes": ["read"]}]', r"PORTICO_AUTH_TOKENS: auth token entry 0 \(a\)"),
+])
+def test_token_config_errors_name_the_variable(raw: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        TokenAuthenticator.from_env({"PORTICO_AUTH_TOKENS": raw})
+
+
+def test_token_file_errors_name_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text('[{"name": "a", "sha256": "0", "scopes": []}]')
+    with pytest.raises(ConfigError, match=r"PORTICO_AUTH_TOKENS_FILE: auth token entry 0 \(a\)"):
+        TokenAuthenticator.from_env({"PORTICO_AUTH_TOKENS_FILE": str(path)})
+
+
+def test_one_token_configured_twice_is_refused() -> None:
+    """Two entries for one token would leave the caller with whichever came last: its scopes, its name."""
+    digest = hash_token(new_token())
+    entries = [{"name": "desk-read", "sha256": digest, "scopes": ["read"]},
+               {"name": "desk-trade", "sha256": digest, "scopes": ["read", "trade"]}]
+    with pytest.raises(ConfigError, match=r"entry 1 \(desk-trade\): the same token as `desk-read`"):
+        TokenAuthenticator(entries)
+
+
+def test_several_tokens_each_get_their_own_scopes() -> None:
+    reader, trader = new_token(), new_token()
+    auth = TokenAuthenticator([{"name": "r", "sha256": hash_token(reader), "scopes": ["read"]},
+                               {"name": "t", "sha256": hash_token(trader), "scopes": ["trade"]}])
+    assert auth.authenticate([("authorization", f"Bearer {reader}")]).scopes == {"read"}
+    assert auth.authenticate([("authorization", f"bearer  {trader} ")]).scopes == {"trade"}
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Bearer    ", "Bearer \t", "Basic abc", "pt_abc"])
+def test_a_header_without_a_token_is_malformed(header: str) -> None:
+    """Even when someone configured the empty token's digest, nothing authenticates without a token."""
+    auth = TokenAuthenticator([{"name": "empty", "sha256": hash_token(""), "scopes": ["admin"]}])
+    with pytest.raises(Unauthenticated) as caught:
+        auth.authenticate([("authorization", header)])
+    assert caught.value.reason == "TOKEN_MALFORMED"
+
+
+def test_json_logs_redact_authorization_and_nested_secret_fields() -> None:
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(JsonFormatter("unit"))
+    logger = logging.getLogger("portico.unit-test")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("call", extra={"authorization": "Bearer pt_leak1",
+                                   "request": {"key_id": "k1", "headers": {"Authorization": "Bearer pt_leak2"},
+                                               "vault": {"token": "hvs.leak3"}},
+                                   "entries": [{"name": "desk", "api_key": "leak4"}]})
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(buffer.getvalue())
+    assert "leak" not in buffer.getvalue()
+    assert line["authorization"] == "[redacted]"
+    assert line["request"] == {"key_id": "k1", "headers": {"Authorization": "[redacted]"},
+                               "vault": {"token": "[redacted]"}}
+    assert line["entries"] == [{"name": "desk", "api_key": "[redacted]"}]

@@ -73,6 +73,8 @@ def test_otlp_exporter_sends_to_the_standard_endpoint(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(("env", "needle"), [
     ({"OTEL_TRACES_EXPORTER": "jaeger"}, "unknown exporter"),
     ({"OTEL_TRACES_EXPORTER": "file"}, "PORTICO_TRACES_FILE"),
+    ({"OTEL_TRACES_EXPORTER": "file", "PORTICO_TRACES_FILE": "/nonexistent-dir/spans.jsonl"},
+     "PORTICO_TRACES_FILE: cannot open /nonexistent-dir/spans.jsonl"),
 ])
 def test_bad_exporter_configuration_is_a_clear_error(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):

@@ -74,6 +74,8 @@ class TokenAuthenticator:
         self._by_digest: dict[bytes, Principal] = {}
         for index, entry in enumerate(entries):
             where = f"auth token entry {index}"
+            if not isinstance(entry, Mapping):
+                raise ConfigError(f"{where} must be an object with `name`, `sha256` and `scopes`")
             name = entry.get("name")
             digest = entry.get("sha256")
             scopes = entry.get("scopes")
@@ -83,13 +85,18 @@ class TokenAuthenticator:
                 raise ConfigError(f"{where} ({name}): `sha256` must be 64 lowercase hex characters")
             if not isinstance(scopes, list) or not all(s in SCOPES for s in scopes):
                 raise ConfigError(f"{where} ({name}): `scopes` must be a list drawn from {list(SCOPES)}")
-            self._by_digest[bytes.fromhex(digest)] = Principal(name, frozenset(scopes))
+            key = bytes.fromhex(digest)
+            if key in self._by_digest:  # one of the two would silently lose its name and scopes
+                raise ConfigError(f"{where} ({name}): the same token as `{self._by_digest[key].name}`")
+            self._by_digest[key] = Principal(name, frozenset(scopes))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TokenAuthenticator:
         raw: Any = AUTH_TOKENS.get_json(env)
+        source = AUTH_TOKENS.name
         path = AUTH_TOKENS_FILE.get_path(env)
         if raw is None and path is not None:
+            source = AUTH_TOKENS_FILE.name
             try:
                 raw = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
@@ -97,8 +104,11 @@ class TokenAuthenticator:
         if raw is None:
             raw = []
         if not isinstance(raw, list):
-            raise ConfigError("auth tokens must be a JSON list")
-        return cls(raw)
+            raise ConfigError(f"{source} must be a JSON list")
+        try:
+            return cls(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -113,9 +123,10 @@ class TokenAuthenticator:
         if header is None:
             raise Unauthenticated("missing bearer token", reason="TOKEN_MISSING")
         scheme, _, token = header.partition(" ")
+        token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("authorization must be `Bearer <token>`", reason="TOKEN_MALFORMED")
-        digest = hashlib.sha256(token.strip().encode()).digest()
+        digest = hashlib.sha256(token.encode()).digest()
         # Looking up by the SHA-256 of the presented token reveals nothing about
         # configured tokens through timing: an attacker would need a preimage.
         principal = self._by_digest.get(digest)

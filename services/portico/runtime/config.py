@@ -9,6 +9,7 @@ raises `ConfigError` naming the variable, never echoing a secret value.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +40,11 @@ class Setting:
     def get_str(self, env: Mapping[str, str]) -> str:
         return self.raw(env)
 
-    def get_int(self, env: Mapping[str, str], *, minimum: int | None = None) -> int:
-        return self._parse(env, int, "an integer", minimum)
+    def get_int(self, env: Mapping[str, str], *, minimum: int | None = None, maximum: int | None = None) -> int:
+        return self._parse(env, int, "an integer", minimum, maximum)
 
     def get_float(self, env: Mapping[str, str], *, minimum: float | None = None) -> float:
-        return self._parse(env, float, "a number", minimum)
+        return self._parse(env, _finite_float, "a finite number", minimum, None)
 
     def get_bool(self, env: Mapping[str, str]) -> bool:
         value = self.raw(env).strip().lower()
@@ -66,7 +67,7 @@ class Setting:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{self.name} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
 
-    def _parse(self, env: Mapping[str, str], kind: Callable[[str], T], what: str, minimum: Any) -> T:
+    def _parse(self, env: Mapping[str, str], kind: Callable[[str], T], what: str, minimum: Any, maximum: Any) -> T:
         value = self.raw(env)
         try:
             parsed = kind(value)
@@ -75,7 +76,18 @@ class Setting:
             raise ConfigError(f"{self.name} must be {what}{shown}") from None
         if minimum is not None and parsed < minimum:
             raise ConfigError(f"{self.name} must be at least {minimum}")
+        if maximum is not None and parsed > maximum:
+            raise ConfigError(f"{self.name} must be at most {maximum}")
         return parsed
+
+
+def _finite_float(text: str) -> float:
+    """`float(text)`, refusing `nan` and `inf`: as a duration or a share they pass every bound check, then
+    break whatever uses them (a timer cannot be set to NaN)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 SETTINGS: dict[str, Setting] = {}

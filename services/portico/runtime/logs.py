@@ -2,8 +2,9 @@
 
 One formatter for every service (configured by `PORTICO_LOG_LEVEL` and
 `PORTICO_LOG_FORMAT`). Extra fields passed with `logger.info(..., extra={...})`
-become JSON keys; any whose name suggests a secret is replaced by
-`[redacted]` as a last line of defence (the first is not logging secrets).
+become JSON keys; any whose name suggests a secret (at any depth of a dict
+or list value) is replaced by `[redacted]` as a last line of defence (the
+first is not logging secrets).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ LOG_LEVEL = setting("PORTICO_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNIN
 LOG_FORMAT = setting("PORTICO_LOG_FORMAT", "json", "`json` (one object a line, with trace ids) or `text`.")
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
-_SECRET_NAME = re.compile(r"(secret|token|password|private|credential|api_key|seed|mnemonic)", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"(secret|token|password|passphrase|private|credential|api_?key|authorization|seed|mnemonic)",
+                          re.IGNORECASE)
 REDACTED = "[redacted]"
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
@@ -41,6 +43,16 @@ def _is_extra(key: str) -> bool:
 @functools.lru_cache(maxsize=1024)
 def _is_secret_name(key: str) -> bool:
     return _SECRET_NAME.search(key) is not None
+
+
+def _redacted(value: Any) -> Any:
+    """`value`, with the secret-named keys of the dicts in it (at any depth) redacted."""
+    if isinstance(value, dict):
+        return {key: REDACTED if isinstance(key, str) and _is_secret_name(key) else _redacted(item)
+                for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,7 +76,7 @@ class JsonFormatter(logging.Formatter):
             entry["span_id"] = format(span_context.span_id, "016x")
         for key, value in record.__dict__.items():
             if _is_extra(key):
-                entry[key] = REDACTED if _is_secret_name(key) else value
+                entry[key] = REDACTED if _is_secret_name(key) else _redacted(value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         # orjson: a log line is written on hot paths (the signer's audit line per signature), and it is

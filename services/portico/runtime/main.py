@@ -78,6 +78,9 @@ def run_service(name: str, settings_from_env: Callable[[Mapping[str, str]], S],
 
     try:
         run_in_event_loop(serve(), env)
+    except ConfigError as exc:  # found while building or starting the app (e.g. its token list): as above
+        print(f"portico-{name}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except WriterLockHeld as exc:  # a second process on a single-writer store: refuse, plainly
         logging.getLogger("portico.runtime").error("not started: store has a writer already")
         print(f"portico-{name}: not started: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,17 +37,20 @@ log = logging.getLogger("portico.server")
 _SCOPE = "gRPC services"  # not the REST gateway, which has its own (PORTICO_GATEWAY_*)
 
 LISTEN_ADDR = setting(
-    "PORTICO_LISTEN_ADDR", "", "host:port to serve gRPC on; default `127.0.0.1:<the service's port>`.", scope=_SCOPE)
+    "PORTICO_LISTEN_ADDR", "",
+    "host:port (port 0 to 65535) to serve gRPC on; default `127.0.0.1:<the service's port>`.", scope=_SCOPE)
 TLS_CERT_FILE = setting("PORTICO_TLS_CERT_FILE", "", "Server certificate (PEM). With the key file, turns TLS on.",
                         scope=_SCOPE)
-TLS_KEY_FILE = setting("PORTICO_TLS_KEY_FILE", "", "Server private key (PEM).", scope=_SCOPE)
+TLS_KEY_FILE = setting("PORTICO_TLS_KEY_FILE", "",
+                       "Server private key (PEM, unencrypted; checked against the certificate at start).", scope=_SCOPE)
 TLS_CLIENT_CA_FILE = setting(
     "PORTICO_TLS_CLIENT_CA_FILE", "",
     "CA bundle (PEM) for client certificates; when set, clients must present one (mTLS).", scope=_SCOPE)
 SHUTDOWN_GRACE = setting(
     "PORTICO_SHUTDOWN_GRACE_SECONDS", "10", "On SIGTERM, how long in-flight calls may run before they are cancelled.",
     scope=_SCOPE)
-MAX_MESSAGE_BYTES = setting("PORTICO_MAX_MESSAGE_BYTES", "4194304", "Largest request or response message accepted.",
+MAX_MESSAGE_BYTES = setting("PORTICO_MAX_MESSAGE_BYTES", "4194304",
+                            "Largest request or response message accepted (1024 to 2147483647).",
                             scope=_SCOPE)
 
 
@@ -76,12 +80,56 @@ class ServerSettings:
         if client_ca is not None and cert is None:
             raise ConfigError(f"{TLS_CLIENT_CA_FILE.name} needs {TLS_CERT_FILE.name} and {TLS_KEY_FILE.name}")
         tls = TlsFiles(cert, key, client_ca) if cert is not None and key is not None else None
+        if tls is not None:
+            _check_tls(tls)
         return cls(
-            listen_addr=LISTEN_ADDR.get_str(env) or f"127.0.0.1:{default_port}",
+            listen_addr=_listen_addr(LISTEN_ADDR.get_str(env) or f"127.0.0.1:{default_port}"),
             tls=tls,
             shutdown_grace_s=SHUTDOWN_GRACE.get_float(env, minimum=0),
-            max_message_bytes=MAX_MESSAGE_BYTES.get_int(env, minimum=1024),
+            # gRPC takes channel options as C ints: a larger value is an OverflowError when the server is built.
+            max_message_bytes=MAX_MESSAGE_BYTES.get_int(env, minimum=1024, maximum=2**31 - 1),
         )
+
+
+def _listen_addr(value: str) -> str:
+    """`value` if it is host:port; gRPC itself reads "127.0.0.1" as port 443 and port 99999 as 34463."""
+    host, _, port = value.rpartition(":")
+    if not host or not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ConfigError(f"{LISTEN_ADDR.name} must be host:port with a port from 0 to 65535 (got {value!r})")
+    return value
+
+
+def _check_tls(tls: TlsFiles) -> None:
+    """Refuse TLS files gRPC cannot use, naming the variable: gRPC itself only says "Failed to bind to address".
+
+    Only the form is checked here (PEM, the key belongs to the certificate), not the key's strength, which is
+    gRPC's TLS library's business.
+    """
+    files = ((TLS_CERT_FILE, tls.cert), (TLS_KEY_FILE, tls.key), (TLS_CLIENT_CA_FILE, tls.client_ca))
+    for variable, path in files:
+        if path is None:
+            continue
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise ConfigError(f"{variable.name}: cannot read {path} ({exc.strerror or type(exc).__name__})") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    # ssl.SSLError is an OSError; its text says nothing more useful than these.
+    try:
+        context.load_verify_locations(tls.cert)
+    except OSError:
+        raise ConfigError(f"{TLS_CERT_FILE.name} does not hold a PEM certificate") from None
+    try:
+        context.load_cert_chain(tls.cert, tls.key, password=b"")  # a password, so OpenSSL never prompts for one
+    except OSError:
+        raise ConfigError(f"{TLS_KEY_FILE.name} is not the unencrypted PEM private key of "
+                          f"{TLS_CERT_FILE.name}'s certificate") from None
+    if tls.client_ca is not None:
+        try:
+            context.load_verify_locations(tls.client_ca)
+        except OSError:
+            raise ConfigError(f"{TLS_CLIENT_CA_FILE.name} does not hold PEM CA certificates") from None
 
 
 # How long past the grace period `GrpcServer.stop` waits for gRPC to report the server stopped.

@@ -112,7 +112,12 @@ def _processor(kind: str, env: Mapping[str, str]) -> SpanProcessor:
         path = TRACES_FILE.get_path(env)
         if path is None:
             raise ConfigError(f"OTEL_TRACES_EXPORTER=file needs {TRACES_FILE.name}")
-        return SimpleSpanProcessor(FileSpanExporter(path))
+        try:
+            exporter = FileSpanExporter(path)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"{TRACES_FILE.name}: cannot open {path} ({reason})") from None
+        return SimpleSpanProcessor(exporter)
     raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {kind!r} (otlp, console, file, none)")
 
 

@@ -32,6 +32,7 @@ class FakeVenue:
 
     def __init__(self, *, session_yields: bool = False) -> None:
         self.session_yields = session_yields
+        self.session_delay_s = 0.0  # a slow Vault read
         self.cancel_alls_started = 0
         self.cancel_alls_done = 0
         self.release = asyncio.Event()
@@ -40,6 +41,7 @@ class FakeVenue:
     async def session(self, account: str) -> Any:
         if self.session_yields:
             await asyncio.sleep(0)
+        await asyncio.sleep(self.session_delay_s)
         return SimpleNamespace(record=SimpleNamespace(account=account))
 
     def independent_client(self, record: Any) -> Any:
@@ -131,3 +133,22 @@ async def test_a_timer_not_rearmed_fires_once_and_leaves_no_entry(account: str) 
         assert live_timers(account) == []
     finally:
         await switches.aclose()
+
+
+async def test_a_rearm_in_time_wins_even_if_reading_the_account_is_slow(account: str) -> None:
+    """The account's record takes longer to read (Vault slow, or down and retried) than the switch has left: the
+    re-arm, handled before the deadline, still wins (before the fix it read the record before replacing the timer,
+    so the old timer fired while it waited and cancelled every order of a client that had re-armed in time)."""
+    venue = FakeVenue()
+    switches = DeadmanSwitches(venue)  # type: ignore[arg-type]
+    try:
+        await switches.arm("syndr", account, 0.3)
+        venue.session_delay_s = 1.0
+        await switches.arm("syndr", account, FAR)
+        assert live_timers(account) == [switches._timers[key(account)]]
+        assert venue.cancel_alls_started == 0
+        assert await switches.arm("syndr", account, 0) is None  # disarming needs no read either
+        assert live_timers(account) == []
+    finally:
+        await switches.aclose()
+    assert venue.cancel_alls_started == 0 and switches.fired == {}

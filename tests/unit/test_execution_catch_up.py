@@ -5,6 +5,7 @@ The venue and the order manager are stand-ins (as in test_execution_feed.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -107,5 +108,82 @@ async def test_when_the_venue_stays_unreadable_both_streams_end_with_unavailable
                     async for _ in consumer.batches():
                         pass
         assert 3 <= venue.catch_ups < 50
+    finally:
+        await feed.aclose()
+
+
+def fill(trade_id: str, timestamp_ms: int) -> dict[str, Any]:
+    return {"id": trade_id, "instrument_name": "ETH-PERP", "side": "buy", "price": "2380", "amount": "0.001",
+            "timestamp": timestamp_ms, "incoming_order_id": "a1", "book_order_id": "m1"}
+
+
+class FillsVenue:
+    """The account's fills, listed newest first by `count` and `offset` as the venue pages them; the first
+    catch-up's first read fails."""
+
+    def __init__(self) -> None:
+        self.fills: list[dict[str, Any]] = []  # oldest first
+        self.failures = 1
+
+    async def call(self, account: str, method: str, params: Any = None, **kwargs: Any) -> Any:
+        if method == "private/get_open_orders" and self.failures:
+            self.failures -= 1
+            raise SyndrHttpError(503, "service unavailable")
+        if method == "private/get_user_trades_by_kind":
+            newest_first = self.fills[::-1]
+            return SimpleNamespace(result=newest_first[params["offset"]:params["offset"] + params["count"]])
+        return SimpleNamespace(result=[])
+
+
+async def test_a_catch_up_retried_while_live_fills_arrive_still_reads_back_to_the_cut(quick: None) -> None:
+    """700 fills while the socket was down, the first catch-up read fails, and a fill made after the reconnect
+    is handled live before the retry: the retry still reads back past the last fill before the cut (not just
+    past the live one), so every fill reaches the stream once (before the fix only the newest 500 were read)."""
+    venue = FillsVenue()
+    ws = SimpleNamespace(aclose=lambda: asyncio.sleep(0))
+    feed = AccountFeed("syndr", ACCOUNT, ws=ws, venue=venue, orders=Orders())  # type: ignore[arg-type]
+    subscription = Subscription()
+    fills = StreamConsumer("fills")
+    feed.add(fills)
+    feed._task = asyncio.create_task(feed._run(subscription))
+    try:
+        t0 = int(time.time() * 1000)  # the fills are made after the feed started
+        before = fill("f-before", t0)
+        venue.fills.append(before)
+        subscription.events.put_nowait(Message("user.fills.ALL", before, b"", 0))
+        venue.fills += [fill(f"f-cut-{i}", t0 + 60_000 + i) for i in range(700)]
+        live = fill("f-live", t0 + 120_000)
+        venue.fills.append(live)
+        subscription.events.put_nowait(Reconnected(1))
+        subscription.events.put_nowait(Message("user.fills.ALL", live, b"", 0))
+        await until(lambda: fills.queue.qsize() == 702, 5)
+        await until(lambda: not feed._catch_up.retrying, 5)
+        updates = [fills.queue.get_nowait() for _ in range(fills.queue.qsize())]
+        assert [u.sequence for u in updates] == list(range(1, 703))
+        assert [u.fill.fill_id for u in updates] == ["f-before", "f-live", *(f"f-cut-{i}" for i in range(700))]
+    finally:
+        await feed.aclose()
+
+
+async def test_a_reconnect_before_anything_was_handled_reads_back_only_to_the_feed_s_start(quick: None) -> None:
+    """The socket reconnects before the feed handled any update (while its first catch-up runs, say): the
+    catch-up reads back to the feed's start, not the account's whole history, whose old fills would reach the
+    stream as if new."""
+    venue = FillsVenue()
+    venue.failures = 0
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    venue.fills = [fill(f"old-{i}", an_hour_ago + i) for i in range(1_000)]
+    ws = SimpleNamespace(aclose=lambda: asyncio.sleep(0))
+    feed = AccountFeed("syndr", ACCOUNT, ws=ws, venue=venue, orders=Orders())  # type: ignore[arg-type]
+    subscription = Subscription()
+    fills = StreamConsumer("fills")
+    feed.add(fills)
+    feed._task = asyncio.create_task(feed._run(subscription))
+    try:
+        subscription.events.put_nowait(Reconnected(1))
+        await until(lambda: feed._catch_up_asks == 1 and feed._catch_up_since is None, 5)
+        updates = [fills.queue.get_nowait() for _ in range(fills.queue.qsize())]
+        # The newest page, as a catch-up always emitted; nothing further back.
+        assert [u.fill.fill_id for u in updates] == [f"old-{i}" for i in range(500, 1_000)]
     finally:
         await feed.aclose()

@@ -3,8 +3,12 @@
 It covers what the venue's cancel-on-disconnect does not (a client that is
 connected but wedged, a crashed strategy behind a healthy gateway). When it
 fires it uses a client of its own (its own connection pool), so a stuck
-shared pool cannot keep it from cancelling, and retries: cancelling
-everything twice is harmless.
+shared pool cannot keep it from cancelling, and retries, with growing pauses,
+until the venue takes the cancel: cancelling everything twice is harmless, and
+giving up would leave the orders of an account nobody watches on the book. The
+first attempt uses the record the switch was armed with (no Vault read delays
+it); after a failure the record is read again, so a key rotated since arming
+(the venue refuses the old one for ever) does not keep it from cancelling.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from portico.execution.venue import SyndrVenue
 from portico.runtime.errors import Unavailable
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.accounts import VenueAccount
-from portico.venues.syndr.errors import SyndrError
 
 __all__ = ["DeadmanSwitches"]
 
 log = logging.getLogger("portico.execution.deadman")
 
-_ATTEMPTS: Final = 5
+# A cancel the venue did not take is sent again after this, the pause doubling up to the maximum.
+_RETRY_S: Final = 0.2
+_RETRY_MAX_S: Final = 5.0
 
 
 class DeadmanSwitches:
@@ -35,21 +40,29 @@ class DeadmanSwitches:
     cannot each store a timer over the other's, and only then cancels the one it replaced. A timer that
     fires leaves `_timers` (only if it is still the entry there) and goes on cancelling; re-arming does not
     stop a firing that has begun. `_tasks` holds every timer and firing not yet finished, for `aclose`.
+
+    Only arming an account that has no live timer reads its record (which also tells an account we cannot
+    act for, NOT_FOUND); re-arming and disarming use the record the live timer holds (`_records`) and do not
+    await before the swap, so a re-arm handled before the deadline always wins over the timer, and neither
+    depends on Vault being readable: a Vault outage must not cancel a healthy client's orders.
     """
 
     def __init__(self, venue: SyndrVenue):
         self._venue = venue
         self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._records: dict[tuple[str, str], VenueAccount] = {}  # the record each live timer fires with
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.fired: dict[tuple[str, str], int] = {}  # times fired, for tests and metrics
 
     async def arm(self, venue_name: str, account: str, ttl_s: float) -> float | None:
         """(Re-)arm for `ttl_s` seconds and return when it fires (epoch seconds); 0 disarms and returns None."""
-        record = (await self._venue.session(account)).record  # NOT_FOUND for an account we cannot act for
+        key = (venue_name, account.lower())
+        record = self._records.get(key) if key in self._timers else None
+        if record is None:
+            record = (await self._venue.session(account)).record  # NOT_FOUND for an account we cannot act for
         if self._closed:
             raise Unavailable("the dead-man's switch is shutting down", reason="SHUTTING_DOWN")
-        key = (venue_name, account.lower())
         # No await from here until the swap is done: the entry is replaced atomically.
         fire_at: float | None = None
         if ttl_s > 0:
@@ -59,8 +72,10 @@ class DeadmanSwitches:
             task.add_done_callback(self._tasks.discard)
             old = self._timers.get(key)
             self._timers[key] = task
+            self._records[key] = record
         else:
             old = self._timers.pop(key, None)
+            self._records.pop(key, None)
             log.info("dead-man's switch disarmed", extra={"account": account})
         await cancel_and_wait(old)  # replaced: it can no longer fire (cancelled before its sleep ends)
         return fire_at
@@ -69,22 +84,39 @@ class DeadmanSwitches:
         await asyncio.sleep(ttl_s)
         if self._timers.get(key) is asyncio.current_task():  # never drop a newer timer of the account
             del self._timers[key]
+            del self._records[key]
         log.warning("dead-man's switch fired: cancelling all orders", extra={"account": record.account})
-        async with self._venue.independent_client(record) as client:
-            for attempt in range(1, _ATTEMPTS + 1):
-                try:
+        attempt, pause = 1, _RETRY_S
+        while True:
+            try:
+                async with self._venue.independent_client(record) as client:
                     await client.call("private/cancel_all", {})
-                    break
-                except SyndrError as exc:
-                    log.error("dead-man's cancel failed", extra={"account": record.account, "attempt": attempt,
-                                                                 "error": type(exc).__name__})
-                    await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
+                break
+            except Exception as exc:
+                log.error("dead-man's cancel failed; trying again in %.1f s", pause,
+                          extra={"account": record.account, "attempt": attempt, "error": type(exc).__name__})
+            await asyncio.sleep(pause)
+            attempt, pause = attempt + 1, min(pause * 2, _RETRY_MAX_S)
+            record = await self._current(record)
+        log.warning("dead-man's switch cancelled all orders", extra={"account": record.account, "attempt": attempt})
         self.fired[key] = self.fired.get(key, 0) + 1
+
+    async def _current(self, record: VenueAccount) -> VenueAccount:
+        """The account's record as Vault has it now (the key may have been rotated since arming); `record` if
+        it cannot be read."""
+        try:
+            self._venue.store.forget(record.venue, record.account)
+            return (await self._venue.session(record.account)).record
+        except Exception as exc:
+            log.warning("dead-man's switch keeps the record it was armed with: reading it again failed",
+                        extra={"account": record.account, "error": type(exc).__name__})
+            return record
 
     async def aclose(self) -> None:
         """Cancel every timer and every firing in progress, and arm no more."""
         self._closed = True
         self._timers.clear()
+        self._records.clear()
         tasks, self._tasks = list(self._tasks), set()
         for task in tasks:
             task.cancel()  # all of them first: none fires while we wait for another

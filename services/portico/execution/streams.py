@@ -8,7 +8,12 @@ reads open orders, recent order history and recent fills over HTTP and
 emits whatever it had not seen, so a consumer misses no order's latest
 state and no fill. A catch-up read that fails is retried with growing pauses
 while live updates go on (`CatchUp`); if the venue still cannot be read, the
-account's streams end with UNAVAILABLE. An order update older than one
+account's streams end with UNAVAILABLE. The read reaches as far back as the
+gap can: order history back past the newest update handled before the cut
+(and past the creation of every order last emitted open that the venue no
+longer lists open, however old), and fills back past the newest fill handled
+(`_CATCH_UP_MARGIN_MS` further, for updates in flight when it dropped), in
+as many pages as that takes. An order update older than one
 already emitted for that order (a notification that queued while the
 catch-up read a later state) is not emitted: a consumer's last word on an
 order is the newest the feed saw.
@@ -29,14 +34,21 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
 from typing import Any, Final
 
 from portico.execution.convert import fill_proto, order_proto
-from portico.execution.orders import OrderManager, order_at_version, stored_is_newer, venue_version
+from portico.execution.model import OrderState
+from portico.execution.orders import OrderManager, order_at_version, stored_is_newer, venue_state, venue_version
 from portico.execution.v1 import execution_service_pb2 as pb
-from portico.execution.venue import SyndrVenue, open_orders, order_history_page, user_trades_page
-from portico.runtime.fanout import CatchUp, StreamConsumer
+from portico.execution.venue import (
+    HISTORY_PAGE,
+    SyndrVenue,
+    history_until_s,
+    open_orders,
+    order_history_page,
+    user_trades_page,
+)
+from portico.runtime.fanout import CatchUp, RecentKeys, StreamConsumer
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, SyndrProtocolError
@@ -50,28 +62,34 @@ CHANNELS: Final = ("user.orders.ALL.raw", "user.fills.ALL")
 # Dedupe memory: a catch-up re-reads at most a few hundred recent orders and fills, so remembering the last
 # few thousand updates is enough, and keeps the process's memory flat however long it runs.
 _SEEN_LIMIT: Final = 5_000
+# A catch-up's first page of order history and of fills (all of it is emitted unless already emitted); further
+# pages (of `HISTORY_PAGE`) are read only while the gap reaches back further.
 _CATCH_UP_ORDERS: Final = 200
 _CATCH_UP_FILLS: Final = 500
+# What the channels missed is newer than the newest update they delivered before the cut, give or take venue
+# timestamps that are only roughly ordered and the updates in flight when the connection dropped: a catch-up
+# reads back this much further (what it reads again is not emitted again).
+_CATCH_UP_MARGIN_MS: Final = 10_000
+# Until the feed has handled an update, the newest is taken to be its start, less this much for the venue's clock
+# being behind ours: what happened before the feed started is nobody's gap.
+_START_SLACK_MS: Final = 60_000
 # A journal write that failed is retried after this, the pause doubling up to the maximum while it keeps failing.
 _JOURNAL_RETRY_S: Final = 1.0
 _JOURNAL_RETRY_MAX_S: Final = 30.0
 
 
-class _Seen:
-    """A bounded memory of what was already emitted (oldest forgotten first)."""
+def _ms(order: dict[str, Any], key: str) -> int:
+    """An order's timestamp in epoch milliseconds, whatever unit the venue sent (as the typed models scale it);
+    0 if it is missing or not a number."""
+    try:
+        return models.to_ms(int(order.get(key) or 0))
+    except (TypeError, ValueError):
+        return 0
 
-    def __init__(self, limit: int = _SEEN_LIMIT):
-        self._keys: OrderedDict[Hashable, None] = OrderedDict()
-        self._limit = limit
 
-    def add(self, key: Hashable) -> bool:
-        """True if `key` is new."""
-        if key in self._keys:
-            return False
-        self._keys[key] = None
-        if len(self._keys) > self._limit:
-            self._keys.popitem(last=False)
-        return True
+def _fill_ms(fill: dict[str, Any]) -> int:
+    """A fill's timestamp in epoch milliseconds, as `_fill` reads it."""
+    return models.parse_user_trade(fill).timestamp
 
 
 def _order_of(data: Any) -> dict[str, Any]:
@@ -94,7 +112,15 @@ class AccountFeed:
         self._consumers: set[StreamConsumer] = set()
         # The last state emitted per order id (a `venue_version`), oldest forgotten first.
         self._emitted: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
-        self._seen_fills = _Seen()
+        self._seen_fills = RecentKeys(_SEEN_LIMIT)
+        # Orders whose last emitted state is open (order id -> creation time): one the venue no longer lists
+        # open changed while the channels were cut, and a catch-up reads the history back to its creation.
+        self._open: dict[str, int] = {}
+        # The newest venue timestamps handled (order updates, fills), and how far back the next catch-up reads
+        # (orders, fills; None: its first pages only), with a count of the catch-ups asked for.
+        self._newest_order_ms = self._newest_fill_ms = int(time.time() * 1000) - _START_SLACK_MS
+        self._catch_up_since: tuple[int, int] | None = None
+        self._catch_up_asks = 0
         # Venue updates the journal did not take (the latest per order id), retried by `_journal_retries`.
         self._unjournaled: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._journal_lock = asyncio.Lock()  # one journal write of this feed at a time: a retry never overtakes
@@ -131,20 +157,37 @@ class AccountFeed:
                 elif event.channel.startswith("user.fills."):
                     self._fill(event.data)
             elif isinstance(event, Reconnected | Overflow):
+                self._ask_catch_up()
                 await self._catch_up.run()  # retried in the background if the venue cannot be read now
         except SyndrError as exc:
             log.warning("account feed update failed", extra={"account": self.account, "error": type(exc).__name__})
         except Exception:
             log.exception("account feed update failed", extra={"account": self.account})
 
+    def _ask_catch_up(self) -> None:
+        """Fix how far back the catch-up for this reconnect (or overflow) reads: past the newest updates handled
+        until now, which live updates handled while it is retried must not move. The earliest asked for holds
+        until a catch-up that started after it succeeds."""
+        since = (max(0, self._newest_order_ms - _CATCH_UP_MARGIN_MS),
+                 max(0, self._newest_fill_ms - _CATCH_UP_MARGIN_MS))
+        if self._catch_up_since is not None:
+            since = (min(since[0], self._catch_up_since[0]), min(since[1], self._catch_up_since[1]))
+        self._catch_up_since = since
+        self._catch_up_asks += 1
+
     async def _order(self, order: dict[str, Any]) -> None:
         """Journal a venue order update, then emit it unless the order's consumers have it or a later state."""
         order_id = str(order.get("order_id", ""))
         entry = await self._journal(order)
+        self._newest_order_ms = max(self._newest_order_ms, _ms(order, "last_update_timestamp"))
         version = venue_version(order)
         last = self._emitted.get(order_id)
         if last is not None and (last == version or stored_is_newer(order_at_version(order_id, last), order)):
             return  # emitted already, or older than what was: the consumer's last word stays the newest
+        if venue_state(order) == OrderState.OPEN:
+            self._open[order_id] = _ms(order, "creation_timestamp")
+        else:
+            self._open.pop(order_id, None)
         self._emitted[order_id] = version
         self._emitted.move_to_end(order_id)
         if len(self._emitted) > _SEEN_LIMIT:
@@ -225,6 +268,7 @@ class AccountFeed:
 
     def _fill(self, data: dict[str, Any]) -> None:
         trade = models.parse_user_trade(data)
+        self._newest_fill_ms = max(self._newest_fill_ms, trade.timestamp)
         if not self._seen_fills.add(trade.id):
             return
         self.fill_sequence += 1
@@ -238,12 +282,47 @@ class AccountFeed:
 
     async def catch_up(self) -> None:
         """Read what the venue says now and emit whatever the channels did not deliver."""
+        asks, since = self._catch_up_asks, self._catch_up_since
+        await self._catch_up_orders(None if since is None else since[0])
+        await self._catch_up_fills(None if since is None else since[1])
+        if self._catch_up_asks == asks:  # none asked for meanwhile: the next one reads from where it stands then
+            self._catch_up_since = None
+
+    async def _catch_up_orders(self, since_ms: int | None) -> None:
+        """The open orders and the order history, newest first, back past `since_ms` and past the creation of
+        every order last emitted open that the venue no longer lists open."""
         orders = await open_orders(self._venue, self.account)
-        orders += await order_history_page(self._venue, self.account, None, 0, _CATCH_UP_ORDERS)
-        for order in sorted(orders, key=lambda o: int(o.get("last_update_timestamp") or 0)):
+        listed = {str(o.get("order_id", "")) for o in orders}
+        gone = {order_id: created for order_id, created in self._open.items() if order_id not in listed}
+        back_to = min([*gone.values(), *([] if since_ms is None else [since_ms])], default=None)
+        offset, count = 0, _CATCH_UP_ORDERS
+        while True:
+            page = await order_history_page(self._venue, self.account, None, offset, count)
+            # The first page is all emitted (as ever); the pages further back only for what the gap concerns.
+            orders += page if offset == 0 else [
+                o for o in page if str(o.get("order_id", "")) in gone
+                or (since_ms is not None and _ms(o, "creation_timestamp") >= since_ms)]
+            if len(page) < count or back_to is None or min(_ms(o, "creation_timestamp") for o in page) < back_to:
+                break
+            offset, count = offset + len(page), HISTORY_PAGE
+        for order in sorted(orders, key=lambda o: _ms(o, "last_update_timestamp")):
             await self._order(order)
-        # The newest fills only (the venue keeps thousands): newest first, then emitted oldest first.
-        fills = await user_trades_page(self._venue, self.account, None, 0, _CATCH_UP_FILLS, int(time.time()) + 1)
+        read = {str(o.get("order_id", "")) for o in orders}
+        for order_id in gone.keys() - read:  # the venue lists it nowhere any more: nothing more to learn
+            self._open.pop(order_id, None)
+
+    async def _catch_up_fills(self, since_ms: int | None) -> None:
+        """The fills, newest first (then emitted oldest first), back past `since_ms`. The window reaches as far
+        past our clock as the order history's (the venue stamps fills with its own)."""
+        until_s = history_until_s()
+        fills: list[dict[str, Any]] = []
+        offset, count = 0, _CATCH_UP_FILLS
+        while True:
+            page = await user_trades_page(self._venue, self.account, None, offset, count, until_s)
+            fills += page if offset == 0 else [f for f in page if _fill_ms(f) >= (since_ms or 0)]
+            if len(page) < count or since_ms is None or min(_fill_ms(f) for f in page) < since_ms:
+                break
+            offset, count = offset + len(page), HISTORY_PAGE
         for fill in reversed(fills):
             self._fill(fill)
 

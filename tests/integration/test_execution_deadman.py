@@ -1,0 +1,134 @@
+"""The dead-man's switch against a real simulator, OpenBao, signer, reference data and journal: it still cancels
+when the venue refuses its first attempts, and when the account's API key was rotated after it was armed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from tests.support.execution import ExecutionStack, running_execution
+from tests.support.waiting import until
+
+from portico.common.v1 import side_pb2
+from portico.execution import deadman
+from portico.execution.v1 import execution_service_pb2 as pb
+from portico.execution.v1 import order_pb2
+from portico.runtime.client import open_channel
+from portico.runtime.vault import VaultSession, VaultSettings
+from portico.sim.server import SimConfig, Simulator
+from portico.venues.accounts import VenueAccountStore
+from portico.venues.syndr import models
+from portico.venues.syndr.constants import ApiKeyScope
+from portico.venues.syndr.credentials import ApiCredentials
+from portico.venues.syndr.http import SyndrHttpClient
+
+SYMBOL = "ETH-PERP"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimConfig(port=0, seed=31, market_maker_instruments=(SYMBOL,),
+                                   rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
+        yield simulator
+
+
+def far_bid(sim: Simulator) -> str:
+    book = sim.engine.book(SYMBOL, 1)
+    tick = sim.engine.instrument(SYMBOL).tick_size
+    return str(((book.bids[0][0] * Decimal("0.8")) // tick) * tick)
+
+
+async def rest_orders(stub: object, running: object, stack: ExecutionStack, count: int) -> None:
+    for i in range(count):
+        reply = await stub.PlaceOrder(pb.PlaceOrderRequest(  # type: ignore[attr-defined]
+            venue="syndr", account=stack.account.address, symbol=SYMBOL, side=side_pb2.SIDE_BUY,
+            type=order_pb2.ORDER_TYPE_LIMIT, amount="0.1", price=far_bid(stack.sim), client_order_id=f"dm-{i}"),
+            metadata=running.metadata())  # type: ignore[attr-defined]
+        assert reply.order.state == order_pb2.ORDER_STATE_OPEN
+
+
+async def test_the_switch_keeps_trying_until_the_venue_takes_the_cancel(stack: ExecutionStack,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The venue answers the first eight cancel_all calls 503: before the fix the switch gave up after five
+    attempts (and counted itself fired), leaving every order of an account nobody watches on the book."""
+    monkeypatch.setattr(deadman, "_RETRY_S", 0.05, raising=False)
+    monkeypatch.setattr(deadman, "_RETRY_MAX_S", 0.1, raising=False)
+    sim, account = stack.sim, stack.account.address
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        await rest_orders(stub, running, stack, 3)
+        sim.faults.update({"http_5xx_method": "private/cancel_all", "http_5xx_next": 8})
+        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
+                              metadata=running.metadata())
+        await until(lambda: sim.faults.http_5xx_next == 0, timeout_s=10)
+        await until(lambda: sim.engine.open_orders(account) == [], timeout_s=10)
+        await until(lambda: running.app.deadman.fired.get(("syndr", account.lower())) == 1)
+
+
+async def test_the_switch_cancels_with_the_key_vault_holds_when_it_fires(stack: ExecutionStack,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The account's API key is rotated (new key in Vault, the old one deactivated at the venue) after the switch
+    was armed and before it fires: before the fix it sent cancel_all with the key it was armed with, which the
+    venue refuses for ever, so nothing was cancelled."""
+    monkeypatch.setattr(deadman, "_RETRY_S", 0.05, raising=False)
+    sim, account = stack.sim, stack.account.address
+    old = stack.account.credentials
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        await rest_orders(stub, running, stack, 2)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # arming needs scope `trade`
+            await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=2)),
+                                  metadata=running.metadata("read"))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert running.app.deadman._timers == {}
+        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=2)),
+                              metadata=running.metadata())
+
+        async with SyndrHttpClient(sim.http_url, credentials=old) as venue:
+            created = models.parse_created_api_key((await venue.call(
+                "private/create_api_key", {"scope": int(ApiKeyScope.ADMIN), "name": "rotated"})).result)
+            new = ApiCredentials(created.api_key, created.api_secret)
+        async with VaultSession(VaultSettings(addr=stack.vault.addr, auth_method="token",
+                                              token=stack.vault.root_token)) as session:
+            store = VenueAccountStore(session)
+            record = await store.get("syndr", account)
+            await store.put(dataclasses.replace(record, credentials=new))
+            await store.aclose()
+        async with SyndrHttpClient(sim.http_url, credentials=new) as venue:
+            await venue.call("private/deactivate_api_key", {"api_key": old.api_key, "api_secret": old.api_secret})
+
+        await until(lambda: sim.engine.open_orders(account) == [], timeout_s=15)
+        assert any(r.method == "private/cancel_all" and r.api_key == new.api_key for r in sim.requests)
+
+
+async def test_rearm_and_disarm_work_while_vault_cannot_be_read(stack: ExecutionStack) -> None:
+    """Vault refuses the execution service (its token revoked) once the switch is armed. A client that keeps
+    re-arming in time, then disarms, keeps its orders: the switch already has what it needs to fire (before the
+    fix every re-arm and the disarm first read the account's record again, failed UNAVAILABLE once the cached
+    one was a second old, and the switch cancelled a healthy client's orders)."""
+    sim, account = stack.sim, stack.account.address
+    async with running_execution(stack, {"PORTICO_EXECUTION_CREDENTIALS_CACHE_SECONDS": "1"}) as running, \
+            open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        await rest_orders(stub, running, stack, 2)
+
+        async def arm(seconds: int) -> pb.ArmDeadmanResponse:
+            return await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account,  # type: ignore[no-any-return]
+                                                              ttl=Duration(seconds=seconds)),
+                                         metadata=running.metadata())
+
+        await arm(2)
+        stack.vault.client().auth.token.revoke(stack.execution_vault_token)
+        for _ in range(8):  # 4 s of heart-beats, twice the ttl
+            await asyncio.sleep(0.5)
+            assert (await arm(2)).HasField("fire_time")
+        assert len(sim.engine.open_orders(account)) == 2
+        assert not (await arm(0)).HasField("fire_time")
+        await asyncio.sleep(2.5)
+        assert len(sim.engine.open_orders(account)) == 2
+        assert running.app.deadman.fired == {}

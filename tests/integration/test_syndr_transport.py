@@ -123,6 +123,27 @@ async def test_http_public_call_retried_on_500(stub: SyndrStub) -> None:
     assert ids == sorted(ids) and len(set(ids)) == 3  # a retry is a new request
 
 
+async def test_http_public_retries_end_within_the_call_timeout(stub: SyndrStub) -> None:
+    """A retried read still ends within its timeout: an attempt that used it all up is not repeated, and a
+    retry after a quick failure gets only what is left. Before the fix every attempt had the whole timeout,
+    so a read the venue never answers took three timeouts (0.9 s here) and hit the venue three times."""
+    async with SyndrHttpClient(stub.http_url, timeout_s=0.3, retries=2) as client:
+        stub.fail_http(3, "timeout")
+        started = time.monotonic()
+        with pytest.raises(SyndrTimeout):
+            await client.call("public/get_instruments")
+        assert time.monotonic() - started < 0.7
+        assert len(stub.http_requests) == 1
+    async with SyndrStub() as other, SyndrHttpClient(other.http_url, timeout_s=0.3, retries=2) as client:
+        other.fail_http(1, "500")
+        other.fail_http(2, "timeout")
+        started = time.monotonic()
+        with pytest.raises(SyndrTimeout):
+            await client.call("public/get_instruments")
+        assert time.monotonic() - started < 0.7
+        assert len(other.http_requests) == 2  # the 500 was retried once, into what was left of the timeout
+
+
 async def test_http_private_and_state_changing_calls_not_retried(stub: SyndrStub) -> None:
     async with SyndrHttpClient(stub.http_url, credentials=CREDS, retries=2) as client:
         stub.fail_http(1, "500")

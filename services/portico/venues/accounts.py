@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -54,6 +55,11 @@ def check_account(account: str) -> str:
 # Venue answers that mean "the credentials or signing key on record are no longer the account's".
 _STALE_RECORD_CODES = frozenset({ErrorCode.INVALID_SIGNATURE, ErrorCode.SIGNING_KEY_NOT_REGISTERED,
                                  ErrorCode.SIGNING_KEY_EXPIRED})
+
+# A record the venue refused is dropped (read again from Vault) at most this often: every call in flight with it
+# is refused too, and Vault may still hold it (the venue dropped the key before the new record was written), so
+# dropping it on each refusal would read Vault once per call.
+_REREAD_REFUSED_S: Final = 1.0
 
 ACCOUNTS_ROOT = "portico/venues"
 
@@ -168,6 +174,7 @@ class SyndrAccounts:
         self.store = store
         self.public = SyndrHttpClient(http_url, timeout_s=timeout_s)
         self._sessions: dict[str, AccountSession] = {}
+        self._dropped: dict[str, tuple[VenueAccount, float]] = {}  # by account: the last refused record dropped
         self._orderbook: str | None = None
         self._lock = asyncio.Lock()
         self._closed = False
@@ -217,12 +224,26 @@ class SyndrAccounts:
         try:
             return await session.http.call(method, params, priority=priority)
         except SyndrAuthError:
-            self.store.forget("syndr", account)
+            self._drop_refused(account, session.record)
             raise
         except SyndrRpcError as exc:
             if exc.code in _STALE_RECORD_CODES:
-                self.store.forget("syndr", account)
+                self._drop_refused(account, session.record)
             raise
+
+    def _drop_refused(self, account: str, record: VenueAccount) -> None:
+        """Drop the cached record the venue refused, once: not when a newer one is in use already (the refusal
+        of a call sent before the rotation), nor again within `_REREAD_REFUSED_S` of dropping it."""
+        key = account.lower()
+        current = self._sessions.get(key)
+        if current is not None and current.record != record:
+            return
+        now = time.monotonic()
+        dropped = self._dropped.get(key)
+        if dropped is not None and dropped[0] == record and now - dropped[1] < _REREAD_REFUSED_S:
+            return
+        self._dropped[key] = (record, now)
+        self.store.forget("syndr", account)
 
     async def orderbook_address(self) -> str:
         """The orderbook contract orders are signed for (`public/get_l3_contracts`, asked once)."""

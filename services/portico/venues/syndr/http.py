@@ -199,7 +199,9 @@ class SyndrHttpClient:
         `priority` overrides the method's own class in the rate budget's queue (see `RateBudget`).
 
         `public/*` reads are retried (up to `retries` times, jittered backoff) on
-        connection errors, timeouts and HTTP 5xx; nothing else is.
+        connection errors, timeouts and HTTP 5xx; nothing else is. Retries stay within
+        `timeout_s` (the client's by default) from the call's start: an attempt that
+        used it up is not repeated, and a retry gets only what is left of it.
         """
         if self._closed:
             raise SyndrConnectionError(f"{method}: client is closed")
@@ -213,14 +215,18 @@ class SyndrHttpClient:
                                             "rpc.jsonrpc.version": "2.0", **self._server_attrs}
         with tracer.start_as_current_span(method, kind=SpanKind.CLIENT, attributes=attributes,
                                           record_exception=False, set_status_on_exception=False) as span:
+            loop = asyncio.get_running_loop()
+            deadline, attempt_s = loop.time() + limit_s, limit_s
             try:
                 for attempt in range(1, attempts + 1):
                     try:
-                        return await self._attempt(span, method, body_params, private, limit_s, priority)
+                        return await self._attempt(span, method, body_params, private, attempt_s, priority)
                     except SyndrTransportError as exc:
-                        if attempt >= attempts or (isinstance(exc, SyndrHttpError) and exc.status < 500):
-                            raise
                         delay = backoff_s(attempt, _BACKOFF_BASE_S, _BACKOFF_MAX_S)
+                        attempt_s = deadline - loop.time() - delay  # what a retry would have left
+                        if (attempt >= attempts or (isinstance(exc, SyndrHttpError) and exc.status < 500)
+                                or attempt_s <= 0):
+                            raise
                         span.add_event("retry", {"attempt": attempt, "error.type": type(exc).__name__})
                         log.info("syndr %s failed (%s), retry %d/%d in %.0f ms", method, exc, attempt,
                                  attempts - 1, delay * 1000)

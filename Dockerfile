@@ -15,7 +15,10 @@
 # 127.0.0.1 unless PORTICO_LISTEN_ADDR / PORTICO_GATEWAY_LISTEN_ADDR say otherwise (deploy/k8s sets 0.0.0.0).
 # tests/integration/test_deploy.py checks this file against pyproject.toml, the Makefile and the services.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# Pinned to a Python patch release and a Debian release (the bare `python:3.11-slim` follows every new patch
+# release and has changed Debian releases under the same name). Bump it deliberately; to pin the exact bytes as
+# well, append the digest (`docker buildx imagetools inspect python:3.11.14-slim-bookworm`): @sha256:<index digest>.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # ---------------------------------------------------------------- build: the project into a virtual environment
 FROM ${PYTHON_IMAGE} AS build

@@ -148,10 +148,15 @@ def portico_deployments(overlay: str) -> dict[str, dict[str, Any]]:
 def effective_env(overlay: str, dep: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]] | None = None
                   ) -> dict[str, str]:
     """The container's environment as Kubernetes would build it (envFrom first, then env)."""
+    return container_env(overlay, container(dep), secrets)
+
+
+def container_env(overlay: str, c: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]] | None = None
+                  ) -> dict[str, str]:
+    """One container's (or init container's) environment, as `effective_env`."""
     configmaps = objects(overlay, "ConfigMap")
     generated = secret_values(overlay)
     env: dict[str, str] = {}
-    c = container(dep)
     for source in c.get("envFrom", []):
         assert "configMapRef" in source, "only ConfigMaps are used with envFrom"
         env.update(configmaps[source["configMapRef"]["name"]]["data"])
@@ -313,19 +318,27 @@ def test_every_service_has_its_pieces(overlay: str) -> None:
     services = objects(overlay, "Service")
     for name, dep in portico_deployments(overlay).items():
         labels = dep["spec"]["template"]["metadata"]["labels"]
-        c = container(dep)
-        for bound in ("requests", "limits"):
-            assert {"cpu", "memory"} <= c["resources"][bound].keys(), f"{name}: resources.{bound}"
-        sc = c["securityContext"]
-        assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
-        assert sc["capabilities"]["drop"] == ["ALL"]
+        # Init containers too: the namespace enforces Pod Security "restricted" on every container of a pod.
+        for c in (container(dep), *dep["spec"]["template"]["spec"].get("initContainers", [])):
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= c["resources"][bound].keys(), f"{name}/{c['name']}: resources.{bound}"
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], f"{name}/{c['name']}"
+            assert sc["capabilities"]["drop"] == ["ALL"], f"{name}/{c['name']}"
         assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
         assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == dockerfile_uid()
         assert any(s["spec"]["selector"].items() <= labels.items() for s in services.values()), f"{name}: no Service"
         if name == "syndr-sim":
             continue
-        assert any(p["spec"]["selector"]["matchLabels"].items() <= labels.items() for p in pdbs.values()), \
-            f"{name}: no PodDisruptionBudget"
+        [pdb] = [p for p in pdbs.values() if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        # A budget that allows no eviction while every replica is up (minAvailable 1 of 1, maxUnavailable 0)
+        # blocks every node drain; it must allow one.
+        replicas = dep["spec"]["replicas"]
+        if "maxUnavailable" in pdb["spec"]:
+            allowed = pdb["spec"]["maxUnavailable"]
+        else:
+            allowed = replicas - pdb["spec"]["minAvailable"]
+        assert isinstance(allowed, int) and allowed >= 1, f"{name}: {pdb['spec']} with {replicas} replica(s)"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -478,6 +491,53 @@ def test_storage(overlay: str) -> None:
             [item] = [e for e in container(dep)["env"] if e["name"] == var]
             assert item["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "dsn"}
         assert refdata_env["PORTICO_REFDATA_DSN"].startswith("postgresql://")
+
+
+# Files the services write (SQLite stores, beside them their -wal, -shm and .writer-lock files; logs) and read.
+WRITTEN_FILES = ("PORTICO_SIGNER_WATERMARK_DB", "PORTICO_EXECUTION_JOURNAL_DB", "PORTICO_REFDATA_DB",
+                 "PORTICO_SIGNER_AUDIT_LOG", "PORTICO_TRACES_FILE")
+READ_FILES = ("PORTICO_VAULT_CACERT", "PORTICO_VAULT_K8S_JWT_FILE", "PORTICO_VAULT_TOKEN_FILE",
+              "PORTICO_VAULT_SECRET_ID_FILE", "PORTICO_AUTH_TOKENS_FILE", "PORTICO_TLS_CERT_FILE",
+              "PORTICO_TLS_KEY_FILE", "PORTICO_TLS_CLIENT_CA_FILE")
+
+
+def _mount_of(dep: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """The container's volume mount that holds `path` (the deepest), if any."""
+    under = [m for m in container(dep).get("volumeMounts", []) if Path(path).is_relative_to(m["mountPath"])]
+    return max(under, key=lambda m: len(m["mountPath"])) if under else None
+
+
+def _writable(dep: Mapping[str, Any], path: str) -> bool:
+    """`path` is on a writable emptyDir or PersistentVolumeClaim mount."""
+    mount = _mount_of(dep, path)
+    if mount is None or mount.get("readOnly", False):
+        return False
+    [volume] = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    return "emptyDir" in volume or "persistentVolumeClaim" in volume
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_files_the_services_use_are_on_volumes(overlay: str) -> None:
+    """The root filesystem is read-only: every file a service writes is on a writable volume, every file it
+    reads is mounted, and /tmp (SQLite's and Python's temporary files) is writable."""
+    for name, dep in portico_deployments(overlay).items():
+        assert container(dep)["securityContext"]["readOnlyRootFilesystem"]
+        env = effective_env(overlay, dep, _fake_external_secrets())
+        assert _writable(dep, "/tmp/x"), f"{name}: /tmp is not writable"
+        for var in WRITTEN_FILES:
+            if env.get(var):
+                assert Path(env[var]).is_absolute() and _writable(dep, env[var]), f"{name}: {var}={env[var]}"
+        for var in READ_FILES:
+            if env.get(var):
+                assert _mount_of(dep, env[var]) is not None, f"{name}: {var}={env[var]} is not mounted"
+        # The SQLite defaults are relative to the image's working directory, on the read-only root: a store in
+        # use names its file.
+        stores = {"signer": ("PORTICO_SIGNER_WATERMARK_DB", None),
+                  "execution": ("PORTICO_EXECUTION_JOURNAL_DB", "PORTICO_EXECUTION_JOURNAL_DSN"),
+                  "refdata": ("PORTICO_REFDATA_DB", "PORTICO_REFDATA_DSN")}
+        if name in stores:
+            file_var, dsn_var = stores[name]
+            assert (dsn_var is not None and env.get(dsn_var)) or env.get(file_var), f"{name}: {file_var} unset"
 
 
 def test_dev_tokens_cover_each_service_and_its_scopes() -> None:
@@ -908,8 +968,13 @@ def test_dockerfile_installs_the_project_as_the_makefile_does() -> None:
     froms = [args.split()[0] for kw, args in instructions if kw == "FROM"]
     arg_defaults = dict(a.split("=", 1) for kw, a in instructions if kw == "ARG" and "=" in a)
     images = {arg_defaults.get(f.strip("${}"), f) for f in froms}
-    assert images == {"python:3.11-slim"}
-    assert pyproject["project"]["requires-python"] == ">=3.11"
+    # One base for both stages (the virtual environment's interpreter is the base's), pinned to a Python patch
+    # release and a Debian release: `python:3.11-slim` moves to every new patch release and has moved from one
+    # Debian release to the next under the same name, so a rebuild of the same commit could change both.
+    [image] = images
+    pinned = re.fullmatch(r"python:(3\.\d+)\.\d+-slim-(bookworm|trixie)(@sha256:[0-9a-f]{64})?", image)
+    assert pinned, f"base image {image!r} is not pinned to a Python patch release and a Debian release"
+    assert pyproject["project"]["requires-python"] == f">={pinned[1]}"
 
     runs = [args for kw, args in instructions if kw == "RUN"]
     pip_calls = [args for run in runs for args in _pip_installs(run)]

@@ -15,6 +15,7 @@ import hvac.exceptions
 import pytest
 from tests.support.openbao import OpenBaoDevServer
 
+from portico.account.leases import lease_path
 from portico.up import VAULT_POLICY_DIR
 
 VENUE_RECORD = "portico/venues/syndr/accounts/0xabc"
@@ -97,3 +98,18 @@ def test_account_creates_new_keys_but_never_reads_or_changes_one(vault: OpenBaoD
     assert not allowed(read(account, SIGNER_KEY))
     assert not allowed(write(account, SIGNER_KEY))  # exists: "create" does not cover it
     assert not allowed(write(account, SIGNER_KEY_POLICY))
+
+
+def test_account_takes_leases_with_check_and_set_writes_and_execution_cannot(vault: OpenBaoDevServer) -> None:
+    """Account leases (account/leases.py) are KV v2 check-and-set writes under portico/venues/<venue>/leases/: the
+    first with cas=0 (create), then on the version read (update). Execution takes none and may touch none."""
+    path = lease_path("syndr", f"0x{secrets.token_hex(20)}", "signing-key")
+    account = token_for(vault, "account")
+    kv = account.secrets.kv.v2
+    assert allowed(lambda: kv.create_or_update_secret(path=path, secret={"holder": "a"}, cas=0, mount_point="secret"))
+    assert allowed(read(account, path))
+    assert allowed(lambda: kv.create_or_update_secret(path=path, secret={"holder": ""}, cas=1, mount_point="secret"))
+    execution = token_for(vault, "execution")
+    assert not allowed(read(execution, path))
+    assert not allowed(write(execution, path))
+    assert not allowed(write(execution, lease_path("syndr", f"0x{secrets.token_hex(20)}", "signing-key")))

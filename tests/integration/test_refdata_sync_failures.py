@@ -6,13 +6,17 @@
 - PostgreSQL's statistics refresh after a big sync failing (a lock timeout behind autovacuum, a dropped
   connection): the sync has committed, so it is reported and published, not turned into an error.
 - The venue listing an instrument with `is_active: false`: it is not tradable, so it is not active here.
+- The venue not up yet when the service starts (the suite starting together): the failed first sync is tried
+  again within seconds, not at the next scheduled sync minutes later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -193,3 +197,19 @@ async def test_tick_sizes_sent_as_json_numbers_are_exact_decimals(
     again = await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata(),
                                        timeout=10)
     assert (again.added, again.updated, again.deactivated) == (0, 0, 0)
+
+
+async def test_a_first_sync_that_found_no_venue_is_retried_soon(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on (yet)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db_env = {"PORTICO_REFDATA_DB": str(tmp_path / "instruments.sqlite3")}
+    async with running_refdata(f"http://127.0.0.1:{port}", db_env,
+                               {"PORTICO_REFDATA_SYNC_ON_START": "true",
+                                "PORTICO_REFDATA_SYNC_INTERVAL_SECONDS": "300"}) as refdata:
+        assert await refdata.app.store.get("syndr", "ETH-PERP") is None  # the venue was not there
+        async with Simulator(SimConfig(port=port, seed=5, book_changes_per_second=1)):
+            deadline = time.monotonic() + 10
+            while await refdata.app.store.get("syndr", "ETH-PERP") is None:
+                assert time.monotonic() < deadline, "the failed first sync was not retried"
+                await asyncio.sleep(0.1)

@@ -271,12 +271,11 @@ class RefdataApp(GrpcServiceApp):
 
     async def start(self) -> None:
         await self.store.start()
-        if self.settings.sync_on_start:
-            await self.syncer.sync_all()
+        synced = await self.syncer.sync_all() if self.settings.sync_on_start else True
         await self.server.start([SERVICE_NAME])
-        if self.settings.sync_interval_s > 0:
-            self._scheduled = asyncio.create_task(self.syncer.run_every(self.settings.sync_interval_s),
-                                                  name="refdata-scheduled-sync")
+        if self.settings.sync_interval_s > 0 or not synced:  # a failed first sync is retried soon, not next interval
+            self._scheduled = asyncio.create_task(
+                self.syncer.run_every(self.settings.sync_interval_s, failed=not synced), name="refdata-scheduled-sync")
 
     async def aclose(self, grace_s: float | None = None) -> None:
         await cancel_and_wait(self._scheduled)

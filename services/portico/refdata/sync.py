@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Final
 
 from portico.refdata.model import InstrumentRecord
 from portico.refdata.normalize import normalize_syndr
@@ -33,6 +34,11 @@ __all__ = ["EventHub", "InstrumentSyncer", "Subscription", "SyndrInstrumentSourc
 log = logging.getLogger("portico.refdata.sync")
 
 VenueSource = Callable[[], Awaitable[list[InstrumentRecord]]]
+
+
+# A failed sync is tried again after this, the pause doubling up to the maximum (or the sync interval).
+_RETRY_S: Final = 1.0
+_RETRY_MAX_S: Final = 60.0
 
 
 class SyndrInstrumentSource:
@@ -205,15 +211,27 @@ class InstrumentSyncer:
             raise asyncio.CancelledError
         return write.result()
 
-    async def sync_all(self) -> None:
-        """Sync every venue; one venue failing does not stop the others."""
+    async def sync_all(self) -> bool:
+        """Sync every venue; one venue failing does not stop the others. True if none failed."""
+        synced = True
         for venue in self._sources:
             try:
                 await self.sync(venue)
-            except Exception as exc:  # logged; the next scheduled run tries again
-                log.warning("scheduled sync failed", extra={"venue": venue, "error": str(exc)})
+            except Exception as exc:  # logged; `run_every` tries again
+                synced = False
+                log.warning("sync failed", extra={"venue": venue, "error": str(exc)})
+        return synced
 
-    async def run_every(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            await self.sync_all()
+    async def run_every(self, interval_s: float, *, failed: bool = False) -> None:
+        """Sync every `interval_s` (0: only until a sync succeeds). After a failed sync (`failed`: the one at
+        start) the next comes sooner, after `_RETRY_S` doubling up to the interval: a venue that was not up yet
+        when the service started must not leave it without instruments for a whole interval."""
+        retry_s = _RETRY_S
+        while failed or interval_s > 0:
+            if failed:
+                await asyncio.sleep(min(retry_s, interval_s) if interval_s > 0 else retry_s)
+                retry_s = min(retry_s * 2, _RETRY_MAX_S)
+            else:
+                await asyncio.sleep(interval_s)
+                retry_s = _RETRY_S
+            failed = not await self.sync_all()

@@ -4,14 +4,13 @@ when the venue refuses its first attempts, and when the account's API key was ro
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from tests.support.execution import ExecutionStack, running_execution
+from tests.support.execution import ExecutionStack, rotate_api_key, running_execution
 from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
@@ -19,13 +18,7 @@ from portico.execution import deadman
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import order_pb2
 from portico.runtime.client import open_channel
-from portico.runtime.vault import VaultSession, VaultSettings
 from portico.sim.server import SimConfig, Simulator
-from portico.venues.accounts import VenueAccountStore
-from portico.venues.syndr import models
-from portico.venues.syndr.constants import ApiKeyScope
-from portico.venues.syndr.credentials import ApiCredentials
-from portico.venues.syndr.http import SyndrHttpClient
 
 SYMBOL = "ETH-PERP"
 
@@ -77,7 +70,6 @@ async def test_the_switch_cancels_with_the_key_vault_holds_when_it_fires(stack: 
     venue refuses for ever, so nothing was cancelled."""
     monkeypatch.setattr(deadman, "_RETRY_S", 0.05, raising=False)
     sim, account = stack.sim, stack.account.address
-    old = stack.account.credentials
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
         await rest_orders(stub, running, stack, 2)
@@ -89,18 +81,7 @@ async def test_the_switch_cancels_with_the_key_vault_holds_when_it_fires(stack: 
         await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=2)),
                               metadata=running.metadata())
 
-        async with SyndrHttpClient(sim.http_url, credentials=old) as venue:
-            created = models.parse_created_api_key((await venue.call(
-                "private/create_api_key", {"scope": int(ApiKeyScope.ADMIN), "name": "rotated"})).result)
-            new = ApiCredentials(created.api_key, created.api_secret)
-        async with VaultSession(VaultSettings(addr=stack.vault.addr, auth_method="token",
-                                              token=stack.vault.root_token)) as session:
-            store = VenueAccountStore(session)
-            record = await store.get("syndr", account)
-            await store.put(dataclasses.replace(record, credentials=new))
-            await store.aclose()
-        async with SyndrHttpClient(sim.http_url, credentials=new) as venue:
-            await venue.call("private/deactivate_api_key", {"api_key": old.api_key, "api_secret": old.api_secret})
+        new = await rotate_api_key(stack)
 
         await until(lambda: sim.engine.open_orders(account) == [], timeout_s=15)
         assert any(r.method == "private/cancel_all" and r.api_key == new.api_key for r in sim.requests)

@@ -4,7 +4,6 @@ the venue notifies, and an API key rotated while the account's WebSocket is up."
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
@@ -12,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from tests.support.execution import ExecutionStack, RunningExecution, running_execution
+from tests.support.execution import ExecutionStack, RunningExecution, rotate_api_key, running_execution
 from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
@@ -22,12 +21,7 @@ from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import order_pb2
 from portico.runtime.client import open_channel
 from portico.runtime.lifecycle import cancel_and_wait
-from portico.runtime.vault import VaultSession, VaultSettings
 from portico.sim.server import SimConfig, Simulator
-from portico.venues.accounts import VenueAccountStore
-from portico.venues.syndr import models
-from portico.venues.syndr.constants import ApiKeyScope
-from portico.venues.syndr.credentials import ApiCredentials
 from portico.venues.syndr.http import SyndrHttpClient
 
 SYMBOL = "ETH-PERP"
@@ -156,7 +150,6 @@ async def test_a_rotated_api_key_reauthenticates_the_feed_and_the_stream_goes_on
     and the same stream goes on with contiguous sequences."""
     sim = stack.sim
     address = stack.account.address
-    old = stack.account.credentials
     async with running_execution(stack, {"PORTICO_EXECUTION_CREDENTIALS_CACHE_SECONDS": "1"}) as running, \
             open_channel(running.target) as channel:
         stream = OrderStream(running, channel)
@@ -166,20 +159,7 @@ async def test_a_rotated_api_key_reauthenticates_the_feed_and_the_stream_goes_on
             first = await stub.PlaceOrder(place_request(stack, "before-1", far_bid(sim)), metadata=running.metadata())
             await until(lambda: stream.has(first.order.order_id, order_pb2.ORDER_STATE_OPEN))
 
-            # Rotation, as the venue and the account service do it: a new key, the record in Vault names it, the
-            # old key is deactivated.
-            async with SyndrHttpClient(sim.http_url, credentials=old) as venue:
-                created = models.parse_created_api_key((await venue.call(
-                    "private/create_api_key", {"scope": int(ApiKeyScope.ADMIN), "name": "rotated"})).result)
-                new = ApiCredentials(created.api_key, created.api_secret)
-            async with VaultSession(VaultSettings(addr=stack.vault.addr, auth_method="token",
-                                                  token=stack.vault.root_token)) as session:
-                store = VenueAccountStore(session)
-                record = await store.get("syndr", address)
-                await store.put(dataclasses.replace(record, credentials=new))
-                await store.aclose()
-            async with SyndrHttpClient(sim.http_url, credentials=new) as venue:
-                await venue.call("private/deactivate_api_key", {"api_key": old.api_key, "api_secret": old.api_secret})
+            new = await rotate_api_key(stack)
             assert await sim.close_websockets() >= 1
 
             # The HTTP side picks the new record up within the cache time; so must the feed.

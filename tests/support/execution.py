@@ -10,6 +10,7 @@ starts (and can restart) the execution service itself over that stack.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,9 @@ from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.sim.server import Simulator
 from portico.venues.accounts import VenueAccount, VenueAccountStore
-from portico.venues.syndr import typed_data
+from portico.venues.syndr import models, typed_data
+from portico.venues.syndr.constants import ApiKeyScope
+from portico.venues.syndr.credentials import ApiCredentials
 from portico.venues.syndr.http import SyndrHttpClient
 from tests.support.openbao import OpenBaoDevServer
 from tests.support.refdata import running_refdata
@@ -151,3 +154,22 @@ async def running_execution(stack: ExecutionStack, env: Mapping[str, str] | None
         yield RunningExecution(app, f"127.0.0.1:{app.port}", stack)
     finally:
         await app.aclose(grace_s=0.5)
+
+
+async def rotate_api_key(stack: ExecutionStack) -> ApiCredentials:
+    """A key rotation as the venue and the account service do it: a new API key, the account's record in Vault
+    names it, the old key is deactivated at the venue. Returns the new key pair."""
+    old = stack.account.credentials
+    async with SyndrHttpClient(stack.sim.http_url, credentials=old) as venue:
+        created = models.parse_created_api_key((await venue.call(
+            "private/create_api_key", {"scope": int(ApiKeyScope.ADMIN), "name": "rotated"})).result)
+    new = ApiCredentials(created.api_key, created.api_secret)
+    async with VaultSession(VaultSettings(addr=stack.vault.addr, auth_method="token",
+                                          token=stack.vault.root_token)) as session:
+        store = VenueAccountStore(session)
+        record = await store.get("syndr", stack.account.address)
+        await store.put(dataclasses.replace(record, credentials=new))
+        await store.aclose()
+    async with SyndrHttpClient(stack.sim.http_url, credentials=new) as venue:
+        await venue.call("private/deactivate_api_key", {"api_key": old.api_key, "api_secret": old.api_secret})
+    return new

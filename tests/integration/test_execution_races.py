@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from tests.support.execution import ExecutionStack, running_execution
+from tests.support.execution import ExecutionStack, rotate_api_key, running_execution, store_api_key
 
 from portico.common.v1 import side_pb2
 from portico.execution.model import OrderState
@@ -158,3 +158,47 @@ async def test_a_rate_limited_order_is_sent_again_by_a_retry_with_its_id(stack: 
         assert entry is not None and entry.state == OrderState.OPEN and entry.attempts == 2
         retried_again = await stub.PlaceOrder(place(stack, again, price), metadata=running.metadata(), timeout=30)
         assert retried_again.order.order_id == placed.order.order_id and buys(sim, again) == 1
+
+
+async def test_an_order_whose_api_key_was_rotated_meanwhile_is_sent_again_with_the_new_one(
+        stack: ExecutionStack, sim: Simulator) -> None:
+    """The account service rotated the API key (Vault names the new one, the venue refuses the old) while
+    execution still holds the old one: the venue refuses the key before it looks at the order, so the same bytes
+    go again at once with the key Vault holds (before, the order was REJECTED for good under its client id)."""
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        price = resting_bid(sim)
+        await stub.PlaceOrder(place(stack, "before-rotation", price), metadata=running.metadata(), timeout=30)
+        new = await rotate_api_key(stack)
+        placed = await stub.PlaceOrder(place(stack, "after-rotation", price), metadata=running.metadata(), timeout=30)
+        assert placed.order.state == order_pb2.ORDER_STATE_OPEN
+        assert buys(sim, "after-rotation") == 1
+        assert [r.api_key for r in sim.requests if r.method == "private/buy"
+                and r.params.get("label") == "after-rotation"] == [new.api_key]
+        entry = await running.app.journal.get("syndr", stack.account.address, "after-rotation")
+        assert entry is not None and entry.state == OrderState.OPEN and entry.attempts == 2
+
+
+async def test_an_order_refused_for_its_api_key_is_sent_again_by_a_retry_with_its_id(
+        stack: ExecutionStack, sim: Simulator) -> None:
+    """The venue refuses the key while Vault still names it (a rotation half done): the order is refused, but
+    nothing was executed, so once Vault has the new key a retry with the same client id sends the same bytes
+    again rather than replaying the refusal."""
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        price = resting_bid(sim)
+        await stub.PlaceOrder(place(stack, "warm", price), metadata=running.metadata(), timeout=30)
+        new = await rotate_api_key(stack, update_vault=False)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.PlaceOrder(place(stack, "refused-key", price), metadata=running.metadata(), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        entry = await running.app.journal.get("syndr", stack.account.address, "refused-key")
+        assert entry is not None and entry.state == OrderState.REJECTED and entry.reject_code == ErrorCode.UNAUTHORIZED
+        assert buys(sim, "refused-key") == 0
+        await store_api_key(stack, new)
+        await asyncio.sleep(1.1)  # a record the venue refused is read again at most once a second
+        placed = await stub.PlaceOrder(place(stack, "refused-key", price), metadata=running.metadata(), timeout=30)
+        assert placed.order.state == order_pb2.ORDER_STATE_OPEN
+        assert buys(sim, "refused-key") == 1
+        entry = await running.app.journal.get("syndr", stack.account.address, "refused-key")
+        assert entry is not None and entry.state == OrderState.OPEN and str(entry.salt) == placed.order.salt

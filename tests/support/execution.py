@@ -156,20 +156,27 @@ async def running_execution(stack: ExecutionStack, env: Mapping[str, str] | None
         await app.aclose(grace_s=0.5)
 
 
-async def rotate_api_key(stack: ExecutionStack) -> ApiCredentials:
+async def rotate_api_key(stack: ExecutionStack, *, update_vault: bool = True) -> ApiCredentials:
     """A key rotation as the venue and the account service do it: a new API key, the account's record in Vault
-    names it, the old key is deactivated at the venue. Returns the new key pair."""
+    names it (unless `update_vault` is False: then `store_api_key` later), the old key is deactivated at the
+    venue. Returns the new key pair."""
     old = stack.account.credentials
     async with SyndrHttpClient(stack.sim.http_url, credentials=old) as venue:
         created = models.parse_created_api_key((await venue.call(
             "private/create_api_key", {"scope": int(ApiKeyScope.ADMIN), "name": "rotated"})).result)
     new = ApiCredentials(created.api_key, created.api_secret)
+    if update_vault:
+        await store_api_key(stack, new)
+    async with SyndrHttpClient(stack.sim.http_url, credentials=new) as venue:
+        await venue.call("private/deactivate_api_key", {"api_key": old.api_key, "api_secret": old.api_secret})
+    return new
+
+
+async def store_api_key(stack: ExecutionStack, credentials: ApiCredentials) -> None:
+    """Make the account's record in Vault name `credentials`."""
     async with VaultSession(VaultSettings(addr=stack.vault.addr, auth_method="token",
                                           token=stack.vault.root_token)) as session:
         store = VenueAccountStore(session)
         record = await store.get("syndr", stack.account.address)
-        await store.put(dataclasses.replace(record, credentials=new))
+        await store.put(dataclasses.replace(record, credentials=credentials))
         await store.aclose()
-    async with SyndrHttpClient(stack.sim.http_url, credentials=new) as venue:
-        await venue.call("private/deactivate_api_key", {"api_key": old.api_key, "api_secret": old.api_secret})
-    return new

@@ -17,6 +17,11 @@ The rules that keep an order from being placed twice or lost:
    are sent again; the venue accepts a salt once, so the original and the
    resend cannot both become orders. If the signature has expired, the order
    can no longer reach the venue and is journaled REJECTED.
+5. A refusal that is not about the order (our rate budget or the venue's,
+   the API key refused before the venue looked at the order) executed
+   nothing: a retry with the same client id sends the same bytes again. A key
+   refused mid-call is sent again at once with the key Vault holds now (a
+   rotation by the account service replaces it).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from portico.signer.client import SignerClient
 from portico.venues.syndr import typed_data
 from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.errors import (
+    SyndrAuthError,
     SyndrError,
     SyndrNotFound,
     SyndrRpcError,
@@ -61,6 +67,9 @@ _SALT_BITS: Final = 64
 # means these very bytes already arrived (a resend overtook the first send), and an internal error after
 # the call was taken proves nothing. Both are reconciled by salt, not journaled as rejections.
 _OUTCOME_UNKNOWN_CODES: Final = frozenset({ErrorCode.SALT_REUSED, ErrorCode.INTERNAL_ERROR})
+# Refusals that executed nothing and say nothing about the order: journaled REJECTED, but a retry with the
+# same client id sends the same bytes again instead of replaying the refusal for ever.
+_RESENDABLE_CODES: Final = frozenset({ErrorCode.TOO_MANY_REQUESTS, ErrorCode.UNAUTHORIZED})
 # Order ids whose last journaled venue state is remembered, to skip the private stream's echo of a write just
 # made (it arrives within milliseconds); small, so memory stays flat.
 _JOURNALED_MEMORY: Final = 5_000
@@ -188,9 +197,10 @@ class OrderManager:
             if entry.unresolved:
                 raise Unavailable(f"order {intent.client_order_id}: outcome at the venue still unknown; retry",
                                   reason="ORDER_OUTCOME_UNKNOWN")
-        if entry.state == OrderState.REJECTED and entry.reject_code == ErrorCode.TOO_MANY_REQUESTS:
-            # Refused for the rate limit (by the venue, or never sent for our own budget): nothing was executed,
-            # so a retry sends the same signed bytes again rather than replaying the refusal forever.
+        if entry.state == OrderState.REJECTED and entry.reject_code in _RESENDABLE_CODES:
+            # Refused for the rate limit (by the venue, or never sent for our own budget) or for the API key:
+            # nothing was executed, so a retry sends the same signed bytes again rather than replaying the
+            # refusal forever.
             return await self._send(await self._record(entry.with_changes(
                 state=OrderState.PENDING, attempts=entry.attempts + 1, reject_code=0, reject_reason="")))
         if entry.state == OrderState.REJECTED:
@@ -214,7 +224,15 @@ class OrderManager:
         """One venue call with the journaled bytes; journal what it ended in."""
         method = f"private/{entry.intent.side}"
         try:
-            result = await self.venue.call(entry.intent.account, method, orjson.loads(entry.request))
+            try:
+                result = await self.venue.call(entry.intent.account, method, orjson.loads(entry.request))
+            except SyndrAuthError as exc:
+                if exc.code != ErrorCode.UNAUTHORIZED:
+                    raise
+                # The venue refused the API key before it looked at the order, and the account's record has been
+                # dropped: one resend of the same bytes reads the key Vault holds now (rotated, say).
+                entry = await self._record(entry.with_changes(attempts=entry.attempts + 1))
+                result = await self.venue.call(entry.intent.account, method, orjson.loads(entry.request))
         except SyndrRpcError as exc:
             if exc.code not in _OUTCOME_UNKNOWN_CODES:
                 entry = await self._record(entry.with_changes(state=OrderState.REJECTED, reject_code=exc.code,

@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_execution --out bench-results/execution.json
 	$(BIN)/python -m tests.bench.bench_http1 --out bench-results/http1.json
 	$(BIN)/python -m tests.bench.bench_grpc_core --out bench-results/grpc_core.json
+	$(BIN)/python -m tests.bench.bench_transport_floor --out bench-results/transport_floor.json
 	$(BIN)/python -m tests.bench.report
 
 ## The report alone, from the JSON files already in bench-results/.

@@ -4,7 +4,7 @@
 
 `make bench` runs it after the benchmarks; it reads only the per-benchmark files (`signer.json`,
 `syndr_parse.json`, `sim_engine.json`, `refdata.json`, `marketdata.json`, `execution.json`, `http1.json`,
-`grpc_core.json`, `execution_ab.json` (from `bench_execution --baseline`), and the
+`grpc_core.json`, `transport_floor.json`, `execution_ab.json` (from `bench_execution --baseline`), and the
 soak run's `soak.json` when there is one), so it can be rerun at any time without rerunning anything. A missing file is
 reported as not run.
 """
@@ -112,6 +112,13 @@ def grpc_core(d: dict[str, Any]) -> Summary:
             None)
 
 
+def transport_floor(d: dict[str, Any]) -> Summary:
+    rt, cpu = d["round_trip_ms_median"], d["cpu_ms_per_call"]["abc"]
+    return (f"empty handlers in the order path's shape: one gRPC hop {rt['a']:.2f} ms, two {rt['ab']:.2f} ms, two "
+            f"and an HTTP call {rt['abc']:.2f} ms (CPU per call {cpu['a']:.2f} / {cpu['b']:.2f} / {cpu['c']:.2f} ms "
+            "in the three servers)", "(no numeric target: the transport under execution's figures)", None)
+
+
 def soak(d: dict[str, Any]) -> Summary:
     books, orders = d["books"], d["orders"]
     services = {name: m for name, m in d["memory"].items() if name != "simulator"}
@@ -128,7 +135,7 @@ def soak(d: dict[str, Any]) -> Summary:
 BENCHMARKS: dict[str, Callable[[dict[str, Any]], Summary]] = {
     "signer": signer, "syndr_parse": syndr_parse, "sim_engine": sim_engine, "refdata": refdata,
     "marketdata": marketdata, "execution": execution, "execution_ab": execution_ab, "http1": http1,
-    "grpc_core": grpc_core, "soak": soak,
+    "grpc_core": grpc_core, "transport_floor": transport_floor, "soak": soak,
 }
 
 

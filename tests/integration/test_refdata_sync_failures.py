@@ -6,6 +6,8 @@
 - PostgreSQL's statistics refresh after a big sync failing (a lock timeout behind autovacuum, a dropped
   connection): the sync has committed, so it is reported and published, not turned into an error.
 - The venue listing an instrument with `is_active: false`: it is not tradable, so it is not active here.
+- The venue answering with an empty listing (or none it can read): refused, rather than every instrument
+  deactivated and every order refused until the next sync.
 - The venue not up yet when the service starts (the suite starting together): the failed first sync is tried
   again within seconds, not at the next scheduled sync minutes later.
 """
@@ -172,6 +174,30 @@ async def test_an_instrument_the_venue_marks_inactive_is_not_active_here(
     venue.results["public/get_instruments"] = {"ETH-PERP": _wire("ETH-PERP", 3), "BTC-PERP": _wire("BTC-PERP", 4)}
     assert (await sync()).updated == 1  # active again
     assert await active("BTC-PERP")
+
+
+async def test_an_empty_listing_deactivates_nothing(
+        stub_refdata: tuple[SyndrStub, RunningRefdata, grpc.aio.Channel]) -> None:
+    venue, refdata, channel = stub_refdata
+    stub = refdata.stub(channel)
+    venue.results["public/get_instruments"] = {"ETH-PERP": _wire("ETH-PERP", 3), "BTC-PERP": _wire("BTC-PERP", 4)}
+    await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata(), timeout=10)
+    for glitch in ({}, {"??": _wire("??", 9)}):  # nothing listed; nothing readable
+        venue.results["public/get_instruments"] = glitch
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata(),
+                                       timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "EMPTY_LISTING" in str(caught.value.trailing_metadata())
+        for symbol in ("ETH-PERP", "BTC-PERP"):
+            reply = await stub.GetInstrument(pb.GetInstrumentRequest(venue="syndr", symbol=symbol),
+                                             metadata=refdata.metadata("read"), timeout=10)
+            assert reply.instrument.active, symbol
+    # Every instrument explicitly inactive is the venue's word, not a glitch: they are deactivated.
+    venue.results["public/get_instruments"] = {"ETH-PERP": _wire("ETH-PERP", 3, is_active=False)}
+    reply = await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata(),
+                                       timeout=10)
+    assert reply.deactivated == 2
 
 
 async def test_tick_sizes_sent_as_json_numbers_are_exact_decimals(

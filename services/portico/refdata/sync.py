@@ -24,7 +24,7 @@ from typing import Final
 from portico.refdata.model import InstrumentRecord
 from portico.refdata.normalize import normalize_syndr
 from portico.refdata.store import InstrumentEvent, InstrumentStore, SyncOutcome
-from portico.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from portico.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
@@ -42,7 +42,7 @@ _RETRY_MAX_S: Final = 60.0
 
 
 class SyndrInstrumentSource:
-    """Every instrument Syndr lists as active, normalised."""
+    """Every instrument Syndr lists as active, normalised; an empty listing is an error, not "delist all"."""
 
     def __init__(self, client: SyndrHttpClient):
         self._client = client
@@ -54,14 +54,21 @@ class SyndrInstrumentSource:
         except SyndrError as exc:
             raise to_portico_error(exc) from None
         records = []
+        inactive = 0
         for name, instrument in listed.items():
             if not instrument.is_active:  # listed but not tradable: as good as not listed (a full sync deactivates)
+                inactive += 1
                 continue
             try:
                 records.append(normalize_syndr(instrument))
             except ValueError as exc:  # a name we cannot read: skip it rather than fail the whole sync
                 log.warning("skipping an instrument that cannot be normalised",
                             extra={"venue": "syndr", "symbol": name, "error": str(exc)})
+        if not records and not inactive:
+            # Nothing listed, or nothing readable: a glitch far likelier than a venue with no instruments, and a
+            # full sync of it would deactivate every instrument (execution refusing every order) until the next.
+            raise Unavailable(f"syndr listed no instrument this service can read ({len(listed)} listed); nothing "
+                              "was changed", reason="EMPTY_LISTING")
         return records
 
 

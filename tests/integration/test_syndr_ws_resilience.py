@@ -1,5 +1,6 @@
 """The Syndr WebSocket client against the simulator: no subscription left behind upstream or dropped by a
-reconnect, and reconnect pacing.
+reconnect, a channel the venue refuses after a reconnect ends the subscriptions that need it (and only those),
+and reconnect pacing.
 
 Each test drives the real client against the real simulator on loopback, making it misbehave with its fault
 knobs (frames delayed, calls failed, every connection dropped) or by not running it at all for a while.
@@ -17,13 +18,30 @@ from tests.support.ports import free_port
 from tests.support.waiting import until
 
 from portico.sim.server import SimConfig, Simulator
-from portico.venues.syndr.errors import SyndrTimeout
-from portico.venues.syndr.ws import Disconnected, Reconnected, Subscription, SyndrWebSocket, WsEvent
+from portico.venues.syndr.constants import ErrorCode
+from portico.venues.syndr.errors import SyndrNotFound, SyndrTimeout
+from portico.venues.syndr.ws import (
+    ChannelRefused,
+    Disconnected,
+    Message,
+    Reconnected,
+    Subscription,
+    SyndrWebSocket,
+    WsEvent,
+)
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, market_maker=False)) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def busy_sim() -> AsyncIterator[Simulator]:
+    """A simulator whose market maker keeps the books of ETH-PERP and BTC-PERP moving."""
+    async with Simulator(SimConfig(port=0, seed=5, book_changes_per_second=100,
+                                   market_maker_instruments=("ETH-PERP", "BTC-PERP"))) as simulator:
         yield simulator
 
 
@@ -145,3 +163,86 @@ async def test_a_resubscribe_the_venue_failed_to_serve_is_retried_not_dropped(si
         sim.faults.update({"fail_rate": 0.0})
         assert isinstance(await next_event(sub), Reconnected)
         assert sim.has_subscribers("ticker.ETH-PERP") and ws.connected
+
+
+async def message_after_reconnect(sub: Subscription, within_s: float = 5.0) -> Message:
+    """Skip to `Reconnected` (what was queued before the drop comes first), then the next message."""
+    async with asyncio.timeout(within_s):
+        while not isinstance(event := await anext(sub), Reconnected):
+            assert isinstance(event, Message | Disconnected), event
+        event = await anext(sub)
+    assert isinstance(event, Message), event
+    return event
+
+
+async def refusal(sub: Subscription, within_s: float = 5.0) -> ChannelRefused:
+    """Skip to the end of `sub`, which must be a `ChannelRefused` right after the `Disconnected`."""
+    async with asyncio.timeout(within_s):
+        while not isinstance(event := await anext(sub), Disconnected):
+            assert isinstance(event, Message), event
+        event = await anext(sub)
+        assert isinstance(event, ChannelRefused), event
+        with pytest.raises(StopAsyncIteration):
+            await anext(sub)
+    assert sub.closed
+    return event
+
+
+async def test_a_channel_refused_after_a_reconnect_ends_the_subscriptions_needing_it_and_no_other(
+        busy_sim: Simulator) -> None:
+    """The venue re-subscribes a connection's channels in chunks and refuses a chunk whole if one channel in it is
+    refused (an instrument gone while we were away). Before the fix the whole chunk was skipped and everyone
+    told `Reconnected`: the book of ETH-PERP, in the same chunk as BTC-PERP's, went silent for ever, and so did
+    BTC-PERP's subscribers, with nothing to tell them."""
+    sim = busy_sim
+    eth, btc = "book.ETH-PERP.15.raw", "book.BTC-PERP.15.raw"
+    async with client(sim.ws_url) as ws:
+        keep = await ws.subscribe([eth])
+        doomed = await ws.subscribe([btc])
+        mixed = await ws.subscribe(["ticker.ETH-PERP", btc])  # needs the refused channel: ends whole
+        handed: list[WsEvent] = []
+        hot = await ws.subscribe([btc], on_event=handed.append)
+        for sub in (keep, doomed):
+            assert isinstance(await next_event(sub), Message)
+        sim.faults.update({"refuse_channels": [btc]})
+        await sim.close_websockets()
+
+        assert (await message_after_reconnect(keep)).channel == eth
+        for sub in (doomed, mixed):
+            refused = await refusal(sub)
+            assert refused.channel == btc
+            assert isinstance(refused.error, SyndrNotFound) and refused.error.code == ErrorCode.INSTRUMENT_NOT_FOUND
+        await until(lambda: any(isinstance(e, ChannelRefused) for e in handed), 5)
+        assert isinstance(handed[-1], ChannelRefused) and handed[-1].channel == btc and hot.closed
+        assert not any(isinstance(e, Reconnected) for e in handed)
+        # Upstream: the valid channel is subscribed again, the one only `mixed` needed is not left behind.
+        assert ws.connected and sim.has_subscribers(eth)
+        await until(lambda: not sim.has_subscribers("ticker.ETH-PERP"), 5)
+        # Once the venue serves it again, the channel can be subscribed afresh.
+        with pytest.raises(SyndrNotFound):
+            await ws.subscribe([btc])
+        sim.faults.update({"refuse_channels": []})
+        again = await ws.subscribe([btc])
+        assert isinstance(await next_event(again), Message)
+
+
+async def test_a_refused_chunk_is_narrowed_down_in_a_few_calls(sim: Simulator) -> None:
+    """One refused channel among a hundred: the client finds it by halving the chunk, so every other channel is
+    subscribed again at the cost of a handful of calls (not one per channel), and only its subscriber ends."""
+    channels = [f"{kind}.{inst.name}{suffix}" for inst in sim.engine.instruments()
+                for kind, suffix in (("ticker", ""), ("trades", ".raw"), ("book", ".15.raw"), ("book", ".15.100ms"),
+                                     ("quotes", ""))]
+    assert len(channels) > 100  # two chunks
+    bad = channels[37]
+    async with client(sim.ws_url) as ws:
+        subs = {c: await ws.subscribe([c]) for c in channels}
+        sim.faults.update({"refuse_channels": [bad]})
+        before = subscribe_requests(sim)
+        await sim.close_websockets()
+        assert isinstance(await refusal(subs.pop(bad)), ChannelRefused)
+        for sub in subs.values():
+            assert isinstance(await next_event(sub), Disconnected)
+            assert isinstance(await next_event(sub), Reconnected)
+        assert all(sim.has_subscribers(c) for c in subs) and not sim.has_subscribers(bad)
+        # 2 chunks, then halving the refused one down to its bad channel: 2 calls per level, 7 levels for 100.
+        assert subscribe_requests(sim) - before <= 2 + 2 * 7

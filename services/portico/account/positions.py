@@ -14,24 +14,29 @@ RESOURCE_EXHAUSTED. A stream carries changes from the moment it starts (the
 account's sequence goes on where it is); `ListPositions` gives the state. A
 feed that cannot start (the venue's WebSocket unreachable) within
 `_START_TIMEOUT_S` fails the stream with UNAVAILABLE; feeds of different
-accounts start independently.
+accounts start independently. If the venue refuses to subscribe
+`user.positions` again after a reconnect, the account's streams end with that
+refusal (`refused_channel_error`) and the feed is dropped: the next stream
+starts a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
 from portico.account.convert import position_proto
 from portico.account.v1 import account_service_pb2 as pb
+from portico.runtime.errors import PorticoError
 from portico.runtime.fanout import CatchUp, StreamConsumer
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.accounts import SyndrAccounts
 from portico.venues.syndr import models
-from portico.venues.syndr.errors import SyndrConnectionError, SyndrError
-from portico.venues.syndr.ws import Message, Overflow, Reconnected, SyndrWebSocket
+from portico.venues.syndr.errors import SyndrConnectionError, SyndrError, refused_channel_error
+from portico.venues.syndr.ws import ChannelRefused, Message, Overflow, Reconnected, SyndrWebSocket
 
 __all__ = ["PositionFeed", "PositionFeeds"]
 
@@ -45,11 +50,14 @@ _START_TIMEOUT_S: Final = 10.0
 class PositionFeed:
     """One account's positions: the last emitted state per instrument, and its consumers."""
 
-    def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, accounts: SyndrAccounts):
+    def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, accounts: SyndrAccounts,
+                 on_end: Callable[[PositionFeed], None] | None = None):
         self.venue_name = venue_name
         self.account = account
         self._ws = ws
         self._accounts = accounts
+        self._on_end = on_end
+        self.ended: PorticoError | None = None  # set once the venue refused the channel: the feed is dead
         self._consumers: set[StreamConsumer] = set()
         self._last: dict[str, tuple[Any, ...]] = {}
         self._newest: dict[str, int] = {}  # per instrument, the latest `last_update_timestamp` emitted
@@ -68,6 +76,8 @@ class PositionFeed:
         self._task = asyncio.create_task(self._run(subscription), name=f"account-positions-{self.account}")
 
     def add(self, consumer: StreamConsumer) -> None:
+        if self.ended is not None:  # came for the feed as it ended
+            consumer.end(self.ended)
         self._consumers.add(consumer)
 
     def remove(self, consumer: StreamConsumer) -> None:
@@ -79,6 +89,9 @@ class PositionFeed:
 
     async def _run(self, subscription: Any) -> None:
         async for event in subscription:
+            if isinstance(event, ChannelRefused):  # its last event: the venue will not feed this account any more
+                self._end(refused_channel_error(event.channel, event.error, venue=self.venue_name))
+                return
             try:
                 if isinstance(event, Message):
                     update = models.parse_position_update(event.data)
@@ -92,6 +105,16 @@ class PositionFeed:
                 log.warning("position update failed", extra={"account": self.account, "error": type(exc).__name__})
             except Exception:
                 log.exception("position update failed", extra={"account": self.account})
+
+    def _end(self, error: PorticoError) -> None:
+        """The account's streams end with `error`; `on_end` drops the feed, so the next stream starts a new one."""
+        log.error("the venue refused the positions channel after a reconnect: its streams end",
+                  extra={"account": self.account, "error": error.message})
+        self.ended = error
+        for consumer in list(self._consumers):
+            consumer.end(error)
+        if self._on_end is not None:
+            self._on_end(self)
 
     def _emit(self, position: models.Position, *, quietly: bool = False) -> None:
         name, at = position.instrument_name, position.last_update_timestamp
@@ -149,15 +172,16 @@ class PositionFeeds:
         self._accounts = accounts
         self._feeds: dict[tuple[str, str], PositionFeed] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}  # per account: one start at a time
+        self._retiring: set[asyncio.Task[None]] = set()  # closing feeds that ended
 
     async def get(self, venue_name: str, account: str) -> PositionFeed:
         key = (venue_name, account.lower())
         feed = self._feeds.get(key)
-        if feed is not None:
+        if feed is not None and feed.ended is None:
             return feed
         async with self._locks.setdefault(key, asyncio.Lock()):
             feed = self._feeds.get(key)
-            if feed is None:
+            if feed is None or feed.ended is not None:
                 feed = await self._start(venue_name, account)
                 self._feeds[key] = feed
             return feed
@@ -167,12 +191,14 @@ class PositionFeeds:
         ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False,
                             rate_budget=self._accounts.budget(session.record),
                             refresh_credentials=lambda: self._accounts.current_credentials(account))
-        feed = PositionFeed(venue_name, account, ws, self._accounts)
+        feed = PositionFeed(venue_name, account, ws, self._accounts, on_end=self._retire)
         limit = asyncio.timeout(_START_TIMEOUT_S)
         try:
             async with limit:
                 await feed.start()
                 await feed.catch_up(quietly=True)  # the starting point: later changes are compared with it
+            if feed.ended is not None:  # the channel refused by a reconnect while it read
+                raise feed.ended
         except BaseException as exc:
             await feed.aclose()
             if isinstance(exc, TimeoutError) and limit.expired():
@@ -180,7 +206,17 @@ class PositionFeeds:
             raise
         return feed
 
+    def _retire(self, feed: PositionFeed) -> None:
+        """A feed that ended: forget it and close it (in the background: this runs in the feed's own task)."""
+        key = (feed.venue_name, feed.account.lower())
+        if self._feeds.get(key) is feed:
+            del self._feeds[key]
+        task = asyncio.create_task(feed.aclose(), name=f"account-positions-close-{feed.account}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def aclose(self) -> None:
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for feed in self._feeds.values():
             await feed.aclose()
         self._feeds.clear()

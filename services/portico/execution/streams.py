@@ -25,7 +25,10 @@ The stream reflects the venue, not the journal: an update the journal could
 not take is still emitted (and journaled again later), so a journal outage
 never costs a consumer an update or a sequence number. After a reconnect the
 socket authenticates with the account's current API key (read again from
-Vault), so a rotated key does not silence the feed.
+Vault), so a rotated key does not silence the feed. If the venue refuses to
+subscribe a channel again after a reconnect, the account's streams end with
+that refusal (`refused_channel_error`) and the feed is dropped: the next
+stream or order starts a new one.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Final
 
 from portico.execution.convert import fill_proto, order_proto
@@ -48,11 +52,12 @@ from portico.execution.venue import (
     order_history_page,
     user_trades_page,
 )
+from portico.runtime.errors import PorticoError
 from portico.runtime.fanout import CatchUp, RecentKeys, StreamConsumer
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
-from portico.venues.syndr.errors import SyndrError, SyndrProtocolError
-from portico.venues.syndr.ws import Message, Overflow, Reconnected, SyndrWebSocket
+from portico.venues.syndr.errors import SyndrError, SyndrProtocolError, refused_channel_error
+from portico.venues.syndr.ws import ChannelRefused, Message, Overflow, Reconnected, SyndrWebSocket
 
 __all__ = ["AccountFeed", "AccountFeeds"]
 
@@ -103,12 +108,15 @@ def _order_of(data: Any) -> dict[str, Any]:
 class AccountFeed:
     """The private channels of one account: journaled and fanned out."""
 
-    def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, venue: SyndrVenue, orders: OrderManager):
+    def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, venue: SyndrVenue, orders: OrderManager,
+                 on_end: Callable[[AccountFeed], None] | None = None):
         self.venue_name = venue_name
         self.account = account
         self._ws = ws
         self._venue = venue
         self._orders = orders
+        self._on_end = on_end
+        self.ended: PorticoError | None = None  # set once the venue refused a channel: the feed is dead
         self._consumers: set[StreamConsumer] = set()
         # The last state emitted per order id (a `venue_version`), oldest forgotten first.
         self._emitted: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
@@ -140,6 +148,8 @@ class AccountFeed:
         self._task = asyncio.create_task(self._run(subscription), name=f"execution-feed-{self.account}")
 
     def add(self, consumer: StreamConsumer) -> None:
+        if self.ended is not None:  # came for the feed as it ended
+            consumer.end(self.ended)
         self._consumers.add(consumer)
 
     def remove(self, consumer: StreamConsumer) -> None:
@@ -147,7 +157,20 @@ class AccountFeed:
 
     async def _run(self, subscription: Any) -> None:
         async for event in subscription:
+            if isinstance(event, ChannelRefused):  # its last event: the venue will not feed this account any more
+                self._end(refused_channel_error(event.channel, event.error, venue=self.venue_name))
+                return
             await self._handle(event)
+
+    def _end(self, error: PorticoError) -> None:
+        """The account's streams end with `error`; `on_end` drops the feed, so the next stream starts a new one."""
+        log.error("the venue refused the account's channel after a reconnect: its streams end",
+                  extra={"account": self.account, "error": error.message})
+        self.ended = error
+        for consumer in list(self._consumers):
+            consumer.end(error)
+        if self._on_end is not None:
+            self._on_end(self)
 
     async def _handle(self, event: Any) -> None:
         try:
@@ -343,11 +366,12 @@ class AccountFeeds:
         self._feeds: dict[tuple[str, str], AccountFeed] = {}
         self._starting: dict[tuple[str, str], asyncio.Task[AccountFeed]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._retiring: set[asyncio.Task[None]] = set()  # closing feeds that ended
 
     async def get(self, venue_name: str, account: str) -> AccountFeed:
         key = (venue_name, account.lower())
         feed = self._feeds.get(key)
-        if feed is not None:
+        if feed is not None and feed.ended is None:
             return feed
         task = self._starting.get(key)
         if task is None:
@@ -362,7 +386,9 @@ class AccountFeeds:
 
     def ensure(self, venue_name: str, account: str) -> None:
         """Start following an account in the background (the journal then tracks its orders to the end)."""
-        if (venue_name, account.lower()) in self._feeds or (venue_name, account.lower()) in self._starting:
+        key = (venue_name, account.lower())
+        feed = self._feeds.get(key)
+        if (feed is not None and feed.ended is None) or key in self._starting:
             return
         task = asyncio.create_task(self._quietly(venue_name, account))
         self._background.add(task)
@@ -379,20 +405,32 @@ class AccountFeeds:
         ws = SyndrWebSocket(self._ws_url, credentials=session.record.credentials, compress=False,
                             rate_budget=self._venue.budget(session.record),
                             refresh_credentials=lambda: self._venue.current_credentials(account))
-        feed = AccountFeed(venue_name, account, ws, self._venue, self._orders)
+        feed = AccountFeed(venue_name, account, ws, self._venue, self._orders, on_end=self._retire)
         try:
             await feed.start()
             await feed.catch_up()
+            if feed.ended is not None:  # a channel refused by a reconnect while it caught up
+                raise feed.ended
         except BaseException:
             await feed.aclose()
             raise
         self._feeds[(venue_name, account.lower())] = feed
         return feed
 
+    def _retire(self, feed: AccountFeed) -> None:
+        """A feed that ended: forget it and close it (in the background: this runs in the feed's own task)."""
+        key = (feed.venue_name, feed.account.lower())
+        if self._feeds.get(key) is feed:
+            del self._feeds[key]
+        task = asyncio.create_task(feed.aclose(), name=f"execution-feed-close-{feed.account}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def aclose(self) -> None:
         for task in [*self._background, *self._starting.values()]:
             await cancel_and_wait(task)
         self._starting.clear()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for feed in self._feeds.values():
             await feed.aclose()
         self._feeds.clear()

@@ -46,9 +46,10 @@ from portico.marketdata.v1 import order_book_pb2
 from portico.runtime.errors import FailedPrecondition, PorticoError, ResourceExhausted
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
-from portico.venues.syndr.errors import SyndrError
+from portico.venues.syndr.errors import SyndrError, refused_channel_error
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.ws import (
+    ChannelRefused,
     Disconnected,
     Message,
     Overflow,
@@ -424,7 +425,8 @@ class InstrumentFeed:
     """One instrument's exact book, its rebuilds, and its views."""
 
     def __init__(self, venue: str, symbol: str, ws: SyndrWebSocket, http: SyndrHttpClient, settings: FeedSettings,
-                 on_idle: Callable[[InstrumentFeed], None]):
+                 on_idle: Callable[[InstrumentFeed], None],
+                 on_refused: Callable[[InstrumentFeed], None] | None = None):
         self.venue = venue
         self.symbol = symbol
         self.channel = f"book.{symbol}.15.raw"
@@ -432,6 +434,7 @@ class InstrumentFeed:
         self._http = http
         self._settings = settings
         self._on_idle = on_idle
+        self._on_refused = on_refused
         self.book: Book | None = None
         self.epoch = 0
         self.live = False
@@ -517,6 +520,22 @@ class InstrumentFeed:
             self.resync(type(event).__name__.lower())
         elif isinstance(event, Disconnected):
             self._mark_resyncing()
+        elif isinstance(event, ChannelRefused):
+            self._refused(event)
+
+    def _refused(self, event: ChannelRefused) -> None:
+        """The venue would not subscribe the book again after a reconnect (the subscription has ended): every
+        stream of it ends saying so, and the feed is dropped, so that the next stream starts a new one."""
+        self.unusable = refused_channel_error(event.channel, event.error, venue=self.venue)
+        log.error("the venue refused the book channel after a reconnect: book streams end",
+                  extra={"symbol": self.symbol, "error": str(event.error)})
+        for task in (self._rebuild, self._watchdog):
+            if task is not None:
+                task.cancel()
+        for view in self.views.values():
+            view.close(self.unusable)
+        if self._on_refused is not None:
+            self._on_refused(self)
 
     def _unreadable(self) -> None:
         log.warning("unreadable book frame; rebuilding", extra={"symbol": self.symbol})
@@ -745,7 +764,7 @@ class VenueBooks:
 
     async def _start_feed(self, symbol: str) -> InstrumentFeed:
         try:
-            feed = InstrumentFeed(self.venue, symbol, self.ws, self.http, self.settings, self._idle)
+            feed = InstrumentFeed(self.venue, symbol, self.ws, self.http, self.settings, self._idle, self._drop)
             await feed.start()
             self.feeds[symbol] = feed
         finally:
@@ -769,9 +788,20 @@ class VenueBooks:
 
     def _idle(self, feed: InstrumentFeed) -> None:
         """The last consumer left: unsubscribe upstream after a short linger."""
+        if self.feeds.get(feed.symbol) is not feed:
+            return  # dropped already (`_drop`); the symbol may have a new feed, with a linger of its own
         loop = asyncio.get_running_loop()
         self._closing[feed.symbol] = loop.call_later(self.settings.linger_unsubscribe_s,
                                                      lambda: asyncio.ensure_future(self._close(feed)))
+
+    def _drop(self, feed: InstrumentFeed) -> None:
+        """The venue refused the feed's channel after a reconnect: forget the feed now (its streams end), so that
+        the next stream of the symbol starts a new one rather than join a dead one."""
+        if self.feeds.get(feed.symbol) is feed:
+            del self.feeds[feed.symbol]
+            pending_close = self._closing.pop(feed.symbol, None)
+            if pending_close is not None:
+                pending_close.cancel()
 
     async def _close(self, feed: InstrumentFeed) -> None:
         self._closing.pop(feed.symbol, None)

@@ -30,10 +30,10 @@ from portico.runtime.fanout import RecentKeys
 from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
 from portico.runtime.server import GrpcServer, ServerSettings
 from portico.venues.syndr import models
-from portico.venues.syndr.errors import SyndrError, SyndrNotFound, to_portico_error
+from portico.venues.syndr.errors import SyndrError, SyndrNotFound, refused_channel_error, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL
-from portico.venues.syndr.ws import Message, Overflow, Reconnected, SyndrWebSocket
+from portico.venues.syndr.ws import ChannelRefused, Message, Overflow, Reconnected, SyndrWebSocket
 
 __all__ = ["SERVICE_NAME", "MarketDataApp", "MarketDataServicer", "MarketDataSettings"]
 
@@ -267,6 +267,8 @@ class MarketDataServicer:
                 if isinstance(event, Overflow):  # the backlog was dropped: a symbol's last ticker may be missing
                     raise ResourceExhausted("the ticker stream fell behind; tickers would be missing or stale",
                                             reason="CONSUMER_TOO_SLOW")
+                if isinstance(event, ChannelRefused):  # the venue would not subscribe it again after a reconnect
+                    raise refused_channel_error(event.channel, event.error, venue=books.venue)
                 if isinstance(event, Message):
                     yield pb.StreamTickersResponse(tickers=[ticker_proto(books.venue, models.parse_ticker(event.data))])
 
@@ -283,6 +285,8 @@ class MarketDataServicer:
                 if isinstance(event, Overflow):
                     raise ResourceExhausted("the trade stream fell behind; trades would be missing",
                                             reason="CONSUMER_TOO_SLOW")
+                if isinstance(event, ChannelRefused):
+                    raise refused_channel_error(event.channel, event.error, venue=books.venue)
                 if isinstance(event, Reconnected):
                     missed = await self._missed_trades(books, since_ms, seen)
                     if missed:

@@ -29,6 +29,9 @@ class Faults:
     reorder_rate: float = 0.0  # swap a WebSocket notification with the next one
     silent: bool = False  # WebSocket: send nothing at all, not even pongs
     skip_change_ids: dict[str, int] = field(default_factory=dict)  # instrument -> raw book frames to drop
+    # (un)subscribe calls naming any of these channels are refused whole, as if the venue no longer knew the
+    # channel's instrument (INSTRUMENT_NOT_FOUND), or the channel (INVALID_PARAMS) if it names no instrument
+    refuse_channels: list[str] = field(default_factory=list)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply `{"knob": value}`; unknown knobs or bad values raise ValueError."""
@@ -45,6 +48,10 @@ class Faults:
             elif name.endswith("_next"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ValueError(f"{name} must be a non-negative integer")
+            elif name == "refuse_channels":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError("refuse_channels must be a list of channel names")
+                value = list(value)
             elif name == "skip_change_ids":
                 if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
                     raise ValueError("skip_change_ids must map instrument names to counts")

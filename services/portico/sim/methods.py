@@ -421,6 +421,7 @@ def _channel_key(sim: Simulator, channel: str, ctx: CallContext, *, private: boo
     for pattern in _PUBLIC_CHANNELS:
         match = pattern.fullmatch(channel)
         if match:
+            _refused_by_fault(sim, channel, match.group("instrument"))
             sim.engine.instrument(match.group("instrument"))
             if match.groupdict().get("depth") and match.group("depth") != "15":
                 # The document's book channels are depth 15 only: another depth would be acknowledged and
@@ -430,6 +431,7 @@ def _channel_key(sim: Simulator, channel: str, ctx: CallContext, *, private: boo
     for pattern in _USER_CHANNELS:
         match = pattern.fullmatch(channel)
         if match:
+            _refused_by_fault(sim, channel, match.groupdict().get("instrument"))
             if not private:
                 raise RpcFailure(ErrorCode.UNAUTHORIZED, f"{channel} needs private/subscribe on an authenticated "
                                                          "connection")
@@ -437,6 +439,14 @@ def _channel_key(sim: Simulator, channel: str, ctx: CallContext, *, private: boo
                 sim.engine.instrument(match.group("instrument"))
             return f"{channel}@{_account(ctx)}"
     raise RpcFailure(ErrorCode.INVALID_PARAMS, f"unknown channel {channel}")
+
+
+def _refused_by_fault(sim: Simulator, channel: str, instrument: str | None) -> None:
+    """Fault knob `refuse_channels`: the venue no longer serves this channel, as if its instrument were gone."""
+    if channel in sim.faults.refuse_channels:
+        if instrument:
+            raise RpcFailure(ErrorCode.INSTRUMENT_NOT_FOUND, instrument)
+        raise RpcFailure(ErrorCode.INVALID_PARAMS, f"unknown channel {channel}")
 
 
 def _subscription(sim: Simulator, p: Params, ctx: CallContext, *, private: bool, add: bool) -> Any:

@@ -17,7 +17,9 @@
         └── SyndrRejected          the venue refused an order or action (funds, post-only, signature, ...)
 
 `to_portico_error` is the one table that turns these into the gRPC status
-classes the services return, with the venue's code in ErrorInfo metadata.
+classes the services return, with the venue's code in ErrorInfo metadata
+(`refused_channel_error` for a stream whose channel the venue refused after a
+reconnect).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "SyndrVenueFailure",
     "map_venue_errors",
     "outcome_unknown",
+    "refused_channel_error",
     "rpc_error_from_object",
     "to_portico_error",
 ]
@@ -173,6 +176,21 @@ def to_portico_error(error: SyndrError, *, venue: str = "syndr") -> PorticoError
         return Unavailable(f"venue {venue} unreachable: {error}", reason="VENUE_UNAVAILABLE",
                            metadata={"venue": venue})
     return Internal(f"venue {venue} answered unexpectedly", reason="VENUE_PROTOCOL_ERROR", metadata={"venue": venue})
+
+
+def refused_channel_error(channel: str, error: SyndrRpcError, *, venue: str = "syndr") -> PorticoError:
+    """What a stream ends with when the venue refused to subscribe its `channel` again after a reconnect.
+
+    NOT_FOUND when the venue no longer knows the channel's instrument, PERMISSION_DENIED when it refused our
+    credentials for it, otherwise FAILED_PRECONDITION (the stream was valid when it started: not
+    INVALID_ARGUMENT); reason CHANNEL_REFUSED, with the channel and the venue's code and message.
+    """
+    mapped = to_portico_error(error, venue=venue)
+    status = type(mapped) if isinstance(mapped, NotFound | PermissionDenied) else FailedPrecondition
+    return status(f"{venue} refused to subscribe {channel} again after a reconnect: {error.venue_message} "
+                  f"({error.code}); the stream cannot go on", reason="CHANNEL_REFUSED",
+                  metadata={"venue": venue, "channel": channel, "venue_code": str(error.code),
+                            "venue_message": error.venue_message})
 
 
 def outcome_unknown(exc: SyndrError) -> bool:

@@ -9,6 +9,13 @@ or silence), the runner fails the calls in flight, tells every subscription
 once authenticated and re-subscribed it tells them again (`Reconnected`),
 before any message of the new connection, so consumers know to resync.
 
+A channel the venue refuses to re-subscribe (a refusal for good, not a rate
+limit or internal error, which reconnect) ends every subscription that needs
+it with `ChannelRefused(channel, error)` instead of `Reconnected`; the venue
+refuses a chunk of channels whole for one bad channel in it, so a refused
+chunk is halved until the bad channels stand alone and the rest are
+re-subscribed.
+
 Decisions a consumer must know:
 
 * Calls in flight when the connection drops fail with `SyndrConnectionError`:
@@ -82,6 +89,7 @@ from portico.venues.syndr.ratelimit import RateBudget
 
 __all__ = [
     "ChangeIdTracker",
+    "ChannelRefused",
     "Disconnected",
     "Gap",
     "GapDetected",
@@ -167,7 +175,18 @@ class Reconnected:
     attempt: int
 
 
-WsEvent: TypeAlias = Message | GapDetected | Overflow | Disconnected | Reconnected
+@dataclass(frozen=True, slots=True)
+class ChannelRefused:
+    """The venue refused, on its own, to re-subscribe `channel` after a reconnect (`error` is its answer).
+
+    The last event of every subscription that needs the channel: it has ended (no `Reconnected`, nothing more).
+    """
+
+    channel: str
+    error: SyndrRpcError
+
+
+WsEvent: TypeAlias = Message | GapDetected | Overflow | Disconnected | Reconnected | ChannelRefused
 
 
 def is_book_raw_channel(channel: str) -> bool:
@@ -233,6 +252,7 @@ class Subscription:
         self._trackers: dict[str, ChangeIdTracker] = {}
         self._detached = False
         self._ended = False
+        self._refusal: ChannelRefused | None = None  # why the venue ended it, if it did
 
     def __repr__(self) -> str:
         return f"Subscription({list(self.channels)!r}, queued={self._queue.qsize()}, closed={self._detached})"
@@ -297,7 +317,7 @@ class Subscription:
             self._queue.put_nowait(GapDetected(channel, gap))
         self._queue.put_nowait(Message(channel, data, raw, received_ns))
 
-    def _deliver(self, event: Disconnected | Reconnected) -> None:
+    def _deliver(self, event: Disconnected | Reconnected | ChannelRefused) -> None:
         if self._detached:
             return
         if isinstance(event, Reconnected):
@@ -551,9 +571,12 @@ class SyndrWebSocket:
                 self._subs_by_channel.setdefault(channel, []).append(sub)
             try:
                 await self._upstream("subscribe", new)
+                if sub._refusal is not None:  # waited for a reconnect whose re-subscribe the venue refused
+                    raise sub._refusal.error
             except BaseException:
-                orphaned = self._detach(sub)
+                self._detach(sub)
                 sub._end()
+                orphaned = [c for c in wanted if not self._subs_by_channel.get(c)]
                 # Cancelled or failed after the request went out (an answer too late, a second chunk refused):
                 # the venue may have subscribed them, and would go on streaming them to nobody. Undone in a task
                 # of its own: this one may be cancelled, and holds the lock.
@@ -700,19 +723,12 @@ class SyndrWebSocket:
                     self._credentials = current
         if self._credentials is not None:
             await self._call_on(ws, "public/auth", self._credentials.auth_params(), self._call_timeout_s)
-        subscribed = list(self._subs_by_channel)
-        for method, group in _by_visibility("subscribe", subscribed):
-            try:
-                result = await self._call_on(ws, method, {"channels": group}, self._call_timeout_s)
-            except SyndrRpcError as exc:
-                if isinstance(exc, _TRANSIENT):
-                    raise  # not a refusal: another connection tries again, rather than leave them silent
-                # The venue accepted these before; one refused channel must not stop the others.
-                log.error("re-subscribe of %d channel(s) refused: %s", len(group), exc)
-                continue
-            _warn_missing(method, group, result.result)
-        # Subscriptions closed meanwhile did not unsubscribe (not connected yet), but the loop above may have
-        # subscribed their channels: undo that, until no more were closed while we did (no await after this).
+        subscribed: list[str] = []
+        for method, group in _by_visibility("subscribe", list(self._subs_by_channel)):
+            await self._resubscribe(ws, method, group, subscribed)
+        # Subscriptions closed (or ended by a refusal) meanwhile did not unsubscribe (not connected yet), but the
+        # calls above may have subscribed their channels: undo that, until no more were closed while we did (no
+        # await after this).
         while released := [c for c in subscribed if not self._subs_by_channel.get(c)]:
             gone = set(released)
             subscribed = [c for c in subscribed if c not in gone]
@@ -721,6 +737,46 @@ class SyndrWebSocket:
                     await self._call_on(ws, method, {"channels": group}, self._call_timeout_s)
                 except SyndrRpcError as exc:
                     log.info("unsubscribe of %d channel(s) failed: %s", len(group), exc)
+
+    async def _resubscribe(self, ws: ClientConnection, method: str, channels: list[str],
+                           subscribed: list[str]) -> None:
+        """Subscribe `channels` again on a new connection, adding those the venue took to `subscribed`.
+
+        The venue refuses a call whole when it refuses one channel in it (say its instrument went while we were
+        away), so a refused call is halved until each channel it refuses stands alone: the others are subscribed
+        again in a few calls, and each subscription that needs a refused channel ends (`ChannelRefused`). A
+        failure that refuses nothing for good (rate limit, the venue's internal error) raises: another
+        connection tries again, rather than leave the channels silent.
+        """
+        wanted = [c for c in channels if self._subs_by_channel.get(c)]  # not those nobody needs any more
+        if not wanted:
+            return
+        try:
+            result = await self._call_on(ws, method, {"channels": wanted}, self._call_timeout_s)
+        except SyndrRpcError as exc:
+            if isinstance(exc, _TRANSIENT):
+                raise
+            if len(wanted) == 1:
+                self._refuse(wanted[0], exc)
+                return
+            half = len(wanted) // 2
+            await self._resubscribe(ws, method, wanted[:half], subscribed)
+            await self._resubscribe(ws, method, wanted[half:], subscribed)
+            return
+        subscribed.extend(wanted)
+        _warn_missing(method, wanted, result.result)
+
+    def _refuse(self, channel: str, error: SyndrRpcError) -> None:
+        """End every subscription that needs `channel`, which the venue refused to subscribe again (no await)."""
+        subs = list(self._subs_by_channel.get(channel, ()))
+        log.warning("syndr websocket: the venue refused to re-subscribe %s (%s); %d subscription(s) end",
+                    channel, error, len(subs))
+        event = ChannelRefused(channel, error)
+        for sub in subs:
+            self._detach(sub)  # its other channels are unsubscribed by `_resync` if nobody else needs them
+            sub._refusal = event
+            sub._deliver(event)
+            sub._end()
 
     def _go_live(self, reconnect_attempt: int) -> None:
         """Announce `Reconnected`, then release buffered messages, then open for calls (no await between)."""

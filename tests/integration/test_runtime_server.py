@@ -25,6 +25,7 @@ from tests.support.tcp_proxy import TcpProxy
 
 from portico.runtime.client import KEEPALIVE_OPTIONS, bearer, open_channel
 from portico.runtime.errors import error_info
+from portico.runtime.server import LIVENESS_SERVICE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,6 +114,39 @@ async def test_unknown_method_is_unimplemented(plain: str) -> None:
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+# --------------------------------------------------------------------------- liveness and readiness
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def statuses(target: str, *services: str) -> list[int]:
+    """grpc.health.v1 Check of each service, unauthenticated as a kubelet probe is."""
+    async with open_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return [(await stub.Check(health_pb2.HealthCheckRequest(service=s), timeout=5)).status for s in services]
+
+
+async def test_liveness_is_serving_while_the_service_is_not_ready(tokens: tuple[dict[str, str], str]) -> None:
+    """A server started not ready (a service waiting for its venue) is alive: the liveness service answers
+    SERVING at once, the overall status and the service's own stay NOT_SERVING until it is ready."""
+    server = build({"PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": tokens[1]})
+    port = await server.start(["test.Demo"], serving=False)
+    target = f"127.0.0.1:{port}"
+    try:
+        assert LIVENESS_SERVICE == "liveness"  # what the manifests' liveness probes name
+        assert await statuses(target, LIVENESS_SERVICE, "", "test.Demo") == [SERVING, NOT_SERVING, NOT_SERVING]
+        await server.set_ready(True)
+        assert await statuses(target, LIVENESS_SERVICE, "", "test.Demo") == [SERVING, SERVING, SERVING]
+        await server.set_ready(False)  # readiness can be withdrawn again; liveness is not a readiness
+        assert await statuses(target, LIVENESS_SERVICE, "", "test.Demo") == [SERVING, NOT_SERVING, NOT_SERVING]
+        with pytest.raises(ValueError, match="liveness"):  # no service may report itself dead or alive
+            await server.set_serving(LIVENESS_SERVICE, False)
+        assert await statuses(target, LIVENESS_SERVICE) == [SERVING]
+    finally:
+        await server.stop(0)
+
+
 # --------------------------------------------------------------------------- TLS and mTLS
 
 
@@ -197,6 +231,28 @@ async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
     assert time.monotonic() - started < 5
 
 
+async def test_sigterm_turns_liveness_and_readiness_not_serving_while_draining(
+        demo_process: tuple[subprocess.Popen[str], str], tokens: tuple[dict[str, str], str]) -> None:
+    """Health watches opened before SIGTERM see liveness, the overall status and the service's own go
+    NOT_SERVING when the drain starts, while an in-flight call still finishes."""
+    process, target = demo_process
+    async with open_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        names = (LIVENESS_SERVICE, "", "test.Demo")
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service=name)) for name in names]
+        assert [(await w.read()).status for w in watches] == [SERVING] * 3
+        in_flight = asyncio.create_task(call(channel, "/test.Demo/Wait", b"1500", bearer(tokens[0]["read"])))
+        await asyncio.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        changed = [await asyncio.wait_for(w.read(), 2) for w in watches]
+        assert [c.status for c in changed] == [NOT_SERVING] * 3
+        assert not in_flight.done()  # still draining
+        assert await in_flight == b"1500"
+        for watch in watches:
+            watch.cancel()
+    assert await asyncio.to_thread(process.wait, 10) == 0
+
+
 async def test_sigterm_cancels_calls_that_outlive_the_grace_period(
         demo_process: tuple[subprocess.Popen[str], str], tokens: tuple[dict[str, str], str]) -> None:
     process, target = demo_process
@@ -262,6 +318,8 @@ async def test_stop_does_not_wait_forever_for_grpc_to_report_the_server_stopped(
 # A service as the real ones are built: settings from the environment first, then the app, inside the event
 # loop, reads the token list; it prints its port once serving.
 RUN_SERVICE = """
+import asyncio
+
 import portico.runtime.grpc_core  # noqa: F401
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.main import run_service
@@ -275,7 +333,9 @@ class App:
 
     async def run(self):
         await self.server.start(["test.Demo"])
-        print(self.server.port, flush=True)
+        # Printed once run_until_signalled has installed its handlers (it does before its first await): a
+        # SIGTERM sent on reading the port must find them.
+        asyncio.get_running_loop().call_soon(lambda: print(self.server.port, flush=True))
         await self.server.run_until_signalled()
 
 

@@ -272,8 +272,10 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
 class ExecutionApp(GrpcServiceApp):
     """The execution process: journal, Vault, signer and refdata channels, venue clients, gRPC server.
 
-    It reports NOT_SERVING until every journaled order of unknown outcome has
-    been reconciled against the venue, and keeps reconciling in the
+    It listens once the journal is open, alive (`LIVENESS_SERVICE` SERVING) but
+    not ready: the overall status and the service's own are NOT_SERVING until
+    every journaled order of unknown outcome has been reconciled against the
+    venue, however long the venue is away. It keeps reconciling in the
     background (woken at once when a call ends unknown).
     """
 
@@ -322,8 +324,7 @@ class ExecutionApp(GrpcServiceApp):
                 remaining = -1
             if remaining == 0 and not self.reconciled.is_set():
                 self.reconciled.set()
-                await self.server.set_serving(SERVICE_NAME, True)
-                await self.server.set_serving("", True)
+                await self.server.set_ready(True)
                 log.info("journal reconciled; serving")
                 for venue, account in await self.journal.accounts({OrderState.OPEN}):
                     self.feeds.ensure(venue, account)

@@ -413,10 +413,23 @@ class MarketDataApp(GrpcServiceApp):
         self.refdata_catch_ups = 0  # completed catch-ups, one per established watch (for operators and tests)
 
     async def start(self) -> None:
-        await self.ws.start()
+        """Listen at once, alive but not ready; return ready, once the venue's WebSocket is connected.
+
+        A venue unreachable at start leaves the process listening, `LIVENESS_SERVICE` SERVING and its
+        readiness NOT_SERVING while the WebSocket retries with backoff, for as long as that takes: probes
+        see it alive and not ready, not a process that never listens. Calls that come meanwhile wait for
+        the connection as they do during a reconnect.
+        """
+        await self.server.start([SERVICE_NAME], serving=False)
+        try:
+            await self.ws.start()
+        except BaseException:  # it never became ready (cancelled, or the venue refused it): stop listening
+            await self.server.stop(0)
+            raise
         for books in self.books.values():
             books.start_audits()
-        await self.server.start([SERVICE_NAME])
+        await self.server.set_ready(True)
+        log.info("venue connected; serving")
         if self.refdata is not None:
             self._watch = asyncio.create_task(self._watch_reference_data(), name="marketdata-refdata-watch")
 

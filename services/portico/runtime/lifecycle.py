@@ -51,7 +51,13 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
 
 
 class GrpcServiceApp(abc.ABC):
-    """A service process built around one `GrpcServer`: subclasses start and close their parts."""
+    """A service process built around one `GrpcServer`: subclasses start and close their parts.
+
+    `start` makes the server listen as soon as nothing but bounded work (opening stores, a first try at
+    Vault) stands before it. What may take unbounded time, the venue above all, is waited for after
+    that with the server started `serving=False` and `set_ready(True)` once done, in `start` itself
+    (market data) or in the background (execution): liveness (`LIVENESS_SERVICE`) never waits for it.
+    """
 
     server: GrpcServer
 
@@ -66,7 +72,11 @@ class GrpcServiceApp(abc.ABC):
     async def aclose(self, grace_s: float | None = None) -> None: ...
 
     async def run(self) -> None:
-        """Start, serve until SIGTERM/SIGINT, drain in-flight calls, and close."""
+        """Start, serve until SIGTERM/SIGINT, drain in-flight calls, and close.
+
+        A signal that comes while `start` still waits (market data for its venue) ends the process at once,
+        as before: it is not ready, so no traffic reaches it and nothing is in flight to drain.
+        """
         await self.start()
         freeze_startup_objects()
         try:

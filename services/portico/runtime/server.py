@@ -9,6 +9,16 @@ Every server gets the standard health service (with Watch) and reflection,
 the interceptor pipeline (tracing, auth, error mapping), optional TLS or
 mTLS, and a graceful stop on SIGTERM/SIGINT: health turns NOT_SERVING first,
 then in-flight calls get `PORTICO_SHUTDOWN_GRACE_SECONDS` to finish.
+
+Health tells liveness and readiness apart. `LIVENESS_SERVICE` ("liveness") is
+SERVING from the moment the server listens until it starts to stop: the
+process is up and its event loop answers (a wedged loop answers nothing, and
+the probe times out). The overall status "" and each service's own name are
+readiness: a service that must wait before it takes traffic (execution for
+its reconciliation, market data for its venue) starts with `serving=False`
+and reports `set_ready(True)` when it may, so a venue outage leaves it alive
+but unready, never restarted for it. Kubernetes' liveness and startup probes
+ask for `LIVENESS_SERVICE`, readiness probes for the service's name.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.interceptors import ServerInterceptor
 
-__all__ = ["GrpcServer", "ServerSettings", "TlsFiles"]
+__all__ = ["LIVENESS_SERVICE", "GrpcServer", "ServerSettings", "TlsFiles"]
 
 log = logging.getLogger("portico.server")
 
@@ -135,6 +145,11 @@ def _check_tls(tls: TlsFiles) -> None:
 # How long past the grace period `GrpcServer.stop` waits for gRPC to report the server stopped.
 STOP_SLACK_S = 10.0
 
+# The grpc.health.v1 service name that reports liveness, not readiness: SERVING while the server listens and its
+# event loop answers, whatever the service is waiting for; NOT_SERVING once it stops. Not a gRPC service of its
+# own (reflection does not list it), only a name health answers for; the manifests' liveness probes ask for it.
+LIVENESS_SERVICE = "liveness"
+
 
 class GrpcServer:
     """A grpc.aio server with health, reflection and the Portico interceptors."""
@@ -165,9 +180,12 @@ class GrpcServer:
     async def start(self, service_names: Sequence[str], *, serving: bool = True) -> int:
         """Bind, start serving and mark every service SERVING; return the port.
 
-        `serving=False` reports NOT_SERVING until `set_serving` says otherwise
-        (a service with work to finish before it takes traffic).
+        `serving=False` reports the overall status and every service NOT_SERVING
+        until `set_ready` (or `set_serving`) says otherwise: a service with work to
+        finish before it takes traffic. `LIVENESS_SERVICE` is SERVING either way.
         """
+        if LIVENESS_SERVICE in service_names:
+            raise ValueError(f"{LIVENESS_SERVICE!r} is the runtime's liveness status, not a service name")
         self._services = list(service_names)
         reflection.enable_server_reflection(
             [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
@@ -186,19 +204,29 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen_addr}")
         await self.grpc.start()
-        for name in ("", *self._services):
-            await self.set_serving(name, serving)
-        log.info("serving", extra={"listen": self.settings.listen_addr, "port": self.port,
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self.set_ready(serving)
+        log.info("serving", extra={"listen": self.settings.listen_addr, "port": self.port, "ready": serving,
                                    "tls": tls is not None, "mtls": bool(tls and tls.client_ca)})
         return self.port
 
+    async def set_ready(self, ready: bool) -> None:
+        """Report the overall status and every service's as ready (SERVING) or not; liveness is untouched."""
+        for name in ("", *self._services):
+            await self.set_serving(name, ready)
+
     async def set_serving(self, service: str, serving: bool) -> None:
         """Report one service's readiness (e.g. the signer while Vault is sealed)."""
+        if service == LIVENESS_SERVICE:
+            raise ValueError(f"{LIVENESS_SERVICE!r} is the runtime's own: it follows the server, not the service")
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set(service, status)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Go NOT_SERVING, then drain in-flight calls for up to the grace period; idempotent."""
+        """Go NOT_SERVING (liveness included), then drain in-flight calls for up to the grace period; idempotent.
+
+        From here health answers only watches already open: new calls, probes included, are refused.
+        """
         if self._stopped:
             return
         self._stopped = True

@@ -16,7 +16,6 @@ median, its range and in how many turns the services' options were faster.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -31,10 +30,10 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tests.bench.turns import answer_turns, end_turns, take_turn
 from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-WARM_UP_CALLS = 300
 
 
 def serve(port: int) -> None:
@@ -49,21 +48,11 @@ def serve(port: int) -> None:
 
 
 def client(port: int) -> None:
-    """Answer each `seconds` line on stdin with the median round trip (s) of calls made for that long."""
+    """Answer turns (`tests.bench.turns`) with health `Check` calls."""
     async def main() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub, request = health_pb2_grpc.HealthStub(channel), health_pb2.HealthCheckRequest()
-            for _ in range(WARM_UP_CALLS):
-                await stub.Check(request, timeout=10)
-            loop = asyncio.get_running_loop()
-            while line := await loop.run_in_executor(None, sys.stdin.readline):
-                times: list[float] = []
-                end = time.perf_counter() + float(line)
-                while time.perf_counter() < end:
-                    began = time.perf_counter()
-                    await stub.Check(request, timeout=10)
-                    times.append(time.perf_counter() - began)
-                print(json.dumps({"median_s": statistics.median(times), "calls": len(times)}), flush=True)
+            await answer_turns(lambda: stub.Check(request, timeout=10))
 
     uvloop.run(main())
 
@@ -87,18 +76,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calls: dict[str, int] = dict.fromkeys(sides, 0)
         for turn in range(args.turns):
             for name in (list(sides) if turn % 2 == 0 else list(reversed(sides))):
-                proc = clients[name]
-                assert proc.stdin is not None and proc.stdout is not None
-                proc.stdin.write(f"{args.seconds_per_turn}\n")
-                proc.stdin.flush()
-                answer = json.loads(proc.stdout.readline())
+                answer = take_turn(clients[name], args.seconds_per_turn)
                 medians[name].append(answer["median_s"] * 1e3)
                 calls[name] += answer["calls"]
     finally:
-        for proc in clients.values():
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait(timeout=30)
+        end_turns(list(clients.values()))
         for proc in servers:
             proc.kill()
             proc.wait()

@@ -42,12 +42,12 @@ import grpc
 import uvloop
 
 from tests.bench.bench_execution import cpu_seconds
+from tests.bench.turns import answer_turns, end_turns, take_turn
 from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("a", "ab", "abc")
 PAYLOAD = b"x" * 400  # about a PlaceOrder request
-WARM_UP_CALLS = 300
 
 
 def _bytes(message: bytes) -> bytes:
@@ -117,23 +117,13 @@ def serve_front(port: int, mode: str, echo_port: int, http_port: int) -> None:
 
 
 def client(port: int) -> None:
-    """Answer each `seconds` line on stdin with the median round trip (s) of calls made for that long."""
+    """Answer turns (`tests.bench.turns`) with calls to A."""
     import portico.runtime.grpc_core  # noqa: F401
 
     async def main() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = channel.unary_unary("/floor.Hop/Call", request_serializer=_bytes, response_deserializer=_bytes)
-            for _ in range(WARM_UP_CALLS):
-                await call(PAYLOAD, timeout=10)
-            loop = asyncio.get_running_loop()
-            while line := await loop.run_in_executor(None, sys.stdin.readline):
-                times: list[float] = []
-                end = time.perf_counter() + float(line)
-                while time.perf_counter() < end:
-                    began = time.perf_counter()
-                    await call(PAYLOAD, timeout=10)
-                    times.append(time.perf_counter() - began)
-                print(json.dumps({"median_s": statistics.median(times), "calls": len(times)}), flush=True)
+            await answer_turns(lambda: call(PAYLOAD, timeout=10))
 
     uvloop.run(main())
 
@@ -163,22 +153,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for turn in range(args.turns):
             order = MODES[turn % len(MODES):] + MODES[:turn % len(MODES)]
             for mode in order:
-                proc = clients[mode]
-                assert proc.stdin is not None and proc.stdout is not None
                 pids = {"a": fronts[mode].pid, "b": echo.pid, "c": http.pid}
                 before = {k: cpu_seconds(pid) for k, pid in pids.items()}
-                proc.stdin.write(f"{args.seconds_per_turn}\n")
-                proc.stdin.flush()
-                answer = json.loads(proc.stdout.readline())
+                answer = take_turn(clients[mode], args.seconds_per_turn)
                 for k, pid in pids.items():
                     cpu[mode][k] += cpu_seconds(pid) - before[k]
                 medians[mode].append(answer["median_s"] * 1e3)
                 calls[mode] += answer["calls"]
     finally:
-        for proc in clients.values():
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait(timeout=30)
+        end_turns(list(clients.values()))
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()

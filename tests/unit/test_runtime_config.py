@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,16 +104,26 @@ def test_token_config_from_env_and_file(tmp_path: Path) -> None:
         TokenAuthenticator.from_env({"PORTICO_AUTH_TOKENS": "{not json"})
 
 
-def test_json_logs_carry_trace_ids_and_redact_secret_named_fields() -> None:
+@pytest.fixture
+def json_log() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger writing JSON lines (the services' formatter) into a buffer."""
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(JsonFormatter("unit"))
     logger = logging.getLogger("portico.unit-test")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        yield logger, buffer
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_json_logs_carry_trace_ids_and_redact_secret_named_fields(
+        json_log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, buffer = json_log
     with trace.get_tracer("unit").start_as_current_span("op") as span:
         logger.info("hello", extra={"api_secret": "s3cr3t", "vault_token": "hvs.x", "key_id": "k1"})
-    logger.removeHandler(handler)
     line = json.loads(buffer.getvalue())
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert line["key_id"] == "k1"
@@ -227,20 +238,13 @@ def test_a_header_without_a_token_is_malformed(header: str) -> None:
     assert caught.value.reason == "TOKEN_MALFORMED"
 
 
-def test_json_logs_redact_authorization_and_nested_secret_fields() -> None:
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(JsonFormatter("unit"))
-    logger = logging.getLogger("portico.unit-test")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        logger.info("call", extra={"authorization": "Bearer pt_leak1",
-                                   "request": {"key_id": "k1", "headers": {"Authorization": "Bearer pt_leak2"},
-                                               "vault": {"token": "hvs.leak3"}},
-                                   "entries": [{"name": "desk", "api_key": "leak4"}]})
-    finally:
-        logger.removeHandler(handler)
+def test_json_logs_redact_authorization_and_nested_secret_fields(
+        json_log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, buffer = json_log
+    logger.info("call", extra={"authorization": "Bearer pt_leak1",
+                               "request": {"key_id": "k1", "headers": {"Authorization": "Bearer pt_leak2"},
+                                           "vault": {"token": "hvs.leak3"}},
+                               "entries": [{"name": "desk", "api_key": "leak4"}]})
     line = json.loads(buffer.getvalue())
     assert "leak" not in buffer.getvalue()
     assert line["authorization"] == "[redacted]"

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tests.support.execution import ExecutionStack, running_execution
+from tests.support.execution import ExecutionStack, resting_bid, running_execution
 from tests.support.postgres import fresh_database
 from tests.support.refdata import RestartableRefdata, database
 from tests.support.waiting import until
@@ -59,13 +59,6 @@ def place_request(stack: ExecutionStack, client_order_id: str, *, side: int = si
     return request
 
 
-def far_bid(sim: Simulator) -> str:
-    """A bid price on the tick well below the market: it rests."""
-    bid, _ = best(sim)
-    tick = sim.engine.instrument(SYMBOL).tick_size
-    return str(((bid * Decimal("0.8")) // tick) * tick)
-
-
 async def resync(stack: ExecutionStack) -> None:
     from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
     from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
@@ -98,7 +91,8 @@ async def test_place_partial_fill_amend_cancel_with_streams(stack: ExecutionStac
         await asyncio.sleep(0.3)
 
         # A resting bid: OPEN, signed by the signing key held in Vault, verified by the venue.
-        rest = await stub.PlaceOrder(place_request(stack, "rest-1", price=far_bid(sim)), metadata=running.metadata())
+        rest = await stub.PlaceOrder(place_request(stack, "rest-1", price=resting_bid(sim)),
+                                     metadata=running.metadata())
         assert rest.order.state == order_pb2.ORDER_STATE_OPEN
         assert rest.order.order_id and rest.order.client_order_id == "rest-1"
         assert 0 < rest.order.venue_timing.us_in <= rest.order.venue_timing.us_out
@@ -165,14 +159,14 @@ async def test_same_client_order_id_places_once(stack: ExecutionStack) -> None:
     sim = stack.sim
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
-        request = place_request(stack, "dup-1", price=far_bid(sim))
+        request = place_request(stack, "dup-1", price=resting_bid(sim))
         first, second = await asyncio.gather(stub.PlaceOrder(request, metadata=running.metadata()),
                                              stub.PlaceOrder(request, metadata=running.metadata()))
         third = await stub.PlaceOrder(request, metadata=running.metadata())
         assert first.order.order_id == second.order.order_id == third.order.order_id
         assert len(order_calls(sim)) == 1
 
-        other = place_request(stack, "dup-1", price=far_bid(sim), amount="0.2")
+        other = place_request(stack, "dup-1", price=resting_bid(sim), amount="0.2")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.PlaceOrder(other, metadata=running.metadata())
         assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -183,7 +177,7 @@ async def test_unknown_outcome_is_reconciled_and_never_doubled(stack: ExecutionS
     sim = stack.sim
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
-        price = far_bid(sim)
+        price = resting_bid(sim)
         await stub.PlaceOrder(place_request(stack, "warm-up", price=price), metadata=running.metadata())
         sim.requests.clear()
         sim.faults.update({"drop_response_rate": 1.0})
@@ -239,16 +233,16 @@ async def test_restart_reconciles_before_serving(stack: ExecutionStack, journal_
     sim = stack.sim
     async with running_execution(stack, journal_env) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
-        await stub.PlaceOrder(place_request(stack, "warm-up", price=far_bid(sim)), metadata=running.metadata())
+        await stub.PlaceOrder(place_request(stack, "warm-up", price=resting_bid(sim)), metadata=running.metadata())
         sim.requests.clear()
         # Every answer lost, and the WebSockets silent too: otherwise the private stream's echo of crash-0
         # resolves it (correctly) before crash-1 arrives, and nothing would be left unknown to test.
         sim.faults.update({"drop_response_rate": 1.0, "silent": True})
         with pytest.raises(grpc.aio.AioRpcError):
-            await stub.PlaceOrder(place_request(stack, "crash-0", price=far_bid(sim)), metadata=running.metadata())
+            await stub.PlaceOrder(place_request(stack, "crash-0", price=resting_bid(sim)), metadata=running.metadata())
         # While crash-0's outcome is unknown, nothing new is sent on that instrument and account.
         with pytest.raises(grpc.aio.AioRpcError) as blocked:
-            await stub.PlaceOrder(place_request(stack, "crash-1", price=far_bid(sim)), metadata=running.metadata())
+            await stub.PlaceOrder(place_request(stack, "crash-1", price=resting_bid(sim)), metadata=running.metadata())
         info = error_info(blocked.value)
         assert blocked.value.code() == grpc.StatusCode.UNAVAILABLE
         assert info is not None and info.reason == "ORDER_OUTCOME_UNKNOWN"
@@ -293,7 +287,7 @@ async def test_each_validation_rule_answers_without_calling_the_venue(
         stack: ExecutionStack, fields: dict[str, Any], field: str, reason: str) -> None:
     sim = stack.sim
     inst = sim.engine.instrument(SYMBOL)
-    price = Decimal(far_bid(sim))
+    price = Decimal(resting_bid(sim))
     values = dict(fields)
     if values.get("price") == "TICK+":
         values["price"] = str(price + inst.tick_size / 2)
@@ -345,7 +339,7 @@ async def test_a_tick_size_change_applies_to_the_very_next_order(stack: Executio
         stub, instruments = running.stub(channel), running.app.orders.instruments
         await until(lambda: instruments.watches_established == 1)
         tick = sim.engine.instrument(SYMBOL).tick_size
-        price = Decimal(far_bid(sim))
+        price = Decimal(resting_bid(sim))
         if (price / (tick * 2)) % 1 == 0:
             price -= tick  # on the tick of now, off the doubled one
         first = await stub.PlaceOrder(place_request(stack, "tick-1", price=str(price)), metadata=running.metadata())
@@ -436,7 +430,7 @@ async def test_scopes(stack: ExecutionStack) -> None:
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.PlaceOrder(place_request(stack, "scope-1", price=far_bid(stack.sim)),
+            await stub.PlaceOrder(place_request(stack, "scope-1", price=resting_bid(stack.sim)),
                                   metadata=running.metadata("read"))
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         listed = await stub.ListOpenOrders(pb.ListOpenOrdersRequest(venue="syndr", account=stack.account.address),
@@ -454,7 +448,7 @@ async def test_deadman_cancels_everything_unless_rearmed(stack: ExecutionStack) 
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
         for i in range(3):
-            await stub.PlaceOrder(place_request(stack, f"dm-{i}", price=far_bid(sim)), metadata=running.metadata())
+            await stub.PlaceOrder(place_request(stack, f"dm-{i}", price=resting_bid(sim)), metadata=running.metadata())
         armed = await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account,
                                                            ttl=Duration(seconds=1)), metadata=running.metadata())
         assert armed.HasField("fire_time")
@@ -465,7 +459,7 @@ async def test_deadman_cancels_everything_unless_rearmed(stack: ExecutionStack) 
         assert len(sim.engine.open_orders(account)) == 3  # re-armed in time
         await until(lambda: len(sim.engine.open_orders(account)) == 0, 5)
         # Disarmed: nothing fires.
-        await stub.PlaceOrder(place_request(stack, "dm-after", price=far_bid(sim)), metadata=running.metadata())
+        await stub.PlaceOrder(place_request(stack, "dm-after", price=resting_bid(sim)), metadata=running.metadata())
         await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
                               metadata=running.metadata())
         disarmed = await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration()),
@@ -484,7 +478,7 @@ async def test_cancel_all_journals_final_states(stack: ExecutionStack) -> None:
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
         for i in range(4):
-            await stub.PlaceOrder(place_request(stack, f"ca-{i}", price=far_bid(sim)), metadata=running.metadata())
+            await stub.PlaceOrder(place_request(stack, f"ca-{i}", price=resting_bid(sim)), metadata=running.metadata())
         reply = await stub.CancelAllOrders(pb.CancelAllOrdersRequest(venue="syndr", account=stack.account.address,
                                                                      symbol=SYMBOL), metadata=running.metadata())
         assert reply.cancelled_count == 4

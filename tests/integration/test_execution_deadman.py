@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from decimal import Decimal
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from tests.support.execution import ExecutionStack, rotate_api_key, running_execution
+from tests.support.execution import ExecutionStack, resting_bid, rotate_api_key, running_execution
 from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
@@ -30,17 +29,11 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-def far_bid(sim: Simulator) -> str:
-    book = sim.engine.book(SYMBOL, 1)
-    tick = sim.engine.instrument(SYMBOL).tick_size
-    return str(((book.bids[0][0] * Decimal("0.8")) // tick) * tick)
-
-
 async def rest_orders(stub: object, running: object, stack: ExecutionStack, count: int) -> None:
     for i in range(count):
         reply = await stub.PlaceOrder(pb.PlaceOrderRequest(  # type: ignore[attr-defined]
             venue="syndr", account=stack.account.address, symbol=SYMBOL, side=side_pb2.SIDE_BUY,
-            type=order_pb2.ORDER_TYPE_LIMIT, amount="0.1", price=far_bid(stack.sim), client_order_id=f"dm-{i}"),
+            type=order_pb2.ORDER_TYPE_LIMIT, amount="0.1", price=resting_bid(stack.sim), client_order_id=f"dm-{i}"),
             metadata=running.metadata())  # type: ignore[attr-defined]
         assert reply.order.state == order_pb2.ORDER_STATE_OPEN
 

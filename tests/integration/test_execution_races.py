@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from decimal import Decimal
 
 import grpc
 import pytest
-from tests.support.execution import ExecutionStack, rotate_api_key, running_execution, store_api_key
+from tests.support.execution import ExecutionStack, resting_bid, rotate_api_key, running_execution, store_api_key
 
 from portico.common.v1 import side_pb2
 from portico.execution.model import OrderState
@@ -33,12 +32,6 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=13, market_maker_instruments=(SYMBOL,),
                                    rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
         yield simulator
-
-
-def resting_bid(sim: Simulator) -> str:
-    bid = sim.engine.book(SYMBOL, 1).bids[0][0]
-    tick = sim.engine.instrument(SYMBOL).tick_size
-    return str(((bid * Decimal("0.8")) // tick) * tick)
 
 
 def place(stack: ExecutionStack, client_order_id: str, price: str) -> pb.PlaceOrderRequest:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from decimal import Decimal
 from typing import Any
 
 import grpc
 import pytest
-from tests.support.execution import ExecutionStack, RunningExecution, rotate_api_key, running_execution
+from tests.support.execution import ExecutionStack, RunningExecution, resting_bid, rotate_api_key, running_execution
 from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
@@ -32,13 +31,6 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=11, book_changes_per_second=50, market_maker_instruments=(SYMBOL,),
                                    rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
         yield simulator
-
-
-def far_bid(sim: Simulator) -> str:
-    """A bid price on the tick well below the market: it rests."""
-    book = sim.engine.book(SYMBOL, 1)
-    tick = sim.engine.instrument(SYMBOL).tick_size
-    return str(((book.bids[0][0] * Decimal("0.8")) // tick) * tick)
 
 
 def place_request(stack: ExecutionStack, client_order_id: str, price: str) -> pb.PlaceOrderRequest:
@@ -89,7 +81,7 @@ async def test_the_stream_names_our_orders_by_their_client_order_id(stack: Execu
         stream = OrderStream(running, channel)
         try:
             await feed_of(running)
-            placed = await running.stub(channel).PlaceOrder(place_request(stack, "named-1", far_bid(stack.sim)),
+            placed = await running.stub(channel).PlaceOrder(place_request(stack, "named-1", resting_bid(stack.sim)),
                                                             metadata=running.metadata())
             await until(lambda: stream.has(placed.order.order_id, order_pb2.ORDER_STATE_OPEN))
             [update] = [u for u in stream.updates if u.order.order_id == placed.order.order_id]
@@ -111,7 +103,7 @@ async def test_a_journal_outage_costs_the_stream_no_update_and_the_journal_catch
         stream = OrderStream(running, channel)
         try:
             await feed_of(running)
-            placed = await running.stub(channel).PlaceOrder(place_request(stack, "rest-1", far_bid(sim)),
+            placed = await running.stub(channel).PlaceOrder(place_request(stack, "rest-1", resting_bid(sim)),
                                                             metadata=running.metadata())
             order_id = placed.order.order_id
             await until(lambda: stream.has(order_id, order_pb2.ORDER_STATE_OPEN))
@@ -156,7 +148,8 @@ async def test_a_rotated_api_key_reauthenticates_the_feed_and_the_stream_goes_on
         stub = running.stub(channel)
         try:
             feed = await feed_of(running)
-            first = await stub.PlaceOrder(place_request(stack, "before-1", far_bid(sim)), metadata=running.metadata())
+            first = await stub.PlaceOrder(place_request(stack, "before-1", resting_bid(sim)),
+                                          metadata=running.metadata())
             await until(lambda: stream.has(first.order.order_id, order_pb2.ORDER_STATE_OPEN))
 
             new = await rotate_api_key(stack)
@@ -167,7 +160,8 @@ async def test_a_rotated_api_key_reauthenticates_the_feed_and_the_stream_goes_on
                 return (await running.app.venue.session(address)).record.credentials == new
 
             await until_true(rotated)
-            second = await stub.PlaceOrder(place_request(stack, "after-1", far_bid(sim)), metadata=running.metadata())
+            second = await stub.PlaceOrder(place_request(stack, "after-1", resting_bid(sim)),
+                                           metadata=running.metadata())
             await stub.CancelOrder(pb.CancelOrderRequest(venue="syndr", account=address,
                                                          order_id=first.order.order_id), metadata=running.metadata())
             await until(lambda: stream.has(second.order.order_id, order_pb2.ORDER_STATE_OPEN), timeout_s=30)
@@ -194,7 +188,7 @@ async def test_an_order_past_its_expiration_ends_cancelled_on_the_stream_and_in_
         stream = OrderStream(running, channel)
         try:
             await feed_of(running)
-            placed = await running.stub(channel).PlaceOrder(place_request(stack, "ttl-1", far_bid(stack.sim)),
+            placed = await running.stub(channel).PlaceOrder(place_request(stack, "ttl-1", resting_bid(stack.sim)),
                                                             metadata=running.metadata())
             assert placed.order.state == order_pb2.ORDER_STATE_OPEN
             await until(lambda: stream.has(placed.order.order_id, order_pb2.ORDER_STATE_CANCELLED), timeout_s=10)

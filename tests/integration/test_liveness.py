@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from decimal import Decimal
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tests.support.execution import ExecutionStack, running_execution
+from tests.support.execution import ExecutionStack, resting_bid, running_execution
 from tests.support.signer import make_tokens
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
@@ -87,11 +86,6 @@ async def test_marketdata_listens_alive_but_not_ready_until_its_venue_connects(s
         finally:
             await cancel_and_wait(starting)
             await app.aclose(grace_s=0.2)
-
-
-def resting_bid(sim: Simulator) -> str:
-    tick = sim.engine.instrument(SYMBOL).tick_size
-    return str(((sim.engine.book(SYMBOL, 1).bids[0][0] * Decimal("0.8")) // tick) * tick)
 
 
 async def test_execution_is_alive_but_not_ready_until_it_reconciles_with_an_unreachable_venue(

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -180,3 +181,9 @@ async def store_api_key(stack: ExecutionStack, credentials: ApiCredentials) -> N
         record = await store.get("syndr", stack.account.address)
         await store.put(dataclasses.replace(record, credentials=credentials))
         await store.aclose()
+
+
+def resting_bid(sim: Simulator, symbol: str = "ETH-PERP", fraction: str = "0.8") -> str:
+    """A bid price on the tick, `fraction` of the best bid: well below the market, so the order rests."""
+    tick = sim.engine.instrument(symbol).tick_size
+    return str(((sim.engine.book(symbol, 1).bids[0][0] * Decimal(fraction)) // tick) * tick)

@@ -101,6 +101,9 @@ async def test_consumers_hold_the_venues_book_exactly_through_faults(sim: Simula
         await asyncio.sleep(1.5)
         await sim.close_websockets()
         await asyncio.sleep(1.5)
+        # Updates flow again after the drops (their reconnects back off more and more: the venue drops each
+        # connection soon after it goes live), to every depth, the shallowest included.
+        await until(lambda: all(c.updates > 100 for c in consumers), timeout_s=20)
         # Gaps last, so that no later rebuild could hide a mishandled one: each dropped change must
         # be noticed and repaired by the service itself.
         for _ in range(4):

@@ -35,6 +35,7 @@ class FakeVenue:
         self.session_delay_s = 0.0  # a slow Vault read
         self.cancel_alls_started = 0
         self.cancel_alls_done = 0
+        self.cancel_failures = 0  # this many cancel_all calls fail first (the venue unreachable)
         self.release = asyncio.Event()
         self.release.set()
 
@@ -57,6 +58,9 @@ class FakeVenue:
             async def call(self, method: str, params: Any) -> None:
                 assert method == "private/cancel_all"
                 venue.cancel_alls_started += 1
+                if venue.cancel_failures > 0:
+                    venue.cancel_failures -= 1
+                    raise ConnectionError("venue unreachable")
                 await venue.release.wait()
                 venue.cancel_alls_done += 1
 
@@ -152,3 +156,44 @@ async def test_a_rearm_in_time_wins_even_if_reading_the_account_is_slow(account:
     finally:
         await switches.aclose()
     assert venue.cancel_alls_started == 0 and switches.fired == {}
+
+
+async def test_a_rearm_drops_a_missed_deadlines_cancel_that_is_still_failing(account: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline passed during a venue outage: the cancel keeps failing and retrying. The client comes back and
+    re-arms, then trades; the old cancel must not land once the venue is back and take the new orders (before,
+    the retries went on until the venue took it)."""
+    from portico.execution import deadman
+
+    monkeypatch.setattr(deadman, "_RETRY_S", 0.02)
+    venue = FakeVenue()
+    venue.cancel_failures = 10**9
+    switches = DeadmanSwitches(venue)  # type: ignore[arg-type]
+    try:
+        await switches.arm("syndr", account, 0.01)
+        await until(lambda: venue.cancel_alls_started >= 2, 5)  # fired, failed, retrying
+        await switches.arm("syndr", account, FAR)  # the client is back
+        assert len(live_timers(account)) == 1  # the new timer; the failing firing is gone
+        started = venue.cancel_alls_started
+        venue.cancel_failures = 0  # the venue is back
+        await asyncio.sleep(0.2)
+        assert venue.cancel_alls_started == started and venue.cancel_alls_done == 0
+        assert switches.fired.get(key(account), 0) == 0
+    finally:
+        await switches.aclose()
+
+
+async def test_a_missed_deadline_still_cancels_when_the_venue_answers(account: str) -> None:
+    """A re-arm right after the deadline does not stop a firing whose cancel is on its way."""
+    venue = FakeVenue()
+    venue.release.clear()  # the cancel is held at the venue
+    switches = DeadmanSwitches(venue)  # type: ignore[arg-type]
+    try:
+        await switches.arm("syndr", account, 0.01)
+        await until(lambda: venue.cancel_alls_started == 1, 5)
+        await switches.arm("syndr", account, FAR)
+        venue.release.set()
+        await until(lambda: switches.fired.get(key(account)) == 1, 5)
+        assert venue.cancel_alls_done == 1
+    finally:
+        await switches.aclose()

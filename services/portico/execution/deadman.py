@@ -39,7 +39,10 @@ class DeadmanSwitches:
     new timer in (or the old one out) without awaiting in between, so concurrent arms of one account
     cannot each store a timer over the other's, and only then cancels the one it replaced. A timer that
     fires leaves `_timers` (only if it is still the entry there) and goes on cancelling; re-arming does not
-    stop a firing that has begun. `_tasks` holds every timer and firing not yet finished, for `aclose`.
+    stop a firing's first attempt (a missed deadline cancels), but it does stop one whose first attempt
+    failed and that is waiting to retry (`_retrying`): the client is back, and a cancel that lands once the
+    venue returns from an outage would take the orders it placed since. `_tasks` holds every timer and
+    firing not yet finished, for `aclose`.
 
     Only arming an account that has no live timer reads its record (which also tells an account we cannot
     act for, NOT_FOUND); re-arming and disarming use the record the live timer holds (`_records`) and do not
@@ -51,6 +54,7 @@ class DeadmanSwitches:
         self._venue = venue
         self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._records: dict[tuple[str, str], VenueAccount] = {}  # the record each live timer fires with
+        self._retrying: dict[tuple[str, str], asyncio.Task[None]] = {}  # firings whose first cancel failed
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.fired: dict[tuple[str, str], int] = {}  # times fired, for tests and metrics
@@ -77,7 +81,12 @@ class DeadmanSwitches:
             old = self._timers.pop(key, None)
             self._records.pop(key, None)
             log.info("dead-man's switch disarmed", extra={"account": account})
+        retrying = self._retrying.pop(key, None)
         await cancel_and_wait(old)  # replaced: it can no longer fire (cancelled before its sleep ends)
+        if retrying is not None:
+            log.warning("dead-man's switch re-armed while the cancel of a missed deadline was still failing: that "
+                        "cancel is dropped", extra={"account": account})
+            await cancel_and_wait(retrying)
         return fire_at
 
     async def _fire_after(self, key: tuple[str, str], record: VenueAccount, ttl_s: float) -> None:
@@ -87,17 +96,22 @@ class DeadmanSwitches:
             del self._records[key]
         log.warning("dead-man's switch fired: cancelling all orders", extra={"account": record.account})
         attempt, pause = 1, _RETRY_S
-        while True:
-            try:
-                async with self._venue.independent_client(record) as client:
-                    await client.call("private/cancel_all", {})
-                break
-            except Exception as exc:
-                log.error("dead-man's cancel failed; trying again in %.1f s", pause,
-                          extra={"account": record.account, "attempt": attempt, "error": type(exc).__name__})
-            await asyncio.sleep(pause)
-            attempt, pause = attempt + 1, min(pause * 2, _RETRY_MAX_S)
-            record = await self._current(record)
+        try:
+            while True:
+                try:
+                    async with self._venue.independent_client(record) as client:
+                        await client.call("private/cancel_all", {})
+                    break
+                except Exception as exc:
+                    log.error("dead-man's cancel failed; trying again in %.1f s", pause,
+                              extra={"account": record.account, "attempt": attempt, "error": type(exc).__name__})
+                self._retrying[key] = asyncio.current_task()  # type: ignore[assignment]
+                await asyncio.sleep(pause)
+                attempt, pause = attempt + 1, min(pause * 2, _RETRY_MAX_S)
+                record = await self._current(record)
+        finally:
+            if self._retrying.get(key) is asyncio.current_task():
+                del self._retrying[key]
         log.warning("dead-man's switch cancelled all orders", extra={"account": record.account, "attempt": attempt})
         self.fired[key] = self.fired.get(key, 0) + 1
 
@@ -117,6 +131,7 @@ class DeadmanSwitches:
         self._closed = True
         self._timers.clear()
         self._records.clear()
+        self._retrying.clear()
         tasks, self._tasks = list(self._tasks), set()
         for task in tasks:
             task.cancel()  # all of them first: none fires while we wait for another

@@ -125,3 +125,40 @@ async def test_execution_is_alive_but_not_ready_until_it_reconciles_with_an_unre
             assert await statuses(restarted.target, LIVENESS_SERVICE, "", EXECUTION_SERVICE) == [SERVING] * 3
             entry = await restarted.app.journal.get("syndr", stack.account.address, "lost-0")
             assert entry is not None and not entry.unresolved
+
+
+async def test_marketdata_streams_asked_for_before_its_venue_connects_fail_clearly(sim: Simulator) -> None:
+    """Listening before the venue's WebSocket is up: a stream asked for meanwhile (by a client that does not
+    heed readiness) waits for the connection, then ends UNAVAILABLE, as a book stream does, never INTERNAL."""
+    from portico.marketdata.v1 import market_data_service_pb2 as md_pb
+    from portico.marketdata.v1 import market_data_service_pb2_grpc as md_grpc
+
+    tokens, auth = make_tokens()
+    async with TcpProxy(sim.config.host, sim.port) as proxy:
+        await proxy.block()
+        env = {"PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": auth,
+               "PORTICO_SHUTDOWN_GRACE_SECONDS": "0.5", "PORTICO_SYNDR_HTTP_URL": sim.http_url,
+               "PORTICO_SYNDR_WS_URL": through(proxy, sim)["PORTICO_SYNDR_WS_URL"]}
+        app = MarketDataApp(MarketDataSettings.from_env(env), env)
+        starting = asyncio.create_task(app.start(), name="marketdata-start")
+        try:
+            await until(lambda: app.port, timeout_s=10)
+            metadata = (("authorization", f"Bearer {tokens['read']}"),)
+            async with open_channel(f"127.0.0.1:{app.port}") as channel:
+                stub = md_grpc.MarketDataServiceStub(channel)
+                calls = {
+                    "StreamTickers": stub.StreamTickers(md_pb.StreamTickersRequest(venue="syndr", symbols=[SYMBOL]),
+                                                        metadata=metadata, timeout=20),
+                    "StreamTrades": stub.StreamTrades(md_pb.StreamTradesRequest(venue="syndr", symbols=[SYMBOL]),
+                                                      metadata=metadata, timeout=20),
+                    "StreamOrderBook": stub.StreamOrderBook(
+                        md_pb.StreamOrderBookRequest(venue="syndr", symbol=SYMBOL), metadata=metadata, timeout=20),
+                }
+                for name, call in calls.items():
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await call.read()
+                    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, (name, caught.value)
+            assert not starting.done()
+        finally:
+            await cancel_and_wait(starting)
+            await app.aclose(grace_s=0.2)

@@ -152,6 +152,13 @@ def test_listen_addresses_that_grpc_understands_are_accepted(addr: str) -> None:
     assert ServerSettings.from_env({"PORTICO_LISTEN_ADDR": addr}, 1).listen_addr == addr
 
 
+@pytest.mark.parametrize("addr", ["::1", "::", "::1:50051", "fe80::1:8080", "[::1]x:50051"])
+def test_ipv6_listen_addresses_without_brackets_are_refused(addr: str) -> None:
+    # gRPC reads an unbracketed "::1" as [::1]:443, and "::1:50051" as an address with no port at all.
+    with pytest.raises(ConfigError, match="PORTICO_LISTEN_ADDR"):
+        ServerSettings.from_env({"PORTICO_LISTEN_ADDR": addr}, 1)
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests.support.certs import CertificateAuthority

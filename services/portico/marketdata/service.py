@@ -33,7 +33,7 @@ from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, SyndrNotFound, refused_channel_error, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL
-from portico.venues.syndr.ws import ChannelRefused, Message, Overflow, Reconnected, SyndrWebSocket
+from portico.venues.syndr.ws import ChannelRefused, Message, Overflow, Reconnected, Subscription, SyndrWebSocket
 
 __all__ = ["SERVICE_NAME", "MarketDataApp", "MarketDataServicer", "MarketDataSettings"]
 
@@ -262,7 +262,7 @@ class MarketDataServicer:
                             ) -> AsyncIterator[pb.StreamTickersResponse]:
         books = self._venue(request.venue)
         symbols = await self._symbols_of(books, list(request.symbols))
-        async with await books.ws.subscribe([f"ticker.{s}" for s in symbols]) as subscription:
+        async with await _subscribe(books, [f"ticker.{s}" for s in symbols]) as subscription:
             async for event in subscription:
                 if isinstance(event, Overflow):  # the backlog was dropped: a symbol's last ticker may be missing
                     raise ResourceExhausted("the ticker stream fell behind; tickers would be missing or stale",
@@ -280,7 +280,7 @@ class MarketDataServicer:
         symbols = await self._symbols_of(books, list(request.symbols))
         seen = RecentKeys(_TRADES_SEEN)
         since_ms = dict.fromkeys(symbols, int(time.time() * 1000))  # per symbol: the latest trade time emitted
-        async with await books.ws.subscribe([f"trades.{s}.raw" for s in symbols]) as subscription:
+        async with await _subscribe(books, [f"trades.{s}.raw" for s in symbols]) as subscription:
             async for event in subscription:
                 if isinstance(event, Overflow):
                     raise ResourceExhausted("the trade stream fell behind; trades would be missing",
@@ -323,6 +323,15 @@ class MarketDataServicer:
             missed.extend(new)
         missed.sort(key=lambda t: t.timestamp)
         return missed
+
+
+async def _subscribe(books: VenueBooks, channels: list[str]) -> Subscription:
+    """Subscribe to `channels`; the venue unreachable (before its first connection too) or refusing is not
+    INTERNAL."""
+    try:
+        return await books.ws.subscribe(channels)
+    except SyndrError as exc:
+        raise to_portico_error(exc) from None
 
 
 async def _venue_call(http: SyndrHttpClient, method: str, params: dict[str, Any], parse: Any) -> Any:

@@ -104,8 +104,12 @@ class ServerSettings:
 def _listen_addr(value: str) -> str:
     """`value` if it is host:port; gRPC itself reads "127.0.0.1" as port 443 and port 99999 as 34463."""
     host, _, port = value.rpartition(":")
-    if not host or not (port.isascii() and port.isdigit() and int(port) <= 65535):
-        raise ConfigError(f"{LISTEN_ADDR.name} must be host:port with a port from 0 to 65535 (got {value!r})")
+    # An IPv6 host needs its brackets: gRPC reads "::1" as [::1]:443 and "::1:50051" as a host with no port.
+    bracketed = host.startswith("[") and host.endswith("]") and ":" in host and "]" not in host[:-1]
+    plain = not any(c in host for c in ":[]")
+    if not (host and (plain or bracketed) and port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ConfigError(f"{LISTEN_ADDR.name} must be host:port with a port from 0 to 65535, an IPv6 host in "
+                          f"brackets ([::1]:50051) (got {value!r})")
     return value
 
 

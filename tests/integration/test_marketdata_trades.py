@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -105,3 +106,23 @@ async def test_a_book_stream_the_venue_cannot_start_is_unavailable_not_internal(
             sim.faults.update({"fail_rate": 0.0})
         assert caught.value.code() != grpc.StatusCode.INTERNAL, caught.value.details()
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_trade_stamped_behind_our_clock_is_still_caught_up(sim: Simulator,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The venue's clock runs 3 s behind ours and no trade was streamed before the upstream dropped: the catch-up
+    still sends the trade made meanwhile (before, it filtered the venue's times against our clock at the
+    stream's start, and left it out)."""
+    monkeypatch.setattr(sim.engine, "_now", lambda: time.time_ns() // 1_000_000 - 3_000)
+    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
+        stub = pb_grpc.MarketDataServiceStub(channel)
+        received: list[str] = []
+        reader = asyncio.create_task(read_trades(stub, running, received))
+        try:
+            await until(lambda: sim.has_subscribers(f"trades.{SYMBOL}.raw"))
+            await sim.close_websockets()
+            missed = take(sim, "buy")
+            await until(lambda: set(missed) <= set(received))
+        finally:
+            reader.cancel()
+            await reader

@@ -57,6 +57,7 @@ _CATCH_UP_TIMEOUT_S = 10.0  # for the watch's initial metadata and each page
 # per instrument (public/get_trades' largest count), and remembers this many emitted trade ids.
 _TRADES_CATCH_UP = 1000
 _TRADES_SEEN = 20_000
+_TRADES_CLOCK_SKEW_MS = 5_000
 
 REFDATA_ADDR = setting("PORTICO_MARKETDATA_REFDATA_ADDR", "", "host:port of reference data, to check symbols "
                        "(unset: symbols are checked against the venue).", scope=_SCOPE)
@@ -279,7 +280,9 @@ class MarketDataServicer:
         books = self._venue(request.venue)
         symbols = await self._symbols_of(books, list(request.symbols))
         seen = RecentKeys(_TRADES_SEEN)
-        since_ms = dict.fromkeys(symbols, int(time.time() * 1000))  # per symbol: the latest trade time emitted
+        # Per symbol, the latest trade time emitted (the venue's clock); until one is, our start less the clock
+        # skew we allow: a catch-up may then send a trade made just before the stream began, never miss one.
+        since_ms = dict.fromkeys(symbols, int(time.time() * 1000) - _TRADES_CLOCK_SKEW_MS)
         async with await _subscribe(books, [f"trades.{s}.raw" for s in symbols]) as subscription:
             async for event in subscription:
                 if isinstance(event, Overflow):

@@ -44,33 +44,40 @@ def venue_trades(sim: Simulator) -> list[str]:
     return [t["id"] for t in reversed(sim.engine.public_trades(SYMBOL, 1000))]
 
 
-async def read_trades(stub: pb_grpc.MarketDataServiceStub, running: Running, into: list[str]) -> None:
-    stream = stub.StreamTrades(pb.StreamTradesRequest(venue="syndr", symbols=[SYMBOL]), metadata=running.metadata())
-    with contextlib.suppress(asyncio.CancelledError):
-        async for message in stream:
-            into.extend(t.trade_id for t in message.trades)
+@contextlib.asynccontextmanager
+async def streamed_trades(sim: Simulator) -> AsyncIterator[list[str]]:
+    """Market data on `sim`, and the ids StreamTrades of SYMBOL delivers, as they come (once subscribed)."""
+    received: list[str] = []
 
+    async def read(stub: pb_grpc.MarketDataServiceStub, running: Running) -> None:
+        stream = stub.StreamTrades(pb.StreamTradesRequest(venue="syndr", symbols=[SYMBOL]),
+                                   metadata=running.metadata())
+        with contextlib.suppress(asyncio.CancelledError):
+            async for message in stream:
+                received.extend(t.trade_id for t in message.trades)
 
-async def test_trades_made_while_the_upstream_was_down_are_streamed_once_and_in_order(sim: Simulator) -> None:
     async with running_marketdata(sim) as running, open_channel(running.target) as channel:
-        stub = pb_grpc.MarketDataServiceStub(channel)
-        received: list[str] = []
-        reader = asyncio.create_task(read_trades(stub, running, received))
+        reader = asyncio.create_task(read(pb_grpc.MarketDataServiceStub(channel), running))
         try:
             await until(lambda: sim.has_subscribers(f"trades.{SYMBOL}.raw"))
-            first = take(sim, "buy")
-            await until(lambda: set(first) <= set(received))
-            for side in ("sell", "buy"):
-                await sim.close_websockets()
-                # Made before the service can reconnect (this runs without yielding to its event loop): the
-                # venue publishes them to nobody.
-                missed = take(sim, side) + take(sim, side)
-                await until(lambda: set(missed) <= set(received))  # noqa: B023 (awaited in the loop)
-            live = take(sim, "sell")
-            await until(lambda: set(live) <= set(received))
+            yield received
         finally:
             reader.cancel()
             await reader
+
+
+async def test_trades_made_while_the_upstream_was_down_are_streamed_once_and_in_order(sim: Simulator) -> None:
+    async with streamed_trades(sim) as received:
+        first = take(sim, "buy")
+        await until(lambda: set(first) <= set(received))
+        for side in ("sell", "buy"):
+            await sim.close_websockets()
+            # Made before the service can reconnect (this runs without yielding to its event loop): the venue
+            # publishes them to nobody.
+            missed = take(sim, side) + take(sim, side)
+            await until(lambda: set(missed) <= set(received))  # noqa: B023 (awaited in the loop)
+        live = take(sim, "sell")
+        await until(lambda: set(live) <= set(received))
     made = venue_trades(sim)
     assert received == made[made.index(first[0]):]  # each once, none missing, in the venue's order
 
@@ -114,15 +121,7 @@ async def test_a_trade_stamped_behind_our_clock_is_still_caught_up(sim: Simulato
     still sends the trade made meanwhile (before, it filtered the venue's times against our clock at the
     stream's start, and left it out)."""
     monkeypatch.setattr(sim.engine, "_now", lambda: time.time_ns() // 1_000_000 - 3_000)
-    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
-        stub = pb_grpc.MarketDataServiceStub(channel)
-        received: list[str] = []
-        reader = asyncio.create_task(read_trades(stub, running, received))
-        try:
-            await until(lambda: sim.has_subscribers(f"trades.{SYMBOL}.raw"))
-            await sim.close_websockets()
-            missed = take(sim, "buy")
-            await until(lambda: set(missed) <= set(received))
-        finally:
-            reader.cancel()
-            await reader
+    async with streamed_trades(sim) as received:
+        await sim.close_websockets()
+        missed = take(sim, "buy")
+        await until(lambda: set(missed) <= set(received))

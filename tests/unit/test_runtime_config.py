@@ -66,6 +66,17 @@ def test_signer_settings_validation() -> None:
     assert "secret-value" not in repr(settings)
 
 
+def test_account_timeouts_leave_a_key_registration_room_in_its_lease() -> None:
+    """A registration holds the account's 60 s lease through its venue call and the Vault write after it: with
+    timeouts adding up to more than half of it, every registration would stop short (LEASE_EXPIRED)."""
+    base = {"PORTICO_VAULT_ADDR": "http://127.0.0.1:8200", "PORTICO_VAULT_TOKEN": "t", "PORTICO_SERVICE_TOKEN": "t"}
+    assert AccountSettings.from_env({**base, "PORTICO_ACCOUNT_VENUE_TIMEOUT_MS": "25000"}).venue_timeout_s == 25
+    with pytest.raises(ConfigError, match=r"PORTICO_ACCOUNT_VENUE_TIMEOUT_MS .* PORTICO_VAULT_TIMEOUT"):
+        AccountSettings.from_env({**base, "PORTICO_ACCOUNT_VENUE_TIMEOUT_MS": "40000"})
+    with pytest.raises(ConfigError, match="at most 30 s"):
+        AccountSettings.from_env({**base, "PORTICO_VAULT_TIMEOUT": "29"})
+
+
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "0.0001", "half"])
 @pytest.mark.parametrize(("variable", "settings"), [
     ("PORTICO_EXECUTION_VENUE_RATE_SHARE", ExecutionSettings),

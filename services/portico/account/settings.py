@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from portico.account.leases import DEFAULT_TTL_S as LEASE_TTL_S
 from portico.runtime.client import SERVICE_TOKEN
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.server import ServerSettings
@@ -23,8 +24,9 @@ REFDATA_ADDR = setting("PORTICO_ACCOUNT_REFDATA_ADDR", "127.0.0.1:50051",
 SIGNER_KEY_PREFIX = setting("PORTICO_ACCOUNT_SIGNER_KEY_PREFIX", "portico/signer",
                             "KV v2 prefix of the signer's keys, where RegisterSigningKey creates the new key "
                             "(the same as the signer's `PORTICO_SIGNER_KEY_PREFIX`).", scope=_SCOPE)
-VENUE_TIMEOUT_MS = setting("PORTICO_ACCOUNT_VENUE_TIMEOUT_MS", "5000", "How long a venue call may take.",
-                           scope=_SCOPE)
+VENUE_TIMEOUT_MS = setting("PORTICO_ACCOUNT_VENUE_TIMEOUT_MS", "5000",
+                           "How long a venue call may take; with PORTICO_VAULT_TIMEOUT at most 30 s (half the "
+                           "account lease a signing-key registration holds).", scope=_SCOPE)
 CREDENTIALS_CACHE_S = setting("PORTICO_ACCOUNT_CREDENTIALS_CACHE_SECONDS", "30", "Longest venue credentials "
                               "read from Vault are used; they are reloaded in the background ahead of that.",
                               scope=_SCOPE)
@@ -69,16 +71,24 @@ class AccountSettings:
         prefix = SIGNER_KEY_PREFIX.get_str(env).strip("/")
         if not prefix:
             raise ConfigError(f"{SIGNER_KEY_PREFIX.name} must not be empty")
+        vault = VaultSettings.from_env(env)
+        venue_timeout_s = VENUE_TIMEOUT_MS.get_float(env, minimum=1) / 1000
+        if venue_timeout_s + vault.timeout_s > LEASE_TTL_S / 2:
+            # A signing-key registration holds the account's lease (account/leases.py) through its venue call and
+            # the Vault write after it, and stops short when less than both timeouts are left of it.
+            raise ConfigError(f"{VENUE_TIMEOUT_MS.name} ({venue_timeout_s:g} s) and PORTICO_VAULT_TIMEOUT "
+                              f"({vault.timeout_s:g} s) must add up to at most {LEASE_TTL_S / 2:g} s, half the "
+                              "account lease: longer, and key registrations could not finish within one")
         return cls(
             server=ServerSettings.from_env(env, DEFAULT_PORT),
-            vault=VaultSettings.from_env(env),
+            vault=vault,
             signer_addr=SIGNER_ADDR.get_str(env),
             refdata_addr=REFDATA_ADDR.get_str(env),
             signer_key_prefix=prefix,
             service_token=token,
             syndr_http_url=SYNDR_HTTP_URL.get_str(env),
             syndr_ws_url=SYNDR_WS_URL.get_str(env),
-            venue_timeout_s=VENUE_TIMEOUT_MS.get_float(env, minimum=1) / 1000,
+            venue_timeout_s=venue_timeout_s,
             credentials_cache_s=CREDENTIALS_CACHE_S.get_float(env, minimum=0),
             venue_rate_share=rate_share(VENUE_RATE_SHARE, env),
         )

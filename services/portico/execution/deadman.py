@@ -119,8 +119,7 @@ class DeadmanSwitches:
         """The account's record as Vault has it now (the key may have been rotated since arming); `record` if
         it cannot be read."""
         try:
-            self._venue.store.forget(record.venue, record.account)
-            return (await self._venue.session(record.account)).record
+            return await self._venue.current_record(record.account)
         except Exception as exc:
             log.warning("dead-man's switch keeps the record it was armed with: reading it again failed",
                         extra={"account": record.account, "error": type(exc).__name__})

@@ -201,11 +201,15 @@ class SyndrAccounts:
         return SyndrHttpClient(self._url, credentials=record.credentials, timeout_s=self._timeout_s, retries=0,
                                rate_budget=self.budget(record))
 
-    async def current_credentials(self, account: str) -> ApiCredentials:
-        """The account's API key as Vault has it now, not as cached (a WebSocket re-authenticating after a
-        reconnect asks: the account service may have rotated the key meanwhile)."""
+    async def current_record(self, account: str) -> VenueAccount:
+        """The account's record as Vault has it now, not as cached: the account service may have rotated its
+        key meanwhile (a WebSocket re-authenticating, a dead-man's cancel the old key failed)."""
         self.store.forget("syndr", account)
-        return (await self.session(account)).record.credentials
+        return (await self.session(account)).record
+
+    async def current_credentials(self, account: str) -> ApiCredentials:
+        """The account's API key as Vault has it now (see `current_record`)."""
+        return (await self.current_record(account)).credentials
 
     def budget(self, record: VenueAccount) -> RateBudget | None:
         """This process's rate budget for the record's API key (None when `rate_share` is 0)."""

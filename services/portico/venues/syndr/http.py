@@ -140,8 +140,11 @@ def record_error_on_span(span: trace.Span, error: BaseException) -> None:
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
-    """Exponential backoff with jitter (50-100 % of the step), so clients do not retry in lockstep."""
-    step: float = min(max_s, base_s * (2 ** max(0, attempt - 1)))
+    """Exponential backoff with jitter (50-100 % of the step), so clients do not retry in lockstep.
+
+    The exponent is capped (the step reached `max_s` long before): uncapped, the 1,025th attempt of a long
+    outage raised OverflowError (a WebSocket reconnecting for two hours ended every subscription)."""
+    step: float = min(max_s, base_s * (2 ** min(max(0, attempt - 1), 64)))
     return step * random.uniform(0.5, 1.0)
 
 

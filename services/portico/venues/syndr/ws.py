@@ -117,9 +117,6 @@ _CLOSE_TIMEOUT_S: Final = 1.0
 _MAX_FRAME_BYTES: Final = 16 * 2**20
 # The reader yields to other tasks once every this many frames, even with more buffered.
 _YIELD_EVERY: Final = 100
-# Backoff steps are capped here: the pause reached its maximum long before, and 2 ** steps must stay a float
-# (uncapped, the 1,025th failed attempt of a long outage raised OverflowError and ended every subscription).
-_MAX_BACKOFF_STEPS: Final = 64
 # Answers that refuse nothing for good: the venue (or our share of its rate limit) could not serve the call now.
 _TRANSIENT: Final = (SyndrRateLimited, SyndrVenueFailure)
 
@@ -657,8 +654,7 @@ class SyndrWebSocket:
             attempt += 1
             if ever_ready or attempt > 1:
                 steps = (attempt if ever_ready else attempt - 1) + flaps
-                await asyncio.sleep(backoff_s(min(steps, _MAX_BACKOFF_STEPS), self._reconnect_initial_s,
-                                              self._reconnect_max_s))
+                await asyncio.sleep(backoff_s(steps, self._reconnect_initial_s, self._reconnect_max_s))
             try:
                 ws = await connect(self.url, open_timeout=self._call_timeout_s, ping_interval=None,
                                    ping_timeout=None, close_timeout=_CLOSE_TIMEOUT_S, max_size=_MAX_FRAME_BYTES,

@@ -27,6 +27,7 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -218,15 +219,14 @@ class SyndrHttpClient:
                                             "rpc.jsonrpc.version": "2.0", **self._server_attrs}
         with tracer.start_as_current_span(method, kind=SpanKind.CLIENT, attributes=attributes,
                                           record_exception=False, set_status_on_exception=False) as span:
-            loop = asyncio.get_running_loop()
-            deadline, attempt_s = loop.time() + limit_s, limit_s
+            deadline, attempt_s = time.monotonic() + limit_s, limit_s  # no loop look-up on the order path
             try:
                 for attempt in range(1, attempts + 1):
                     try:
                         return await self._attempt(span, method, body_params, private, attempt_s, priority)
                     except SyndrTransportError as exc:
                         delay = backoff_s(attempt, _BACKOFF_BASE_S, _BACKOFF_MAX_S)
-                        attempt_s = deadline - loop.time() - delay  # what a retry would have left
+                        attempt_s = deadline - time.monotonic() - delay  # what a retry would have left
                         if (attempt >= attempts or (isinstance(exc, SyndrHttpError) and exc.status < 500)
                                 or attempt_s <= 0):
                             raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import re
 import time
@@ -12,7 +11,6 @@ from decimal import Decimal
 from typing import Any, Final
 
 import grpc
-import orjson
 
 from portico.account.convert import (
     VENUE_SCOPES,
@@ -37,7 +35,7 @@ from portico.runtime.decimals import format_decimal, parse_decimal
 from portico.runtime.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
 from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import GrpcServiceApp
-from portico.runtime.paging import offset_from_token, page_size, page_token, position_from_token
+from portico.runtime.paging import cursor_from_token, offset_from_token, page_size, page_token, position_from_token
 from portico.runtime.server import GrpcServer
 from portico.runtime.signing_keys import KeyPaths
 from portico.runtime.vault import VaultError, VaultNotFound, VaultSession
@@ -77,23 +75,6 @@ def api_key_path(venue: str, account: str, api_key: str) -> str:
     return f"portico/venues/{venue}/api-keys/{account.lower()}/{api_key}"
 
 
-def _symbol_token(offset: int, after: str, query: tuple[object, ...]) -> str:
-    """A page token naming the last symbol listed (`after`), with the offset too: a token an earlier version
-    of the service (paging by offset, say the other pod of a rolling update) also takes."""
-    data = orjson.loads(base64.urlsafe_b64decode(page_token(offset, query)))
-    return base64.urlsafe_b64encode(orjson.dumps({**data, "k": after})).decode()
-
-
-def _symbol_cursor(token: str, query: tuple[object, ...]) -> tuple[str | None, int]:
-    """(the last symbol listed, or None for a token without one, and the offset); INVALID_ARGUMENT naming
-    `page_token` for a token of another query."""
-    offset = offset_from_token(token, query)
-    after = orjson.loads(base64.urlsafe_b64decode(token.encode())).get("k") if token else None
-    if after is not None and type(after) is not str:
-        raise InvalidArgument("page_token", "not a token of this query")
-    return after, offset
-
-
 class AccountServicer(pb_grpc.AccountServiceServicer):
     """The RPCs: thin over the venue, except RegisterSigningKey (see `registration`)."""
 
@@ -127,7 +108,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         venue, account = check_venue(request.venue), check_account(request.account)
         size = page_size(request.page_size)
         query = ("positions", venue, account)
-        after, offset = _symbol_cursor(request.page_token, query)
+        after, offset = cursor_from_token(request.page_token, query)
         positions = sorted(models.parse_positions(await self._call(account, "private/get_positions")),
                            key=lambda p: p.instrument_name)
         rest = positions[offset:] if after is None else [p for p in positions if p.instrument_name > after]
@@ -135,7 +116,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         more = len(rest) > size
         return pb.ListPositionsResponse(
             positions=[position_proto(venue, account, p) for p in page],
-            next_page_token=_symbol_token(len(positions) - len(rest) + len(page), page[-1].instrument_name, query)
+            next_page_token=page_token(len(positions) - len(rest) + len(page), query, after=page[-1].instrument_name)
             if more else "")
 
     async def StreamPositions(self, request: pb.StreamPositionsRequest,

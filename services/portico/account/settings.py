@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from portico.account.leases import DEFAULT_TTL_S as LEASE_TTL_S
 from portico.runtime.client import SERVICE_TOKEN
@@ -51,7 +51,7 @@ class AccountSettings:
     signer_addr: str
     refdata_addr: str
     signer_key_prefix: str
-    service_token: str
+    service_token: str = field(repr=False)  # a bearer token: never in a repr
     syndr_http_url: str
     syndr_ws_url: str
     venue_timeout_s: float

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from portico.runtime.client import SERVICE_TOKEN
@@ -57,7 +57,7 @@ class ExecutionSettings:
     journal_sync: str
     signer_addr: str
     refdata_addr: str
-    service_token: str
+    service_token: str = field(repr=False)  # a bearer token: never in a repr
     syndr_http_url: str
     syndr_ws_url: str
     order_ttl_s: float

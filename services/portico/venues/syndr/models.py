@@ -1449,7 +1449,7 @@ class SigningKeyRegistration:
     """``public/register_signing_key``: the table says ``api_key``/``tx_hash``, the example ``apiKey``/``txHash``."""
 
     api_key: str
-    api_secret: str
+    api_secret: str = field(repr=False)
     signing_key: str | None = None
     tx_hash: str | None = None
     account: str | None = None
@@ -1472,7 +1472,7 @@ class CreatedApiKey:
 
     account: str
     api_key: str
-    api_secret: str
+    api_secret: str = field(repr=False)
 
 
 def parse_created_api_key(obj: Any, *, where: str = "private/create_api_key") -> CreatedApiKey:
@@ -1487,7 +1487,7 @@ class ApiKey:
 
     api_key: str
     scope: int
-    api_secret: str | None = None
+    api_secret: str | None = field(default=None, repr=False)
     name: str | None = None
     created_at: int | None = None
     updated_at: int | None = None

@@ -576,6 +576,10 @@ def test_from_env_reads_documented_variables(tmp_path: Path) -> None:
     [
         ({}, "PORTICO_VAULT_ADDR"),
         ({"PORTICO_VAULT_ADDR": "vault:8200", "PORTICO_VAULT_TOKEN": "t"}, "PORTICO_VAULT_ADDR"),
+        # credentials in the address would be logged and shown with it: Vault takes them as a token or login
+        ({"PORTICO_VAULT_ADDR": "https://ops:sekrit-pw@vault:8200", "PORTICO_VAULT_TOKEN": "t"}, "PORTICO_VAULT_ADDR"),
+        ({"PORTICO_VAULT_ADDR": "https://sekrit-user@vault:8200", "PORTICO_VAULT_TOKEN": "t"}, "PORTICO_VAULT_ADDR"),
+        ({"PORTICO_VAULT_ADDR": "https://", "PORTICO_VAULT_TOKEN": "t"}, "PORTICO_VAULT_ADDR"),
         ({"PORTICO_VAULT_ADDR": "http://v", "PORTICO_VAULT_AUTH": "ldap-secret-word"}, "PORTICO_VAULT_AUTH"),
         ({"PORTICO_VAULT_ADDR": "http://v"}, "PORTICO_VAULT_TOKEN"),
         ({"PORTICO_VAULT_ADDR": "http://v", "PORTICO_VAULT_TOKEN": "sekrit-tok", "PORTICO_VAULT_TOKEN_FILE": "/f"},

@@ -123,6 +123,16 @@ def _validate_settings(values: Mapping[str, Any], name: Callable[[str], str]) ->
         raise ConfigError(f"{name('addr')} is required")
     if not isinstance(addr, str) or not addr.startswith(("http://", "https://")):
         raise ConfigError(f"{name('addr')} must be an http:// or https:// URL")
+    try:
+        parts = urllib.parse.urlsplit(addr)
+        parts.port  # noqa: B018 (parsed for its ValueError)
+    except ValueError:
+        raise ConfigError(f"{name('addr')} is not a valid URL") from None
+    if not parts.hostname:
+        raise ConfigError(f"{name('addr')} must name a host")
+    if parts.username is not None or parts.password is not None:
+        # The address is logged and shown (health, errors); Vault's credentials are its token or login.
+        raise ConfigError(f"{name('addr')} must not carry credentials: give them as a token or a login method")
     method = values.get("auth_method")
     if method not in _AUTH_METHODS:
         raise ConfigError(f"{name('auth_method')} must be one of {', '.join(_AUTH_METHODS)}")

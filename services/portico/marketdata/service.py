@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -58,6 +59,9 @@ _CATCH_UP_TIMEOUT_S = 10.0  # for the watch's initial metadata and each page
 _TRADES_CATCH_UP = 1000
 _TRADES_SEEN = 20_000
 _TRADES_CLOCK_SKEW_MS = 5_000
+_TRADES_CATCH_UP_READS = 4  # public/get_trades calls one catch-up runs at once: faster than one by one, no flood
+# A finished catch-up read still serves the streams that reach their catch-up this much later, then it is dropped.
+_TRADES_LISTING_KEPT_S = 5.0
 
 REFDATA_ADDR = setting("PORTICO_MARKETDATA_REFDATA_ADDR", "", "host:port of reference data, to check symbols "
                        "(unset: symbols are checked against the venue).", scope=_SCOPE)
@@ -79,7 +83,7 @@ class MarketDataSettings:
     syndr_http_url: str
     syndr_ws_url: str
     refdata_addr: str | None
-    service_token: str | None
+    service_token: str | None = field(repr=False)  # a bearer token: never in a repr
     feed: FeedSettings
 
     @classmethod
@@ -150,6 +154,7 @@ class MarketDataServicer:
         self._books = books
         self._symbols = symbols
         self._settings = settings
+        self._trade_listings = {venue: SharedTradeListings(venue_books) for venue, venue_books in books.items()}
 
     def _venue(self, venue: str) -> VenueBooks:
         books = self._books.get(venue.strip().lower())
@@ -300,21 +305,34 @@ class MarketDataServicer:
                         since_ms[trade.instrument_name] = max(since_ms.get(trade.instrument_name, 0), trade.timestamp)
                         yield pb.StreamTradesResponse(trades=[trade_proto(books.venue, trade)])
 
-    @staticmethod
-    async def _missed_trades(books: VenueBooks, since_ms: dict[str, int], seen: RecentKeys) -> list[models.Trade]:
+    async def _missed_trades(self, books: VenueBooks, since_ms: dict[str, int], seen: RecentKeys
+                             ) -> list[models.Trade]:
         """The trades of `since_ms`'s symbols made at or after its time and not emitted yet, oldest first.
 
         UNAVAILABLE (reason TRADES_MISSED) when more were made than the venue lists (the consumer re-reads
-        `ListTrades`), or when the venue cannot be read: a stream never goes on with a hole in it.
+        `ListTrades`), or when the venue cannot be read: a stream never goes on with a hole in it. The venue's
+        listings are shared with the other streams catching up (`SharedTradeListings`), a few read at once.
         """
+        listings = self._trade_listings[books.venue]
+        reads = asyncio.Semaphore(_TRADES_CATCH_UP_READS)
+
+        async def latest(symbol: str) -> list[models.Trade]:
+            async with reads:
+                try:
+                    return await listings.latest(symbol)
+                except PorticoError as exc:
+                    raise Unavailable(f"the trades of {symbol} made while the venue connection was down could not "
+                                      f"be read ({exc}); re-read them with ListTrades", reason="TRADES_MISSED"
+                                      ) from None
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                listed_by_symbol = {symbol: group.create_task(latest(symbol)) for symbol in since_ms}
+        except* Unavailable as failed:  # this catch-up's other waits are cancelled; the shared reads go on
+            raise failed.exceptions[0] from None
         missed: list[models.Trade] = []
-        for symbol, since in since_ms.items():
-            try:
-                listed = await _venue_call(books.http, "public/get_trades",
-                                           {"instrument_name": symbol, "count": _TRADES_CATCH_UP}, models.parse_trades)
-            except PorticoError as exc:
-                raise Unavailable(f"the trades of {symbol} made while the venue connection was down could not be "
-                                  f"read ({exc}); re-read them with ListTrades", reason="TRADES_MISSED") from None
+        for symbol, read in listed_by_symbol.items():
+            listed, since = read.result(), since_ms[symbol]
             if len(listed) >= _TRADES_CATCH_UP and min(t.timestamp for t in listed) > since:
                 raise Unavailable(f"more trades of {symbol} were made while the venue connection was down than the "
                                   "venue lists; re-read them with ListTrades", reason="TRADES_MISSED")
@@ -326,6 +344,51 @@ class MarketDataServicer:
             missed.extend(new)
         missed.sort(key=lambda t: t.timestamp)
         return missed
+
+
+class SharedTradeListings:
+    """One venue's latest trades per symbol, read once per upstream reconnect for every trade stream catching up.
+
+    Every StreamTrades stream catches up after a reconnect: without sharing, N streams of the same S symbols
+    would send the venue N x S identical `public/get_trades` at once, against its public rate limit. The first
+    stream to ask starts the read; the others await the same result, or the same failure.
+    """
+
+    def __init__(self, books: VenueBooks):
+        self._books = books
+        self._reconnect = -1  # the upstream reconnect (`SyndrWebSocket.reconnects`) the reads below came after
+        self._reads: dict[str, asyncio.Task[list[models.Trade]]] = {}
+
+    async def latest(self, symbol: str) -> list[models.Trade]:
+        """`symbol`'s latest trades, newest first, read after the upstream's last reconnect went live.
+
+        A read started before that reconnect is never shared: it may lack the trades of that outage. One started
+        after it also serves a stream still catching up on an earlier reconnect: what was made since reaches that
+        stream live, after its `Reconnected`.
+        """
+        reconnect = self._books.ws.reconnects
+        if reconnect != self._reconnect:  # superseded: the earlier reconnect's reads are dropped
+            self._reconnect, self._reads = reconnect, {}
+        read = self._reads.get(symbol)
+        if read is None:
+            read = asyncio.create_task(
+                _venue_call(self._books.http, "public/get_trades",
+                            {"instrument_name": symbol, "count": _TRADES_CATCH_UP}, models.parse_trades),
+                name=f"trades-catch-up-{self._books.venue}-{symbol}")
+            read.add_done_callback(functools.partial(self._drop_later, symbol))
+            self._reads[symbol] = read
+        return await asyncio.shield(read)  # one stream giving up does not cancel the others' read
+
+    def _drop_later(self, symbol: str, read: asyncio.Task[list[models.Trade]]) -> None:
+        """Keep a finished read briefly for the streams that reach their catch-up late, not until the next
+        reconnect: a listing is up to `_TRADES_CATCH_UP` trades per symbol."""
+        if not read.cancelled():
+            read.exception()  # retrieved, even if every stream that asked has gone
+        asyncio.get_running_loop().call_later(_TRADES_LISTING_KEPT_S, self._drop, symbol, read)
+
+    def _drop(self, symbol: str, read: asyncio.Task[list[models.Trade]]) -> None:
+        if self._reads.get(symbol) is read:
+            del self._reads[symbol]
 
 
 async def _subscribe(books: VenueBooks, channels: list[str]) -> Subscription:

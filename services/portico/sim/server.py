@@ -62,7 +62,8 @@ class SimConfig:
     market_maker_instruments: tuple[str, ...] | None = None  # None: the market maker works every instrument
     catalog_extra: int = 0  # extra generated instruments (e.g. 10,000 for a sync benchmark)
     default_collateral: Decimal = Decimal("1000000")  # USDT credited to an account when it registers
-    admin_token: str | None = field(default=None, repr=False)  # bearer token for /admin/ (None: open, for loopback development)
+    # bearer token for /admin/ (None: open, for loopback development)
+    admin_token: str | None = field(default=None, repr=False)
     max_frame_bytes: int = 256 * 1024
     rate_limit_capacity: float = RateLimit.CAPACITY
     rate_limit_refill_per_s: float = RateLimit.REFILL_PER_S

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import json
+import logging
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -270,6 +273,55 @@ async def test_a_second_signer_on_the_same_ledger_is_refused(openbao: OpenBaoDev
         await sign(channel, first, typed_request(ORDER_KEY, order(secrets.randbits(64))))  # the first still signs
 
 
+async def test_a_ledger_that_cannot_commit_is_unavailable_and_the_retry_signs(channel: grpc.aio.Channel,
+                                                                              signer: RunningSigner) -> None:
+    """A salt ledger that cannot commit (its write lock held past the busy timeout, a full disk, an I/O error)
+    refuses with UNAVAILABLE, the one status worth retrying: nothing was recorded or signed, so a retry signs."""
+    request = typed_request(ORDER_KEY, order(secrets.randbits(64)))
+    holder = sqlite3.connect(signer.app.settings.watermark_db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # e.g. an operator's sqlite3 shell, or a long checkpoint
+        error = await sign_error(channel, signer, request)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert error_info(error).reason == "SALT_LEDGER_UNAVAILABLE"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    reply = await sign(channel, signer, request)
+    assert recover_address(reply.digest, reply.signature) == ORDER_ADDRESS
+
+
+# --------------------------------------------------------------------------- audit
+
+
+async def test_every_signature_is_audited_whatever_the_log_level(channel: grpc.aio.Channel, signer: RunningSigner,
+                                                                 log_lines: io.StringIO) -> None:
+    """PORTICO_LOG_LEVEL=WARNING quiets the service's logs, never its audit trail."""
+    logging.getLogger().setLevel(logging.WARNING)  # as configure_logging does; log_lines restores the level
+    reply = await sign(channel, signer, typed_request(ORDER_KEY, order(secrets.randbits(64))))
+    audited = [json.loads(line) for line in log_lines.getvalue().splitlines() if "portico.signer.audit" in line]
+    assert [(line["key_id"], line["digest"]) for line in audited] == [(ORDER_KEY, "0x" + reply.digest.hex())]
+
+
+async def test_keys_cli_refuses_a_policy_the_signer_would_refuse(channel: grpc.aio.Channel, signer: RunningSigner,
+                                                                 admin: KeyAdmin, openbao: OpenBaoDevServer) -> None:
+    """The signer reads a policy with a chain id below 1 or an empty name as malformed and then refuses every
+    signature of the key (KEY_MALFORMED): `portico signer keys` must not write one, nor create a key with one."""
+    key_id = f"cli-policy-{RUN}"
+    await admin.create(key_id, SYNDR_POLICY)
+    env = {**os.environ, "VAULT_ADDR": openbao.addr, "VAULT_TOKEN": openbao.root_token}
+    for args in (["set-policy", key_id, "--primary-type", "Order", "--domain-name", "Syndr", "--chain-id", "0"],
+                 ["set-policy", key_id, "--primary-type", "Order", "--domain-name", "", "--chain-id", "421614"],
+                 ["create", f"{key_id}-new", "--primary-type", "", "--chain-id", "421614"]):
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "portico.cli", "signer", "keys", *args],
+                                       env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert f"{key_id}-new" not in dict(await admin.list_addresses())
+    await asyncio.sleep(0.5)  # past the module signer's key cache: the key still signs under its old policy
+    await sign(channel, signer, typed_request(key_id, order(secrets.randbits(64))))
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -298,6 +350,12 @@ def _bad_typed_data() -> list[tuple[str, str]]:
         d["message"]["salt"] = "abc"
 
     variant("typed_data_json.message.salt", string_salt)
+
+    def huge_string_salt(d: dict[str, Any]) -> None:  # a salt whose decimal form Python refuses to write
+        string_salt(d)
+        d["message"]["salt"] = "0x" + "f" * 4000
+
+    variant("typed_data_json.message.salt", huge_string_salt)
     variant("typed_data_json.message", lambda d: d["message"].update({"\ud800": 1}))  # a lone surrogate as a key
     variant("typed_data_json.message", lambda d: d["message"].update({"k" * 60_000: 1}))  # far beyond a status's size
     variant("typed_data_json.types", lambda d: d["types"]["Order"].append({"name": "x", "type": "T" * 20_000}))

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from portico.runtime.signing_keys import KeyAdmin, KeyAdminError, KeyPaths, KeyPolicy
+from portico.runtime.signing_keys import KeyAdmin, KeyAdminError, KeyPaths, KeyPolicy, PolicyError
 from portico.runtime.vault import VaultError, VaultSession, VaultSettings
 from portico.signer.settings import KEY_PREFIX
 
@@ -54,8 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _policy_from(args: argparse.Namespace) -> KeyPolicy:
-    return KeyPolicy.build(primary_types=args.primary_type, domain_names=args.domain_name,
-                           chain_ids=args.chain_id, allow_raw_digest=args.allow_raw_digest)
+    """The policy the flags describe, refused (before anything is written) where the signer would read it as
+    malformed and then refuse every signature of the key (KEY_MALFORMED)."""
+    if any(chain_id <= 0 for chain_id in args.chain_id):
+        raise KeyAdminError("--chain-id must be a positive integer")
+    for flag, values in (("--primary-type", args.primary_type), ("--domain-name", args.domain_name)):
+        if not all(values):
+            raise KeyAdminError(f"{flag} must not be empty")
+    policy = KeyPolicy.build(primary_types=args.primary_type, domain_names=args.domain_name,
+                             chain_ids=args.chain_id, allow_raw_digest=args.allow_raw_digest)
+    try:  # what the signer will read back
+        KeyPolicy.from_document(policy.to_document())
+    except PolicyError as exc:
+        raise KeyAdminError(f"the signer would refuse this policy: {exc}") from None
+    return policy
 
 
 async def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:

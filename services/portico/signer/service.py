@@ -8,6 +8,7 @@ writes one audit line. It never returns, logs or traces key material.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -35,26 +36,36 @@ ERROR_DOMAIN = "signer.portico"
 
 log = logging.getLogger("portico.signer")
 audit = logging.getLogger("portico.signer.audit")
+# Every signature is audited, whatever PORTICO_LOG_LEVEL says: the root's level (WARNING, say) must not drop
+# the audit lines, to stderr or to PORTICO_SIGNER_AUDIT_LOG (a logger's own level decides before any handler).
+audit.setLevel(logging.INFO)
+
+# A salt is a 256-bit word (Syndr's `uint256 salt`); anything wider is refused. (A string-typed salt could
+# otherwise hold an integer too long for Python to write in decimal, as the ledger stores it.)
+_SALT_MIN, _SALT_END = -(1 << 255), 1 << 256
 
 
 def _salt_of(typed: TypedDataHash) -> int | None:
     """The message's top-level `salt`, if its type has one (Syndr `Order`).
 
     The caller declares the types, so a `salt` may arrive as any type: a number or a numeric string
-    (decimal or 0x hex) is watermarked, anything else is refused rather than signed unwatched.
+    (decimal or 0x hex) of at most 256 bits is watermarked, anything else is refused rather than signed
+    unwatched.
     """
     salt = typed.message.get("salt")
     if salt is None:
         return None
+    value: int | None = None
     if isinstance(salt, int) and not isinstance(salt, bool):
-        return salt
-    if isinstance(salt, str):
-        try:
-            return int(salt, 16) if salt.lower().startswith("0x") else int(salt)
-        except ValueError:
-            pass
-    raise InvalidArgument("typed_data_json.message.salt", "must be an integer (e.g. uint256) or its decimal or "
-                                                          "0x-hex string: the signer watermarks every salt")
+        value = salt
+    elif isinstance(salt, str):
+        with contextlib.suppress(ValueError):  # not a number, or a decimal one of over 4,300 digits
+            value = int(salt, 16) if salt.lower().startswith("0x") else int(salt)
+    if value is not None and _SALT_MIN <= value < _SALT_END:
+        return value
+    raise InvalidArgument("typed_data_json.message.salt", "must be an integer of at most 256 bits (e.g. uint256) "
+                                                          "or its decimal or 0x-hex string: the signer watermarks "
+                                                          "every salt")
 
 
 class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):

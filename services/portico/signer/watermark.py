@@ -31,15 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from portico.runtime.errors import FailedPrecondition
+from portico.runtime.errors import FailedPrecondition, Unavailable
 from portico.runtime.sqlstore import SqliteWriterLock, WalCheckpointer
 
 __all__ = ["SaltLedger", "SaltReused"]
+
+log = logging.getLogger("portico.signer")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS salt_watermarks (
@@ -70,6 +73,11 @@ class _Claim:
     def owner(self) -> str:
         """The ledger's name for the claim's key: its address (':' never occurs in a key id)."""
         return "address:" + self.address.lower()
+
+
+def _ledger_unavailable() -> Unavailable:
+    return Unavailable("the salt ledger cannot record the salt now; nothing was signed, retry",
+                       reason="SALT_LEDGER_UNAVAILABLE")
 
 
 class SaltLedger:
@@ -123,9 +131,16 @@ class SaltLedger:
         try:
             reused = self._commit(batch)
         except Exception as exc:  # the database failed: nobody in this batch may sign
+            # Locked past the busy timeout, disk full, an I/O error: nothing in the batch was signed, and sending
+            # the same request again is safe (it signs, or is refused as SALT_REUSED if a different payload took
+            # the salt meanwhile). UNAVAILABLE says so; INTERNAL would tell the caller not to retry.
+            transient = isinstance(exc, sqlite3.OperationalError)
+            if transient:
+                log.warning("salt ledger cannot commit; refusing to sign",
+                            extra={"error": str(exc)[:200], "claims": len(batch)})
             for claim in batch:
                 if not claim.future.done():
-                    claim.future.set_exception(exc)
+                    claim.future.set_exception(_ledger_unavailable() if transient else exc)
             return
         for claim, was_reused in zip(batch, reused, strict=True):
             if claim.future.done():  # the caller went away; the watermark stands anyway

@@ -1,15 +1,18 @@
 """The dead-man's switch against a real simulator, OpenBao, signer, reference data and journal: it still cancels
-when the venue refuses its first attempts, and when the account's API key was rotated after it was armed."""
+when the venue refuses its first attempts, and when the account's API key was rotated after it was armed, and a
+cancel the venue keeps refusing does not log a line per attempt."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from tests.support.execution import ExecutionStack, resting_bid, rotate_api_key, running_execution
+from tests.support.execution import ExecutionStack, resting_bid, rotate_api_key, running_execution, store_api_key
 from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
@@ -106,3 +109,35 @@ async def test_rearm_and_disarm_work_while_vault_cannot_be_read(stack: Execution
         await asyncio.sleep(2.5)
         assert len(sim.engine.open_orders(account)) == 2
         assert running.app.deadman.fired == {}
+
+
+async def test_a_cancel_refused_for_good_is_logged_far_less_often_than_it_is_tried(
+        stack: ExecutionStack, monkeypatch: pytest.MonkeyPatch, log_lines: io.StringIO) -> None:
+    """The account's API key is revoked at the venue and Vault still names it: every cancel is refused, and the
+    switch keeps trying. It logs the first failure, each longer pause, then once per `_FAILURE_LOG_EVERY_S` (before
+    the fix: an ERROR line on every attempt, every 5 s for ever). Once Vault names the new key the cancel goes
+    through, and that is logged with the number of attempts it took."""
+    monkeypatch.setattr(deadman, "_RETRY_S", 0.02, raising=False)
+    monkeypatch.setattr(deadman, "_RETRY_MAX_S", 0.08, raising=False)  # pauses 0.02, 0.04, 0.08, 0.08, ...
+    monkeypatch.setattr(deadman, "_FAILURE_LOG_EVERY_S", 1.0, raising=False)
+    sim, account = stack.sim, stack.account.address
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        await rest_orders(stub, running, stack, 1)
+        new = await rotate_api_key(stack, update_vault=False)
+        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
+                              metadata=running.metadata())
+        await until(lambda: "dead-man's cancel failed" in log_lines.getvalue(), timeout_s=10)
+        await asyncio.sleep(3)  # dozens of attempts, three periods of logging at the longest pause
+        await store_api_key(stack, new)
+        await until(lambda: sim.engine.open_orders(account) == [], timeout_s=10)
+        await until(lambda: running.app.deadman.fired.get(("syndr", account.lower())) == 1)
+
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    failures = [line for line in lines if line["msg"].startswith("dead-man's cancel failed")]
+    done = [line for line in lines if line["msg"] == "dead-man's switch cancelled all orders"]
+    assert len(done) == 1 and done[0]["attempt"] > 20, done
+    # The first failure, two longer pauses, then about once a second of the ~3 s spent at the longest one.
+    assert 4 <= len(failures) <= 8, [line["msg"] for line in failures]
+    assert failures[0]["attempt"] == 1 and all(line["level"] == "ERROR" for line in failures)
+    assert [line["attempt"] for line in failures] == sorted(line["attempt"] for line in failures)

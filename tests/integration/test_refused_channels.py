@@ -2,6 +2,8 @@
 while the connection was down, say): they end with a clear status naming the channel, the others go on, and the
 feed behind them is replaced rather than left dead. Market data, execution's order feed and account's positions,
 each against a real simulator (whose `refuse_channels` knob makes it refuse the channels) dropping its WebSockets.
+Execution also follows an account whose feed ended again by itself, while the journal holds orders of it that are
+not final.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import pytest
 from tests.integration.test_marketdata import running_marketdata
 from tests.support.account import running_account
 from tests.support.book_consumer import RESYNCING, SNAPSHOT
-from tests.support.execution import ExecutionStack, running_execution
+from tests.support.execution import ExecutionStack, RunningExecution, resting_bid, running_execution, until_journaled
+from tests.support.waiting import until
 
 from portico.account.v1 import account_service_pb2 as account_pb
 from portico.common.v1 import side_pb2
+from portico.execution import streams
+from portico.execution.model import OrderState
 from portico.execution.v1 import execution_service_pb2 as execution_pb
 from portico.execution.v1 import order_pb2
 from portico.marketdata.v1 import market_data_service_pb2 as pb
@@ -180,3 +185,60 @@ async def test_a_position_stream_ends_failed_precondition_and_the_next_one_works
                                                                time_in_force="IOC"))
         await updates_of(second, lambda u: u.position.symbol == STAYS)
         second.cancel()
+
+
+async def rest_then_refuse(running: RunningExecution, channel: grpc.aio.Channel, client_order_id: str) -> Any:
+    """Rest an order through execution, then have the venue refuse the account's order channel after a reconnect;
+    returns the order once its feed (which saw it open) has ended."""
+    stack, sim = running.stack, running.stack.sim
+    placed = await running.stub(channel).PlaceOrder(execution_pb.PlaceOrderRequest(
+        venue="syndr", account=stack.account.address, symbol=STAYS, side=side_pb2.SIDE_BUY,
+        type=order_pb2.ORDER_TYPE_LIMIT, amount="0.1", price=resting_bid(sim, STAYS),
+        client_order_id=client_order_id), metadata=running.metadata())
+    key = ("syndr", stack.account.address.lower())
+    await until(lambda: key in running.app.feeds._feeds)
+    feed = running.app.feeds._feeds[key]
+    await until(lambda: placed.order.order_id in feed._open)
+    sim.faults.update({"refuse_channels": ["user.orders.ALL.raw"]})
+    await sim.close_websockets()
+    await until(lambda: feed.ended is not None)
+    return placed.order
+
+
+async def test_an_order_closed_while_the_venue_refused_the_account_channel_is_journaled_by_itself(
+        stack: ExecutionStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resting order is cancelled at the venue while it refuses the account's channel, behind 250 newer orders
+    (more than a catch-up's first page of history). With no new stream or order, the journal records the cancel
+    once the venue serves the channel again: the service follows the account again and catches up from where the
+    ended feed stopped. Before the fix nothing followed the account after the refusal: the entry stayed OPEN."""
+    monkeypatch.setattr(streams, "_FOLLOW_AGAIN_S", 0.1, raising=False)
+    monkeypatch.setattr(streams, "_FOLLOW_AGAIN_MAX_S", 0.4, raising=False)
+    sim, account = stack.sim, stack.account.address
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        order = await rest_then_refuse(running, channel, "rests")
+        await asyncio.sleep(1)  # attempts to follow it again are refused meanwhile
+        low, size = Decimal(resting_bid(sim, STAYS, "0.5")), sim.engine.instrument(STAYS).contract_size
+        for _ in range(250):  # nothing to match this low: each ends at once, newer than the resting order
+            sim.engine.place(account, STAYS, side="buy", order_type="limit", amount=size, price=low,
+                             time_in_force="IOC")
+        sim.engine.cancel(account, order.order_id)
+        sim.faults.update({"refuse_channels": []})
+
+        await until_journaled(running, "rests", OrderState.CANCELLED)
+
+
+async def test_an_account_with_nothing_left_open_is_not_followed_again(stack: ExecutionStack,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the journal holds no order of the account that is not final, the service stops trying to follow it."""
+    monkeypatch.setattr(streams, "_FOLLOW_AGAIN_S", 0.1, raising=False)
+    monkeypatch.setattr(streams, "_FOLLOW_AGAIN_MAX_S", 0.4, raising=False)
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        order = await rest_then_refuse(running, channel, "cancelled-by-us")
+        key = ("syndr", stack.account.address.lower())
+        following = running.app.feeds._following_again[key]
+        await asyncio.sleep(1)
+        assert not following.done()  # refused, and the order is still open: it keeps trying
+        await running.stub(channel).CancelOrder(execution_pb.CancelOrderRequest(
+            venue="syndr", account=stack.account.address, order_id=order.order_id), metadata=running.metadata())
+        await until(following.done, timeout_s=5)
+        assert key not in running.app.feeds._feeds

@@ -9,6 +9,7 @@ starts (and can restart) the execution service itself over that stack.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from portico.execution.model import OrderState
 from portico.execution.service import ExecutionApp
 from portico.execution.settings import ExecutionSettings
 from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
@@ -149,8 +151,6 @@ async def running_execution(stack: ExecutionStack, env: Mapping[str, str] | None
     await app.start()
     try:
         if wait_serving:
-            import asyncio
-
             await asyncio.wait_for(app.reconciled.wait(), 30)
         yield RunningExecution(app, f"127.0.0.1:{app.port}", stack)
     finally:
@@ -181,6 +181,18 @@ async def store_api_key(stack: ExecutionStack, credentials: ApiCredentials) -> N
         record = await store.get("syndr", stack.account.address)
         await store.put(dataclasses.replace(record, credentials=credentials))
         await store.aclose()
+
+
+async def until_journaled(running: RunningExecution, client_order_id: str, state: OrderState,
+                          timeout_s: float = 20.0) -> None:
+    """Wait until the journal itself holds `state` for the order of `client_order_id` (not GetOrder: it reads the
+    venue and journals what it says, so it would hide whether anything else kept the journal up to date)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            entry = await running.app.journal.get("syndr", running.stack.account.address, client_order_id)
+            if entry is not None and entry.state == state:
+                return
+            await asyncio.sleep(0.05)
 
 
 def resting_bid(sim: Simulator, symbol: str = "ETH-PERP", fraction: str = "0.8") -> str:

@@ -9,6 +9,9 @@ giving up would leave the orders of an account nobody watches on the book. The
 first attempt uses the record the switch was armed with (no Vault read delays
 it); after a failure the record is read again, so a key rotated since arming
 (the venue refuses the old one for ever) does not keep it from cancelling.
+A cancel that keeps failing is logged when it first fails, when the pause
+grows, and then about once a minute (with the attempt count), not on every
+attempt: a venue that refuses for good would otherwise fill the log.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ log = logging.getLogger("portico.execution.deadman")
 # A cancel the venue did not take is sent again after this, the pause doubling up to the maximum.
 _RETRY_S: Final = 0.2
 _RETRY_MAX_S: Final = 5.0
+# While the cancel keeps failing at the longest pause, a failure is logged at most this often.
+_FAILURE_LOG_EVERY_S: Final = 60.0
 
 
 class DeadmanSwitches:
@@ -96,6 +101,8 @@ class DeadmanSwitches:
             del self._records[key]
         log.warning("dead-man's switch fired: cancelling all orders", extra={"account": record.account})
         attempt, pause = 1, _RETRY_S
+        logged_pause, logged_at = 0.0, 0.0  # the first failure is logged: its pause is more than 0
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -103,8 +110,11 @@ class DeadmanSwitches:
                         await client.call("private/cancel_all", {})
                     break
                 except Exception as exc:
-                    log.error("dead-man's cancel failed; trying again in %.1f s", pause,
-                              extra={"account": record.account, "attempt": attempt, "error": type(exc).__name__})
+                    if pause > logged_pause or loop.time() - logged_at >= _FAILURE_LOG_EVERY_S:
+                        log.error("dead-man's cancel failed %d time(s); trying again in %.1f s", attempt, pause,
+                                  extra={"account": record.account, "attempt": attempt,
+                                         "error": type(exc).__name__})
+                        logged_pause, logged_at = pause, loop.time()
                 self._retrying[key] = asyncio.current_task()  # type: ignore[assignment]
                 await asyncio.sleep(pause)
                 attempt, pause = attempt + 1, min(pause * 2, _RETRY_MAX_S)

@@ -28,7 +28,11 @@ socket authenticates with the account's current API key (read again from
 Vault), so a rotated key does not silence the feed. If the venue refuses to
 subscribe a channel again after a reconnect, the account's streams end with
 that refusal (`refused_channel_error`) and the feed is dropped: the next
-stream or order starts a new one.
+stream or order starts a new one. While the journal still holds orders of the
+account that are not final, the service tries to follow it again by itself,
+with growing pauses (`AccountFeeds._follow_again`), so orders resting at the
+venue do not stay open in the journal for want of a client; the feed that
+follows catches up from where the ended one stopped (`Watermarks`).
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from portico.execution.convert import fill_proto, order_proto
-from portico.execution.model import OrderState
+from portico.execution.model import FINAL_STATES, OrderState
 from portico.execution.orders import OrderManager, order_at_version, stored_is_newer, venue_state, venue_version
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.venue import (
@@ -57,6 +62,7 @@ from portico.runtime.fanout import CatchUp, RecentKeys, StreamConsumer
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, SyndrProtocolError, refused_channel_error
+from portico.venues.syndr.http import backoff_s
 from portico.venues.syndr.ws import ChannelRefused, Message, Overflow, Reconnected, SyndrWebSocket
 
 __all__ = ["AccountFeed", "AccountFeeds"]
@@ -81,6 +87,26 @@ _START_SLACK_MS: Final = 60_000
 # A journal write that failed is retried after this, the pause doubling up to the maximum while it keeps failing.
 _JOURNAL_RETRY_S: Final = 1.0
 _JOURNAL_RETRY_MAX_S: Final = 30.0
+# After the venue refused an account's channel, following it again is tried after this, the pause doubling up to
+# the maximum while it keeps failing (each failure logged once).
+_FOLLOW_AGAIN_S: Final = 1.0
+_FOLLOW_AGAIN_MAX_S: Final = 60.0
+# The journal states of an order the venue may still change: while an account has one, the service follows it.
+_NOT_FINAL: Final = frozenset(OrderState) - FINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Watermarks:
+    """Where a feed stopped: how far back its next catch-up would read (orders, fills; epoch ms), and the orders
+    it last saw open (order id -> creation ms). The account's next feed catches up from there."""
+
+    since_ms: tuple[int, int]
+    open_orders: dict[str, int]
+
+
+def _earlier(since: tuple[int, int], other: tuple[int, int] | None) -> tuple[int, int]:
+    """The earlier of two catch-up starts, orders and fills each on its own."""
+    return since if other is None else (min(since[0], other[0]), min(since[1], other[1]))
 
 
 def _ms(order: dict[str, Any], key: str) -> int:
@@ -191,12 +217,23 @@ class AccountFeed:
         """Fix how far back the catch-up for this reconnect (or overflow) reads: past the newest updates handled
         until now, which live updates handled while it is retried must not move. The earliest asked for holds
         until a catch-up that started after it succeeds."""
-        since = (max(0, self._newest_order_ms - _CATCH_UP_MARGIN_MS),
-                 max(0, self._newest_fill_ms - _CATCH_UP_MARGIN_MS))
-        if self._catch_up_since is not None:
-            since = (min(since[0], self._catch_up_since[0]), min(since[1], self._catch_up_since[1]))
-        self._catch_up_since = since
+        self._catch_up_since = _earlier(self._since_newest(), self._catch_up_since)
         self._catch_up_asks += 1
+
+    def _since_newest(self) -> tuple[int, int]:
+        """How far back a catch-up must read for what followed the newest updates handled (orders, fills)."""
+        return (max(0, self._newest_order_ms - _CATCH_UP_MARGIN_MS),
+                max(0, self._newest_fill_ms - _CATCH_UP_MARGIN_MS))
+
+    def watermarks(self) -> Watermarks:
+        """Where this feed stands: what a catch-up asked for now would read back to, and its open orders."""
+        return Watermarks(_earlier(self._since_newest(), self._catch_up_since), dict(self._open))
+
+    def resume(self, marks: Watermarks) -> None:
+        """Catch up (first, before `start`) from where an ended feed of the account stopped, so what the venue
+        did while nobody followed the account reaches the journal, however far back that reaches."""
+        self._open.update(marks.open_orders)
+        self._catch_up_since = _earlier(marks.since_ms, self._catch_up_since)
 
     async def _order(self, order: dict[str, Any]) -> None:
         """Journal a venue order update, then emit it unless the order's consumers have it or a later state."""
@@ -357,7 +394,8 @@ class AccountFeed:
 
 
 class AccountFeeds:
-    """One feed per (venue, account), started on first use and kept for the life of the process."""
+    """One feed per (venue, account), started on first use and kept for the life of the process (or until the
+    venue refuses its channels: then followed again while the account has orders that are not final)."""
 
     def __init__(self, ws_url: str, venue: SyndrVenue, orders: OrderManager):
         self._ws_url = ws_url
@@ -367,6 +405,9 @@ class AccountFeeds:
         self._starting: dict[tuple[str, str], asyncio.Task[AccountFeed]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._retiring: set[asyncio.Task[None]] = set()  # closing feeds that ended
+        self._resume: dict[tuple[str, str], Watermarks] = {}  # where the ended feed of an account stopped
+        self._following_again: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._closing = False
 
     async def get(self, venue_name: str, account: str) -> AccountFeed:
         key = (venue_name, account.lower())
@@ -406,6 +447,10 @@ class AccountFeeds:
                             rate_budget=self._venue.budget(session.record),
                             refresh_credentials=lambda: self._venue.current_credentials(account))
         feed = AccountFeed(venue_name, account, ws, self._venue, self._orders, on_end=self._retire)
+        key = (venue_name, account.lower())
+        marks = self._resume.get(key)
+        if marks is not None:
+            feed.resume(marks)
         try:
             await feed.start()
             await feed.catch_up()
@@ -414,21 +459,56 @@ class AccountFeeds:
         except BaseException:
             await feed.aclose()
             raise
-        self._feeds[(venue_name, account.lower())] = feed
+        self._feeds[key] = feed
+        self._resume.pop(key, None)  # caught up from there
         return feed
 
     def _retire(self, feed: AccountFeed) -> None:
-        """A feed that ended: forget it and close it (in the background: this runs in the feed's own task)."""
+        """A feed that ended: forget it and close it (in the background: this runs in the feed's own task), and
+        follow the account again from where it stopped."""
         key = (feed.venue_name, feed.account.lower())
         if self._feeds.get(key) is feed:
             del self._feeds[key]
+        self._resume[key] = feed.watermarks()  # it resumed any earlier ones, so they are in its own
         task = asyncio.create_task(feed.aclose(), name=f"execution-feed-close-{feed.account}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        following = self._following_again.get(key)
+        if not self._closing and (following is None or following.done()):
+            self._following_again[key] = asyncio.create_task(
+                self._follow_again(feed.venue_name, feed.account), name=f"execution-feed-follow-again-{feed.account}")
+
+    async def _follow_again(self, venue_name: str, account: str) -> None:
+        """Start a feed for the account again, with growing pauses, while the journal holds orders of it that are
+        not final: nobody else may (no client streams it or places orders), and without a feed their fills and
+        cancels at the venue would never reach the journal. Ends once a feed is live or nothing is left open."""
+        pause = backoff_s(1, _FOLLOW_AGAIN_S, _FOLLOW_AGAIN_MAX_S)
+        attempt = 0
+        while True:
+            await asyncio.sleep(pause)
+            attempt += 1
+            try:
+                if not await self._orders.journal.entries(venue_name, account, states=_NOT_FINAL, limit=1):
+                    log.info("the account has no open order left: not following it again",
+                             extra={"account": account, "attempt": attempt})
+                    self._resume.pop((venue_name, account.lower()), None)  # nothing left to catch up for
+                    return
+                feed = await self.get(venue_name, account)
+                if feed.ended is None:
+                    log.info("following the account again", extra={"account": account, "attempt": attempt})
+                    return
+                error = type(feed.ended).__name__  # refused again as it started: the pause grows all the same
+            except Exception as exc:
+                error = type(exc).__name__
+            pause = backoff_s(attempt + 1, _FOLLOW_AGAIN_S, _FOLLOW_AGAIN_MAX_S)
+            log.warning("cannot follow the account again; its open orders are not tracked until it can be: "
+                        "trying again in %.1f s", pause, extra={"account": account, "attempt": attempt, "error": error})
 
     async def aclose(self) -> None:
-        for task in [*self._background, *self._starting.values()]:
+        self._closing = True
+        for task in [*self._following_again.values(), *self._background, *self._starting.values()]:
             await cancel_and_wait(task)
+        self._following_again.clear()
         self._starting.clear()
         await asyncio.gather(*self._retiring, return_exceptions=True)
         for feed in self._feeds.values():

@@ -5,6 +5,11 @@
     GET  /v1/instruments/{exchange}?filter=...   its filter endpoint (url-encoded JSON filter)
     GET  /healthz                                liveness for HTTP probes
 
+Enum values newer than this gateway's compiled proto (reference data deployed
+first, as a rolling deploy does) render as `unknown_<number>`, never an error.
+Any unexpected failure is a 500 with the gateway's JSON error body; its
+traceback goes to the log, never to the caller.
+
 The gateway holds no credentials of its own: it forwards the caller's
 `Authorization: Bearer` token to the gRPC services, whose scopes decide
 (`admin` for sync, `read` for instruments). gRPC statuses become HTTP codes
@@ -52,22 +57,38 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 _HTTP_TITLES = {400: "Invalid request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
                 409: "Conflict", 429: "Too many requests", 499: "Cancelled", 501: "Not implemented",
-                413: "Request too large", 503: "Service unavailable", 504: "Timeout", 500: "Internal error"}
+                413: "Request too large", 502: "Bad gateway", 503: "Service unavailable", 504: "Timeout",
+                500: "Internal error"}
 # What callers read for an UNAVAILABLE or DEADLINE_EXCEEDED the service did not raise itself (no ErrorInfo):
 # gRPC's own text for those names internal addresses.
 _UNAVAILABLE_DETAIL = {503: "reference data unavailable", 504: "reference data did not answer in time"}
 CALL_TIMEOUT_S = 30.0
 MAX_BODY_BYTES = 64 * 1024
+# The filter endpoint answers with every page of ListInstruments: LIST_PAGE_SIZE per call, at most
+# MAX_LIST_PAGES calls (100,000 instruments). A backend that repeats a page token, or lists past the
+# limit, is a bad upstream (502), not a reason to loop forever or grow without bound.
+LIST_PAGE_SIZE = 1000
+MAX_LIST_PAGES = 100
 # Printable ASCII only: gRPC's core refuses anything else in metadata (failing the call and leaking memory).
 _BEARER = re.compile(r"Bearer +([\x21-\x7E]+)", re.IGNORECASE | re.ASCII)
 _FILTER_KEYS = {"baseCurrency", "quoteCurrency", "type", "contractType", "active"}
 _TYPES = {"spot": instrument_pb2.INSTRUMENT_TYPE_SPOT, "perpetual": instrument_pb2.INSTRUMENT_TYPE_PERPETUAL,
           "future": instrument_pb2.INSTRUMENT_TYPE_FUTURE, "option": instrument_pb2.INSTRUMENT_TYPE_OPTION}
-_TYPE_NAMES = {v: k for k, v in _TYPES.items()}
+_TYPE_NAMES: dict[int, str] = {instrument_pb2.INSTRUMENT_TYPE_UNSPECIFIED: "unknown",
+                               **{v: k for k, v in _TYPES.items()}}
 _CONTRACT_TYPES = {v.name.removeprefix("CONTRACT_TYPE_").lower(): v.number
                    for v in instrument_pb2.ContractType.DESCRIPTOR.values if v.number != 0}
 _CONTRACT_NAMES = {v: k for k, v in _CONTRACT_TYPES.items()}
-_OPTION_NAMES = {instrument_pb2.OPTION_TYPE_CALL: "call", instrument_pb2.OPTION_TYPE_PUT: "put"}
+_OPTION_NAMES: dict[int, str] = {instrument_pb2.OPTION_TYPE_CALL: "call", instrument_pb2.OPTION_TYPE_PUT: "put"}
+
+
+def _enum_name(names: dict[int, str], number: int) -> str:
+    """The document's name of an enum value; `unknown_<number>` for one newer than this gateway's proto.
+
+    proto3 enums are open: reference data deployed before the gateway may send numbers the gateway's compiled
+    proto does not define. They render stably and keep the number, rather than failing the request.
+    """
+    return names.get(number) or f"unknown_{number}"
 
 
 class HttpError(Exception):
@@ -96,7 +117,7 @@ def instrument_json(message: instrument_pb2.Instrument) -> dict[str, Any]:
         "exchange": message.venue,
         "baseCurrency": message.base_currency,
         "quoteCurrency": message.quote_currency,
-        "type": _TYPE_NAMES.get(message.type, "unknown"),
+        "type": _enum_name(_TYPE_NAMES, message.type),
         "active": message.active,
         "availableSince": _iso(message.available_since),
     }
@@ -114,7 +135,7 @@ def instrument_json(message: instrument_pb2.Instrument) -> dict[str, Any]:
     if message.HasField("inverse"):
         record["inverse"] = message.inverse
     if message.contract_type:
-        record["contractType"] = _CONTRACT_NAMES[message.contract_type]
+        record["contractType"] = _enum_name(_CONTRACT_NAMES, message.contract_type)
     if message.HasField("contract_multiplier"):
         record["contractMultiplier"] = _number(message.contract_multiplier)
     if message.HasField("quanto") and message.quanto:
@@ -124,7 +145,7 @@ def instrument_json(message: instrument_pb2.Instrument) -> dict[str, Any]:
     if message.HasField("strike_price"):
         record["strikePrice"] = _number(message.strike_price)
     if message.option_type:
-        record["optionType"] = _OPTION_NAMES[message.option_type]
+        record["optionType"] = _enum_name(_OPTION_NAMES, message.option_type)
     if message.changes:
         changes = []
         for change in message.changes:
@@ -150,6 +171,27 @@ def instrument_json(message: instrument_pb2.Instrument) -> dict[str, Any]:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(error: HttpError) -> web.Response:
+    """A failure of the metadata document's endpoints (and of any route without an envelope of its own)."""
+    return _json({"error": f"{_HTTP_TITLES.get(error.status, 'Error')}: {error.detail}"}, error.status)
+
+
+@web.middleware
+async def _unexpected_errors(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Any exception a handler did not answer itself: a JSON 500 without its text (which goes to the log).
+
+    aiohttp's own HTTP exceptions (404 for an unknown path, 405, ...) pass through as aiohttp answers them.
+    """
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(HttpError(500, "internal error"))
 
 
 def _envelope_error(error: HttpError) -> web.Response:
@@ -208,7 +250,7 @@ class Gateway:
         self._refdata = refdata_grpc.ReferenceDataServiceStub(refdata)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_unexpected_errors])
         app.router.add_post("/api/v3/market/instrument/sync", self._sync)
         app.router.add_get("/v1/instruments/{exchange}/{symbol}", self._instrument)
         app.router.add_get("/v1/instruments/{exchange}", self._instruments)
@@ -277,21 +319,29 @@ class Gateway:
             reply = await self._call(request, self._refdata.GetInstrument, refdata_pb2.GetInstrumentRequest(
                 venue=request.match_info["exchange"], symbol=request.match_info["symbol"]))
         except HttpError as error:
-            return _json({"error": f"{_HTTP_TITLES.get(error.status, 'Error')}: {error.detail}"}, error.status)
+            return _error(error)
         return _json(instrument_json(reply.instrument))
 
     async def _instruments(self, request: web.Request) -> web.Response:
+        """Every page of ListInstruments as one JSON list, as the document's filter endpoint answers."""
         try:
             flt = filter_message(request.query.get("filter"))
+            venue = request.match_info["exchange"]
             records: list[dict[str, Any]] = []
             token = ""
-            while True:
+            seen: set[str] = set()
+            for _ in range(MAX_LIST_PAGES):
                 reply = await self._call(request, self._refdata.ListInstruments, refdata_pb2.ListInstrumentsRequest(
-                    venue=request.match_info["exchange"], filter=flt, page_size=1000, page_token=token))
+                    venue=venue, filter=flt, page_size=LIST_PAGE_SIZE, page_token=token))
                 records.extend(instrument_json(i) for i in reply.instruments)
                 token = reply.next_page_token
                 if not token:
-                    break
+                    return _json(records)
+                if token in seen:
+                    log.error("reference data repeated a page token listing %r (page %d)", venue, len(seen) + 1)
+                    raise HttpError(502, "reference data repeated a page token")
+                seen.add(token)
+            log.error("reference data listed more than %d pages for %r", MAX_LIST_PAGES, venue)
+            raise HttpError(502, f"reference data listed more than {MAX_LIST_PAGES} pages")
         except HttpError as error:
-            return _json({"error": f"{_HTTP_TITLES.get(error.status, 'Error')}: {error.detail}"}, error.status)
-        return _json(records)
+            return _error(error)

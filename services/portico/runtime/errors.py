@@ -22,6 +22,7 @@ __all__ = [
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
+    "MalformedRequest",
     "NotFound",
     "PermissionDenied",
     "PorticoError",
@@ -57,6 +58,15 @@ class InvalidArgument(PorticoError):
         super().__init__(f"{field}: {message}", reason=reason, metadata={"field": field, **(metadata or {})})
         self.field = field
         self.description = message
+
+
+class MalformedRequest(PorticoError):
+    """A request whose bytes are not its RPC's protobuf message at all (garbage, a broken wire format): bad input
+    with no one field to name. The server interceptor raises it; a string field that is not UTF-8 is named
+    instead, as an `InvalidArgument` with this reason."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "REQUEST_MALFORMED"
 
 
 class NotFound(PorticoError):

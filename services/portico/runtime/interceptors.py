@@ -6,8 +6,15 @@ Server side, one interceptor wraps each call in this order:
    `traceparent` metadata;
 2. bearer-token authentication and the method's required scope
    (health and reflection are public, so probes and tools work unauthenticated);
-3. the servicer;
-4. error mapping: a `PorticoError` becomes its status code with ErrorInfo
+3. a request whose bytes are not the RPC's protobuf message (garbage, a string
+   field that is not UTF-8) is INVALID_ARGUMENT, reason REQUEST_MALFORMED,
+   naming the message type and, for a bad string, the field. gRPC decodes a
+   request before any of this runs, and would answer UNKNOWN with the
+   decoder's exception text, to anyone; so each method's deserializer is
+   wrapped to hand the error on, and it is raised here, after step 2 (a
+   caller who may not call the method learns nothing about its request);
+4. the servicer;
+5. error mapping: a `PorticoError` becomes its status code with ErrorInfo
    details; any other exception becomes INTERNAL with a generic message and
    a log line carrying the trace id.
 
@@ -25,12 +32,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from portico.runtime.auth import TokenAuthenticator, current_principal
-from portico.runtime.errors import PermissionDenied, PorticoError, to_grpc_status
+from portico.runtime.errors import (
+    InvalidArgument,
+    MalformedRequest,
+    PermissionDenied,
+    PorticoError,
+    to_grpc_status,
+)
 
 __all__ = ["PUBLIC_SERVICES", "ServerInterceptor", "TracedChannel"]
 
@@ -44,6 +59,7 @@ PUBLIC_SERVICES = frozenset({
 })
 
 Behavior = Callable[..., Any]
+Deserializer = Callable[[bytes], Any]
 Metadata = Sequence[tuple[str, str | bytes]]
 
 
@@ -76,7 +92,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None and cached[0] is handler:
             return cached[1]
         scope = self._scopes.get(method)
-        wrapped = _rewrap(handler, lambda behavior, streaming: self._wrap(behavior, method, scope, streaming))
+        wrapped = _rewrap(handler, method, lambda behavior, streaming: self._wrap(behavior, method, scope, streaming))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -138,6 +154,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 span, *tokens = start(metadata)
                 try:
                     authorize(metadata, span)
+                    if request.__class__ is _Undecodable:
+                        raise request.error
                     response = await behavior(request, context)
                     span.set_attribute("rpc.grpc.status_code", 0)
                     return response
@@ -154,6 +172,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             span, *tokens = start(metadata)
             try:
                 authorize(metadata, span)
+                if request.__class__ is _Undecodable:
+                    raise request.error
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:
@@ -170,8 +190,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return stream
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]) -> grpc.RpcMethodHandler:
-    codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+def _rewrap(handler: grpc.RpcMethodHandler, method: str,
+            wrap: Callable[[Behavior, bool], Behavior]) -> grpc.RpcMethodHandler:
+    deserializer = _guarded(handler.request_deserializer, method, handler.request_streaming)
+    codec = {"request_deserializer": deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **codec)
     if handler.unary_stream:
@@ -179,6 +201,122 @@ def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Beh
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **codec)
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **codec)
+
+
+class _Undecodable:
+    """What a single-request method's deserializer returns for bytes that are not its message.
+
+    gRPC decodes a unary request before it calls the method and answers UNKNOWN if the decoder raises, so the
+    error is returned as this instead, and the wrapped method raises it once the caller is authenticated.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: PorticoError):
+        self.error = error
+
+
+def _guarded(deserializer: Deserializer | None, method: str, request_streaming: bool) -> Deserializer | None:
+    """`deserializer`, turning a decode failure into the caller's INVALID_ARGUMENT (see `_Undecodable`).
+
+    A streamed request's messages are decoded as the servicer reads them, after authentication: there the
+    error is raised, out of the servicer's read and on to the error mapping (not INTERNAL, as the decoder's
+    own exception would be). The success path costs one Python call per message.
+    """
+    if deserializer is None:  # bytes in, bytes out: nothing to fail
+        return None
+    message = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)  # `Message.FromString`'s class
+    descriptor = message if isinstance(message, Descriptor) else None
+    name = descriptor.full_name if descriptor is not None else f"request of {method}"
+    decode = deserializer
+
+    if request_streaming:
+        def strict(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception as exc:
+                raise _malformed(exc, data, descriptor, name) from None
+        return strict
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:
+            return _Undecodable(_malformed(exc, data, descriptor, name))
+    return tolerant
+
+
+def _malformed(exc: Exception, data: bytes, descriptor: Descriptor | None, name: str) -> PorticoError:
+    """The caller's error for `data`, which did not decode as the message `name`."""
+    field = None
+    if descriptor is not None:
+        try:
+            field = _bad_utf8_field(descriptor, data, 0)
+        except Exception:  # a best effort on input already known to be broken; the message type is named anyway
+            field = None
+    if field is not None:
+        return InvalidArgument(field, f"not valid UTF-8; the request is not a valid {name}",
+                               reason=MalformedRequest.default_reason, metadata={"message_type": name})
+    # upb says "Error parsing message with type 'T': Wire format was corrupt"; only the part after the type is
+    # the caller's news. Any other exception's text is not known to be about the input, so it is not quoted.
+    detail = "it does not decode"
+    if isinstance(exc, DecodeError):
+        text = str(exc).rpartition("': ")[2].strip()
+        if text:
+            detail = text[0].lower() + text[1:]
+    return MalformedRequest(f"the request is not a valid {name}: {detail}", metadata={"message_type": name})
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 70:
+        byte = data[pos]  # an IndexError past the end: the caller gives up
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("varint too long")
+
+
+def _bad_utf8_field(descriptor: Descriptor, data: bytes, depth: int) -> str | None:
+    """The path (`filter.quote_currencies[1]`) of the first string field in `data` that is not UTF-8, as proto3
+    requires; None if there is none before the wire format itself breaks. Run only on a request that failed."""
+    seen: dict[int, int] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, pos = _varint(data, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            size, pos = _varint(data, pos)
+            chunk, pos = data[pos:pos + size], pos + size
+            if pos > end:
+                return None
+            field = descriptor.fields_by_number.get(number)
+            if field is None:
+                continue
+            path = field.name
+            if field.is_repeated:
+                seen[number] = index = seen.get(number, -1) + 1
+                path = f"{path}[{index}]"
+            if field.type == FieldDescriptor.TYPE_STRING:
+                try:
+                    chunk.decode("utf-8")
+                except UnicodeDecodeError:
+                    return path
+            elif field.message_type is not None and depth < 100:  # a message field; protobuf's nesting limit
+                inner = _bad_utf8_field(field.message_type, chunk, depth + 1)
+                if inner is not None:
+                    return f"{path}.{inner}"
+        else:  # groups (not in proto3) or a broken tag
+            return None
+    return None
 
 
 def _client_span(method: str | bytes, metadata: Metadata | None) -> tuple[trace.Span, grpc.aio.Metadata]:

@@ -6,7 +6,8 @@
     await server.run_until_signalled()
 
 Every server gets the standard health service (with Watch) and reflection,
-the interceptor pipeline (tracing, auth, error mapping), optional TLS or
+the interceptor pipeline (tracing, auth, undecodable requests as
+INVALID_ARGUMENT, error mapping), optional TLS or
 mTLS, and a graceful stop on SIGTERM/SIGINT: health turns NOT_SERVING first,
 then in-flight calls get `PORTICO_SHUTDOWN_GRACE_SECONDS` to finish.
 

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -269,3 +269,52 @@ def test_json_logs_redact_authorization_and_nested_secret_fields(
     assert line["request"] == {"key_id": "k1", "headers": {"Authorization": "[redacted]"},
                                "vault": {"token": "[redacted]"}}
     assert line["entries"] == [{"name": "desk", "api_key": "[redacted]"}]
+
+
+@pytest.fixture
+def text_log() -> Iterator[Callable[[], logging.Logger]]:
+    """Configures the services' logging as `PORTICO_LOG_FORMAT=text` does, when called: in the test itself, so its
+    handler writes to the stderr that `capsys` captures (that starts with the test, after fixtures)."""
+    from portico.runtime.logs import configure_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def configure() -> logging.Logger:
+        configure_logging("unit", {"PORTICO_LOG_FORMAT": "text"})
+        return logging.getLogger("portico.unit-test")
+
+    try:
+        yield configure
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_text_logs_keep_the_extras_and_trace_ids_redacted_as_json_lines_do(
+        text_log: Callable[[], logging.Logger], capsys: pytest.CaptureFixture[str]) -> None:
+    logger = text_log()
+    with trace.get_tracer("unit").start_as_current_span("op") as span:
+        logger.warning("dead-man's cancel failed", extra={
+            "account": "0xabc", "attempt": 3, "error": "two words", "vault_token": "hvs.leak1",
+            "request": {"headers": {"Authorization": "Bearer leak2"}, "key_id": "k1"}})
+    line = capsys.readouterr().err.strip()
+    assert "WARNING portico.unit-test: dead-man's cancel failed" in line
+    assert f"trace_id={format(span.get_span_context().trace_id, '032x')}" in line
+    assert "account=0xabc attempt=3 " in line
+    assert 'error="two words"' in line  # quoted: a space would make it two fields
+    assert "vault_token=[redacted]" in line
+    assert '"Authorization":"[redacted]"' in line and '"key_id":"k1"' in line
+    assert "leak" not in line
+
+
+def test_a_text_log_line_keeps_its_traceback_below_it(
+        text_log: Callable[[], logging.Logger], capsys: pytest.CaptureFixture[str]) -> None:
+    logger = text_log()
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logger.exception("failed", extra={"account": "0xabc"})
+    first, *rest = capsys.readouterr().err.strip().splitlines()
+    assert first.endswith("failed account=0xabc")
+    assert rest[0].startswith("Traceback") and rest[-1] == "RuntimeError: boom"

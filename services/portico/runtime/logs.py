@@ -1,10 +1,10 @@
-"""Structured JSON logs that carry the current trace and span ids.
+"""Structured logs that carry the current trace and span ids.
 
-One formatter for every service (configured by `PORTICO_LOG_LEVEL` and
+One format for every service (configured by `PORTICO_LOG_LEVEL` and
 `PORTICO_LOG_FORMAT`). Extra fields passed with `logger.info(..., extra={...})`
-become JSON keys; any whose name suggests a secret (at any depth of a dict
-or list value) is replaced by `[redacted]` as a last line of defence (the
-first is not logging secrets).
+become JSON keys (or `key=value` after a text line's message); any whose name
+suggests a secret (at any depth of a dict or list value) is replaced by
+`[redacted]` as a last line of defence (the first is not logging secrets).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from portico.runtime.config import ConfigError, setting
 __all__ = ["JsonFormatter", "configure_logging"]
 
 LOG_LEVEL = setting("PORTICO_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
-LOG_FORMAT = setting("PORTICO_LOG_FORMAT", "json", "`json` (one object a line, with trace ids) or `text`.")
+LOG_FORMAT = setting("PORTICO_LOG_FORMAT", "json", "`json` (one object a line, with trace ids and fields) or "
+                     "`text` (a line for people: the same trace ids and fields as `key=value`).")
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 _SECRET_NAME = re.compile(r"(secret|token|password|passphrase|private|credential|api_?key|authorization|seed|mnemonic)",
@@ -55,6 +56,19 @@ def _redacted(value: Any) -> Any:
     return value
 
 
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    """What a line says beyond its message: the trace it belongs to and the record's extras, redacted."""
+    fields: dict[str, Any] = {}
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        fields["trace_id"] = format(span_context.trace_id, "032x")
+        fields["span_id"] = format(span_context.span_id, "016x")
+    for key, value in record.__dict__.items():
+        if _is_extra(key):
+            fields[key] = REDACTED if _is_secret_name(key) else _redacted(value)
+    return fields
+
+
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON object with trace context and extras."""
 
@@ -69,14 +83,8 @@ class JsonFormatter(logging.Formatter):
             "service": self.service,
             "logger": record.name,
             "msg": record.getMessage(),
+            **_context(record),
         }
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
-            entry["trace_id"] = format(span_context.trace_id, "032x")
-            entry["span_id"] = format(span_context.span_id, "016x")
-        for key, value in record.__dict__.items():
-            if _is_extra(key):
-                entry[key] = REDACTED if _is_secret_name(key) else _redacted(value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         # orjson: a log line is written on hot paths (the signer's audit line per signature), and it is
@@ -85,6 +93,31 @@ class JsonFormatter(logging.Formatter):
             return orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS).decode()
         except (orjson.JSONEncodeError, TypeError):
             return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """A line for people: time, level, logger and message, then the same trace ids and extras as the JSON
+    lines (`key=value`, redacted alike), which say which account, order or key the message is about."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = _context(record)
+        if not fields:
+            return line
+        text = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
+        head, newline, rest = line.partition("\n")  # a traceback stays below the line it belongs to
+        return f"{head} {text}{newline}{rest}"
+
+
+def _text(value: Any) -> str:
+    """A value as `key=value` shows it: JSON for structures, quoted where a space, quote or `=` would blur it."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    shown = str(value)
+    return json.dumps(shown) if not shown or any(c in shown for c in ' "=\n') else shown
 
 
 def configure_logging(service: str, env: Mapping[str, str]) -> None:
@@ -99,7 +132,7 @@ def configure_logging(service: str, env: Mapping[str, str]) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

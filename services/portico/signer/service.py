@@ -44,6 +44,15 @@ audit.setLevel(logging.INFO)
 # otherwise hold an integer too long for Python to write in decimal, as the ledger stores it.)
 _SALT_MIN, _SALT_END = -(1 << 255), 1 << 256
 
+# Typed data the venue refuses once a time its message names has passed, so the salt's watermark may be pruned
+# some time after it: primary type -> (field, the type it must be declared with). Syndr's `Order.expiration`
+# (portico.venues.syndr.typed_data), epoch milliseconds; 0 there means "never expires". Anything else (other
+# primary types, the field declared otherwise, raw digests) is watermarked for ever.
+_EXPIRING_TYPES = {"Order": ("expiration", "uint256")}
+# The venue reads an expiration below 10^11 as seconds (its document shows both units; the simulator does the
+# same): read that way it is the later time, the safe one to keep a watermark until.
+_EXPIRATION_SECONDS_BELOW = 10**11
+
 
 def _salt_of(typed: TypedDataHash) -> int | None:
     """The message's top-level `salt`, if its type has one (Syndr `Order`).
@@ -68,6 +77,23 @@ def _salt_of(typed: TypedDataHash) -> int | None:
                                                           "every salt")
 
 
+def _expiration_ms_of(typed: TypedDataHash, data: Mapping[str, Any]) -> int | None:
+    """When the venue stops accepting the signed message (epoch ms), if its type says; None: never, or unknown."""
+    expiring = _EXPIRING_TYPES.get(typed.primary_type)
+    if expiring is None:
+        return None
+    name, declared = expiring
+    fields = data["types"][typed.primary_type]  # hash_typed_data checked the shape: a list of {name, type}
+    if not any(field["name"] == name and field["type"] == declared for field in fields):
+        return None
+    value = typed.message.get(name)  # a uint256, checked by hash_typed_data: an int or a decimal/0x-hex string
+    if isinstance(value, str):
+        value = int(value, 16) if value.lower().startswith("0x") else int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return None
+    return value * 1000 if value < _EXPIRATION_SECONDS_BELOW else value
+
+
 class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
     """Signs typed data and digests within each key's policy."""
 
@@ -81,8 +107,10 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
         key_id = check_key_id(request.key_id)
         payload = request.WhichOneof("payload")
         typed: TypedDataHash | None = None
+        data: dict[str, Any] = {}
         if payload == "typed_data_json":
-            typed = self._parse_typed_data(request.typed_data_json)
+            data = self._parse_json(request.typed_data_json)
+            typed = self._hash_typed_data(data)
         elif payload == "digest":
             if len(request.digest) != 32:
                 raise InvalidArgument("digest", f"must be exactly 32 bytes, got {len(request.digest)}")
@@ -96,7 +124,8 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
             digest = typed.digest
             salt = _salt_of(typed)
             if salt is not None:
-                await self._ledger.claim(key_id, key.address, salt, digest)
+                await self._ledger.claim(key_id, key.address, salt, digest,
+                                         expires_at_ms=_expiration_ms_of(typed, data))
         else:
             key.policy.check_raw_digest(key_id)
             digest = request.digest
@@ -113,7 +142,7 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
         })
         return signer_service_pb2.SignResponse(signature=signature, address=key.address, digest=digest)
 
-    def _parse_typed_data(self, text: str) -> TypedDataHash:
+    def _parse_json(self, text: str) -> dict[str, Any]:
         if len(text) > self._max_payload:
             raise InvalidArgument("typed_data_json", f"is larger than {self._max_payload} bytes")
         try:
@@ -127,6 +156,10 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
             raise InvalidArgument("typed_data_json", "holds a number too large to read") from None
         if not isinstance(data, dict):
             raise InvalidArgument("typed_data_json", "must be a JSON object")
+        return data
+
+    @staticmethod
+    def _hash_typed_data(data: dict[str, Any]) -> TypedDataHash:
         try:
             return hash_typed_data(data)
         except TypedDataError as exc:
@@ -142,7 +175,8 @@ class SignerApp(GrpcServiceApp):
         self.settings = settings
         self.vault = VaultSession(settings.vault)
         self.keys = KeyStore(self.vault, KeyPaths(settings.key_prefix), cache_ttl_s=settings.key_cache_s)
-        self.ledger = SaltLedger(settings.watermark_db, synchronous=settings.watermark_sync)
+        self.ledger = SaltLedger(settings.watermark_db, synchronous=settings.watermark_sync,
+                                 retention_s=settings.watermark_retention_s)
         self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
         signer_service_pb2_grpc.add_SignerServiceServicer_to_server(

@@ -23,6 +23,11 @@ WATERMARK_SYNC = setting(
     "PORTICO_SIGNER_WATERMARK_SYNC", "NORMAL",
     "SQLite `synchronous` of the watermark ledger (WAL): `NORMAL` survives process crashes; `FULL` also power loss, "
     "at an fsync per batch (about a fifth less throughput in tests/bench/bench_signer.py here).", scope=_SCOPE)
+WATERMARK_RETENTION = setting(
+    "PORTICO_SIGNER_WATERMARK_RETENTION_SECONDS", "3600",
+    "How long a salt watermark is kept after its order's `expiration` (the margin for clock skew between signer and "
+    "venue); then it is pruned and the salt may sign again. At least 60. Watermarks of payloads without an "
+    "expiration are kept for ever.", scope=_SCOPE)
 KEY_CACHE_SECONDS = setting("PORTICO_SIGNER_KEY_CACHE_SECONDS", "30",
                             "Longest a loaded key and its policy are used; they are reloaded from Vault in "
                             "the background ahead of that.",
@@ -45,6 +50,7 @@ class SignerSettings:
     key_prefix: str
     watermark_db: Path
     watermark_sync: str
+    watermark_retention_s: float
     key_cache_s: float
     vault_check_s: float
     max_payload_bytes: int
@@ -64,6 +70,7 @@ class SignerSettings:
             key_prefix=prefix,
             watermark_db=Path(WATERMARK_DB.get_str(env)),
             watermark_sync=sync,
+            watermark_retention_s=WATERMARK_RETENTION.get_float(env, minimum=60),
             key_cache_s=KEY_CACHE_SECONDS.get_float(env, minimum=0),
             vault_check_s=VAULT_CHECK_SECONDS.get_float(env, minimum=0.05),
             max_payload_bytes=MAX_PAYLOAD_BYTES.get_int(env, minimum=256),

@@ -31,6 +31,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
 import grpc
+from google.protobuf.descriptor import EnumDescriptor
 
 from portico.account.v1 import account_pb2
 from portico.account.v1 import account_service_pb2 as pb
@@ -45,6 +46,7 @@ from portico.connection import (
     positive_float,
     timeout_seconds,
 )
+from portico.enum_labels import enum_label
 from portico.runtime.client import bearer, open_channel
 from portico.runtime.lifecycle import wait_event
 
@@ -112,14 +114,16 @@ def _percent(text: str) -> str:
     return f"{text}%" if text else "-"
 
 
-def _enum(name: str, prefix: str) -> str:
-    return name.removeprefix(prefix).lower() if not name.endswith("UNSPECIFIED") else "unknown"
+def _enum(enum: EnumDescriptor, number: int) -> str:
+    """The value's short name in lower case, `unknown` when unspecified (the number if newer than this client)."""
+    label = enum_label(enum, number)
+    return "unknown" if label == "UNSPECIFIED" else label.lower()
 
 
 def render_summary(summary: account_pb2.AccountSummary) -> list[str]:
     """The summary as `label  value` lines, values as the service's decimal strings ("-" when not given)."""
-    margin_mode = _enum(account_pb2.MarginMode.Name(summary.margin_mode), "MARGIN_MODE_")
-    state = _enum(account_pb2.AccountState.Name(summary.state), "ACCOUNT_STATE_")
+    margin_mode = _enum(account_pb2.MarginMode.DESCRIPTOR, summary.margin_mode)
+    state = _enum(account_pb2.AccountState.DESCRIPTOR, summary.state)
     if summary.venue_status and summary.venue_status.lower() != state:
         state += f" ({summary.venue_status})"
     rows: list[tuple[str, str]] = [
@@ -182,17 +186,26 @@ class PositionBook:
 
     The stream starts before the snapshot is read (so no change falls between
     them); an update older than what the snapshot already shows (by the
-    position's update time) is not applied over it. A position whose size goes
-    to 0 is closed and dropped.
+    position's update time) is not applied over it, and an update applied
+    before the snapshot arrived is not undone by it unless the snapshot's own
+    update time is later (a later change would come on the stream anyway; an
+    undone one never would). A position whose size goes to 0 is closed and
+    dropped.
     """
 
     def __init__(self) -> None:
         self.positions: dict[str, account_pb2.Position] = {}
+        self.streamed: dict[str, account_pb2.Position] = {}  # the last update applied per symbol, closes included
         self.last_sequence = 0
         self.updates = 0
 
     def load(self, positions: Iterable[account_pb2.Position]) -> None:
-        self.positions = {p.symbol: p for p in positions if _is_open(p)}
+        listed = {p.symbol: p for p in positions}
+        for symbol, streamed in self.streamed.items():
+            snapshot = listed.get(symbol)
+            if snapshot is None or not (_time_ms(streamed) and _time_ms(snapshot) > _time_ms(streamed)):
+                listed[symbol] = streamed
+        self.positions = {symbol: p for symbol, p in listed.items() if _is_open(p)}
 
     def apply(self, update: pb.PositionUpdate) -> bool:
         """Apply one update; whether the view changed."""
@@ -204,6 +217,7 @@ class PositionBook:
         current = self.positions.get(position.symbol)
         if current is not None and _time_ms(position) and _time_ms(position) < _time_ms(current):
             return False  # older than the snapshot's view
+        self.streamed[position.symbol] = position
         if _is_open(position):
             self.positions[position.symbol] = position
             return True

@@ -51,6 +51,7 @@ from portico.connection import (
     describe_rpc_error,
     timeout_seconds,
 )
+from portico.enum_labels import enum_label
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as pb
 from portico.refdata.v1 import reference_data_service_pb2_grpc as pb_grpc
@@ -81,14 +82,7 @@ def _enum_value(enum: EnumDescriptor, number: int) -> str:
 
     `-` when unset; the number itself for a value newer than this client.
     """
-    if number == 0:
-        return "-"
-    value = enum.values_by_number.get(number)
-    if value is None:
-        return str(number)
-    unspecified = enum.values_by_number.get(0)
-    prefix = unspecified.name.removesuffix("UNSPECIFIED") if unspecified is not None else ""
-    return str(value.name).removeprefix(prefix).lower()
+    return "-" if number == 0 else enum_label(enum, number).lower()
 
 
 def _enum_names(enum: EnumDescriptor) -> dict[str, int]:

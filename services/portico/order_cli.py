@@ -40,10 +40,12 @@ from portico.connection import (
     describe_rpc_error,
     timeout_seconds,
 )
+from portico.enum_labels import enum_label
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from portico.execution.v1 import order_pb2
 from portico.runtime.client import bearer, open_channel
+from portico.runtime.decimals import MAX_DECIMAL_CHARS
 
 __all__ = [
     "UsageError",
@@ -59,6 +61,8 @@ __all__ = [
 SERVICE = "execution"
 # The execution service's rule for client order ids, checked here too so a typo fails before any call.
 CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# What `portico order` takes as an amount or price: a signed decimal with an optional exponent, ASCII digits only.
+_DECIMAL_INPUT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 TIME_IN_FORCE = {
     "gtc": order_pb2.TIME_IN_FORCE_GOOD_TIL_CANCELLED,
     "ioc": order_pb2.TIME_IN_FORCE_IMMEDIATE_OR_CANCEL,
@@ -76,14 +80,26 @@ class UsageError(Exception):
 
 
 def _positive_decimal(text: str) -> str:
-    """A positive, finite decimal, returned as a plain decimal string (never a float; `1e-3` -> `0.001`)."""
+    """A positive decimal, returned as a plain decimal string (never a float; `1e-3` -> `0.001`).
+
+    ASCII digits only: `Decimal()` alone also reads `0_5` as 5 (PEP 515 underscores) and digits of any script.
+    The plain string must fit the services' limit on a decimal, which is checked before it is written out
+    (`1e999999999` would otherwise be a billion digits).
+    """
+    stripped = text.strip()
+    if not _DECIMAL_INPUT.fullmatch(stripped):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decimal number")
     try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
+        value = Decimal(stripped)
+    except InvalidOperation:  # an exponent beyond what Decimal can hold
         raise argparse.ArgumentTypeError(f"{text!r} is not a decimal number") from None
-    if not value.is_finite() or value <= 0:
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive decimal number")
-    return format(value, "f")
+    exponent = int(value.as_tuple().exponent)
+    if exponent < -MAX_DECIMAL_CHARS or value.adjusted() >= MAX_DECIMAL_CHARS \
+            or len(plain := format(value, "f")) > MAX_DECIMAL_CHARS:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than {MAX_DECIMAL_CHARS} characters as a plain decimal")
+    return plain
 
 
 def _client_order_id(text: str) -> str:
@@ -186,11 +202,11 @@ def place_request(args: argparse.Namespace, venue: str, account: str, client_ord
 
 
 def _state(order: order_pb2.Order) -> str:
-    return order_pb2.OrderState.Name(order.state).removeprefix("ORDER_STATE_")
+    return enum_label(order_pb2.OrderState.DESCRIPTOR, order.state)
 
 
 def _side(order: order_pb2.Order) -> str:
-    return side_pb2.Side.Name(order.side).removeprefix("SIDE_").lower()
+    return enum_label(side_pb2.Side.DESCRIPTOR, order.side).lower()
 
 
 def render_order(order: order_pb2.Order) -> str:

@@ -554,10 +554,16 @@ async def watch_trades(
 # --- command line ---------------------------------------------------------------------------------------------
 
 
+INT32_MAX = 2**31 - 1  # `depth` is an int32 in the contract
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= INT32_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {INT32_MAX}")
     return value
 
 

@@ -358,6 +358,14 @@ async def bring_up(suite: Suite) -> dict[str, Any]:
     """Start everything and return the state document."""
     options = suite.options
     state_file = _check_options(options)
+    # A state file still here was left by an earlier run that did not stop cleanly (killed, crashed; this run's
+    # ports are all free): its services and tokens are gone. Scripts wait for the file to appear and the commands
+    # read it, so it must not be found while this run starts, nor after this run fails to start.
+    try:
+        state_file.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OptionsError(f"--state-file {state_file}: cannot remove an earlier run's: "
+                           f"{exc.strerror or exc}") from None
     tokens = {scope: new_token() for scope in SCOPES}
     auth_tokens = json.dumps([{"name": f"portico-up-{scope}", "sha256": hash_token(token),
                                "scopes": TOKEN_SCOPES[scope]} for scope, token in tokens.items()])

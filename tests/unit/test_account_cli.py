@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from portico.account.v1 import account_pb2
 from portico.account.v1 import account_service_pb2 as pb
+from portico.account.v1 import account_service_pb2_grpc as pb_grpc
 from portico.account_cli import (
     PositionBook,
     UsageError,
@@ -19,9 +23,11 @@ from portico.account_cli import (
     render_positions,
     render_summary,
     run,
+    watch,
 )
 from portico.cli import build_parser
 from portico.common.v1 import side_pb2
+from portico.terminal import CURSOR_HOME
 
 ACCOUNT = "0x" + "ab" * 20
 
@@ -213,3 +219,71 @@ def test_a_failed_call_exits_1_with_the_status(watch: bool, monkeypatch: pytest.
     assert err.getvalue().startswith("portico account: UNAVAILABLE from 127.0.0.1:1: ")
     if not watch:
         assert out.getvalue() == ""
+
+
+def test_a_margin_mode_or_state_newer_than_the_client_is_shown_not_a_traceback() -> None:
+    # proto3 enums are open: a newer account service may send a value this client has no name for.
+    lines = render_summary(summary(margin_mode=42, state=9, venue_status="LIQUIDATING"))
+    assert lines[-2:] == ["  margin mode         42", "  state               9 (LIQUIDATING)"]
+
+
+def test_stream_updates_applied_before_the_snapshot_arrives_are_not_undone_by_it() -> None:
+    # The stream is subscribed before ListPositions is read, so an update can be applied before the snapshot
+    # arrives; a snapshot older than it must not put the old size back (nothing would correct it afterwards).
+    book = PositionBook()
+    assert book.apply(update(1, position("ETH-PERP", size="0.3"), time_ms=2_000))
+    assert not book.apply(update(2, position("BTC-PERP", size="0"), time_ms=2_000))  # closed (not shown yet)
+    older = [position("BTC-PERP", size="1"), position("ETH-PERP", size="0.1")]
+    for listed in older:
+        listed.update_time.FromMilliseconds(1_000)
+    book.load(older)
+    assert {symbol: p.size for symbol, p in book.positions.items()} == {"ETH-PERP": "0.3"}
+
+    # A snapshot newer than what the stream said is the newer view.
+    book = PositionBook()
+    assert book.apply(update(1, position("ETH-PERP", size="0.3"), time_ms=2_000))
+    newer = position("ETH-PERP", size="0.4")
+    newer.update_time.FromMilliseconds(3_000)
+    book.load([newer, position("SOL-PERP", size="2")])
+    assert {symbol: p.size for symbol, p in book.positions.items()} == {"ETH-PERP": "0.4", "SOL-PERP": "2"}
+
+
+class RacingAccount(pb_grpc.AccountServiceServicer):
+    """Answers ListPositions only after StreamPositions has sent a change newer than that listing."""
+
+    def __init__(self) -> None:
+        self.streamed = asyncio.Event()
+
+    async def StreamPositions(self, request: pb.StreamPositionsRequest,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamPositionsResponse]:
+        yield pb.StreamPositionsResponse(updates=[update(1, position("ETH-PERP", size="0.3"), time_ms=2_000)])
+        self.streamed.set()
+        await asyncio.Event().wait()
+
+    async def ListPositions(self, request: pb.ListPositionsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListPositionsResponse:
+        await self.streamed.wait()
+        await asyncio.sleep(0.2)  # the client has applied the streamed change by now
+        listed = position("ETH-PERP", size="0.1")
+        listed.update_time.FromMilliseconds(1_000)
+        return pb.ListPositionsResponse(positions=[listed])
+
+    async def GetAccountSummary(self, request: pb.GetAccountSummaryRequest,
+                                context: grpc.aio.ServicerContext) -> pb.GetAccountSummaryResponse:
+        return pb.GetAccountSummaryResponse(summary=summary())
+
+
+async def test_watch_shows_the_streamed_position_not_the_older_listing() -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_AccountServiceServicer_to_server(RacingAccount(), server)  # type: ignore[abstract]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        assert await watch(f"127.0.0.1:{port}", "t", "syndr", ACCOUNT, call_timeout=5, out=out, err=err,
+                           refresh_hz=20, max_seconds=1.5, stop=None) == 0
+    finally:
+        await server.stop(grace=None)
+    last_frame = out.getvalue().rsplit(CURSOR_HOME, 1)[1]
+    assert [line.split()[:3] for line in last_frame.splitlines() if line.startswith("ETH-PERP")] == [
+        ["ETH-PERP", "long", "0.3"]], err.getvalue()

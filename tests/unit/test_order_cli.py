@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 
 from portico.cli import build_parser
 from portico.common.v1 import side_pb2
+from portico.execution.v1 import execution_service_pb2 as pb
+from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from portico.execution.v1 import order_pb2
 from portico.order_cli import (
     CLIENT_ORDER_ID,
@@ -235,3 +239,65 @@ def test_a_failed_call_exits_1_with_the_status(tmp_path: Path, monkeypatch: pyte
     assert run(args, out=out, err=err) == 1
     generated = out.getvalue().split()[1]
     assert generated.startswith("cli-") and f"--client-order-id {generated}" in out.getvalue()
+
+
+class NewerExecution(pb_grpc.ExecutionServiceServicer):
+    """An execution service newer than this client: its orders carry an OrderState and a Side this client lacks."""
+
+    def __init__(self) -> None:
+        self.placed: list[pb.PlaceOrderRequest] = []
+
+    def PlaceOrder(self, request: pb.PlaceOrderRequest, context: grpc.ServicerContext) -> pb.PlaceOrderResponse:
+        self.placed.append(request)
+        return pb.PlaceOrderResponse(order=order(state=99, client_order_id=request.client_order_id))
+
+    def ListOpenOrders(self, request: pb.ListOpenOrdersRequest,
+                       context: grpc.ServicerContext) -> pb.ListOpenOrdersResponse:
+        return pb.ListOpenOrdersResponse(orders=[order(state=99), order(order_id="78", side=7)])
+
+
+def test_an_order_state_or_side_newer_than_the_client_is_shown_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # proto3 enums are open: a newer service may send a value this client has no name for. The order was placed;
+    # the line that says so (with its order id) must still be printed, not a ValueError traceback.
+    assert render_order(order(state=99, side=7)).startswith("99  7 0.1 ETH-PERP @ 2400.5")
+    assert render_orders([order(state=99)])[1].endswith("ETH-PERP  buy   2400.5     0.1       0  99")
+
+    servicer = NewerExecution()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_ExecutionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("PORTICO_TEST_TOKEN", "t")
+        connect = ["--target", f"127.0.0.1:{port}", "--token-env", "PORTICO_TEST_TOKEN", "--account", ACCOUNT]
+        out, err = io.StringIO(), io.StringIO()
+        assert run(parse("buy", "ETH-PERP", "0.1", "--price", "2400.5", *connect), out=out, err=err) == 0
+        generated = servicer.placed[0].client_order_id
+        assert out.getvalue().splitlines()[1] == (
+            f"99  buy 0.1 ETH-PERP @ 2400.5  filled 0  order-id 77  client-order-id {generated}")
+        assert err.getvalue() == ""
+        out = io.StringIO()
+        assert run(parse("list", *connect), out=out, err=err) == 0
+        assert [line.split()[-2:] for line in out.getvalue().splitlines()[1:]] == [["0", "99"], ["0", "OPEN"]]
+        assert out.getvalue().splitlines()[2].split()[3] == "7"
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.mark.parametrize("text", [
+    "0_5",  # Decimal() reads PEP 515 underscores: this would be an order for 5, not 0.5
+    "1_000",
+    "\u0661\u0660",  # Arabic-Indic digits: Decimal() reads them as 10
+    "\uff11",  # a full-width 1
+    "1e100",  # 101 digits written out: longer than any decimal string the services take (80 characters)
+    "1e-100",
+    "9e99999",  # and `1e999999999` would be written out as a billion digits before any check
+])
+def test_amounts_and_prices_are_plain_ascii_decimals_of_a_sane_length(text: str) -> None:
+    rejected("buy", "ETH-PERP", text, "--price", "3000")
+    rejected("buy", "ETH-PERP", "0.1", "--price", text)
+    # What stays accepted: plain decimals, a leading or trailing point, an exponent that writes out short.
+    args = parse("buy", "ETH-PERP", " .5 ", "--price", "3e3")
+    assert (args.amount, args.price) == ("0.5", "3000")
+    assert parse("sell", "X", "1.", "--price", "2.5E-2").price == "0.025"

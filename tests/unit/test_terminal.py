@@ -564,3 +564,14 @@ async def test_run_book_and_run_trades_from_the_state_file(fake: tuple[FakeMarke
     args = root.parse_args(["book", "ETH-PERP", "--state-file", str(state), "--target", target, "--seconds", "5"])
     assert await asyncio.to_thread(run_book, args) == 1  # the state file's (wrong) token
     assert capsys.readouterr().err.startswith("portico book: UNAUTHENTICATED")
+
+
+def test_a_depth_the_request_cannot_carry_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # `depth` is an int32 in the contract: a larger number used to end in a ValueError traceback from protobuf.
+    root, _, _ = parsers()
+    for depth in ("2147483648", "99999999999", "x"):
+        with pytest.raises(SystemExit) as exit_info:
+            root.parse_args(["book", "ETH-PERP", "--depth", depth])
+        assert exit_info.value.code == 2
+    assert "argument --depth: must be between 1 and 2147483647" in capsys.readouterr().err
+    assert root.parse_args(["book", "ETH-PERP", "--depth", "2147483647"]).depth == 2147483647

@@ -196,3 +196,39 @@ def test_a_signal_during_start_up_stops_what_started(signum: signal.Signals, tmp
             process.communicate()
         if child and _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_state_file_left_by_an_earlier_run_is_gone_before_anything_starts(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # An earlier `portico up` that was killed (or crashed) left its state file: services and tokens that no longer
+    # exist. Scripts wait for the file to appear and the commands read it, so it must not be there while this run
+    # starts, nor after this run fails to start.
+    opts = options(tmp_path)
+    assert opts.state_file is not None
+    opts.state_file.write_text(json.dumps({"services": {"execution": "127.0.0.1:1"}, "tokens": {"trade": "stale"}}))
+    seen: list[bool] = []
+
+    async def failing_simulator(suite: up.Suite) -> dict[str, str]:
+        assert opts.state_file is not None
+        seen.append(opts.state_file.exists())
+        raise up.UpError("the simulator did not become ready in time")
+
+    monkeypatch.setattr(up, "_start_simulator", failing_simulator)
+    assert up.run_up(opts) == 1
+    assert capsys.readouterr().err == "portico up: the simulator did not become ready in time\n"
+    assert seen == [False] and not opts.state_file.exists()
+
+
+def test_a_state_file_is_left_alone_when_the_options_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # A port in use may be the running suite this state file describes: nothing is touched then.
+    monkeypatch.setattr(up.Suite, "spawn", lambda *_: pytest.fail("spawned although a port is taken"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        opts = options(tmp_path, execution_port=taken.getsockname()[1])
+        assert opts.state_file is not None
+        opts.state_file.write_text("{}")
+        assert up.run_up(opts) == 1
+    assert "is in use" in capsys.readouterr().err and opts.state_file.read_text() == "{}"

@@ -322,10 +322,12 @@ def _expired(engine: Engine, clock: Clock) -> object:
     return limit(engine, A, "buy", "1", "2990", expiration_ms=clock.ms)
 
 
-def test_expiration_in_milliseconds_or_seconds(engine: Engine, clock: Clock) -> None:
+def test_expiration_is_in_milliseconds(engine: Engine, clock: Clock) -> None:
+    """The tables of user.orders and user.fills: milliseconds. An hour ahead written in seconds is in 1970."""
     assert limit(engine, A, "buy", "1", "2990", expiration_ms=clock.ms + 1).order.expiration == clock.ms + 1
-    assert limit(engine, A, "buy", "1", "2990", expiration_ms=clock.ms // 1000 + 1).order.order_state == "open"
-    rejects(ErrorCode.ORDER_EXPIRED, lambda: limit(engine, A, "buy", "1", "2990", expiration_ms=clock.ms // 1000))
+    rejects(ErrorCode.ORDER_EXPIRED, lambda: limit(engine, A, "buy", "1", "2990",
+                                                   expiration_ms=clock.ms // 1000 + 3600))
+    rejects(ErrorCode.ORDER_EXPIRED, lambda: limit(engine, A, "buy", "1", "2990", expiration_ms=clock.ms))
     order = engine.open_orders(A)[0]
     rejects(ErrorCode.ORDER_EXPIRED, lambda: engine.edit(A, order.order_id, amount=D(1), price=D(2991),
                                                          expiration_ms=clock.ms - 1))
@@ -336,7 +338,7 @@ def test_resting_orders_are_cancelled_when_their_expiration_passes(engine: Engin
     """The document: `expiration` is the "time in milliseconds after which trade will expire if not executed"."""
     soon = limit(engine, A, "buy", "1", "2990", expiration_ms=clock.ms + 1_000).order
     later = limit(engine, A, "buy", "2", "2989", expiration_ms=clock.ms + 5_000).order
-    in_seconds = limit(engine, A, "buy", "3", "2988", expiration_ms=clock.ms // 1000 + 2).order
+    in_two_s = limit(engine, A, "buy", "3", "2988", expiration_ms=clock.ms + 2_000).order
     moved = limit(engine, A, "buy", "4", "2987", expiration_ms=clock.ms + 1_000).order
     engine.edit(A, moved.order_id, amount=D(4), price=D(2986), expiration_ms=clock.ms + 60_000)  # re-signed, later
     shrunk = limit(engine, A, "buy", "6", "2984", expiration_ms=clock.ms + 1_000).order
@@ -351,7 +353,7 @@ def test_resting_orders_are_cancelled_when_their_expiration_passes(engine: Engin
     assert [e.order_wire["order_state"] for e in updated] == ["cancelled"]
     assert (D(2990), D(1)) not in levels(engine)[0]
     clock.ms += 5_000
-    assert {o.order_id for o in engine.expire_orders()} == {later.order_id, in_seconds.order_id}
+    assert {o.order_id for o in engine.expire_orders()} == {later.order_id, in_two_s.order_id}
     assert {o.order_id for o in engine.open_orders(A)} == {moved.order_id, shrunk.order_id, never.order_id}
     clock.ms += 60_000
     assert {o.order_id for o in engine.expire_orders()} == {moved.order_id, shrunk.order_id}

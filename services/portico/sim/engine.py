@@ -19,8 +19,9 @@ Decisions the document leaves open (the server and the adapter rely on them):
 * `expiration` is the signature's validity: an order whose expiration is at or
   before now is rejected (ORDER_EXPIRED), and a resting order is cancelled once
   its expiration passes (`expire_orders`, run every 100 ms by the simulator).
-  The document shows it in milliseconds (private/buy) and in seconds
-  (user.orders), so values below 10^11 are read as seconds.
+  It is epoch milliseconds, as the tables of user.orders and user.fills say
+  and the private/buy and private/sell examples send it (only the channels'
+  examples show seconds): a value in seconds is long past, so refused.
 * FOK that cannot fill entirely, a post-only order that would take (the
   document: it "will be first put in order book before execution or will be
   cancelled"), and the unfilled rest of IOC and market orders, end "cancelled"
@@ -374,11 +375,11 @@ class BookChanged:
     timestamp_ms: int
 
     def to_wire(self) -> dict[str, Any]:
-        """The data of a book.{instrument}.*.raw notification."""
+        """The data of a book.{instrument}.*.raw notification (its table: `timestamp number`, the example a string)."""
         return {"type": "change", "asks": [[_fmt(p), _fmt(a)] for p, a in self.asks],
                 "bids": [[_fmt(p), _fmt(a)] for p, a in self.bids], "change_id": self.change_id,
                 "previous_change_id": self.previous_change_id, "instrument_name": self.instrument_name,
-                "timestamp": str(self.timestamp_ms)}
+                "timestamp": self.timestamp_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,14 +599,9 @@ def _kinds(kind: InstrumentKind | str | None) -> frozenset[InstrumentKind]:
         raise EngineError(ErrorCode.INVALID_PARAMS, f"unknown instrument kind: {kind!r}") from None
 
 
-def _expiration_ms(expiration: int) -> int:
-    """A signed expiration in milliseconds; values below 10^11 are seconds (the document uses both)."""
-    return expiration * 1000 if expiration < 10**11 else expiration
-
-
 def _expired(expiration: int, now_ms: int) -> bool:
-    """Whether a signed expiration (0: none) has passed."""
-    return bool(expiration) and _expiration_ms(expiration) <= now_ms
+    """Whether a signed expiration (epoch ms; 0: none) has passed."""
+    return bool(expiration) and expiration <= now_ms
 
 
 def _require_decimal(value: object, what: str) -> Decimal:
@@ -1049,7 +1045,7 @@ class Engine:
         """Have expire_orders look at a resting order when its expiration comes (it checks it is still due)."""
         if order.expiration:
             self._expiry_seq += 1
-            heapq.heappush(self._expiries, (_expiration_ms(order.expiration), self._expiry_seq,
+            heapq.heappush(self._expiries, (order.expiration, self._expiry_seq,
                                             order.creator.lower(), order.order_id))
 
     def expire_orders(self) -> list[SimOrder]:

@@ -358,9 +358,8 @@ def _trade_paging(p: Params, *, required: bool = False) -> dict[str, Any]:
 
 
 def get_user_trades_by_order(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    order_id = p.raw.get("order-id", p.raw.get("order_id"))
-    if not isinstance(order_id, str):
-        raise RpcFailure(ErrorCode.INVALID_PARAMS, "missing parameter order-id")
+    """The order is `order-id` (hyphen) in the document's table and all its examples; `order_id` is not read."""
+    order_id = p.text("order-id")
     return sim.engine.user_trades(_account(ctx), order_id=order_id, sort_asc=_sort_asc(p), **_trade_paging(p))
 
 
@@ -637,7 +636,7 @@ class Notifier:
                     continue
                 self._publish(channel, {"asks": [[_s(px), _s(a)] for px, a in book.asks],
                                         "bids": [[_s(px), _s(a)] for px, a in book.bids],
-                                        "instrument_name": name, "timestamp": str(book.timestamp_ms)})
+                                        "instrument_name": name, "timestamp": book.timestamp_ms})
                 top = (book.bids[:1], book.asks[:1])
                 if self._last_quotes.get(name) != top:
                     self._last_quotes[name] = top
@@ -651,6 +650,8 @@ class Notifier:
                 channel = f"ticker.{name}"
                 if self.sim.has_subscribers(channel):
                     try:
-                        self._publish(channel, self.sim.engine.ticker(name))
+                        data = self.sim.engine.ticker(name)
                     except Exception:  # noqa: S112 - delisted between the event and now
                         continue
+                    # public/ticker's table types the timestamp as a string, the channel's as an integer.
+                    self._publish(channel, {**data, "timestamp": int(data["timestamp"])})

@@ -173,6 +173,43 @@ async def test_same_client_order_id_places_once(stack: ExecutionStack) -> None:
         assert len(order_calls(sim)) == 1
 
 
+def wire_number(params: dict[str, Any], name: str) -> Decimal:
+    """A parameter as the venue read it, which must be a JSON number (the simulator reads those exactly)."""
+    value = params[name]
+    assert isinstance(value, int | Decimal) and not isinstance(value, bool), f"{name} sent as {value!r}"
+    return Decimal(value)
+
+
+async def test_amounts_and_prices_go_to_the_venue_as_exact_json_numbers(stack: ExecutionStack) -> None:
+    """The document types them as numbers (private/edit's table: `amount true number`, `price false number`; the
+    buy and sell examples send `"price": 3500, "amount": 1`): a string would do only at a lenient venue."""
+    sim = stack.sim
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        price = resting_bid(sim)
+        sim.requests.clear()
+        placed = await stub.PlaceOrder(place_request(stack, "numbers-1", price=price, amount="0.123"),
+                                       metadata=running.metadata())
+        [buy] = order_calls(sim)
+        assert (wire_number(buy.params, "amount"), wire_number(buy.params, "price")) == (Decimal("0.123"),
+                                                                                        Decimal(price))
+        await stub.AmendOrder(pb.AmendOrderRequest(venue="syndr", account=stack.account.address,
+                                                   order_id=placed.order.order_id, amount="0.2"),
+                              metadata=running.metadata())
+        [edit] = [r for r in sim.requests if r.method == "private/edit"]
+        assert wire_number(edit.params, "amount") == Decimal("0.2")
+        assert wire_number(edit.params, "price") == Decimal(price)
+
+        # A resend sends the journaled bytes, numbers and all (tests/unit: exactly, never through a float).
+        sim.faults.update({"http_5xx_next": 1, "http_5xx_method": "private/buy"})
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.PlaceOrder(place_request(stack, "numbers-2", price=price, amount="0.3"),
+                                  metadata=running.metadata())
+        await stub.PlaceOrder(place_request(stack, "numbers-2", price=price, amount="0.3"), metadata=running.metadata())
+        [resent] = [r for r in order_calls(sim) if r.params.get("label") == "numbers-2"]
+        assert wire_number(resent.params, "amount") == Decimal("0.3")
+
+
 async def test_unknown_outcome_is_reconciled_and_never_doubled(stack: ExecutionStack) -> None:
     sim = stack.sim
     async with running_execution(stack) as running, open_channel(running.target) as channel:

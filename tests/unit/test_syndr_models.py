@@ -636,3 +636,25 @@ def test_decimals_at_the_edge_of_the_range_are_exact() -> None:
                                "bids": [[wei, "1e-18"]], "asks": [[1e20, 12345678901234567890]]})
     assert book.bids == ((Decimal(wei), Decimal("1e-18")),)
     assert book.asks == ((Decimal("1e20"), Decimal(12345678901234567890)),)
+
+
+def test_an_answer_naming_its_order_as_the_buy_table_does_is_read() -> None:
+    """private/buy's and private/sell's tables call it `› Order`; the simulator sends `order`: both are read."""
+    from portico.venues.syndr.models import order_object
+
+    order = {"order_id": "0xabc", "order_state": "open"}
+    assert order_object({"Order": order, "Trades": []}) is order
+    assert order_object({"order": order, "trades": []}) is order
+    assert order_object({"status": "success", "result": order}) is order  # private/edit's wrapper
+    assert order_object({"trades": []}) is None and order_object("ok") is None
+
+
+def test_decimals_go_out_as_exact_json_numbers_and_come_back_from_the_journal_as_the_same_bytes() -> None:
+    from portico.venues.syndr import wire
+
+    params = {"amount": wire.number(Decimal("0.1000000000000000001")), "price": wire.number(Decimal("2400.50")),
+              "salt": 18446744073709551615, "post_only": False, "label": "c-1"}
+    body = orjson.dumps(params)
+    assert body == (b'{"amount":0.1000000000000000001,"price":2400.5,"salt":18446744073709551615,'
+                    b'"post_only":false,"label":"c-1"}')
+    assert orjson.dumps(wire.params_from_json(body)) == body  # orjson.loads would give 0.1 and 2400.5 as floats

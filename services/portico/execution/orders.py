@@ -44,12 +44,13 @@ from portico.execution.venue import SyndrVenue, open_orders
 from portico.runtime.decimals import parse_optional_decimal
 from portico.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from portico.signer.client import SignerClient
-from portico.venues.syndr import typed_data
+from portico.venues.syndr import models, typed_data, wire
 from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.errors import (
     SyndrAuthError,
     SyndrError,
     SyndrNotFound,
+    SyndrProtocolError,
     SyndrRpcError,
     rpc_error_from_object,
     to_portico_error,
@@ -173,12 +174,12 @@ class OrderManager:
             timestamp=now_ms)
         signature, signer_address = await self.signer.sign(session.record.signing_key_id, data)
         params: dict[str, Any] = {
-            "instrument_name": intent.symbol, "amount": str(intent.amount), "order_type": intent.order_type,
+            "instrument_name": intent.symbol, "amount": wire.number(intent.amount), "order_type": intent.order_type,
             "time_in_force": intent.time_in_force, "post_only": intent.post_only, "reduce_only": intent.reduce_only,
             "label": intent.label or intent.client_order_id, "salt": salt, "expiration": expiration_ms,
             "timestamp": now_ms, "signature": signature}
         if intent.price is not None:
-            params["price"] = str(intent.price)
+            params["price"] = wire.number(intent.price)
         entry = JournalEntry(intent=intent, salt=salt, timestamp_ms=now_ms, expiration_ms=expiration_ms,
                              signer_address=signer_address, request=orjson.dumps(params))
         stored = await self.journal.insert(entry)
@@ -225,14 +226,15 @@ class OrderManager:
         method = f"private/{entry.intent.side}"
         try:
             try:
-                result = await self.venue.call(entry.intent.account, method, orjson.loads(entry.request))
+                result = await self.venue.call(entry.intent.account, method, wire.params_from_json(entry.request))
             except SyndrAuthError as exc:
                 if exc.code != ErrorCode.UNAUTHORIZED:
                     raise
                 # The venue refused the API key before it looked at the order, and the account's record has been
                 # dropped: one resend of the same bytes reads the key Vault holds now (rotated, say).
                 entry = await self._record(entry.with_changes(attempts=entry.attempts + 1))
-                result = await self.venue.call(entry.intent.account, method, orjson.loads(entry.request))
+                result = await self.venue.call(entry.intent.account, method,
+                                               wire.params_from_json(entry.request))
         except SyndrRpcError as exc:
             if exc.code not in _OUTCOME_UNKNOWN_CODES:
                 entry = await self._record(entry.with_changes(state=OrderState.REJECTED, reject_code=exc.code,
@@ -253,8 +255,8 @@ class OrderManager:
             raise Unavailable(f"venue did not answer for order {entry.intent.client_order_id} ({exc}); it is being "
                               "reconciled: retry with the same client_order_id", reason="ORDER_OUTCOME_UNKNOWN",
                               metadata={"client_order_id": entry.intent.client_order_id}) from None
-        order = result.result.get("order", result.result) if isinstance(result.result, dict) else result.result
-        if not isinstance(order, dict) or "order_id" not in order:
+        order = models.order_object(result.result)
+        if order is None:
             await self._record(entry.with_changes(state=OrderState.UNKNOWN))
             self.wake_reconciler()
             raise Unavailable(f"venue answered order {entry.intent.client_order_id} without an order; reconciling",
@@ -458,15 +460,15 @@ class OrderManager:
             post_only=bool(current.get("post_only")), reduce_only=bool(current.get("reduce_only")),
             price=final_price, amount=final_amount, salt=salt, expiration=expiration_ms, timestamp=now_ms)
         signature, _ = await self.signer.sign(session.record.signing_key_id, data)
-        params = {"order_id": current["order_id"], "instrument_name": symbol, "amount": str(final_amount),
-                  "price": str(final_price), "time_in_force": str(current.get("time_in_force") or "GTC"),
+        params = {"order_id": current["order_id"], "instrument_name": symbol, "amount": wire.number(final_amount),
+                  "price": wire.number(final_price), "time_in_force": str(current.get("time_in_force") or "GTC"),
                   "type": str(current["order_type"]), "salt": salt, "expiration": expiration_ms,
                   "timestamp": now_ms, "signature": signature}
         try:
             result = await self.venue.call(account, "private/edit", params)
         except SyndrError as exc:
             raise to_portico_error(exc) from None
-        order = result.result.get("result", result.result) if isinstance(result.result, dict) else result.result
+        order = _answered_order("private/edit", result.result)
         if entry is not None:
             entry = await self.apply_venue_order(entry, order)
         return entry, order
@@ -483,7 +485,7 @@ class OrderManager:
             raise NotFound(f"the venue has no open order {venue_order_id}", reason="ORDER_NOT_FOUND") from None
         except SyndrError as exc:
             raise to_portico_error(exc) from None
-        order = result.result.get("order", result.result) if isinstance(result.result, dict) else result.result
+        order = _answered_order("private/cancel", result.result)
         if entry is None:
             entry = await self.journal.find_order(venue, account, venue_order_id)
         if entry is not None:
@@ -512,6 +514,14 @@ class OrderManager:
         for order in before:
             await self.on_venue_order(venue, account, {**order, "order_state": "cancelled"})
         return len(before)
+
+
+def _answered_order(method: str, result: Any) -> dict[str, Any]:
+    """The order object of an amend's or a cancel's answer; without one, the protocol error mapped as everywhere."""
+    order = models.order_object(result)
+    if order is None:
+        raise to_portico_error(SyndrProtocolError(f"{method}: the venue answered without an order"))
+    return order
 
 
 def venue_version(order: dict[str, Any]) -> tuple[Any, ...]:

@@ -89,6 +89,7 @@ __all__ = [
     "UserTrade",
     "book_change_from_data",
     "decode",
+    "order_object",
     "parse_account_summary",
     "parse_api_key_deactivation",
     "parse_api_keys",
@@ -1047,14 +1048,22 @@ def _order(obj: Any, where: str) -> Order:
     )
 
 
+def order_object(obj: Any) -> dict[str, Any] | None:
+    """The order object of an answer as the venue sent it, or None: unwraps ``{"order": order}``, ``{"Order": ...}``
+    (the name private/buy's and private/sell's tables give it) and ``{"status", "result": order}`` (private/edit)."""
+    if not isinstance(obj, dict):
+        return None
+    if "order_id" in obj:
+        return obj
+    for key in ("order", "Order", "result"):
+        if isinstance(obj.get(key), dict):
+            return order_object(obj[key])
+    return None
+
+
 def parse_order(obj: Any, *, where: str = "order") -> Order:
     """One order; unwraps ``{"status", "result": order}`` (``private/edit``) and ``{"order": order}``."""
-    o = _object(obj, where)
-    if "order_id" not in o:
-        for key in ("order", "Order", "result"):
-            if isinstance(o.get(key), dict):
-                return parse_order(o[key], where=f"{where} {key}")
-    return _order(o, where)
+    return _order(_object(order_object(obj) or obj, where), where)
 
 
 def parse_orders(obj: Any, *, where: str = "orders") -> tuple[Order, ...]:

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,13 +355,50 @@ def _check_options(options: UpOptions) -> Path:
     return state_file
 
 
+def _live_endpoint(state_file: Path) -> str | None:
+    """An endpoint the state document at `state_file` records that something still listens on; None when there is
+    no such document (missing, unreadable, not ours) or nothing recorded in it answers."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    recorded: list[object] = [state.get("gateway")]
+    for section, keys in (("services", None), ("simulator", ("http", "ws")), ("vault", ("addr",))):
+        entries = state.get(section)
+        if isinstance(entries, dict):
+            recorded.extend(entries.values() if keys is None else (entries.get(k) for k in keys))
+    for address in recorded:
+        if not isinstance(address, str) or not address:
+            continue
+        try:
+            parts = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            continue
+        if not host or not port:
+            continue
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return address
+        except OSError:
+            continue
+    return None
+
+
 async def bring_up(suite: Suite) -> dict[str, Any]:
     """Start everything and return the state document."""
     options = suite.options
     state_file = _check_options(options)
-    # A state file still here was left by an earlier run that did not stop cleanly (killed, crashed; this run's
-    # ports are all free): its services and tokens are gone. Scripts wait for the file to appear and the commands
-    # read it, so it must not be found while this run starts, nor after this run fails to start.
+    # A state file still here was left by an earlier run that did not stop cleanly (killed, crashed): its services
+    # and tokens are gone. Scripts wait for the file to appear and the commands read it, so it must not be found
+    # while this run starts, nor after this run fails to start. Unless that run is still up on other ports than
+    # this one's (its file and tokens are then the only way to reach it): nothing is touched then.
+    live = await asyncio.to_thread(_live_endpoint, state_file)  # a connect may wait its timeout: not in the loop
+    if live is not None:
+        raise OptionsError(f"--state-file {state_file} describes a suite still running ({live} answers): stop it, "
+                           "or give this run another --state-file (or --data-dir)")
     try:
         state_file.unlink(missing_ok=True)
     except OSError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +236,9 @@ async def count_venues(requests: AsyncIterator[refdata_pb.GetInstrumentRequest],
 
 
 @pytest.fixture
-def streaming_server() -> Iterator[tuple[GrpcServer, dict[str, str]]]:
-    """A runtime server with one client-streaming method that decodes protobuf (no contract has one yet)."""
+async def streaming_server() -> AsyncIterator[tuple[GrpcServer, dict[str, str]]]:
+    """A runtime server with one client-streaming method that decodes protobuf (no contract has one yet). Made in
+    the test's event loop: a synchronous fixture has none after any earlier test's `asyncio.run()`."""
     tokens, config = make_tokens()
     env = {"PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": config}
     server = GrpcServer(ServerSettings.from_env(env, 0), domain="test.portico",

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,21 @@ def test_a_text_log_line_keeps_its_traceback_below_it(
     first, *rest = capsys.readouterr().err.strip().splitlines()
     assert first.endswith("failed account=0xabc")
     assert rest[0].startswith("Traceback") and rest[-1] == "RuntimeError: boom"
+
+
+def test_a_text_log_line_cannot_be_forged_or_lost_through_an_extra(
+        text_log: Callable[[], logging.Logger], capsys: pytest.CaptureFixture[str]) -> None:
+    # Extras often carry text from outside (a venue's error message, a symbol): a carriage return or a terminal
+    # escape in one would overwrite the line on a terminal or make a fake one; they are escaped, as a newline is.
+    logger = text_log()
+    logger.warning("order refused", extra={"error": "bad\rWARNING portico.signer: signed", "symbol": "\x1b[2JETH",
+                                           "note": "a\u2028b", "ok": "plain"})
+    # A structure with keys that are not strings (price levels by Decimal) is shown, not a lost line.
+    logger.warning("book", extra={"levels": {Decimal("3000.5"): 2, ("a", 1): 3}})
+    captured = capsys.readouterr().err
+    lines = captured.splitlines()
+    assert len(lines) == 2 and lines[0].endswith("ok=plain"), captured
+    assert not any(c in captured for c in "\r\x1b\u2028"), captured
+    assert r'error="bad\rWARNING portico.signer: signed"' in lines[0]
+    assert r'symbol="\u001b[2JETH"' in lines[0]
+    assert lines[1].endswith('book levels={"3000.5":2,"(\'a\', 1)":3}'), lines[1]

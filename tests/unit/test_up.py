@@ -232,3 +232,33 @@ def test_a_state_file_is_left_alone_when_the_options_are_refused(tmp_path: Path,
         opts.state_file.write_text("{}")
         assert up.run_up(opts) == 1
     assert "is in use" in capsys.readouterr().err and opts.state_file.read_text() == "{}"
+
+
+@pytest.mark.parametrize("recorded", ["services", "gateway", "simulator", "vault"])
+def test_a_state_file_of_a_suite_still_running_on_other_ports_is_left_alone(
+        recorded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A second `portico up` on other ports but the same state file (the default one under the same --data-dir, say):
+    # this run's ports are free, yet the file describes a suite that is running and whose tokens still work; it
+    # stays, and nothing starts. (Before, it was deleted, and the running suite's tokens were lost.)
+    monkeypatch.setattr(up.Suite, "spawn", lambda *_: pytest.fail("spawned over a running suite's state file"))
+    with socket.socket() as running:
+        running.bind(("127.0.0.1", 0))
+        running.listen()
+        address = f"127.0.0.1:{running.getsockname()[1]}"
+        state = {"services": {"refdata": "127.0.0.1:1"}, "tokens": {"trade": "still-good"}}
+        if recorded == "services":
+            state["services"] = {"refdata": "127.0.0.1:1", "execution": address}
+        elif recorded == "gateway":
+            state["gateway"] = f"http://{address}"
+        elif recorded == "simulator":
+            state["simulator"] = {"http": f"http://{address}/api/v1", "ws": f"ws://{address}/ws/api/v1"}
+        else:
+            state["vault"] = {"addr": f"http://{address}"}
+        opts = options(tmp_path)
+        assert opts.state_file is not None
+        text = json.dumps(state)
+        opts.state_file.write_text(text)
+        assert up.run_up(opts) == 2
+    err = capsys.readouterr().err
+    assert "still running" in err and address in err, err
+    assert opts.state_file.read_text() == text

@@ -351,7 +351,8 @@ class SharedTradeListings:
 
     Every StreamTrades stream catches up after a reconnect: without sharing, N streams of the same S symbols
     would send the venue N x S identical `public/get_trades` at once, against its public rate limit. The first
-    stream to ask starts the read; the others await the same result, or the same failure.
+    stream to ask starts the read; the others await the same result, or the same failure (a failure is not kept
+    for the streams that ask after it).
     """
 
     def __init__(self, books: VenueBooks):
@@ -380,10 +381,12 @@ class SharedTradeListings:
         return await asyncio.shield(read)  # one stream giving up does not cancel the others' read
 
     def _drop_later(self, symbol: str, read: asyncio.Task[list[models.Trade]]) -> None:
-        """Keep a finished read briefly for the streams that reach their catch-up late, not until the next
-        reconnect: a listing is up to `_TRADES_CATCH_UP` trades per symbol."""
-        if not read.cancelled():
-            read.exception()  # retrieved, even if every stream that asked has gone
+        """Keep a listing briefly for the streams that reach their catch-up late, not until the next reconnect: a
+        listing is up to `_TRADES_CATCH_UP` trades per symbol. A failure goes at once: the streams waiting for
+        the read share it, one that asks later reads again (the venue may answer by then)."""
+        if read.cancelled() or read.exception() is not None:  # retrieved, even if every stream that asked has gone
+            self._drop(symbol, read)
+            return
         asyncio.get_running_loop().call_later(_TRADES_LISTING_KEPT_S, self._drop, symbol, read)
 
     def _drop(self, symbol: str, read: asyncio.Task[list[models.Trade]]) -> None:

@@ -207,13 +207,18 @@ class _Undecodable:
     """What a single-request method's deserializer returns for bytes that are not its message.
 
     gRPC decodes a unary request before it calls the method and answers UNKNOWN if the decoder raises, so the
-    error is returned as this instead, and the wrapped method raises it once the caller is authenticated.
+    failure is returned as this instead, and the wrapped method raises `error` once the caller is authenticated.
+    The error is worked out only then: naming a bad field walks the bytes, work nobody unauthenticated may cause.
     """
 
-    __slots__ = ("error",)
+    __slots__ = ("_cause", "_data", "_descriptor", "_name")
 
-    def __init__(self, error: PorticoError):
-        self.error = error
+    def __init__(self, cause: Exception, data: bytes, descriptor: Descriptor | None, name: str):
+        self._cause, self._data, self._descriptor, self._name = cause, data, descriptor, name
+
+    @property
+    def error(self) -> PorticoError:
+        return _malformed(self._cause, self._data, self._descriptor, self._name)
 
 
 def _guarded(deserializer: Deserializer | None, method: str, request_streaming: bool) -> Deserializer | None:
@@ -242,7 +247,7 @@ def _guarded(deserializer: Deserializer | None, method: str, request_streaming: 
         try:
             return decode(data)
         except Exception as exc:
-            return _Undecodable(_malformed(exc, data, descriptor, name))
+            return _Undecodable(exc, data, descriptor, name)
     return tolerant
 
 
@@ -251,7 +256,7 @@ def _malformed(exc: Exception, data: bytes, descriptor: Descriptor | None, name:
     field = None
     if descriptor is not None:
         try:
-            field = _bad_utf8_field(descriptor, data, 0)
+            field = _bad_utf8_field(descriptor, memoryview(data), 0, [_WALK_FIELDS])
         except Exception:  # a best effort on input already known to be broken; the message type is named anyway
             field = None
     if field is not None:
@@ -267,7 +272,11 @@ def _malformed(exc: Exception, data: bytes, descriptor: Descriptor | None, name:
     return MalformedRequest(f"the request is not a valid {name}: {detail}", metadata={"message_type": name})
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+# Fields the bad-UTF-8 walk reads at most (a few milliseconds); a bad string past them goes unnamed.
+_WALK_FIELDS = 10_000
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
     value = shift = 0
     while shift < 70:
         byte = data[pos]  # an IndexError past the end: the caller gives up
@@ -279,12 +288,20 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
     raise ValueError("varint too long")
 
 
-def _bad_utf8_field(descriptor: Descriptor, data: bytes, depth: int) -> str | None:
+def _bad_utf8_field(descriptor: Descriptor, data: memoryview, depth: int, budget: list[int]) -> str | None:
     """The path (`filter.quote_currencies[1]`) of the first string field in `data` that is not UTF-8, as proto3
-    requires; None if there is none before the wire format itself breaks. Run only on a request that failed."""
+    requires; None if there is none before the wire format itself breaks. Run only on a request that failed.
+
+    `budget[0]` is how many more fields (at any depth) may be read: Python walks a request of millions of tiny
+    fields (4 MB, and more if the server allows it) for seconds, where upb refused it in milliseconds. Past the
+    budget the walk raises, and the caller names the message type only.
+    """
     seen: dict[int, int] = {}
     pos, end = 0, len(data)
     while pos < end:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError("too many fields to look for the bad one")
         tag, pos = _varint(data, pos)
         number, wire_type = tag >> 3, tag & 7
         if wire_type == 0:
@@ -307,11 +324,11 @@ def _bad_utf8_field(descriptor: Descriptor, data: bytes, depth: int) -> str | No
                 path = f"{path}[{index}]"
             if field.type == FieldDescriptor.TYPE_STRING:
                 try:
-                    chunk.decode("utf-8")
+                    str(chunk, "utf-8")
                 except UnicodeDecodeError:
                     return path
             elif field.message_type is not None and depth < 100:  # a message field; protobuf's nesting limit
-                inner = _bad_utf8_field(field.message_type, chunk, depth + 1)
+                inner = _bad_utf8_field(field.message_type, chunk, depth + 1, budget)
                 if inner is not None:
                     return f"{path}.{inner}"
         else:  # groups (not in proto3) or a broken tag

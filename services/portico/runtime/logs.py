@@ -113,11 +113,21 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
-    """A value as `key=value` shows it: JSON for structures, quoted where a space, quote or `=` would blur it."""
+    """A value as `key=value` shows it: JSON for structures, quoted where a space, quote or `=` would blur it, or
+    where a control character (a newline, a carriage return, a terminal escape) would forge or hide a line."""
     if isinstance(value, dict | list):
-        return json.dumps(value, default=str, separators=(",", ":"))
+        return json.dumps(_str_keys(value), default=str, separators=(",", ":"))
     shown = str(value)
-    return json.dumps(shown) if not shown or any(c in shown for c in ' "=\n') else shown
+    return json.dumps(shown) if not shown.isprintable() or not shown or any(c in shown for c in ' "=') else shown
+
+
+def _str_keys(value: Any) -> Any:
+    """`value` with the keys of its dicts (at any depth) as strings: `json` refuses a Decimal's or a tuple's."""
+    if isinstance(value, dict):
+        return {key if isinstance(key, str) else str(key): _str_keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_str_keys(item) for item in value]
+    return value
 
 
 def configure_logging(service: str, env: Mapping[str, str]) -> None:

@@ -1,0 +1,63 @@
+"""StreamTrades' catch-up reads, shared per upstream reconnect (`SharedTradeListings`), without the venue."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from portico.marketdata import service
+from portico.marketdata.service import SharedTradeListings
+from portico.runtime.errors import Unavailable
+
+
+class Venue:
+    """`_venue_call` for public/get_trades: fails the first `failures` reads, each after `delay_s`."""
+
+    def __init__(self, failures: int, delay_s: float = 0.05):
+        self.failures, self.delay_s, self.reads = failures, delay_s, 0
+
+    async def call(self, http: Any, method: str, params: dict[str, Any], parse: Any) -> list[str]:
+        assert method == "public/get_trades"
+        self.reads += 1
+        await asyncio.sleep(self.delay_s)
+        if self.reads <= self.failures:
+            raise Unavailable("the venue answered 503", reason="VENUE_UNAVAILABLE")
+        return [f"trade-{self.reads}"]
+
+
+def listings(monkeypatch: pytest.MonkeyPatch, venue: Venue) -> SharedTradeListings:
+    monkeypatch.setattr(service, "_venue_call", venue.call)
+    books = SimpleNamespace(venue="syndr", http=object(), ws=SimpleNamespace(reconnects=1))
+    return SharedTradeListings(books)  # type: ignore[arg-type]
+
+
+async def test_streams_asking_together_share_one_read_and_its_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    venue = Venue(failures=1)
+    shared = listings(monkeypatch, venue)
+    results = await asyncio.gather(*(shared.latest("ETH-PERP") for _ in range(3)), return_exceptions=True)
+    assert venue.reads == 1 and all(isinstance(r, Unavailable) for r in results)
+
+
+async def test_a_failed_read_is_not_served_to_a_stream_that_asks_after_it_failed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure is no listing: a stream reaching its catch-up after the shared read failed (a backlog ahead of its
+    `Reconnected`, say) reads again, rather than end with TRADES_MISSED for a venue blip that has passed."""
+    venue = Venue(failures=1)
+    shared = listings(monkeypatch, venue)
+    with pytest.raises(Unavailable):
+        await shared.latest("ETH-PERP")
+    await asyncio.sleep(0.1)  # well within the time a listing is kept for late streams
+    assert await shared.latest("ETH-PERP") == ["trade-2"]
+    assert await shared.latest("ETH-PERP") == ["trade-2"]  # a listing is still shared
+    assert venue.reads == 2
+
+
+async def test_a_new_reconnect_reads_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    venue = Venue(failures=0)
+    shared = listings(monkeypatch, venue)
+    assert await shared.latest("ETH-PERP") == ["trade-1"]
+    shared._books.ws.reconnects = 2
+    assert await shared.latest("ETH-PERP") == ["trade-2"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -208,6 +209,25 @@ async def test_amounts_and_prices_go_to_the_venue_as_exact_json_numbers(stack: E
         await stub.PlaceOrder(place_request(stack, "numbers-2", price=price, amount="0.3"), metadata=running.metadata())
         [resent] = [r for r in order_calls(sim) if r.params.get("label") == "numbers-2"]
         assert wire_number(resent.params, "amount") == Decimal("0.3")
+
+
+async def test_a_whole_number_amount_past_64_bits_reaches_the_venue_as_that_number(stack: ExecutionStack) -> None:
+    """The journaled request is what is sent, read back with its numbers exact. With a lot of 1,000 contracts an
+    amount may reach 10^21; one past 64 bits must not fail there (orjson writes no such integer), which left the
+    order PENDING with nothing sent, its instrument blocked for the account until the signature expired."""
+    sim = stack.sim
+    sim.engine.update_instrument(SYMBOL, contract_size=Decimal(1000), min_trade_amount=Decimal(1000))
+    await resync(stack)
+    huge = "20000000000000000000"  # over 2**64, a whole number of lots
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        sim.requests.clear()
+        with contextlib.suppress(grpc.aio.AioRpcError):  # the venue may well refuse so large an order
+            await running.stub(channel).PlaceOrder(place_request(stack, "huge-1", price=resting_bid(sim),
+                                                                 amount=huge), metadata=running.metadata())
+        [sent] = order_calls(sim)
+        assert wire_number(sent.params, "amount") == Decimal(huge)
+        entry = await running.app.journal.get("syndr", stack.account.address, "huge-1")
+        assert entry is not None and not entry.unresolved, entry
 
 
 async def test_unknown_outcome_is_reconciled_and_never_doubled(stack: ExecutionStack) -> None:

@@ -242,3 +242,32 @@ async def test_an_account_with_nothing_left_open_is_not_followed_again(stack: Ex
             venue="syndr", account=stack.account.address, order_id=order.order_id), metadata=running.metadata())
         await until(following.done, timeout_s=5)
         assert key not in running.app.feeds._feeds
+
+
+async def test_an_account_whose_first_feed_is_refused_is_followed_once_the_venue_serves_it(
+        stack: ExecutionStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service restarts with an order resting in the journal while the venue refuses the account's channel:
+    the feed it starts for the account (as for every account with open orders) is refused at once. Once the venue
+    serves the channel again, the journal records what happened to the order meanwhile, with no new stream or
+    order. Before the fix only a feed that ended after it had started was followed again: a refused first one
+    (at a restart, or after an order, `ensure`) was given up with a log line and the entry stayed OPEN."""
+    monkeypatch.setattr(streams, "_FOLLOW_AGAIN_S", 0.1, raising=False)
+    monkeypatch.setattr(streams, "_FOLLOW_AGAIN_MAX_S", 0.4, raising=False)
+    sim, account = stack.sim, stack.account.address
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        placed = await running.stub(channel).PlaceOrder(execution_pb.PlaceOrderRequest(
+            venue="syndr", account=account, symbol=STAYS, side=side_pb2.SIDE_BUY, type=order_pb2.ORDER_TYPE_LIMIT,
+            amount="0.1", price=resting_bid(sim, STAYS), client_order_id="rests-over-restart"),
+            metadata=running.metadata())
+        await until_journaled(running, "rests-over-restart", OrderState.OPEN)
+
+    sim.faults.update({"refuse_channels": ["user.orders.ALL.raw"]})
+    async with running_execution(stack) as running:
+        key = ("syndr", account.lower())
+        await asyncio.sleep(1)  # its feed is refused at start, and so are attempts to follow it again
+        assert key not in running.app.feeds._feeds
+        sim.engine.cancel(account, placed.order.order_id)
+        sim.faults.update({"refuse_channels": []})
+
+        await until_journaled(running, "rests-over-restart", OrderState.CANCELLED)
+        await until(lambda: key in running.app.feeds._feeds)

@@ -4,6 +4,8 @@ tests/integration/test_execution_streams.py runs the feed against the simulator 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -18,6 +20,7 @@ from portico.execution.streams import AccountFeed
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import order_pb2
 from portico.runtime.fanout import StreamConsumer
+from portico.venues.syndr.errors import SyndrConnectionError
 from portico.venues.syndr.ws import Message, Reconnected
 
 ACCOUNT = "0x52908400098527886E0F7030069857D2E4169EE7"
@@ -169,3 +172,40 @@ async def test_a_retry_never_replays_a_state_older_than_one_journaled_since(monk
         assert orders.journaled == [FILLED]
     finally:
         await streams.cancel_and_wait(getattr(feed, "_retrying", None))
+
+
+async def test_a_start_whose_only_caller_went_away_does_not_hold_the_account_up() -> None:
+    """A feed start that failed after the one stream waiting for it went away (its client disconnected) must not
+    stay behind as the account's start: `ensure` (after an order, at start) then did nothing, so nothing followed
+    the account, and the next stream failed with that old error instead of starting a feed."""
+    feeds = streams.AccountFeeds("ws://unused", None, None)  # type: ignore[arg-type]
+    key = ("syndr", ACCOUNT.lower())
+    release, starts = asyncio.Event(), []
+
+    async def start(venue_name: str, account: str) -> Any:
+        starts.append(account)
+        if len(starts) == 1:
+            await release.wait()
+            raise SyndrConnectionError("the first start fails")
+        feed = SimpleNamespace(ended=None)
+        feeds._feeds[key] = feed  # type: ignore[assignment]
+        return feed
+
+    feeds._start = start  # type: ignore[method-assign]
+    try:
+        waiting = asyncio.create_task(feeds.get("syndr", ACCOUNT))
+        await until(lambda: starts)
+        first = feeds._starting[key]
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        release.set()
+        await until(first.done)
+        await asyncio.sleep(0.01)
+
+        feeds.ensure("syndr", ACCOUNT)
+        await until(lambda: len(starts) == 2, timeout_s=2)
+        assert await feeds.get("syndr", ACCOUNT) is feeds._feeds[key]
+    finally:
+        feeds._feeds.clear()
+        await feeds.aclose()

@@ -87,6 +87,23 @@ async def test_prune_removes_rows_expired_past_the_retention_and_keeps_the_other
         await ledger.aclose()
 
 
+async def test_a_retention_past_sqlites_integers_prunes_nothing_and_keeps_pruning(tmp_path: Path) -> None:
+    """PORTICO_SIGNER_WATERMARK_RETENTION_SECONDS has no maximum (1e16 s: "keep them all"): its cutoff lies before
+    any SQLite integer. A pass must then delete nothing and keep running, not raise OverflowError from the loop's
+    callback (a traceback, and no pass was ever scheduled again)."""
+    path = tmp_path / "ledger.sqlite3"
+    ledger = await started(path, Clock(), retention_s=1e16, prune_interval_s=0.01)
+    try:
+        await ledger.claim("k", ADDRESS, 1, digest(1), expires_at_ms=1)
+        assert await ledger.prune() == 0
+        passes = ledger.prune_stats.transactions
+        await asyncio.sleep(0.1)
+        assert ledger.prune_stats.transactions > passes and ledger.prune_stats.rows == 0
+        assert set(rows(path)) == {"1"}
+    finally:
+        await ledger.aclose()
+
+
 async def test_a_reused_salt_of_an_unexpired_order_is_refused_after_pruning(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     clock = Clock()

@@ -30,9 +30,10 @@ subscribe a channel again after a reconnect, the account's streams end with
 that refusal (`refused_channel_error`) and the feed is dropped: the next
 stream or order starts a new one. While the journal still holds orders of the
 account that are not final, the service tries to follow it again by itself,
-with growing pauses (`AccountFeeds._follow_again`), so orders resting at the
-venue do not stay open in the journal for want of a client; the feed that
-follows catches up from where the ended one stopped (`Watermarks`).
+with growing pauses (`AccountFeeds._follow_again`; so too when a feed started
+in the background, at start or after an order, could not start), so orders
+resting at the venue do not stay open in the journal for want of a client; the
+feed that follows catches up from where the ended one stopped (`Watermarks`).
 """
 
 from __future__ import annotations
@@ -417,13 +418,18 @@ class AccountFeeds:
         task = self._starting.get(key)
         if task is None:
             task = asyncio.create_task(self._start(venue_name, account), name=f"execution-feed-start-{account}")
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if nobody waits
+            task.add_done_callback(lambda t: self._started(key, t))
             self._starting[key] = task
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._starting.pop(key, None)
+        return await asyncio.shield(task)
+
+    def _started(self, key: tuple[str, str], task: asyncio.Task[AccountFeed]) -> None:
+        """A start ended: it is no longer the account's start, whether or not anyone still waits for it (its
+        callers may all have gone away; a start left behind would keep `ensure` from starting another, and hand
+        its old error to the next caller). Its outcome is retrieved even if nobody waits."""
+        if self._starting.get(key) is task:
+            del self._starting[key]
+        if not task.cancelled():
+            task.exception()
 
     def ensure(self, venue_name: str, account: str) -> None:
         """Start following an account in the background (the journal then tracks its orders to the end)."""
@@ -440,6 +446,9 @@ class AccountFeeds:
             await self.get(venue_name, account)
         except Exception:
             log.warning("cannot follow account", extra={"account": account}, exc_info=True)
+            # Refused at subscribe, or its first catch-up failed: tried again while the account has orders that
+            # are not final, as for a feed that ended (a restart while the venue refuses the channel, say).
+            self._follow_again_later(venue_name, account)
 
     async def _start(self, venue_name: str, account: str) -> AccountFeed:
         session = await self._venue.session(account)
@@ -473,10 +482,15 @@ class AccountFeeds:
         task = asyncio.create_task(feed.aclose(), name=f"execution-feed-close-{feed.account}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        self._follow_again_later(feed.venue_name, feed.account)
+
+    def _follow_again_later(self, venue_name: str, account: str) -> None:
+        """Start `_follow_again` for the account, unless it runs already (one per account) or the service closes."""
+        key = (venue_name, account.lower())
         following = self._following_again.get(key)
         if not self._closing and (following is None or following.done()):
             self._following_again[key] = asyncio.create_task(
-                self._follow_again(feed.venue_name, feed.account), name=f"execution-feed-follow-again-{feed.account}")
+                self._follow_again(venue_name, account), name=f"execution-feed-follow-again-{account}")
 
     async def _follow_again(self, venue_name: str, account: str) -> None:
         """Start a feed for the account again, with growing pauses, while the journal holds orders of it that are

@@ -49,8 +49,9 @@ _SALT_MIN, _SALT_END = -(1 << 255), 1 << 256
 # (portico.venues.syndr.typed_data), epoch milliseconds; 0 there means "never expires". Anything else (other
 # primary types, the field declared otherwise, raw digests) is watermarked for ever.
 _EXPIRING_TYPES = {"Order": ("expiration", "uint256")}
-# The venue reads an expiration below 10^11 as seconds (its document shows both units; the simulator does the
-# same): read that way it is the later time, the safe one to keep a watermark until.
+# An expiration below 10^11 is read as seconds (the document's examples show both units; its tables and the
+# simulator read milliseconds, and refuse such an order as a 1970 date): read that way it is the later time, the
+# safe one to keep a watermark until.
 _EXPIRATION_SECONDS_BELOW = 10**11
 
 

@@ -293,7 +293,8 @@ class SaltLedger:
 
     def _prune_once(self, db: sqlite3.Connection) -> int | None:
         """Delete up to a batch of expired rows in one transaction; None if the write lock was busy."""
-        cutoff_ms = int(self._clock() * 1000) - self._retention_ms
+        # A retention past SQLite's integers (the setting has no maximum) is a cutoff before every expiration.
+        cutoff_ms = max(-_NEVER, int(self._clock() * 1000) - self._retention_ms)
         db.execute("PRAGMA busy_timeout=0")  # never wait for the lock on the loop: skip this pass instead
         try:
             db.execute("BEGIN IMMEDIATE")

@@ -61,9 +61,11 @@ __all__ = [
     "WalCheckpointer",
     "WriterLockHeld",
     "immediate_transaction",
+    "migrate_sqlite",
     "now_ms",
     "open_postgres_pool",
     "pg_scalar",
+    "sqlite_schema_version",
 ]
 
 P = ParamSpec("P")
@@ -219,6 +221,41 @@ class WalCheckpointer:
         self.checkpoints += 1
 
 
+def sqlite_schema_version(db: sqlite3.Connection, schema: Schema) -> int | None:
+    """The newest version applied to `db` (0 for an empty version table), None before any versioning."""
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (schema.version_table,)).fetchone()
+    if exists is None:
+        return None
+    found: int | None = db.execute(
+        f"SELECT MAX(version) FROM {schema.version_table}").fetchone()[0]  # noqa: S608 (checked name)
+    return found or 0
+
+
+def migrate_sqlite(db: sqlite3.Connection, schema: Schema) -> None:
+    """Bring `db` to `schema.version`, each step in its own transaction with its version row.
+
+    A database newer than this code is refused (`SchemaVersionError`); one already current takes no lock.
+    """
+    current = sqlite_schema_version(db, schema)
+    if current is not None:
+        schema.refuse_newer(current)
+        if current == schema.version:
+            return  # up to date: not even a lock
+    for migration in schema.migrations:
+        with immediate_transaction(db):
+            db.execute(schema.version_table_sql("INTEGER"))
+            current = sqlite_schema_version(db, schema) or 0  # again, under the lock: another process may have
+            schema.refuse_newer(current)  # migrated meanwhile
+            if current >= migration.version:
+                continue
+            for statement in migration.sqlite:
+                db.execute(statement)
+            db.execute(f"INSERT INTO {schema.version_table} "  # noqa: S608 (checked name)
+                       "(version, description, applied_at_ms) VALUES (?, ?, ?)",
+                       (migration.version, migration.description, now_ms()))
+
+
 class SqliteWorker:
     """One SQLite connection, opened, used and closed on ONE dedicated thread (a single-thread executor).
 
@@ -298,7 +335,7 @@ class SqliteWorker:
         db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
         self._enable_wal(db)
         db.execute(f"PRAGMA synchronous={self._synchronous}")
-        self._migrate(db)
+        migrate_sqlite(db, self._schema)
         if self._checkpointer is not None:
             WalCheckpointer.disable_autocheckpoint(db)
             self._checkpointer.start()
@@ -318,35 +355,6 @@ class SqliteWorker:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.005)
-
-    def _version(self, db: sqlite3.Connection) -> int | None:
-        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                            (self._schema.version_table,)).fetchone()
-        if exists is None:
-            return None
-        found: int | None = db.execute(
-            f"SELECT MAX(version) FROM {self._schema.version_table}").fetchone()[0]  # noqa: S608 (checked name)
-        return found or 0
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        schema = self._schema
-        current = self._version(db)
-        if current is not None:
-            schema.refuse_newer(current)
-            if current == schema.version:
-                return  # up to date: not even a lock
-        for migration in schema.migrations:
-            with immediate_transaction(db):
-                db.execute(schema.version_table_sql("INTEGER"))
-                current = self._version(db) or 0  # again, under the lock: another process may have migrated
-                schema.refuse_newer(current)
-                if current >= migration.version:
-                    continue
-                for statement in migration.sqlite:
-                    db.execute(statement)
-                db.execute(f"INSERT INTO {schema.version_table} "  # noqa: S608 (checked name)
-                           "(version, description, applied_at_ms) VALUES (?, ?, ?)",
-                           (migration.version, migration.description, now_ms()))
 
     async def aclose(self) -> None:
         """Close the connection on its thread and let the thread go; idempotent."""

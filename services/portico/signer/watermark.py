@@ -70,8 +70,7 @@ from portico.runtime.sqlstore import (
     Schema,
     SqliteWriterLock,
     WalCheckpointer,
-    immediate_transaction,
-    now_ms,
+    migrate_sqlite,
 )
 
 __all__ = ["DEFAULT_RETENTION_S", "PRUNE_BATCH", "SCHEMA", "PruneStats", "SaltLedger", "SaltReused"]
@@ -197,7 +196,7 @@ class SaltLedger:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            _migrate(db)
+            migrate_sqlite(db, SCHEMA)
             WalCheckpointer.disable_autocheckpoint(db)
             # Rows under key ids (a ledger from before address owners): claims are checked against them too.
             # Asked as two ranges of the primary key (';' follows ':'), not a scan of a ledger of any size.
@@ -351,36 +350,3 @@ class SaltLedger:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             db.close()
         self._writer.release()
-
-
-def _version(db: sqlite3.Connection) -> int | None:
-    table = SCHEMA.version_table
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is None:
-        return None
-    found: int | None = db.execute(f"SELECT MAX(version) FROM {table}").fetchone()[0]  # noqa: S608 (checked name)
-    return found or 0
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """Bring the ledger to `SCHEMA.version`, each step in its own transaction with its version row.
-
-    As `SqliteWorker` migrates (the ledger keeps its own connection on the event loop, so it cannot be one).
-    A ledger newer than this code is refused (`SchemaVersionError`).
-    """
-    current = _version(db)
-    if current is not None:
-        SCHEMA.refuse_newer(current)
-        if current == SCHEMA.version:
-            return
-    for migration in SCHEMA.migrations:
-        with immediate_transaction(db):
-            db.execute(SCHEMA.version_table_sql("INTEGER"))
-            current = _version(db) or 0
-            SCHEMA.refuse_newer(current)
-            if current >= migration.version:
-                continue
-            for statement in migration.sqlite:
-                db.execute(statement)
-            db.execute(f"INSERT INTO {SCHEMA.version_table} "  # noqa: S608 (checked name)
-                       "(version, description, applied_at_ms) VALUES (?, ?, ?)",
-                       (migration.version, migration.description, now_ms()))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,19 +21,17 @@ from grpc_status import rpc_status
 from opentelemetry.trace import SpanKind
 from tests.support.openbao import OpenBaoDevServer
 from tests.support.refdata import RunningRefdata, running_refdata
-from tests.support.signer import RunningSigner, make_tokens, running_signer
+from tests.support.signer import RunningSigner, create_key, make_tokens, running_signer, signer_vault_token
 
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import bearer, open_channel
 from portico.runtime.errors import error_info
 from portico.runtime.server import GrpcServer, ServerSettings
-from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
-from portico.runtime.vault import VaultSession, VaultSettings
+from portico.runtime.signing_keys import KeyPolicy
 from portico.signer.v1 import signer_service_pb2 as signer_pb
 from portico.sim.server import SimConfig, Simulator
 
-REPO = Path(__file__).resolve().parents[2]
 REFDATA = "/portico.refdata.v1.ReferenceDataService"
 SIGN = "/portico.signer.v1.SignerService/Sign"
 RAW = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
@@ -194,11 +191,8 @@ RAW_KEY = f"bad-requests-raw-{secrets.token_hex(3)}"
 
 @pytest.fixture(scope="module")
 async def signer(openbao: OpenBaoDevServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSigner]:
-    client = openbao.client()
-    client.sys.create_or_update_policy("signer", (REPO / "deploy" / "vault" / "signer.hcl").read_text())
-    token = str(client.auth.token.create(policies=["signer"], ttl="1h")["auth"]["client_token"])
-    async with VaultSession(VaultSettings(addr=openbao.addr, auth_method="token", token=openbao.root_token)) as vault:
-        await KeyAdmin(vault, KeyPaths()).create(RAW_KEY, KeyPolicy.build(allow_raw_digest=True))
+    token = signer_vault_token(openbao)
+    await create_key(openbao, RAW_KEY, KeyPolicy.build(allow_raw_digest=True))
     async with running_signer(openbao.addr, token, tmp_path_factory.mktemp("signer")) as running:
         yield running
 

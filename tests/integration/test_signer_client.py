@@ -13,16 +13,14 @@ from typing import Any
 import pytest
 from tests.support.openbao import OpenBaoDevServer
 from tests.support.ports import free_port
-from tests.support.signer import make_tokens, running_signer
+from tests.support.signer import create_key, make_tokens, running_signer, signer_vault_token
 
 from portico.runtime.client import open_channel
 from portico.runtime.errors import FailedPrecondition, PorticoError, Unavailable
-from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
-from portico.runtime.vault import VaultSession, VaultSettings
+from portico.runtime.signing_keys import KeyPolicy
 from portico.signer.client import SignerClient
 from portico.venues.syndr import typed_data as syndr
 
-REPO = Path(__file__).resolve().parents[2]
 KEY = f"client-{secrets.token_hex(3)}"
 
 
@@ -58,12 +56,9 @@ async def test_a_signer_that_cannot_be_reached_is_unavailable_without_its_addres
 
 async def test_the_signer_s_own_refusal_passes_on_and_each_outage_is_logged_once(
         openbao: OpenBaoDevServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    client_vault = openbao.client()
-    client_vault.sys.create_or_update_policy("signer", (REPO / "deploy" / "vault" / "signer.hcl").read_text())
-    token = str(client_vault.auth.token.create(policies=["signer"], ttl="1h")["auth"]["client_token"])
-    async with VaultSession(VaultSettings(addr=openbao.addr, auth_method="token", token=openbao.root_token)) as vault:
-        address = await KeyAdmin(vault, KeyPaths()).create(KEY, KeyPolicy.build(
-            primary_types=["Order"], domain_names=["Syndr"], chain_ids=[421614]))
+    token = signer_vault_token(openbao)
+    address = await create_key(openbao, KEY, KeyPolicy.build(primary_types=["Order"], domain_names=["Syndr"],
+                                                             chain_ids=[421614]))
     port = free_port()
     salt = secrets.randbits(64)
     caplog.set_level(logging.WARNING, logger="portico.signer.client")

@@ -17,18 +17,16 @@ from typing import Any
 import grpc
 import pytest
 from tests.support.openbao import OpenBaoDevServer
-from tests.support.signer import RunningSigner, running_signer, stub
+from tests.support.signer import RunningSigner, create_key, running_signer, signer_vault_token, stub
 
 from portico.runtime.client import open_channel
 from portico.runtime.config import ConfigError
 from portico.runtime.errors import error_info
-from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
-from portico.runtime.vault import VaultSession, VaultSettings
+from portico.runtime.signing_keys import KeyPolicy
 from portico.signer.settings import SignerSettings
 from portico.signer.v1 import signer_service_pb2 as pb
 from portico.venues.syndr import typed_data as syndr
 
-REPO = Path(__file__).resolve().parents[2]
 KEY = f"prune-{secrets.token_hex(3)}"  # the session's Vault is shared
 HOUR_MS = 3_600_000
 
@@ -46,12 +44,9 @@ def request(data: dict[str, Any]) -> pb.SignRequest:
 
 @pytest.fixture(scope="module")
 async def signer(openbao: OpenBaoDevServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSigner]:
-    client = openbao.client()
-    client.sys.create_or_update_policy("signer", (REPO / "deploy" / "vault" / "signer.hcl").read_text())
-    token = str(client.auth.token.create(policies=["signer"], ttl="1h")["auth"]["client_token"])
-    async with VaultSession(VaultSettings(addr=openbao.addr, auth_method="token", token=openbao.root_token)) as vault:
-        await KeyAdmin(vault, KeyPaths()).create(KEY, KeyPolicy.build(
-            primary_types=["Order", "SignKey"], domain_names=["Syndr"], chain_ids=[421614]))
+    token = signer_vault_token(openbao)
+    await create_key(openbao, KEY, KeyPolicy.build(primary_types=["Order", "SignKey"], domain_names=["Syndr"],
+                                                   chain_ids=[421614]))
     async with running_signer(openbao.addr, token, tmp_path_factory.mktemp("signer")) as running:
         yield running
 

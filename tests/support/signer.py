@@ -11,11 +11,15 @@ from pathlib import Path
 import grpc
 
 from portico.runtime.auth import hash_token, new_token
+from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
+from portico.runtime.vault import VaultSession, VaultSettings
 from portico.signer.service import SignerApp
 from portico.signer.settings import SignerSettings
 from portico.signer.v1 import signer_service_pb2_grpc
+from tests.support.openbao import OpenBaoDevServer
 from tests.support.ports import free_port
 
+REPO = Path(__file__).resolve().parents[2]
 TOKEN_SCOPES = {"read": ["read"], "trade": ["read", "trade"], "admin": ["read", "trade", "admin"]}
 
 
@@ -35,6 +39,20 @@ def make_tokens() -> tuple[dict[str, str], str]:
     config = json.dumps([{"name": f"test-{scope}", "sha256": hash_token(token), "scopes": TOKEN_SCOPES[scope]}
                          for scope, token in tokens.items()])
     return tokens, config
+
+
+def signer_vault_token(openbao: OpenBaoDevServer) -> str:
+    """A Vault token bound to the signer's own policy file (deploy/vault/signer.hcl), as `portico up` and
+    Kubernetes give it."""
+    client = openbao.client()
+    client.sys.create_or_update_policy("signer", (REPO / "deploy" / "vault" / "signer.hcl").read_text())
+    return str(client.auth.token.create(policies=["signer"], ttl="1h")["auth"]["client_token"])
+
+
+async def create_key(openbao: OpenBaoDevServer, key_id: str, policy: KeyPolicy) -> str:
+    """A new signing key in Vault, created as an operator would (`portico signer keys create`); its address."""
+    async with VaultSession(VaultSettings(addr=openbao.addr, auth_method="token", token=openbao.root_token)) as vault:
+        return await KeyAdmin(vault, KeyPaths()).create(key_id, policy)
 
 
 @contextlib.asynccontextmanager

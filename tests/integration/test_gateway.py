@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -18,12 +17,11 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from aiohttp import web
+from tests.support.gateway import serving
 from tests.support.refdata import RunningRefdata, database, running_refdata
 
 from portico.gateway.__main__ import GatewaySettings
 from portico.gateway.app import Gateway
-from portico.runtime.client import open_channel
 from portico.runtime.config import ConfigError
 from portico.sim.server import SimConfig, Simulator
 
@@ -39,19 +37,6 @@ class Edge:
 
     def auth(self, scope: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.refdata.tokens[scope]}"}
-
-
-@contextlib.asynccontextmanager
-async def serving(target: str) -> AsyncIterator[str]:
-    """A gateway on 127.0.0.1 over a channel to `target`; yields its URL."""
-    async with open_channel(target) as channel:
-        runner = web.AppRunner(Gateway(channel).app())
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        try:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-        finally:
-            await runner.cleanup()
 
 
 @pytest.fixture

@@ -19,15 +19,13 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
+from tests.support.gateway import serving
 
 from portico.gateway import app as gateway_app
-from portico.gateway.app import Gateway
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb2
 from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
-from portico.runtime.client import open_channel
 
 READ = {"Authorization": "Bearer pt_anything"}  # the backend here checks no tokens
 INTERNAL_ERROR = {"error": "Internal error: internal error"}
@@ -74,15 +72,11 @@ async def gateway_in_front_of(backend: Backend) -> AsyncIterator[str]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with open_channel(f"127.0.0.1:{port}") as channel:
-            runner = web.AppRunner(Gateway(channel).app())
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
+        async with serving(f"127.0.0.1:{port}") as url:
             try:
-                yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+                yield url
             finally:
                 await server.stop(0)  # first: a handler still calling it (a gateway that loops) then ends
-                await runner.cleanup()
     finally:
         await server.stop(0)
 

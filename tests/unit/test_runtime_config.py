@@ -337,3 +337,15 @@ def test_a_text_log_line_cannot_be_forged_or_lost_through_an_extra(
     assert r'error="bad\rWARNING portico.signer: signed"' in lines[0]
     assert r'symbol="\u001b[2JETH"' in lines[0]
     assert lines[1].endswith('book levels={"3000.5":2,"(\'a\', 1)":3}'), lines[1]
+
+
+def test_json_logs_keep_a_line_whose_extra_has_keys_json_cannot_name(
+        json_log: tuple[logging.Logger, io.StringIO]) -> None:
+    """Dicts keyed by Decimal price levels or tuples: the keys become text rather than the line being lost."""
+    from decimal import Decimal
+
+    logger, buffer = json_log
+    logger.info("book", extra={"levels": {Decimal("2400.5"): "0.1"}, "pairs": {("a", 1): {"api_key": "leak"}}})
+    line = json.loads(buffer.getvalue())
+    assert line["levels"] == {"2400.5": "0.1"}
+    assert line["pairs"] == {"('a', 1)": {"api_key": "[redacted]"}}

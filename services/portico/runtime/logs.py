@@ -47,10 +47,11 @@ def _is_secret_name(key: str) -> bool:
 
 
 def _redacted(value: Any) -> Any:
-    """`value`, with the secret-named keys of the dicts in it (at any depth) redacted."""
+    """`value`, with the secret-named keys of the dicts in it (at any depth) redacted, and every key made text (a
+    Decimal price level or a tuple as a key would otherwise cost the whole line: JSON keys are strings)."""
     if isinstance(value, dict):
-        return {key: REDACTED if isinstance(key, str) and _is_secret_name(key) else _redacted(item)
-                for key, item in value.items()}
+        return {key: REDACTED if _is_secret_name(key) else _redacted(item)
+                for key, item in ((k if isinstance(k, str) else str(k), v) for k, v in value.items())}
     if isinstance(value, list | tuple):
         return [_redacted(item) for item in value]
     return value

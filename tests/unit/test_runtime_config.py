@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry import trace
 
@@ -349,3 +350,30 @@ def test_json_logs_keep_a_line_whose_extra_has_keys_json_cannot_name(
     line = json.loads(buffer.getvalue())
     assert line["levels"] == {"2400.5": "0.1"}
     assert line["pairs"] == {"('a', 1)": {"api_key": "[redacted]"}}
+
+
+class _FailedCall(grpc.RpcError):
+    """A failed call as a client sees it: its own status, and the peer's status details in the trailers."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, status_details: bytes):
+        self._code, self._details, self._trailers = code, details, (("grpc-status-details-bin", status_details),)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return self._trailers
+
+
+def test_error_info_of_status_details_that_disagree_or_do_not_decode_is_none() -> None:
+    """A proxy that rewrote the code, or garbage in the trailer: the caller gets no reason, not a ValueError."""
+    from google.rpc import status_pb2
+
+    from portico.runtime.errors import error_info
+
+    other_code = status_pb2.Status(code=grpc.StatusCode.NOT_FOUND.value[0], message="gone").SerializeToString()
+    assert error_info(_FailedCall(grpc.StatusCode.UNAVAILABLE, "gone", other_code)) is None
+    assert error_info(_FailedCall(grpc.StatusCode.UNAVAILABLE, "gone", b"\xff\xff not a status")) is None

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -151,8 +152,16 @@ def to_grpc_status(error: PorticoError, domain: str) -> grpc.Status:
 
 
 def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    """Extract the ErrorInfo detail of a failed call, for clients and tests."""
-    status = rpc_status.from_call(error)
+    """Extract the ErrorInfo detail of a failed call, for clients and tests.
+
+    None also when the peer's status details do not decode or disagree with the call's own status (a proxy that
+    rewrote the code, say): `rpc_status.from_call` raises for those, and a caller asking for the reason must get
+    the call's status, not a ValueError of its own.
+    """
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, DecodeError):
+        return None
     if status is None:
         return None
     for detail in status.details:

@@ -61,3 +61,26 @@ async def test_a_new_reconnect_reads_again(monkeypatch: pytest.MonkeyPatch) -> N
     assert await shared.latest("ETH-PERP") == ["trade-1"]
     shared._books.ws.reconnects = 2
     assert await shared.latest("ETH-PERP") == ["trade-2"]
+
+
+async def test_reads_for_every_stream_together_stay_within_the_venue_wide_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streams of different symbols share no read, so a bound per catch-up would let N streams send 4 x N at once
+    after a reconnect: the bound is on the venue's listings, for every stream together."""
+    in_flight, most = 0, 0
+
+    async def call(http: Any, method: str, params: dict[str, Any], parse: Any) -> list[str]:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return [params["instrument_name"]]
+
+    monkeypatch.setattr(service, "_venue_call", call)
+    books = SimpleNamespace(venue="syndr", http=object(), ws=SimpleNamespace(reconnects=1))
+    shared = SharedTradeListings(books)  # type: ignore[arg-type]
+    symbols = [f"S{i}-PERP" for i in range(40)]
+    results = await asyncio.gather(*(shared.latest(symbol) for symbol in symbols))
+    assert results == [[symbol] for symbol in symbols]
+    assert most == service._TRADES_CATCH_UP_READS

@@ -59,7 +59,7 @@ _CATCH_UP_TIMEOUT_S = 10.0  # for the watch's initial metadata and each page
 _TRADES_CATCH_UP = 1000
 _TRADES_SEEN = 20_000
 _TRADES_CLOCK_SKEW_MS = 5_000
-_TRADES_CATCH_UP_READS = 4  # public/get_trades calls one catch-up runs at once: faster than one by one, no flood
+_TRADES_CATCH_UP_READS = 4  # public/get_trades catch-up calls at once per venue, for every stream together
 # A finished catch-up read still serves the streams that reach their catch-up this much later, then it is dropped.
 _TRADES_LISTING_KEPT_S = 5.0
 
@@ -314,16 +314,13 @@ class MarketDataServicer:
         listings are shared with the other streams catching up (`SharedTradeListings`), a few read at once.
         """
         listings = self._trade_listings[books.venue]
-        reads = asyncio.Semaphore(_TRADES_CATCH_UP_READS)
 
         async def latest(symbol: str) -> list[models.Trade]:
-            async with reads:
-                try:
-                    return await listings.latest(symbol)
-                except PorticoError as exc:
-                    raise Unavailable(f"the trades of {symbol} made while the venue connection was down could not "
-                                      f"be read ({exc}); re-read them with ListTrades", reason="TRADES_MISSED"
-                                      ) from None
+            try:
+                return await listings.latest(symbol)
+            except PorticoError as exc:
+                raise Unavailable(f"the trades of {symbol} made while the venue connection was down could not "
+                                  f"be read ({exc}); re-read them with ListTrades", reason="TRADES_MISSED") from None
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -352,13 +349,15 @@ class SharedTradeListings:
     Every StreamTrades stream catches up after a reconnect: without sharing, N streams of the same S symbols
     would send the venue N x S identical `public/get_trades` at once, against its public rate limit. The first
     stream to ask starts the read; the others await the same result, or the same failure (a failure is not kept
-    for the streams that ask after it).
+    for the streams that ask after it). At most `_TRADES_CATCH_UP_READS` reads run at once, for every stream
+    together: streams of different symbols share no read, and a bound per stream would let N of them flood.
     """
 
     def __init__(self, books: VenueBooks):
         self._books = books
         self._reconnect = -1  # the upstream reconnect (`SyndrWebSocket.reconnects`) the reads below came after
         self._reads: dict[str, asyncio.Task[list[models.Trade]]] = {}
+        self._calls = asyncio.Semaphore(_TRADES_CATCH_UP_READS)
 
     async def latest(self, symbol: str) -> list[models.Trade]:
         """`symbol`'s latest trades, newest first, read after the upstream's last reconnect went live.
@@ -372,13 +371,17 @@ class SharedTradeListings:
             self._reconnect, self._reads = reconnect, {}
         read = self._reads.get(symbol)
         if read is None:
-            read = asyncio.create_task(
-                _venue_call(self._books.http, "public/get_trades",
-                            {"instrument_name": symbol, "count": _TRADES_CATCH_UP}, models.parse_trades),
-                name=f"trades-catch-up-{self._books.venue}-{symbol}")
+            read = asyncio.create_task(self._read(symbol), name=f"trades-catch-up-{self._books.venue}-{symbol}")
             read.add_done_callback(functools.partial(self._drop_later, symbol))
             self._reads[symbol] = read
         return await asyncio.shield(read)  # one stream giving up does not cancel the others' read
+
+    async def _read(self, symbol: str) -> list[models.Trade]:
+        async with self._calls:
+            listed: list[models.Trade] = await _venue_call(
+                self._books.http, "public/get_trades", {"instrument_name": symbol, "count": _TRADES_CATCH_UP},
+                models.parse_trades)
+            return listed
 
     def _drop_later(self, symbol: str, read: asyncio.Task[list[models.Trade]]) -> None:
         """Keep a listing briefly for the streams that reach their catch-up late, not until the next reconnect: a

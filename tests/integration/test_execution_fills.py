@@ -27,12 +27,17 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 async def take(stub: object, running: object, stack: ExecutionStack, sim: Simulator, client_order_id: str) -> None:
-    """One small buy at the best ask: at least one fill of ours."""
-    ask = sim.engine.book(SYMBOL, 1).asks[0][0]
-    size = sim.engine.instrument(SYMBOL).contract_size
+    """One small buy through the best ask: at least one fill of ours.
+
+    Priced ten ticks through the ask read here, so a market maker that re-quotes before the order arrives does not
+    leave it resting (it still fills at the best ask then, the book's price, not ours).
+    """
+    instrument = sim.engine.instrument(SYMBOL)
+    price = sim.engine.book(SYMBOL, 1).asks[0][0] + 10 * instrument.tick_size
     reply = await stub.PlaceOrder(pb.PlaceOrderRequest(  # type: ignore[attr-defined]
         venue="syndr", account=stack.account.address, symbol=SYMBOL, side=side_pb2.SIDE_BUY,
-        type=order_pb2.ORDER_TYPE_LIMIT, amount=str(size), price=str(ask), client_order_id=client_order_id),
+        type=order_pb2.ORDER_TYPE_LIMIT, amount=str(instrument.contract_size), price=str(price),
+        client_order_id=client_order_id),
         metadata=running.metadata(), timeout=30)  # type: ignore[attr-defined]
     assert reply.order.state == order_pb2.ORDER_STATE_FILLED, reply.order
 

@@ -100,6 +100,17 @@ async def test_http_result_and_server_timings(stub: SyndrStub) -> None:
     assert stub.http_requests[0].params == {"instrument_name": "ETH-PERP"}
 
 
+async def test_http_params_already_serialised_go_out_as_their_bytes(stub: SyndrStub) -> None:
+    """An order's journaled request is sent again byte for byte: numbers no float or 64-bit integer could hold,
+    and the spelling of every value, as journaled."""
+    journaled = b'{"amount":0.1000000000000000001,"big":18446744073709551616,"price":"1E+2","label":"\xc3\xa9"}'
+    async with SyndrHttpClient(stub.http_url, credentials=CREDS) as client:
+        await client.call("private/buy", orjson.Fragment(journaled))
+    [record] = stub.http_requests
+    assert b'"params":' + journaled in record.body
+    assert record.method == "private/buy" and record.headers[API_KEY_HEADER] == KEY
+
+
 async def test_http_private_headers_only_on_private_methods(stub: SyndrStub) -> None:
     async with SyndrHttpClient(stub.http_url, credentials=CREDS) as client:
         await client.call("public/get_instruments")

@@ -40,6 +40,7 @@ class HttpRecord:
     params: Any
     id: Any
     headers: dict[str, str]  # lower-cased names
+    body: bytes = b""  # the request as it arrived
 
 
 @dataclass(frozen=True)
@@ -208,14 +209,15 @@ class SyndrStub:
 
     async def _http(self, request: web.Request) -> web.Response:
         us_in = _now_us()
+        body = await request.read()
         try:
-            message = orjson.loads(await request.read())
+            message = orjson.loads(body)
         except orjson.JSONDecodeError:
             unparsable = {"code": ErrorCode.PARSE_ERROR, "message": "parse error"}
             return web.Response(body=self._envelope(None, None, unparsable, us_in), content_type="application/json")
         method, params, request_id = message.get("method"), message.get("params"), message.get("id")
         headers = {k.lower(): v for k, v in request.headers.items()}
-        self.http_requests.append(HttpRecord(method, params, request_id, headers))
+        self.http_requests.append(HttpRecord(method, params, request_id, headers, body))
         if self._failures:
             failure = self._failures.pop(0)
             if failure.kind == "500":

@@ -226,15 +226,14 @@ class OrderManager:
         method = f"private/{entry.intent.side}"
         try:
             try:
-                result = await self.venue.call(entry.intent.account, method, wire.params_from_json(entry.request))
+                result = await self.venue.call(entry.intent.account, method, orjson.Fragment(entry.request))
             except SyndrAuthError as exc:
                 if exc.code != ErrorCode.UNAUTHORIZED:
                     raise
                 # The venue refused the API key before it looked at the order, and the account's record has been
                 # dropped: one resend of the same bytes reads the key Vault holds now (rotated, say).
                 entry = await self._record(entry.with_changes(attempts=entry.attempts + 1))
-                result = await self.venue.call(entry.intent.account, method,
-                                               wire.params_from_json(entry.request))
+                result = await self.venue.call(entry.intent.account, method, orjson.Fragment(entry.request))
         except SyndrRpcError as exc:
             if exc.code not in _OUTCOME_UNKNOWN_CODES:
                 entry = await self._record(entry.with_changes(state=OrderState.REJECTED, reject_code=exc.code,

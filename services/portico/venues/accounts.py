@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
+
 from portico.runtime.cache import RefreshingCache
 from portico.runtime.errors import Internal, InvalidArgument, NotFound, Unavailable
 from portico.runtime.secp256k1 import to_checksum_address
@@ -221,7 +223,7 @@ class SyndrAccounts:
             budget = self._budgets[key] = RateBudget(safety=self._rate_share)
         return budget
 
-    async def call(self, account: str, method: str, params: dict[str, Any] | None = None, *,
+    async def call(self, account: str, method: str, params: dict[str, Any] | orjson.Fragment | None = None, *,
                    priority: Priority | None = None) -> RpcResult:
         """A private call for `account`; a refusal of the record on file drops it from the cache."""
         session = await self.session(account)

@@ -196,9 +196,12 @@ class SyndrHttpClient:
                                       connect_timeout_s=self._timeout_s)
         return self._session
 
-    async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
+    async def call(self, method: str, params: Mapping[str, Any] | orjson.Fragment | None = None, *,
                    timeout_s: float | None = None, priority: Priority | None = None) -> RpcResult:
         """Send one JSON-RPC call and return its result; raise a `SyndrError` otherwise.
+
+        `params` may be a JSON object already serialised (`orjson.Fragment`): its bytes are sent as they are (an
+        order's journaled request, sent again byte for byte).
 
         `priority` overrides the method's own class in the rate budget's queue (see `RateBudget`).
 
@@ -214,7 +217,7 @@ class SyndrHttpClient:
             raise SyndrAuthError(ErrorCode.UNAUTHORIZED, "no API credentials configured", method=method)
         attempts = 1 + (self._retries if is_retryable_method(method) else 0)
         limit_s = self._timeout_s if timeout_s is None else timeout_s
-        body_params = dict(params) if params is not None else {}
+        body_params = params if isinstance(params, orjson.Fragment) else dict(params) if params is not None else {}
         attributes: dict[str, str | int] = {"rpc.system": "jsonrpc", "rpc.method": method,
                                             "rpc.jsonrpc.version": "2.0", **self._server_attrs}
         with tracer.start_as_current_span(method, kind=SpanKind.CLIENT, attributes=attributes,
@@ -239,7 +242,7 @@ class SyndrHttpClient:
                 record_error_on_span(span, exc)
                 raise
 
-    async def _attempt(self, span: trace.Span, method: str, params: dict[str, Any], private: bool,
+    async def _attempt(self, span: trace.Span, method: str, params: dict[str, Any] | orjson.Fragment, private: bool,
                        limit_s: float, priority: Priority | None) -> RpcResult:
         """One POST: budget, headers, send, classify the answer."""
         if self._budget is not None:  # credits may take up to the timeout; then the venue has its own timeout

@@ -30,8 +30,7 @@ from typing import Any, Final
 
 from portico.account.convert import position_proto
 from portico.account.v1 import account_service_pb2 as pb
-from portico.runtime.errors import PorticoError
-from portico.runtime.fanout import CatchUp, StreamConsumer
+from portico.runtime.fanout import CatchUp, ConsumerFeed
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.accounts import SyndrAccounts
 from portico.venues.syndr import models
@@ -47,18 +46,16 @@ log = logging.getLogger("portico.account.positions")
 _START_TIMEOUT_S: Final = 10.0
 
 
-class PositionFeed:
+class PositionFeed(ConsumerFeed):
     """One account's positions: the last emitted state per instrument, and its consumers."""
 
     def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, accounts: SyndrAccounts,
                  on_end: Callable[[PositionFeed], None] | None = None):
+        super().__init__(on_end, logger=log, what="the positions channel", extra={"account": account})
         self.venue_name = venue_name
         self.account = account
         self._ws = ws
         self._accounts = accounts
-        self._on_end = on_end
-        self.ended: PorticoError | None = None  # set once the venue refused the channel: the feed is dead
-        self._consumers: set[StreamConsumer] = set()
         self._last: dict[str, tuple[Any, ...]] = {}
         self._newest: dict[str, int] = {}  # per instrument, the latest `last_update_timestamp` emitted
         # Live position updates handled so far, and per instrument the count when its last one was handled:
@@ -74,14 +71,6 @@ class PositionFeed:
         await self._ws.start()
         subscription = await self._ws.subscribe(["user.positions"])
         self._task = asyncio.create_task(self._run(subscription), name=f"account-positions-{self.account}")
-
-    def add(self, consumer: StreamConsumer) -> None:
-        if self.ended is not None:  # came for the feed as it ended
-            consumer.end(self.ended)
-        self._consumers.add(consumer)
-
-    def remove(self, consumer: StreamConsumer) -> None:
-        self._consumers.discard(consumer)
 
     @property
     def consumers(self) -> int:
@@ -105,16 +94,6 @@ class PositionFeed:
                 log.warning("position update failed", extra={"account": self.account, "error": type(exc).__name__})
             except Exception:
                 log.exception("position update failed", extra={"account": self.account})
-
-    def _end(self, error: PorticoError) -> None:
-        """The account's streams end with `error`; `on_end` drops the feed, so the next stream starts a new one."""
-        log.error("the venue refused the positions channel after a reconnect: its streams end",
-                  extra={"account": self.account, "error": error.message})
-        self.ended = error
-        for consumer in list(self._consumers):
-            consumer.end(error)
-        if self._on_end is not None:
-            self._on_end(self)
 
     def _emit(self, position: models.Position, *, quietly: bool = False) -> None:
         name, at = position.instrument_name, position.last_update_timestamp

@@ -58,8 +58,7 @@ from portico.execution.venue import (
     order_history_page,
     user_trades_page,
 )
-from portico.runtime.errors import PorticoError
-from portico.runtime.fanout import CatchUp, RecentKeys, StreamConsumer
+from portico.runtime.fanout import CatchUp, ConsumerFeed, RecentKeys
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, SyndrProtocolError, refused_channel_error
@@ -132,19 +131,17 @@ def _order_of(data: Any) -> dict[str, Any]:
     return order
 
 
-class AccountFeed:
+class AccountFeed(ConsumerFeed):
     """The private channels of one account: journaled and fanned out."""
 
     def __init__(self, venue_name: str, account: str, ws: SyndrWebSocket, venue: SyndrVenue, orders: OrderManager,
                  on_end: Callable[[AccountFeed], None] | None = None):
+        super().__init__(on_end, logger=log, what="the account's channel", extra={"account": account})
         self.venue_name = venue_name
         self.account = account
         self._ws = ws
         self._venue = venue
         self._orders = orders
-        self._on_end = on_end
-        self.ended: PorticoError | None = None  # set once the venue refused a channel: the feed is dead
-        self._consumers: set[StreamConsumer] = set()
         # The last state emitted per order id (a `venue_version`), oldest forgotten first.
         self._emitted: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._seen_fills = RecentKeys(_SEEN_LIMIT)
@@ -174,30 +171,12 @@ class AccountFeed:
         self.ready.set()
         self._task = asyncio.create_task(self._run(subscription), name=f"execution-feed-{self.account}")
 
-    def add(self, consumer: StreamConsumer) -> None:
-        if self.ended is not None:  # came for the feed as it ended
-            consumer.end(self.ended)
-        self._consumers.add(consumer)
-
-    def remove(self, consumer: StreamConsumer) -> None:
-        self._consumers.discard(consumer)
-
     async def _run(self, subscription: Any) -> None:
         async for event in subscription:
             if isinstance(event, ChannelRefused):  # its last event: the venue will not feed this account any more
                 self._end(refused_channel_error(event.channel, event.error, venue=self.venue_name))
                 return
             await self._handle(event)
-
-    def _end(self, error: PorticoError) -> None:
-        """The account's streams end with `error`; `on_end` drops the feed, so the next stream starts a new one."""
-        log.error("the venue refused the account's channel after a reconnect: its streams end",
-                  extra={"account": self.account, "error": error.message})
-        self.ended = error
-        for consumer in list(self._consumers):
-            consumer.end(error)
-        if self._on_end is not None:
-            self._on_end(self)
 
     async def _handle(self, event: Any) -> None:
         try:

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterab
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from portico.runtime.errors import ResourceExhausted, Unavailable
+from portico.runtime.errors import PorticoError, ResourceExhausted, Unavailable
 from portico.runtime.lifecycle import cancel_and_wait
 
-__all__ = ["CatchUp", "RecentKeys", "StreamConsumer"]
+__all__ = ["CatchUp", "ConsumerFeed", "RecentKeys", "StreamConsumer"]
 
 _CONSUMER_QUEUE: Final = 10_000
 # A catch-up that failed is tried again after this, the pause doubling up to the maximum; once the next pause
@@ -99,6 +99,40 @@ class StreamConsumer:
             # Updates offered while that batch was being sent still go out before the error.
             if self.error is not None and self.queue.empty():
                 raise self.error
+
+
+class ConsumerFeed:
+    """A feed's consumers, and how they end together once the venue will not feed it any more.
+
+    When the venue refuses the feed's channel after a reconnect, every stream of it ends with that error, a
+    stream that comes for the feed as it ends gets the error at once, and `on_end` drops the feed so the next
+    stream starts a new one.
+    """
+
+    def __init__(self, on_end: Callable[[Any], None] | None, *, logger: logging.Logger, what: str,
+                 extra: Mapping[str, Any]):
+        self._on_end = on_end
+        self._end_logger, self._end_what, self._end_extra = logger, what, dict(extra)
+        self.ended: PorticoError | None = None  # set once the venue refused the channel: the feed is dead
+        self._consumers: set[StreamConsumer] = set()
+
+    def add(self, consumer: StreamConsumer) -> None:
+        if self.ended is not None:  # came for the feed as it ended
+            consumer.end(self.ended)
+        self._consumers.add(consumer)
+
+    def remove(self, consumer: StreamConsumer) -> None:
+        self._consumers.discard(consumer)
+
+    def _end(self, error: PorticoError) -> None:
+        """The feed's streams end with `error`; `on_end` drops the feed."""
+        self._end_logger.error("the venue refused %s after a reconnect: its streams end", self._end_what,
+                               extra={**self._end_extra, "error": error.message})
+        self.ended = error
+        for consumer in list(self._consumers):
+            consumer.end(error)
+        if self._on_end is not None:
+            self._on_end(self)
 
 
 class CatchUp:

@@ -83,6 +83,12 @@ def buy(sim: Simulator, account: str, price: Decimal, amount: Decimal, tif: Any 
                             time_in_force=tif).order
 
 
+def counterparty_offers(sim: Simulator, price: Decimal, amount: Decimal) -> None:
+    """Another account rests a sell of `amount` at `price`, for the account's buys to fill against."""
+    sim.engine.open_account(COUNTERPARTY, {"USDT": Decimal("100000000")})
+    sim.engine.place(COUNTERPARTY, SYMBOL, side="sell", order_type="limit", amount=amount, price=price)
+
+
 async def cut(sim: Simulator, feed: Any) -> int:
     """Drop the feed's WebSocket; return its reconnect count before (the caller then acts with no await)."""
     before = int(feed._ws.reconnects)
@@ -95,8 +101,7 @@ async def test_every_fill_made_while_the_feed_was_cut_is_streamed_once_however_m
     oldest never reached the stream, and the sequence showed no gap since it is numbered as fills are emitted)."""
     sim, account = stack.sim, stack.account.address
     price, size = price_units(sim)
-    sim.engine.open_account(COUNTERPARTY, {"USDT": Decimal("100000000")})
-    sim.engine.place(COUNTERPARTY, SYMBOL, side="sell", order_type="limit", amount=size * 1_000, price=price)
+    counterparty_offers(sim, price, size * 1_000)
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         feed, stream = await following(running, channel, "fills")
         try:
@@ -128,8 +133,7 @@ async def test_a_fill_stamped_ahead_of_our_clock_is_caught_up(stack: ExecutionSt
     sim, account = stack.sim, stack.account.address
     monkeypatch.setattr(sim.engine, "_now", lambda: time.time_ns() // 1_000_000 + 5_000)
     price, size = price_units(sim)
-    sim.engine.open_account(COUNTERPARTY, {"USDT": Decimal("100000000")})
-    sim.engine.place(COUNTERPARTY, SYMBOL, side="sell", order_type="limit", amount=size * 10, price=price)
+    counterparty_offers(sim, price, size * 10)
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         feed, stream = await following(running, channel, "fills")
         try:

@@ -139,10 +139,7 @@ async def test_an_order_stream_ends_failed_precondition_and_the_next_one_works(s
         stub = running.stub(channel)
         request = execution_pb.StreamOrderUpdatesRequest(venue="syndr", account=stack.account.address)
         first = stub.StreamOrderUpdates(request, metadata=running.metadata("read"))
-        key = ("syndr", stack.account.address.lower())
-        async with asyncio.timeout(10):
-            while key not in running.app.feeds._feeds:  # noqa: ASYNC110 - no event announces it
-                await asyncio.sleep(0.05)
+        await until(lambda: ("syndr", stack.account.address.lower()) in running.app.feeds._feeds, 10)
         sim.faults.update({"refuse_channels": ["user.orders.ALL.raw"]})
         await sim.close_websockets()
         assert_refused(await ended(first), grpc.StatusCode.FAILED_PRECONDITION, "user.orders.ALL.raw")
@@ -150,12 +147,10 @@ async def test_an_order_stream_ends_failed_precondition_and_the_next_one_works(s
         sim.faults.update({"refuse_channels": []})
         second = stub.StreamOrderUpdates(request, metadata=running.metadata("read"))
         await asyncio.sleep(0.5)  # the new feed subscribes
-        book = sim.engine.book(STAYS, 1)
-        tick = sim.engine.instrument(STAYS).tick_size
-        price = str(((book.bids[0][0] * Decimal("0.8")) // tick) * tick)
         placed = await stub.PlaceOrder(execution_pb.PlaceOrderRequest(
             venue="syndr", account=stack.account.address, symbol=STAYS, side=side_pb2.SIDE_BUY,
-            type=order_pb2.ORDER_TYPE_LIMIT, amount="0.1", price=price, client_order_id="after-refusal"),
+            type=order_pb2.ORDER_TYPE_LIMIT, amount="0.1", price=resting_bid(sim, STAYS),
+            client_order_id="after-refusal"),
             metadata=running.metadata())
         await updates_of(second, lambda u: u.order.order_id == placed.order.order_id)
         second.cancel()
@@ -168,10 +163,7 @@ async def test_a_position_stream_ends_failed_precondition_and_the_next_one_works
         stub = running.stub(channel)
         request = account_pb.StreamPositionsRequest(venue="syndr", account=stack.account.address)
         first = stub.StreamPositions(request, metadata=running.metadata("read"))
-        key = ("syndr", stack.account.address.lower())
-        async with asyncio.timeout(10):
-            while key not in running.app.positions._feeds:  # noqa: ASYNC110 - no event announces it
-                await asyncio.sleep(0.05)
+        await until(lambda: ("syndr", stack.account.address.lower()) in running.app.positions._feeds, 10)
         sim.faults.update({"refuse_channels": ["user.positions"]})
         await sim.close_websockets()
         assert_refused(await ended(first), grpc.StatusCode.FAILED_PRECONDITION, "user.positions")

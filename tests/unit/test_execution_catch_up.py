@@ -69,7 +69,7 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fanout, "_CATCH_UP_GIVE_UP_S", 1.0, raising=False)
 
 
-async def running_feed(venue: Venue) -> tuple[AccountFeed, Subscription, StreamConsumer, StreamConsumer]:
+async def running_feed(venue: Venue | FillsVenue) -> tuple[AccountFeed, Subscription, StreamConsumer, StreamConsumer]:
     ws = SimpleNamespace(aclose=lambda: asyncio.sleep(0))
     feed = AccountFeed("syndr", ACCOUNT, ws=ws, venue=venue, orders=Orders())  # type: ignore[arg-type]
     subscription = Subscription()
@@ -140,12 +140,7 @@ async def test_a_catch_up_retried_while_live_fills_arrive_still_reads_back_to_th
     is handled live before the retry: the retry still reads back past the last fill before the cut (not just
     past the live one), so every fill reaches the stream once (before the fix only the newest 500 were read)."""
     venue = FillsVenue()
-    ws = SimpleNamespace(aclose=lambda: asyncio.sleep(0))
-    feed = AccountFeed("syndr", ACCOUNT, ws=ws, venue=venue, orders=Orders())  # type: ignore[arg-type]
-    subscription = Subscription()
-    fills = StreamConsumer("fills")
-    feed.add(fills)
-    feed._task = asyncio.create_task(feed._run(subscription))
+    feed, subscription, _, fills = await running_feed(venue)
     try:
         t0 = int(time.time() * 1000)  # the fills are made after the feed started
         before = fill("f-before", t0)
@@ -173,12 +168,7 @@ async def test_a_reconnect_before_anything_was_handled_reads_back_only_to_the_fe
     venue.failures = 0
     an_hour_ago = int(time.time() * 1000) - 3_600_000
     venue.fills = [fill(f"old-{i}", an_hour_ago + i) for i in range(1_000)]
-    ws = SimpleNamespace(aclose=lambda: asyncio.sleep(0))
-    feed = AccountFeed("syndr", ACCOUNT, ws=ws, venue=venue, orders=Orders())  # type: ignore[arg-type]
-    subscription = Subscription()
-    fills = StreamConsumer("fills")
-    feed.add(fills)
-    feed._task = asyncio.create_task(feed._run(subscription))
+    feed, subscription, _, fills = await running_feed(venue)
     try:
         subscription.events.put_nowait(Reconnected(1))
         await until(lambda: feed._catch_up_asks == 1 and feed._catch_up_since is None, 5)

@@ -1,8 +1,9 @@
-"""Vault sealed, unreachable, absent at start, and AppRole with short-lived tokens."""
+"""Vault sealed, unreachable, absent at start, refusing the signer's token, and AppRole with short-lived tokens."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import secrets
 import time
@@ -26,7 +27,12 @@ from portico.venues.syndr import typed_data as syndr
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "outage-key"
+OTHER_KEY = "outage-other-key"  # a key the one-key policy below does not grant
 SERVICE = "portico.signer.v1.SignerService"
+ONE_KEY_POLICY = f"""
+path "secret/data/portico/signer/keys/{KEY}" {{ capabilities = ["read"] }}
+path "secret/data/portico/signer/policies/{KEY}" {{ capabilities = ["read"] }}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +41,16 @@ def vault() -> Iterator[OpenBaoDevServer]:
     with OpenBaoDevServer() as server:
         client = server.client()
         client.sys.create_or_update_policy("signer", (REPO / "deploy" / "vault" / "signer.hcl").read_text())
+        client.sys.create_or_update_policy("signer-one-key", ONE_KEY_POLICY)
         yield server
 
 
 @pytest.fixture(scope="module")
 async def signer_token(vault: OpenBaoDevServer) -> str:
     async with VaultSession(VaultSettings(addr=vault.addr, auth_method="token", token=vault.root_token)) as session:
-        await KeyAdmin(session, KeyPaths()).create(KEY, KeyPolicy.build(
-            primary_types=["Order"], domain_names=["Syndr"], chain_ids=[421614]))
+        for key_id in (KEY, OTHER_KEY):
+            await KeyAdmin(session, KeyPaths()).create(key_id, KeyPolicy.build(
+                primary_types=["Order"], domain_names=["Syndr"], chain_ids=[421614]))
     return str(vault.client().auth.token.create(policies=["signer"], ttl="1h")["auth"]["client_token"])
 
 
@@ -52,12 +60,12 @@ async def proxy(vault: OpenBaoDevServer) -> AsyncIterator[TcpProxy]:
         yield proxy
 
 
-def order_request() -> pb.SignRequest:
+def order_request(key_id: str = KEY) -> pb.SignRequest:
     data = syndr.order_typed_data(
         verifying_contract="0x" + "ab" * 20, account="0x" + "12" * 20, instrument_id=1, is_buy=False, order_type=0,
         time_in_force=0, post_only=True, reduce_only=False, price=Decimal("2500"), amount=Decimal("1"),
         salt=secrets.randbits(64), expiration=1_900_000_000_000, timestamp=1_800_000_000_000)
-    return pb.SignRequest(key_id=KEY, typed_data_json=json.dumps(data))
+    return pb.SignRequest(key_id=key_id, typed_data_json=json.dumps(data))
 
 
 async def readiness(channel: grpc.aio.Channel) -> int:
@@ -72,9 +80,10 @@ async def until(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-
         await asyncio.sleep(0.05)
 
 
-async def sign_code(channel: grpc.aio.Channel, signer: RunningSigner) -> tuple[grpc.StatusCode, str | None]:
+async def sign_code(channel: grpc.aio.Channel, signer: RunningSigner,
+                    key_id: str = KEY) -> tuple[grpc.StatusCode, str | None]:
     try:
-        await stub(channel).Sign(order_request(), metadata=signer.metadata(), timeout=10)
+        await stub(channel).Sign(order_request(key_id), metadata=signer.metadata(), timeout=10)
     except grpc.aio.AioRpcError as exc:
         info = error_info(exc)
         return exc.code(), info.reason if info else None
@@ -123,6 +132,130 @@ async def test_signer_started_while_vault_is_down_recovers(proxy: TcpProxy, sign
         await proxy.unblock()
         await until(lambda: _is(readiness(channel), health_pb2.HealthCheckResponse.SERVING), timeout_s=20)
         await until(lambda: _ok(sign_code(channel, signer)), timeout_s=20)
+
+
+def warnings_about_vault(lines: io.StringIO) -> list[dict[str, object]]:
+    """The signer's WARNING lines about its access to Vault (the readiness watch's)."""
+    records = [json.loads(line) for line in lines.getvalue().splitlines() if line.startswith("{")]
+    return [r for r in records if r.get("level") == "WARNING" and r.get("vault_access")]
+
+
+async def test_a_token_vault_refuses_is_not_serving_until_vault_accepts_one(
+        vault: OpenBaoDevServer, signer_token: str, tmp_path: Path, log_lines: io.StringIO) -> None:
+    """A revoked token is an outage of the whole signer: readiness says so (once in the logs), and comes back
+    by itself when the token file holds a token Vault accepts."""
+    root = vault.client()
+    first = str(root.auth.token.create(policies=["signer"], ttl="1h")["auth"]["client_token"])
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(first + "\n")
+    env = {"PORTICO_VAULT_TOKEN": "", "PORTICO_VAULT_TOKEN_FILE": str(token_file)}
+    async with running_signer(vault.addr, "", tmp_path, env=env) as signer, open_channel(signer.target) as channel:
+        assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
+        assert await readiness(channel) == health_pb2.HealthCheckResponse.SERVING
+
+        root.auth.token.revoke(first)
+        await until(lambda: _is(readiness(channel), health_pb2.HealthCheckResponse.NOT_SERVING))
+        assert await sign_code(channel, signer) == (grpc.StatusCode.UNAVAILABLE, "VAULT_PERMISSION_DENIED")
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING  # liveness: alive, only not ready
+        for _ in range(3):  # more checks during the same outage: still one warning
+            await signer.app.vault_watch.check()
+        assert await readiness(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        second = str(root.auth.token.create(policies=["signer"], ttl="1h")["auth"]["client_token"])
+        token_file.write_text(second + "\n")
+        await until(lambda: _is(readiness(channel), health_pb2.HealthCheckResponse.SERVING))
+        assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
+
+    warnings = warnings_about_vault(log_lines)
+    assert [w["vault_access"] for w in warnings] == ["refused"], warnings
+    text = log_lines.getvalue()
+    assert first not in text and second not in text
+
+
+async def test_a_static_token_revoked_before_start_is_not_serving(
+        vault: OpenBaoDevServer, tmp_path: Path) -> None:
+    token = str(vault.client().auth.token.create(policies=["signer"], ttl="1h")["auth"]["client_token"])
+    vault.client().auth.token.revoke(token)
+    async with running_signer(vault.addr, token, tmp_path) as signer, open_channel(signer.target) as channel:
+        assert await readiness(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await sign_code(channel, signer) == (grpc.StatusCode.UNAVAILABLE, "VAULT_PERMISSION_DENIED")
+
+
+async def test_a_key_the_policy_does_not_grant_fails_alone(vault: OpenBaoDevServer, signer_token: str,
+                                                           tmp_path: Path, log_lines: io.StringIO) -> None:
+    """One key Vault will not let the signer read is that key's problem, not an outage: the signer stays
+    ready for its other keys. (A caller choosing key ids must not be able to take the signer out of rotation.)"""
+    token = str(vault.client().auth.token.create(policies=["signer-one-key"], ttl="1h")["auth"]["client_token"])
+    async with running_signer(vault.addr, token, tmp_path) as signer, open_channel(signer.target) as channel:
+        assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
+        assert await sign_code(channel, signer, OTHER_KEY) == (grpc.StatusCode.UNAVAILABLE,
+                                                                "VAULT_PERMISSION_DENIED")
+        assert await sign_code(channel, signer, "no-such-key") == (grpc.StatusCode.UNAVAILABLE,
+                                                                    "VAULT_PERMISSION_DENIED")
+        await signer.app.vault_watch.check()
+        assert await readiness(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
+    assert warnings_about_vault(log_lines) == []
+
+
+async def test_a_rate_limited_token_check_keeps_the_signer_ready(vault: OpenBaoDevServer, signer_token: str,
+                                                                 tmp_path: Path) -> None:
+    """lookup-self refused by a rate limit (Vault's health exempt from it) says nothing about the token: the
+    signer stays ready and keeps its keys rather than reload them from a Vault already limiting it."""
+    quota = "sys/quotas/rate-limit/signer-lookup-self"
+    async with running_signer(vault.addr, signer_token, tmp_path) as signer, open_channel(signer.target) as channel:
+        assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
+        vault.client().write_data(quota, data={"path": "auth/token/lookup-self", "rate": 1, "interval": "1h"})
+        try:
+            for _ in range(3):
+                assert await signer.app.vault_watch.check() == "available"
+            assert len(signer.app.keys) == 1
+            assert await readiness(channel) == health_pb2.HealthCheckResponse.SERVING
+            assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
+        finally:
+            vault.client().delete(quota)
+
+
+async def test_approle_logs_in_again_when_its_token_is_revoked(vault: OpenBaoDevServer, tmp_path: Path) -> None:
+    """With a login method, a revoked token is replaced by a fresh login at the next check: no outage."""
+    mount = "approle-signer-revoked"
+    role_id, secret_id = vault.enable_approle("signer-revoked", policies=["signer"], token_ttl="1h",
+                                              token_max_ttl="2h", mount=mount)
+    env = {"PORTICO_VAULT_AUTH": "approle", "PORTICO_VAULT_ROLE_ID": role_id, "PORTICO_VAULT_SECRET_ID": secret_id,
+           "PORTICO_VAULT_APPROLE_MOUNT": mount, "PORTICO_VAULT_TOKEN": ""}
+    async with running_signer(vault.addr, "", tmp_path, env=env) as signer, open_channel(signer.target) as channel:
+        assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
+        vault.revoke_logins(mount)
+        assert await signer.app.vault_watch.check() == "available"
+        assert await readiness(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
+
+        # The login itself refused (secret_id gone) as well as the token: an outage until Vault accepts a login.
+        vault.client().write_data(f"auth/{mount}/role/signer-revoked/secret-id/destroy", data={"secret_id": secret_id})
+        vault.revoke_logins(mount)
+        await until(lambda: _is(readiness(channel), health_pb2.HealthCheckResponse.NOT_SERVING))
+        assert await sign_code(channel, signer) == (grpc.StatusCode.UNAVAILABLE, "VAULT_PERMISSION_DENIED")
+
+
+async def test_a_login_token_without_the_default_policy_is_ready(vault: OpenBaoDevServer, signer_token: str,
+                                                                  tmp_path: Path, log_lines: io.StringIO) -> None:
+    """A token Vault gives without its `default` policy may not look itself up: that must read neither as
+    refused nor as a dead token to replace at every check."""
+    mount = "approle-signer-no-default"
+    role_id, secret_id = vault.enable_approle("signer-no-default", policies=["signer"], token_ttl="1h",
+                                              token_max_ttl="2h", mount=mount)
+    vault.client().write_data(f"auth/{mount}/role/signer-no-default", data={"token_no_default_policy": True})
+    env = {"PORTICO_VAULT_AUTH": "approle", "PORTICO_VAULT_ROLE_ID": role_id, "PORTICO_VAULT_SECRET_ID": secret_id,
+           "PORTICO_VAULT_APPROLE_MOUNT": mount, "PORTICO_VAULT_TOKEN": ""}
+    async with running_signer(vault.addr, "", tmp_path, env=env) as signer, open_channel(signer.target) as channel:
+        for _ in range(3):
+            assert await signer.app.vault_watch.check() == "available"
+        assert await readiness(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
+    events = [json.loads(line).get("vault_event") for line in log_lines.getvalue().splitlines()
+              if line.startswith("{")]
+    assert events.count("login") == 1 and "token_rejected" not in events, events
 
 
 async def test_approle_with_short_token_ttl_keeps_signing(vault: OpenBaoDevServer, signer_token: str,

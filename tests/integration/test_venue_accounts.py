@@ -12,11 +12,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import hvac
 import pytest
 from tests.support.openbao import OpenBaoDevServer
 from tests.support.syndr_account import register
 from tests.support.syndr_stub import SyndrStub
 
+from portico.runtime.errors import Unavailable
 from portico.runtime.secp256k1 import to_checksum_address
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.sim.server import SimConfig, Simulator
@@ -119,3 +121,17 @@ async def test_a_late_refusal_of_a_replaced_record_does_not_drop_its_replacement
             assert vault.reads[path] == 2  # the new record was kept
         finally:
             await accounts.aclose()
+
+
+async def test_a_record_vault_will_not_let_the_service_read_is_unavailable_for_permission_not_outage(
+        openbao: OpenBaoDevServer) -> None:
+    # A token Vault accepts but whose policy grants no venue record: the operator's problem, and it says so.
+    root = hvac.Client(url=openbao.addr, token=openbao.root_token)
+    token = root.auth.token.create(policies=["default"], ttl="10m")["auth"]["client_token"]
+    async with VaultSession(VaultSettings(addr=openbao.addr, auth_method="token", token=token)) as session:
+        store = VenueAccountStore(session)
+        with pytest.raises(Unavailable) as refused:
+            await store.get("syndr", to_checksum_address("0x" + secrets.token_hex(20)))
+        await store.aclose()
+    assert refused.value.reason == "VAULT_PERMISSION_DENIED"
+    assert token not in str(refused.value)

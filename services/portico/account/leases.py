@@ -42,7 +42,7 @@ import time
 from typing import Any, Final
 
 from portico.runtime.errors import Internal, Unavailable
-from portico.runtime.vault import VaultCasMismatch, VaultError, VaultNotFound, VaultSession
+from portico.runtime.vault import VaultCasMismatch, VaultError, VaultNotFound, VaultSession, vault_unavailable
 
 __all__ = ["AccountLeases", "Lease", "lease_path"]
 
@@ -105,7 +105,8 @@ class AccountLeases:
         """Wait for the lease while another process holds it (at most a lease's length), then take it.
 
         `what` describes the change in errors and logs. Unavailable when Vault cannot be read or written
-        (VAULT_UNAVAILABLE) or when another process kept the lease all that time (ACCOUNT_BUSY)."""
+        (the cause as reason: `vault_unavailable`) or when another process kept the lease all that time
+        (ACCOUNT_BUSY)."""
         path = lease_path(venue, account, change)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.ttl_s + _CLOCK_SKEW_S
@@ -117,8 +118,7 @@ class AccountLeases:
             except VaultNotFound:
                 current = None
             except VaultError as exc:
-                raise Unavailable(f"Vault unavailable taking the lease for {what} ({type(exc).__name__})",
-                                  reason="VAULT_UNAVAILABLE") from None
+                raise vault_unavailable(exc, f"take the lease for {what}") from None
             version = 0 if current is None else _version(current, path)
             if current is not None and _held(current):
                 if loop.time() >= give_up_at:
@@ -142,8 +142,7 @@ class AccountLeases:
                 await asyncio.sleep(_POLL_S[0])
                 continue
             except VaultError as exc:
-                raise Unavailable(f"Vault unavailable taking the lease for {what} ({type(exc).__name__})",
-                                  reason="VAULT_UNAVAILABLE") from None
+                raise vault_unavailable(exc, f"take the lease for {what}") from None
             return Lease(self.vault, path, version + 1, started + self.ttl_s, what)
 
 

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 from portico.account.leases import AccountLeases, Lease
 from portico.runtime.errors import FailedPrecondition, PorticoError, Unavailable
 from portico.runtime.signing_keys import KeyAdmin, KeyAdminError, KeyPaths, KeyPolicy
-from portico.runtime.vault import VaultError, VaultSession
+from portico.runtime.vault import VaultError, VaultSession, vault_unavailable
 from portico.signer.client import SignerClient
 from portico.venues.accounts import SyndrAccounts, VenueAccount
 from portico.venues.syndr import models, typed_data
@@ -201,8 +201,7 @@ class SigningKeyRegistrar:
             raise FailedPrecondition(f"cannot create the signing key: {exc}", reason="SIGNING_KEY_CREATE_FAILED") \
                 from None
         except VaultError as exc:
-            raise Unavailable(f"Vault unavailable creating the signing key ({type(exc).__name__})",
-                              reason="VAULT_UNAVAILABLE") from None
+            raise vault_unavailable(exc, "create the signing key") from None
         log.info("signing key created", extra={"account": account, "key_id": key_id, "address": key_address})
 
         public = self._accounts.public

@@ -5,7 +5,8 @@ credentials from it, so every service needs the same things: log in by
 configuration (token, AppRole or Kubernetes), keep the token alive, get a new
 one when it cannot be kept alive, and tell callers clearly whether Vault is
 *down* (answer gRPC UNAVAILABLE, it will come back) or *refusing* them (a
-configuration problem).  That logic lives here, once.
+configuration problem).  That logic lives here, once, and so does `VaultWatch`,
+which checks both in the background so a service's readiness can follow them.
 
 hvac is blocking, so HTTP calls run on a small dedicated thread pool; each
 pool thread owns its own hvac adapter (and so its own ``requests`` session),
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import math
 import random
@@ -29,7 +31,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,12 +42,15 @@ import hvac.adapters
 import requests
 
 from portico.runtime.config import ConfigError, setting
+from portico.runtime.errors import Unavailable
+from portico.runtime.lifecycle import cancel_and_wait
 
 __all__ = [
     "VAULT_ENV_DOC",
     "AuthMethod",
     "KvMetadata",
     "KvVersion",
+    "VaultAccess",
     "VaultAuthError",
     "VaultCasMismatch",
     "VaultError",
@@ -55,6 +60,8 @@ __all__ = [
     "VaultSession",
     "VaultSettings",
     "VaultUnavailable",
+    "VaultWatch",
+    "vault_unavailable",
 ]
 
 log = logging.getLogger("portico.vault")
@@ -271,6 +278,23 @@ class VaultCasMismatch(VaultError):
     """A check-and-set write lost: the secret's current version is not the one given."""
 
 
+def vault_unavailable(error: VaultError, what: str) -> Unavailable:
+    """The caller's status for a Vault failure while trying to `what` (e.g. "read key k1"), by its cause.
+
+    Always UNAVAILABLE (the caller cannot fix any of them; the operator can), with the reason saying
+    which: VAULT_SEALED, VAULT_UNAVAILABLE (unreachable, timeout, 5xx), VAULT_PERMISSION_DENIED (Vault
+    refuses this service's token or policy: a configuration problem, not an outage) or VAULT_ERROR. The
+    text names the operation only, never Vault's own words.
+    """
+    if isinstance(error, VaultSealed):
+        return Unavailable(f"Vault is sealed; cannot {what}", reason="VAULT_SEALED")
+    if isinstance(error, VaultUnavailable):
+        return Unavailable(f"Vault is unreachable; cannot {what}", reason="VAULT_UNAVAILABLE")
+    if isinstance(error, VaultAuthError):
+        return Unavailable(f"Vault does not let this service {what}", reason="VAULT_PERMISSION_DENIED")
+    return Unavailable(f"Vault failed; cannot {what}", reason="VAULT_ERROR")
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -288,6 +312,16 @@ class VaultHealth:
     def available(self) -> bool:
         """True when requests can be served (standbys forward to the active node)."""
         return self.reachable and self.initialized and not self.sealed
+
+
+class VaultAccess(enum.StrEnum):
+    """Whether a session can use Vault now, as `VaultSession.check_access` finds it."""
+
+    AVAILABLE = "available"
+    SEALED = "sealed"
+    UNAVAILABLE = "unavailable"  # unreachable, timing out, 5xx: Vault itself is away
+    REFUSED = "refused"  # Vault answers but refuses this session's token and, if it has one, its login
+    ERROR = "error"  # anything else (TLS, a closed session): not usable either
 
 
 @dataclass(frozen=True)
@@ -333,6 +367,9 @@ class _TokenState:
     learned_at: float
     generation: int
     capped: bool = False
+    # False for a login's token without Vault's `default` policy: lookup-self is then forbidden to it, so it
+    # says nothing about the token (`check_access` does not ask it).
+    self_lookup: bool = True
 
     def expired(self, now: float) -> bool:
         return self.ttl > 0 and now >= self.learned_at + self.ttl
@@ -407,6 +444,7 @@ class VaultSession:
         self._generation = 0
         self._logins_finished = 0
         self._last_login_error: VaultError | None = None
+        self._token_refused = False  # the last verdict of `check_access` on the token
         self._auth_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -591,6 +629,37 @@ class VaultSession:
             standby=bool(body.get("standby")),
             version=str(body["version"]) if body.get("version") else None,
         )
+
+    async def check_access(self) -> VaultAccess:
+        """Whether this session can use Vault now: up, unsealed, and accepting its token (no VaultError).
+
+        Meant for a background readiness check (`VaultWatch`), not a request path: `sys/health`, then
+        lookup-self with the token, the cheapest call that fails for a revoked or expired token. A token
+        Vault refuses is replaced as on any rejected call (a new login, the token file read again), so
+        REFUSED means Vault refuses that too. What the token's policy grants is not checked: a path it
+        denies is an error of that path for its caller, not an outage of the session.
+        """
+        try:
+            health = await self.health()
+        except VaultError:  # not a plain outage: TLS, say
+            return VaultAccess.ERROR
+        if not health.reachable:
+            return VaultAccess.UNAVAILABLE
+        if health.sealed or not health.initialized:
+            return VaultAccess.SEALED
+        try:
+            await self._check_token()
+        except VaultSealed:
+            return VaultAccess.SEALED
+        except VaultAuthError:
+            self._token_refused = True
+            return VaultAccess.REFUSED
+        except VaultError:
+            # No verdict on the token (a timeout, a rate limit, a 5xx) from a Vault that answered its health:
+            # keep the last one rather than make a service drop its keys over one slow or limited call.
+            return VaultAccess.REFUSED if self._token_refused else VaultAccess.AVAILABLE
+        self._token_refused = False
+        return VaultAccess.AVAILABLE
 
     # ----------------------------------------------------------------- requests
 
@@ -794,6 +863,17 @@ class VaultSession:
             raise type(failed)(str(failed), operation=failed.operation, path=failed.path, status=failed.status)
         await self._login(reason)
 
+    async def _check_token(self) -> None:
+        """Raise unless Vault accepts the current token, after one try at replacing a refused one."""
+        state = await self._ensure_token()  # logs in first if there is no token (refused before, expired)
+        if not state.self_lookup:
+            return  # lookup-self is forbidden to it: nothing cheap to ask; a rejected call replaces it anyway
+        try:
+            await self._send("lookup-self", "auth/token/lookup-self", "GET", "/v1/auth/token/lookup-self",
+                             token=state.token)
+        except VaultAuthError:
+            await self._recover_rejected_token(state.generation, "check")
+
     async def _recover_rejected_token(self, generation: int, op: str) -> bool:
         """After a 401/403: True if the token was dead and has been replaced, False if it is a real denial."""
         finished_seen = self._logins_finished
@@ -884,12 +964,14 @@ class VaultSession:
             if ttl <= 0 and (data.get("expire_time") or creation_ttl > 0):
                 # lookup-self floors the TTL: 0 here means "under a second left", not "never expires".
                 ttl = _LAST_SECOND_TTL
+            self_lookup = True
         except VaultAuthError:
             if login_auth is None:
                 raise  # a static token that lookup-self rejects is simply invalid
             # Fresh login without the default policy: trust what the login said.
             ttl, renewable = _as_float(login_auth.get("lease_duration")), bool(login_auth.get("renewable"))
             creation_ttl = ttl
+            self_lookup = False
         if self._closed:
             raise VaultError("vault login: session is closed", operation="login")
         previous = self._state
@@ -904,6 +986,7 @@ class VaultSession:
             generation=self._generation,
             # A static token we already failed to extend stays "capped": only re-check it.
             capped=same_token and previous is not None and previous.capped,
+            self_lookup=self_lookup,
         )
         self._wake.set()
         log.log(
@@ -938,6 +1021,7 @@ class VaultSession:
             learned_at=time.monotonic(),
             generation=state.generation,
             capped=capped,
+            self_lookup=state.self_lookup,
         )
         log.debug("vault token renewed", extra=self._extra("renew", ttl_s=ttl, capped=capped))
         if capped:
@@ -1050,3 +1134,78 @@ class VaultSession:
         }
         extra.update({f"vault_{k}": v for k, v in fields.items()})
         return extra
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+_OUTAGE_MESSAGES: Final[Mapping[VaultAccess, str]] = {
+    VaultAccess.SEALED: "vault is sealed: not ready until it is unsealed",
+    VaultAccess.UNAVAILABLE: "vault is unreachable: not ready until it answers",
+    VaultAccess.REFUSED: "vault refuses this service's token: not ready until it accepts one",
+    VaultAccess.ERROR: "vault fails: not ready until it answers properly",
+}
+
+
+class VaultWatch:
+    """Check a session's access to Vault every `interval_s` and report each change, for readiness.
+
+    A service that cannot work without Vault must not say it is ready while Vault is sealed, away, or
+    refusing its token (revoked, expired, a login Vault no longer honours): Kubernetes would keep routing
+    calls that can only fail. `on_change(access)` runs at the first check and at every change of verdict,
+    off the request path; the service drops what it cached and sets its health there. Each outage is
+    logged once at WARNING when it begins (again only if its cause changes) and at INFO when it ends.
+    """
+
+    def __init__(self, vault: VaultSession, interval_s: float,
+                 on_change: Callable[[VaultAccess], Awaitable[None]], *, logger: logging.Logger = log) -> None:
+        self._vault = vault
+        self._interval_s = interval_s
+        self._on_change = on_change
+        self._log = logger
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.access: VaultAccess | None = None
+        """The last verdict (None before the first check)."""
+
+    @property
+    def available(self) -> bool:
+        return self.access is VaultAccess.AVAILABLE
+
+    async def start(self) -> None:
+        """Check once now, so the service starts with the right readiness, then every `interval_s`."""
+        await self.check()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="vault-watch")
+
+    async def check(self) -> VaultAccess:
+        """Check now, report a change, and return the verdict (checks never overlap)."""
+        async with self._lock:
+            access = await self._vault.check_access()
+            if access != self.access:
+                previous, self.access = self.access, access  # `available` is current inside on_change
+                try:
+                    await self._on_change(access)
+                except BaseException:
+                    self.access = previous  # not applied: reported again at the next check
+                    raise
+                extra = {"vault_access": access.value, "vault_previous": previous.value if previous else None,
+                         "vault_addr": self._vault.settings.addr}
+                if access is VaultAccess.AVAILABLE:
+                    self._log.info("vault available: ready", extra=extra)
+                else:
+                    self._log.warning(_OUTAGE_MESSAGES[access], extra=extra)
+            return access
+
+    async def aclose(self) -> None:
+        """Stop checking; idempotent."""
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.check()
+            except Exception:  # the service's on_change failed: keep watching, it is tried again next time
+                self._log.exception("vault readiness update failed")

@@ -1,8 +1,8 @@
 """The signer's signing keys, read from Vault (layout: `portico.runtime.signing_keys`) lazily and cached.
 
 Each key is used for a short time and reloaded in the background ahead of
-that. The cache is dropped whenever Vault goes away (sealed or unreachable)
-and refilled lazily when it is back.
+that. The cache is dropped whenever Vault goes away (sealed, unreachable, or
+refusing the signer's token) and refilled lazily when it is back.
 """
 
 from __future__ import annotations
@@ -10,19 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from portico.runtime.cache import RefreshingCache
-from portico.runtime.errors import FailedPrecondition, NotFound, Unavailable
+from portico.runtime.errors import FailedPrecondition, NotFound
 from portico.runtime.secp256k1 import Secp256k1Key, parse_private_key
 from portico.runtime.signing_keys import KeyPaths, KeyPolicy, PolicyError
-from portico.runtime.vault import (
-    VaultAuthError,
-    VaultError,
-    VaultNotFound,
-    VaultSealed,
-    VaultSession,
-    VaultUnavailable,
-)
+from portico.runtime.vault import VaultError, VaultNotFound, VaultSession, vault_unavailable
 
-__all__ = ["KeyStore", "LoadedKey", "vault_error_to_status"]
+__all__ = ["KeyStore", "LoadedKey"]
 
 @dataclass(slots=True)
 class LoadedKey:
@@ -37,17 +30,6 @@ class LoadedKey:
         return self._key.sign_digest(digest)
 
 
-def vault_error_to_status(error: VaultError, what: str) -> Exception:
-    """Map a Vault failure to the status the caller should see."""
-    if isinstance(error, VaultSealed):
-        return Unavailable(f"Vault is sealed; cannot {what}", reason="VAULT_SEALED")
-    if isinstance(error, VaultUnavailable):
-        return Unavailable(f"Vault is unreachable; cannot {what}", reason="VAULT_UNAVAILABLE")
-    if isinstance(error, VaultAuthError):
-        return Unavailable(f"the signer may not {what} in Vault", reason="VAULT_PERMISSION_DENIED")
-    return Unavailable(f"Vault failed; cannot {what}", reason="VAULT_ERROR")
-
-
 class KeyStore:
     """Loads keys and policies from Vault on first use; uses each for at most `cache_ttl_s`, reloading it in
     the background ahead of that (so signing does not wait for Vault while keys are in use)."""
@@ -59,7 +41,7 @@ class KeyStore:
             self._load, max_age_s=cache_ttl_s, name="signing-keys", drop_on=(NotFound, FailedPrecondition))
 
     def clear(self) -> None:
-        """Forget every cached key (Vault went away)."""
+        """Forget every cached key (Vault went away or refuses the signer)."""
         self._cache.clear()
 
     def __len__(self) -> int:
@@ -79,13 +61,13 @@ class KeyStore:
             raise NotFound(f"signing key {key_id} does not exist", reason="KEY_NOT_FOUND",
                            metadata={"key_id": key_id}) from None
         except VaultError as exc:
-            raise vault_error_to_status(exc, f"read key {key_id}") from None
+            raise vault_unavailable(exc, f"read key {key_id}") from None
         try:
             policy_doc = await self._vault.read_kv(self._paths.policy(key_id))
         except VaultNotFound:
             policy_doc = {}
         except VaultError as exc:
-            raise vault_error_to_status(exc, f"read the policy of key {key_id}") from None
+            raise vault_unavailable(exc, f"read the policy of key {key_id}") from None
         try:
             private_key = parse_private_key(str(secret.get("private_key", "")))
             policy = KeyPolicy.from_document(policy_doc)

@@ -7,7 +7,6 @@ writes one audit line. It never returns, logs or traces key material.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -19,10 +18,10 @@ import grpc
 from portico.runtime.auth import TokenAuthenticator, current_principal
 from portico.runtime.eip712 import TypedDataError, TypedDataHash, hash_typed_data
 from portico.runtime.errors import InvalidArgument
-from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait
+from portico.runtime.lifecycle import GrpcServiceApp
 from portico.runtime.server import GrpcServer
 from portico.runtime.signing_keys import KeyPaths, check_key_id
-from portico.runtime.vault import VaultSession
+from portico.runtime.vault import VaultAccess, VaultSession, VaultWatch
 from portico.signer.keystore import KeyStore
 from portico.signer.settings import SignerSettings
 from portico.signer.v1 import signer_service_pb2, signer_service_pb2_grpc
@@ -182,42 +181,33 @@ class SignerApp(GrpcServiceApp):
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
         signer_service_pb2_grpc.add_SignerServiceServicer_to_server(
             SignerServicer(self.keys, self.ledger, max_payload_bytes=settings.max_payload_bytes), self.server.grpc)
-        self.vault_available: bool | None = None  # unknown until the first check
-        self._watch: asyncio.Task[None] | None = None
+        self.vault_watch = VaultWatch(self.vault, settings.vault_check_s, self._vault_access_changed, logger=log)
 
     async def start(self) -> None:
         await self.ledger.start()
         try:
             await self.vault.start()
-        except Exception as exc:  # start anyway: report NOT_SERVING until Vault is reachable
+        except Exception as exc:  # start anyway: NOT_SERVING until Vault is reachable and accepts the token
             log.warning("vault not ready at start", extra={"error": type(exc).__name__})
         await self.server.start([SERVICE_NAME])
-        await self._check_vault()
-        self._watch = asyncio.create_task(self._watch_vault(), name="vault-watch")
+        await self.vault_watch.start()
 
-    async def _check_vault(self) -> None:
-        try:
-            health = await self.vault.health()
-            available = health.available
-        except Exception:  # health() should not raise; treat anything as "down"
-            available = False
-        if available == self.vault_available:
-            return
-        self.vault_available = available
+    async def _vault_access_changed(self, access: VaultAccess) -> None:
+        """Ready only while Vault is up, unsealed and accepts the signer's token: every `Sign` needs that.
+
+        Otherwise the cached keys are dropped (signing stops with Vault, as the operator who sealed it or
+        revoked the token means) and they are loaded again on demand once it is back. A single key Vault
+        will not let the signer read is not checked here: that fails its own `Sign` calls
+        (VAULT_PERMISSION_DENIED) and no others, and a caller's choice of key id must not make the signer
+        unready.
+        """
+        available = access is VaultAccess.AVAILABLE
         if not available:
             self.keys.clear()
-            log.warning("vault unavailable: cached keys dropped, signing refused until it is back")
-        else:
-            log.info("vault available: keys will be loaded on demand")
         await self.server.set_serving(SERVICE_NAME, available)
 
-    async def _watch_vault(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.vault_check_s)
-            await self._check_vault()
-
     async def aclose(self, grace_s: float | None = None) -> None:
-        await cancel_and_wait(self._watch)
+        await self.vault_watch.aclose()
         await self.server.stop(grace_s)
         await self.keys.aclose()
         await self.ledger.aclose()

@@ -33,7 +33,8 @@ KEY_CACHE_SECONDS = setting("PORTICO_SIGNER_KEY_CACHE_SECONDS", "30",
                             "the background ahead of that.",
                             scope=_SCOPE)
 VAULT_CHECK_SECONDS = setting("PORTICO_SIGNER_VAULT_CHECK_SECONDS", "2",
-                              "How often Vault's health is checked; keys are dropped when it is sealed or down.",
+                              "How often the signer checks that Vault is up, unsealed and accepts its token (readiness "
+                              "follows); keys are dropped when it does not.",
                               scope=_SCOPE)
 MAX_PAYLOAD_BYTES = setting("PORTICO_SIGNER_MAX_PAYLOAD_BYTES", "65536",
                             "Largest typed-data JSON accepted by `Sign`.", scope=_SCOPE)

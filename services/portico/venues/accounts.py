@@ -26,7 +26,7 @@ import orjson
 from portico.runtime.cache import RefreshingCache
 from portico.runtime.errors import Internal, InvalidArgument, NotFound, Unavailable
 from portico.runtime.secp256k1 import to_checksum_address
-from portico.runtime.vault import VaultError, VaultNotFound, VaultSession
+from portico.runtime.vault import VaultError, VaultNotFound, VaultSession, vault_unavailable
 from portico.venues.syndr import models
 from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.credentials import ApiCredentials
@@ -115,8 +115,7 @@ class VenueAccountStore:
             raise NotFound(f"Portico holds no {venue} account {account}", reason="ACCOUNT_NOT_FOUND",
                            metadata={"venue": venue, "account": account}) from None
         except VaultError as exc:
-            raise Unavailable(f"Vault unavailable reading the {venue} account ({type(exc).__name__})",
-                              reason="VAULT_UNAVAILABLE") from None
+            raise vault_unavailable(exc, f"read the {venue} account") from None
 
     async def _read(self, venue: str, account: str) -> VenueAccount:
         data = await self.read_raw(venue, account)

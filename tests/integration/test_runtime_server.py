@@ -17,9 +17,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from tests.support.certs import CertificateAuthority
 from tests.support.demo_server import build
-from tests.support.ports import free_port
+from tests.support.pki import Pki, make_pki
+from tests.support.ports import free_port, taken_port
 from tests.support.signer import make_tokens
 from tests.support.tcp_proxy import TcpProxy
 
@@ -36,12 +36,8 @@ def tokens() -> tuple[dict[str, str], str]:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    directory = tmp_path_factory.mktemp("pki")
-    good, rogue = CertificateAuthority(directory, "good"), CertificateAuthority(directory, "rogue")
-    return {"ca": good.cert_path, "server": good.issue("server", server=True),
-            "client": good.issue("client", server=False), "rogue_client": rogue.issue("client", server=False),
-            "rogue_ca": rogue.cert_path}
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def start(env: dict[str, str]) -> tuple[object, str]:
@@ -150,22 +146,20 @@ async def test_liveness_is_serving_while_the_service_is_not_ready(tokens: tuple[
 # --------------------------------------------------------------------------- TLS and mTLS
 
 
-def tls_env(pki: dict[str, object], tokens: tuple[dict[str, str], str], *, mtls: bool) -> dict[str, str]:
-    server = pki["server"]
+def tls_env(pki: Pki, tokens: tuple[dict[str, str], str], *, mtls: bool) -> dict[str, str]:
     env = {"PORTICO_LISTEN_ADDR": "127.0.0.1:0", "PORTICO_AUTH_TOKENS": tokens[1],
-           "PORTICO_TLS_CERT_FILE": str(server.cert), "PORTICO_TLS_KEY_FILE": str(server.key)}  # type: ignore[attr-defined]
+           "PORTICO_TLS_CERT_FILE": str(pki.server.cert), "PORTICO_TLS_KEY_FILE": str(pki.server.key)}
     if mtls:
-        env["PORTICO_TLS_CLIENT_CA_FILE"] = str(pki["ca"])
+        env["PORTICO_TLS_CLIENT_CA_FILE"] = str(pki.ca)
     return env
 
 
-async def test_tls_server_accepts_a_client_that_trusts_its_ca(pki: dict[str, object],
-                                                              tokens: tuple[dict[str, str], str]) -> None:
+async def test_tls_server_accepts_a_client_that_trusts_its_ca(pki: Pki, tokens: tuple[dict[str, str], str]) -> None:
     server, target = await start(tls_env(pki, tokens, mtls=False))
     try:
-        async with open_channel(target, token=tokens[0]["read"], ca_file=pki["ca"]) as channel:  # type: ignore[arg-type]
+        async with open_channel(target, token=tokens[0]["read"], ca_file=pki.ca) as channel:
             assert await call(channel, "/test.Demo/Wait", b"1") == b"1"
-        async with open_channel(target, token=tokens[0]["read"], ca_file=pki["rogue_ca"]) as channel:  # type: ignore[arg-type]
+        async with open_channel(target, token=tokens[0]["read"], ca_file=pki.rogue_ca) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call(channel, "/test.Demo/Wait", b"1")
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -174,14 +168,13 @@ async def test_tls_server_accepts_a_client_that_trusts_its_ca(pki: dict[str, obj
 
 
 @pytest.mark.parametrize("client", ["none", "rogue", "good"])
-async def test_mtls_requires_a_client_certificate_from_the_right_ca(pki: dict[str, object],
-                                                                    tokens: tuple[dict[str, str], str],
+async def test_mtls_requires_a_client_certificate_from_the_right_ca(pki: Pki, tokens: tuple[dict[str, str], str],
                                                                     client: str) -> None:
     server, target = await start(tls_env(pki, tokens, mtls=True))
-    cert = {"none": None, "rogue": pki["rogue_client"], "good": pki["client"]}[client]
-    client_cert = (cert.cert, cert.key) if cert is not None else None  # type: ignore[attr-defined]
+    cert = {"none": None, "rogue": pki.rogue_client, "good": pki.client}[client]
+    client_cert = (cert.cert, cert.key) if cert is not None else None
     try:
-        async with open_channel(target, token=tokens[0]["read"], ca_file=pki["ca"],  # type: ignore[arg-type]
+        async with open_channel(target, token=tokens[0]["read"], ca_file=pki.ca,
                                 client_cert=client_cert) as channel:
             if client == "good":
                 assert await call(channel, "/test.Demo/Wait", b"1") == b"1"
@@ -191,6 +184,11 @@ async def test_mtls_requires_a_client_certificate_from_the_right_ca(pki: dict[st
                 assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(0)  # type: ignore[attr-defined]
+
+
+async def test_a_client_certificate_without_a_ca_is_refused_rather_than_dropped_for_plaintext(pki: Pki) -> None:
+    with pytest.raises(ValueError, match="ca_file"):
+        open_channel("127.0.0.1:1", client_cert=(pki.client.cert, pki.client.key))
 
 
 # --------------------------------------------------------------------------- graceful shutdown
@@ -390,3 +388,21 @@ def test_run_service_serves_until_sigterm_then_exits_0() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_run_service_on_a_port_in_use_says_so_in_one_line_and_exits_1() -> None:
+    with taken_port() as port:
+        addr = f"127.0.0.1:{port}"
+        process = subprocess.Popen([sys.executable, "-c", RUN_SERVICE], cwd=REPO,
+                                   env=run_service_env(PORTICO_LISTEN_ADDR=addr),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # it served on a port another socket holds
+            process.kill()
+            stdout, stderr = process.communicate()
+    assert "Traceback" not in stderr, stderr
+    ours = [line for line in stderr.splitlines() if line.startswith("portico-demo")]
+    assert len(ours) == 1 and ours[0].startswith(f"portico-demo: not started: cannot listen on {addr}"), stderr
+    assert "PORTICO_LISTEN_ADDR" in ours[0]
+    assert (process.returncode, stdout) == (1, "")

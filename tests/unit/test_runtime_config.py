@@ -214,6 +214,96 @@ def test_usable_tls_files_are_accepted(pki: dict[str, Path]) -> None:
     assert tls is not None and (tls.cert, tls.key, tls.client_ca) == (pki["cert"], pki["key"], pki["ca"])
 
 
+# --------------------------------------------------------------------------- client TLS (PORTICO_UPSTREAM_TLS_*)
+
+_CA, _CERT, _KEY, _NAME = ("PORTICO_UPSTREAM_TLS_CA_FILE", "PORTICO_UPSTREAM_TLS_CERT_FILE",
+                           "PORTICO_UPSTREAM_TLS_KEY_FILE", "PORTICO_UPSTREAM_TLS_SERVER_NAME")
+
+
+@pytest.mark.parametrize(("files", "needle"), [
+    ({_CA: "missing"}, "PORTICO_UPSTREAM_TLS_CA_FILE: cannot read"),
+    ({_CA: "directory"}, "PORTICO_UPSTREAM_TLS_CA_FILE: cannot read"),
+    ({_CA: "garbage"}, "PORTICO_UPSTREAM_TLS_CA_FILE does not hold PEM CA certificates"),
+    ({_CA: "key"}, "PORTICO_UPSTREAM_TLS_CA_FILE does not hold PEM CA certificates"),
+    ({_CA: "ca", _CERT: "cert"}, "PORTICO_UPSTREAM_TLS_CERT_FILE and PORTICO_UPSTREAM_TLS_KEY_FILE must be set "
+                                 "together"),
+    ({_CA: "ca", _KEY: "key"}, "PORTICO_UPSTREAM_TLS_CERT_FILE and PORTICO_UPSTREAM_TLS_KEY_FILE must be set "
+                               "together"),
+    ({_CERT: "cert", _KEY: "key"}, "PORTICO_UPSTREAM_TLS_CERT_FILE needs PORTICO_UPSTREAM_TLS_CA_FILE"),
+    ({_CA: "ca", _CERT: "missing", _KEY: "key"}, "PORTICO_UPSTREAM_TLS_CERT_FILE: cannot read"),
+    ({_CA: "ca", _CERT: "cert", _KEY: "missing"}, "PORTICO_UPSTREAM_TLS_KEY_FILE: cannot read"),
+    ({_CA: "ca", _CERT: "garbage", _KEY: "key"}, "PORTICO_UPSTREAM_TLS_CERT_FILE does not hold a PEM certificate"),
+    ({_CA: "ca", _CERT: "key", _KEY: "key"}, "PORTICO_UPSTREAM_TLS_CERT_FILE does not hold a PEM certificate"),
+    ({_CA: "ca", _CERT: "cert", _KEY: "garbage"}, "PORTICO_UPSTREAM_TLS_KEY_FILE is not the unencrypted PEM private "
+                                                  "key of PORTICO_UPSTREAM_TLS_CERT_FILE's certificate"),
+    ({_CA: "ca", _CERT: "cert", _KEY: "other_key"}, "PORTICO_UPSTREAM_TLS_KEY_FILE is not the unencrypted PEM "
+                                                    "private key"),
+])
+def test_unusable_upstream_tls_files_are_a_configuration_error(pki: dict[str, Path], files: dict[str, str],
+                                                               needle: str) -> None:
+    """Refused at start, naming the variable: gRPC would only fail each call, UNAVAILABLE, far from the cause."""
+    from portico.runtime.client import ChannelTls
+
+    with pytest.raises(ConfigError, match=re.escape(needle)) as caught:
+        ChannelTls.from_env({name: str(pki[which]) for name, which in files.items()})
+    assert "PRIVATE KEY" not in str(caught.value) and "\n" not in str(caught.value)
+    assert pki["key"].read_text() not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["", " ", "signer portico", "signer.portico\n", "-x", "a" * 254, "[::1]",
+                                  "signer.portico:443", "ünï.example"])
+def test_an_upstream_server_name_that_is_no_host_name_is_refused(pki: dict[str, Path], name: str) -> None:
+    from portico.runtime.client import ChannelTls
+
+    env = {_CA: str(pki["ca"]), _NAME: name}
+    if not name:  # unset is no override
+        tls = ChannelTls.from_env(env)
+        assert tls is not None and tls.server_name is None
+        return
+    with pytest.raises(ConfigError, match="PORTICO_UPSTREAM_TLS_SERVER_NAME must be"):
+        ChannelTls.from_env(env)
+
+
+def test_an_upstream_server_name_needs_the_ca() -> None:
+    from portico.runtime.client import ChannelTls
+
+    with pytest.raises(ConfigError, match="PORTICO_UPSTREAM_TLS_SERVER_NAME needs PORTICO_UPSTREAM_TLS_CA_FILE"):
+        ChannelTls.from_env({_NAME: "signer.portico.internal"})
+
+
+def test_usable_upstream_tls_files_are_accepted(pki: dict[str, Path]) -> None:
+    from portico.runtime.client import ChannelTls
+
+    assert ChannelTls.from_env({}) is None  # plaintext, as before
+    tls = ChannelTls.from_env({_CA: str(pki["ca"])})
+    assert tls is not None and (tls.ca_file, tls.client_cert, tls.server_name) == (pki["ca"], None, None)
+    tls = ChannelTls.from_env({_CA: str(pki["ca"]), _CERT: str(pki["cert"]), _KEY: str(pki["key"]),
+                               _NAME: "signer.portico.svc.cluster.local"})
+    assert tls is not None
+    assert (tls.ca_file, tls.client_cert, tls.server_name) == (pki["ca"], (pki["cert"], pki["key"]),
+                                                               "signer.portico.svc.cluster.local")
+    assert ChannelTls.from_env({_CA: str(pki["ca"]), _NAME: "10.0.0.7"}).server_name == "10.0.0.7"  # type: ignore[union-attr]
+
+
+def test_every_service_that_calls_another_takes_the_upstream_tls_settings(pki: dict[str, Path]) -> None:
+    """Execution, account, market data and the gateway read them (and refuse bad ones) in their own settings."""
+    from portico.gateway.__main__ import GatewaySettings
+    from portico.marketdata.service import MarketDataSettings
+    from portico.runtime.client import ChannelTls
+
+    base = {"PORTICO_VAULT_ADDR": "http://127.0.0.1:8200", "PORTICO_VAULT_TOKEN": "t", "PORTICO_SERVICE_TOKEN": "t",
+            "PORTICO_MARKETDATA_REFDATA_ADDR": "127.0.0.1:50051"}
+    tls_env = {_CA: str(pki["ca"]), _CERT: str(pki["cert"]), _KEY: str(pki["key"])}
+    expected = ChannelTls.from_env(tls_env)
+    readers = (ExecutionSettings.from_env, AccountSettings.from_env, MarketDataSettings.from_env,
+               GatewaySettings.from_env)
+    for from_env in readers:
+        assert from_env(base).upstream_tls is None
+        assert from_env({**base, **tls_env}).upstream_tls == expected
+        with pytest.raises(ConfigError, match="PORTICO_UPSTREAM_TLS_CA_FILE: cannot read"):
+            from_env({**base, _CA: str(pki["missing"])})
+
+
 @pytest.mark.parametrize(("raw", "needle"), [
     ('["pt_abc"]', r"PORTICO_AUTH_TOKENS: auth token entry 0 must be an object"),
     ("[null]", r"PORTICO_AUTH_TOKENS: auth token entry 0 must be an object"),
@@ -229,6 +319,9 @@ def test_token_file_errors_name_the_variable(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     path.write_text('[{"name": "a", "sha256": "0", "scopes": []}]')
     with pytest.raises(ConfigError, match=r"PORTICO_AUTH_TOKENS_FILE: auth token entry 0 \(a\)"):
+        TokenAuthenticator.from_env({"PORTICO_AUTH_TOKENS_FILE": str(path)})
+    path.write_bytes(b"\xff\xfe[]")  # not UTF-8 (a wrong file mounted): still one line naming the variable
+    with pytest.raises(ConfigError, match=r"PORTICO_AUTH_TOKENS_FILE: cannot read token list \(UnicodeDecodeError\)"):
         TokenAuthenticator.from_env({"PORTICO_AUTH_TOKENS_FILE": str(path)})
 
 
@@ -338,6 +431,20 @@ def test_a_text_log_line_cannot_be_forged_or_lost_through_an_extra(
     assert r'error="bad\rWARNING portico.signer: signed"' in lines[0]
     assert r'symbol="\u001b[2JETH"' in lines[0]
     assert lines[1].endswith('book levels={"3000.5":2,"(\'a\', 1)":3}'), lines[1]
+
+
+def test_a_text_log_line_cannot_be_forged_through_its_message(
+        text_log: Callable[[], logging.Logger], capsys: pytest.CaptureFixture[str]) -> None:
+    # Messages quote text from outside too (`"syndr websocket resync failed: %s", exc`, a request's path): a
+    # newline in it made a second line that looked like the signer's own.
+    logger = text_log()
+    forged = "refused\n2026-11-22 07:00:00,000 INFO portico.signer.audit: signed key_id=desk-1\r\x1b[2K\u2028"
+    logger.warning("syndr websocket resync failed: %s", forged, extra={"account": "0xabc"})
+    captured = capsys.readouterr().err
+    assert len(captured.splitlines()) == 1, captured
+    assert not any(c in captured for c in "\r\x1b\u2028"), captured
+    assert (r"resync failed: refused\n2026-11-22 07:00:00,000 INFO portico.signer.audit: signed key_id=desk-1"
+            r"\r\x1b[2K\u2028 account=0xabc") in captured
 
 
 def test_json_logs_keep_a_line_whose_extra_has_keys_json_cannot_name(

@@ -38,7 +38,7 @@ from portico.runtime.lifecycle import GrpcServiceApp
 from portico.runtime.paging import cursor_from_token, offset_from_token, page_size, page_token, position_from_token
 from portico.runtime.server import GrpcServer
 from portico.runtime.signing_keys import KeyPaths
-from portico.runtime.vault import VaultError, VaultNotFound, VaultSession
+from portico.runtime.vault import VaultError, VaultNotFound, VaultSession, vault_unavailable
 from portico.signer.client import SignerClient
 from portico.venues.accounts import SyndrAccounts, VenueAccount, VenueAccountStore, check_account, check_venue
 from portico.venues.syndr import models, typed_data
@@ -75,6 +75,11 @@ def api_key_path(venue: str, account: str, api_key: str) -> str:
     return f"portico/venues/{venue}/api-keys/{account.lower()}/{api_key}"
 
 
+def _now_s() -> dict[str, Any]:
+    """`private/get_account_summary`'s required `timestamp` ("Current time in seconds", the document's table)."""
+    return {"timestamp": int(time.time())}
+
+
 class AccountServicer(pb_grpc.AccountServiceServicer):
     """The RPCs: thin over the venue, except RegisterSigningKey (see `registration`)."""
 
@@ -98,7 +103,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     @map_venue_errors
     async def GetAccountSummary(self, request: pb.GetAccountSummaryRequest, context: Any) -> Any:
         venue, account = check_venue(request.venue), check_account(request.account)
-        summary = models.parse_account_summary(await self._call(account, "private/get_account_summary"))
+        summary = models.parse_account_summary(await self._call(account, "private/get_account_summary", _now_s()))
         return pb.GetAccountSummaryResponse(summary=summary_proto(venue, account, summary))
 
     @map_venue_errors
@@ -214,7 +219,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             await lease.release()
 
     async def _read_and_toggle(self, account: str, wanted: bool, lease: Lease) -> bool:
-        summary = models.parse_account_summary(await self._call(account, "private/get_account_summary"))
+        summary = models.parse_account_summary(await self._call(account, "private/get_account_summary", _now_s()))
         if bool(summary.is_portfolio_margined) == wanted:
             return wanted
         lease.check(self.venue_timeout_s, "private/toggle_portfolio_margin")  # the toggle lands within the lease
@@ -362,8 +367,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         except VaultNotFound:
             stored = {}
         except VaultError as exc:
-            raise Unavailable(f"Vault unavailable reading the API key's secret ({type(exc).__name__})",
-                              reason="VAULT_UNAVAILABLE") from None
+            raise vault_unavailable(exc, "read the API key's secret") from None
         secret = stored.get("api_secret")
         if not isinstance(secret, str) or not secret:
             raise FailedPrecondition(
@@ -410,8 +414,8 @@ class AccountApp(GrpcServiceApp):
         self.accounts = SyndrAccounts(settings.syndr_http_url,
                                       VenueAccountStore(self.vault, cache_ttl_s=settings.credentials_cache_s),
                                       timeout_s=settings.venue_timeout_s, rate_share=settings.venue_rate_share)
-        self.signer_channel = open_channel(settings.signer_addr)
-        self.refdata_channel = open_channel(settings.refdata_addr)
+        self.signer_channel = open_channel(settings.signer_addr, tls=settings.upstream_tls)
+        self.refdata_channel = open_channel(settings.refdata_addr, tls=settings.upstream_tls)
         signer = SignerClient(self.signer_channel, settings.service_token)
         # Venue changes and what must follow them (Vault, rollbacks) run to their end: see `Completions`.
         self.completions = Completions()

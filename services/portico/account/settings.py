@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from portico.account.leases import DEFAULT_TTL_S as LEASE_TTL_S
-from portico.runtime.client import SERVICE_TOKEN
+from portico.runtime.client import SERVICE_TOKEN, ChannelTls
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.server import ServerSettings
 from portico.runtime.vault import VaultSettings
@@ -57,6 +57,7 @@ class AccountSettings:
     venue_timeout_s: float
     credentials_cache_s: float
     venue_rate_share: float
+    upstream_tls: ChannelTls | None = None  # PORTICO_UPSTREAM_TLS_*: the signer and reference data channels
 
     @property
     def completion_wait_s(self) -> float:
@@ -91,4 +92,5 @@ class AccountSettings:
             venue_timeout_s=venue_timeout_s,
             credentials_cache_s=CREDENTIALS_CACHE_S.get_float(env, minimum=0),
             venue_rate_share=rate_share(VENUE_RATE_SHARE, env),
+            upstream_tls=ChannelTls.from_env(env),
         )

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portico.runtime.client import SERVICE_TOKEN
+from portico.runtime.client import SERVICE_TOKEN, ChannelTls
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.server import ServerSettings
 from portico.runtime.vault import VaultSettings
@@ -66,6 +66,7 @@ class ExecutionSettings:
     instrument_cache_s: float
     credentials_cache_s: float
     venue_rate_share: float
+    upstream_tls: ChannelTls | None = None  # PORTICO_UPSTREAM_TLS_*: the signer and reference data channels
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ExecutionSettings:
@@ -92,4 +93,5 @@ class ExecutionSettings:
             instrument_cache_s=INSTRUMENT_CACHE_S.get_float(env, minimum=0),
             credentials_cache_s=CREDENTIALS_CACHE_S.get_float(env, minimum=0),
             venue_rate_share=rate_share(VENUE_RATE_SHARE, env),
+            upstream_tls=ChannelTls.from_env(env),
         )

@@ -8,13 +8,14 @@ import portico.runtime.grpc_core  # noqa: F401  first: gRPC reads its core optio
 import asyncio
 import re
 import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from portico.gateway.app import Gateway
-from portico.runtime.client import open_channel
+from portico.runtime.client import ChannelTls, open_channel
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.main import run_service
 
@@ -29,6 +30,7 @@ class GatewaySettings:
     host: str
     port: int
     refdata_addr: str
+    upstream_tls: ChannelTls | None = None  # PORTICO_UPSTREAM_TLS_*: the reference-data channel
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -42,7 +44,7 @@ class GatewaySettings:
         if not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
             raise ConfigError(f"{LISTEN.name} must be host:port or [ipv6]:port, with a port from 0 (any free port) "
                               f"to 65535 (got {value!r})")
-        return cls(host, int(port), REFDATA_ADDR.get_str(env))
+        return cls(host, int(port), REFDATA_ADDR.get_str(env), ChannelTls.from_env(env))
 
 
 class GatewayApp:
@@ -54,11 +56,16 @@ class GatewayApp:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with open_channel(self.settings.refdata_addr) as refdata:
+        async with open_channel(self.settings.refdata_addr, tls=self.settings.upstream_tls) as refdata:
             runner = web.AppRunner(Gateway(refdata).app(), access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, self.settings.host, self.settings.port).start()
             try:
+                try:
+                    await web.TCPSite(runner, self.settings.host, self.settings.port).start()
+                except OSError as exc:  # the port in use, an address not on this host: one line, not a traceback
+                    print(f"portico-gateway: not started: cannot listen on {self.settings.host}:{self.settings.port}"
+                          f" ({LISTEN.name}): {exc.strerror or exc}", file=sys.stderr, flush=True)
+                    raise SystemExit(1) from None
                 await stop.wait()
             finally:
                 await runner.cleanup()  # finishes in-flight requests

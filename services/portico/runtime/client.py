@@ -11,10 +11,11 @@ from pathlib import Path
 
 import grpc
 
+from portico.runtime.channel_tls import ChannelTls
 from portico.runtime.config import setting
 from portico.runtime.interceptors import TracedChannel
 
-__all__ = ["KEEPALIVE_OPTIONS", "SERVICE_TOKEN", "bearer", "open_channel"]
+__all__ = ["KEEPALIVE_OPTIONS", "SERVICE_TOKEN", "ChannelTls", "bearer", "open_channel"]
 
 # A peer that vanished without closing the connection (its node gone, a NAT or load-balancer entry dropped)
 # would leave a long-lived stream (market data's reference-data watch, execution's calls to the signer)
@@ -51,24 +52,32 @@ def open_channel(
     target: str,
     *,
     token: str | None = None,
+    tls: ChannelTls | None = None,
     ca_file: Path | None = None,
     client_cert: tuple[Path, Path] | None = None,
     options: Mapping[str, int | str] | None = None,
 ) -> grpc.aio.Channel:
     """Open an aio channel to `target` (host:port), with keepalive pings (`options` may override them).
 
-    With `ca_file` the channel uses TLS (and `client_cert` = (cert, key) for
-    mTLS) and the token rides as per-call credentials; without TLS the token is
-    added to each call's metadata by the caller (`metadata=bearer(token)`),
-    since gRPC refuses call credentials on insecure channels.
+    With `tls` (a service's `ChannelTls.from_env(env)`, the PORTICO_UPSTREAM_TLS_* settings) or `ca_file` the
+    channel uses TLS (and `client_cert` = (cert, key) for mTLS; `tls.server_name` is the name checked in the
+    server's certificate instead of the target's host) and the token rides as per-call credentials; without
+    TLS the token is added to each call's metadata by the caller (`metadata=bearer(token)`), since gRPC refuses
+    call credentials on insecure channels. The services pass their token in each call's metadata either way.
     """
-    channel_options = list({**KEEPALIVE_OPTIONS, **(options or {})}.items())
-    if ca_file is None:
-        return TracedChannel(grpc.aio.insecure_channel(target, options=channel_options))
-    key_pem = cert_pem = None
-    if client_cert is not None:
-        cert_pem, key_pem = client_cert[0].read_bytes(), client_cert[1].read_bytes()
-    credentials = grpc.ssl_channel_credentials(ca_file.read_bytes(), key_pem, cert_pem)
+    channel_options: dict[str, int | str] = {**KEEPALIVE_OPTIONS, **(options or {})}
+    if tls is not None and (ca_file is not None or client_cert is not None):
+        raise ValueError("pass the TLS settings as tls or as ca_file and client_cert, not both")
+    if ca_file is None and client_cert is not None:  # it would silently go in plaintext, without the certificate
+        raise ValueError("a client certificate needs ca_file: without it the channel is plaintext")
+    if tls is None and ca_file is not None:
+        tls = ChannelTls(ca_file, client_cert)
+    if tls is None:
+        return TracedChannel(grpc.aio.insecure_channel(target, options=list(channel_options.items())))
+    if tls.server_name is not None:
+        # The name both sent as SNI and checked against the certificate's names.
+        channel_options["grpc.ssl_target_name_override"] = tls.server_name
+    credentials = grpc.ssl_channel_credentials(*tls.credentials())
     if token is not None:
         credentials = grpc.composite_channel_credentials(credentials, grpc.metadata_call_credentials(_TokenAuth(token)))
-    return TracedChannel(grpc.aio.secure_channel(target, credentials, options=channel_options))
+    return TracedChannel(grpc.aio.secure_channel(target, credentials, options=list(channel_options.items())))

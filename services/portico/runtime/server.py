@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,8 @@ from grpc_reflection.v1alpha import reflection
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.interceptors import ServerInterceptor
+from portico.runtime.lifecycle import ListenError
+from portico.runtime.tls_files import check_ca, check_key_pair, check_readable
 
 __all__ = ["LIVENESS_SERVICE", "GrpcServer", "ServerSettings", "TlsFiles"]
 
@@ -115,36 +116,11 @@ def _listen_addr(value: str) -> str:
 
 
 def _check_tls(tls: TlsFiles) -> None:
-    """Refuse TLS files gRPC cannot use, naming the variable: gRPC itself only says "Failed to bind to address".
-
-    Only the form is checked here (PEM, the key belongs to the certificate), not the key's strength, which is
-    gRPC's TLS library's business.
-    """
-    files = ((TLS_CERT_FILE, tls.cert), (TLS_KEY_FILE, tls.key), (TLS_CLIENT_CA_FILE, tls.client_ca))
-    for variable, path in files:
-        if path is None:
-            continue
-        try:
-            path.open("rb").close()
-        except OSError as exc:
-            raise ConfigError(f"{variable.name}: cannot read {path} ({exc.strerror or type(exc).__name__})") from None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    # ssl.SSLError is an OSError; its text says nothing more useful than these.
-    try:
-        context.load_verify_locations(tls.cert)
-    except OSError:
-        raise ConfigError(f"{TLS_CERT_FILE.name} does not hold a PEM certificate") from None
-    try:
-        context.load_cert_chain(tls.cert, tls.key, password=b"")  # a password, so OpenSSL never prompts for one
-    except OSError:
-        raise ConfigError(f"{TLS_KEY_FILE.name} is not the unencrypted PEM private key of "
-                          f"{TLS_CERT_FILE.name}'s certificate") from None
+    """Refuse TLS files gRPC cannot use, naming the variable: gRPC itself only says "Failed to bind to address"."""
+    check_readable(((TLS_CERT_FILE, tls.cert), (TLS_KEY_FILE, tls.key), (TLS_CLIENT_CA_FILE, tls.client_ca)))
+    check_key_pair(TLS_CERT_FILE, tls.cert, TLS_KEY_FILE, tls.key)
     if tls.client_ca is not None:
-        try:
-            context.load_verify_locations(tls.client_ca)
-        except OSError:
-            raise ConfigError(f"{TLS_CLIENT_CA_FILE.name} does not hold PEM CA certificates") from None
+        check_ca(TLS_CLIENT_CA_FILE, tls.client_ca)
 
 
 # How long past the grace period `GrpcServer.stop` waits for gRPC to report the server stopped.
@@ -197,17 +173,21 @@ class GrpcServer:
             self.grpc,
         )
         tls = self.settings.tls
-        if tls is None:
-            self.port = self.grpc.add_insecure_port(self.settings.listen_addr)
-        else:
-            credentials = grpc.ssl_server_credentials(
-                [(tls.key.read_bytes(), tls.cert.read_bytes())],
-                root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
-                require_client_auth=tls.client_ca is not None,
-            )
-            self.port = self.grpc.add_secure_port(self.settings.listen_addr, credentials)
+        try:
+            if tls is None:
+                self.port = self.grpc.add_insecure_port(self.settings.listen_addr)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.key.read_bytes(), tls.cert.read_bytes())],
+                    root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                self.port = self.grpc.add_secure_port(self.settings.listen_addr, credentials)
+        except RuntimeError:  # gRPC's "Failed to bind"; its own log line says why (address in use, say)
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen_addr}")
+            raise ListenError(f"cannot listen on {self.settings.listen_addr} ({LISTEN_ADDR.name}): the address is "
+                              "in use or not this host's")
         await self.grpc.start()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.set_ready(serving)

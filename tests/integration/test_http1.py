@@ -193,7 +193,9 @@ async def test_a_lost_connection_and_a_refused_one_are_connection_errors() -> No
 
 async def test_headers_that_would_inject_lines_are_refused(echo: ScriptedServer) -> None:
     async with Http1Pool(echo.url()) as pool:
-        for headers in ({"x-api-key": "k\r\nx-evil: 1"}, {"bad name": "v"}, {"x\nevil": "v"}):
+        for headers in ({"x-api-key": "k\r\nx-evil: 1"}, {"bad name": "v"}, {"x\nevil": "v"},
+                        # the request's framing and target are the client's: a second one smuggles or misroutes
+                        {"Content-Length": "0"}, {"transfer-encoding": "chunked"}, {"HOST": "elsewhere"}):
             with pytest.raises(ValueError, match="not a valid HTTP header"):
                 await pool.post(b"x", headers)
     assert echo.requests == []
@@ -287,10 +289,25 @@ async def test_a_large_answer_arriving_with_its_headers_is_read_whole() -> None:
         assert await pool.post(b"big", {}) == (200, body)
 
 
-async def test_endless_headers_are_refused() -> None:
+async def test_a_large_answer_leaves_its_connection_reusable() -> None:
+    """The header limit must not count an answer's last read: one over the limit closed every connection it came on."""
+    body = b"x" * 300_000
+    async with ScriptedServer(lambda _: ok(body)) as server:
+        async with Http1Pool(server.url()) as pool:
+            for _ in range(3):
+                assert await pool.post(b"big", {}) == (200, body)
+        assert server.connections == 1
+
+
+@pytest.mark.parametrize("opening", [
+    b"HTTP/1.1 200 OK\r\nX-Junk: ",
+    # A chunked answer's trailers are headers too: the parser collects them as it does the head.
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Junk: ",
+], ids=["head", "trailers"])
+async def test_endless_headers_are_refused(opening: bytes) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Junk: ")
+        writer.write(opening)
         with contextlib.suppress(ConnectionError):
             for _ in range(200):
                 writer.write(b"a" * 4096)

@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from tests.support.ports import free_port
@@ -601,3 +602,18 @@ async def test_budget_shared_by_both_clients(stub: SyndrStub) -> None:
         spent = full - budget.available
     # auth (50) + buy (10) + cancel (10): both clients drew from the one budget
     assert 69 < spent <= 70
+
+
+async def test_a_callers_baggage_does_not_leave_for_the_venue(stub: SyndrStub, spans: InMemorySpanExporter) -> None:
+    # Baggage comes from our callers' metadata and is theirs; the venue is outside: it gets our trace id only.
+    tracer = trace.get_tracer("test")
+    token = otel_context.attach(baggage.set_baggage("desk.user", "alice@example.internal"))
+    try:
+        async with SyndrHttpClient(stub.http_url, credentials=CREDS) as client:
+            with tracer.start_as_current_span("caller"):
+                await client.call("private/get_positions")
+    finally:
+        otel_context.detach(token)
+    headers = {name.lower(): value for name, value in stub.http_requests[0].headers.items()}
+    assert "traceparent" in headers
+    assert "baggage" not in headers and not any("alice" in value for value in headers.values())

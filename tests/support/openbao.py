@@ -12,7 +12,6 @@ same port if needed) to simulate a restarted Vault.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -20,20 +19,18 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import hvac
 
+from portico.runtime.lifecycle import with_parent_death_signal
 from tests.support.binaries import installed_binary
 from tests.support.ports import free_port, port_is_free
 
@@ -64,26 +61,6 @@ def _kill(proc: subprocess.Popen[bytes], log_file: Any, tmpdir: str | None) -> N
         log_file.close()
     if tmpdir is not None:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the server die with this process (Linux, main thread only).
-
-    Covers what no finalizer can: the test process being SIGKILLed. The death signal
-    fires when the *thread* that spawned the child exits, hence main thread only.
-    """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork: the child only calls it
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-    return preexec
 
 
 def _free_port_pair() -> int:
@@ -158,21 +135,20 @@ class OpenBaoDevServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
         env["HOME"] = str(workdir)  # keep any token helper away from the real home directory
         self._proc = subprocess.Popen(
-            [
+            with_parent_death_signal([
                 find_bao(),
                 "server",
                 "-dev",
                 "-dev-no-store-token",
                 f"-dev-root-token-id={self.root_token}",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
-            ],
+            ], signal.SIGKILL),  # dies with the test process, also if SIGKILLed
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=workdir,
             start_new_session=True,  # own process group: killpg reaches only this server
-            preexec_fn=_die_with_parent(),  # only a prctl() call, resolved before fork
         )
         self._finalizer = weakref.finalize(self, _kill, self._proc, log_file, tmpdir)
 

@@ -18,7 +18,9 @@ def test_parses_plain_decimals_exactly(text: str, value: Decimal) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "NaN", "nan", "Infinity", "-inf", "1e3", "1E-2", " 1", "1 ", "1,5", "0x10",
-                                  "+1", "01", "1.", "--1", "1" * 81, "١٢"])
+                                  "+1", "01", "1.", "--1", "1" * 81, "١٢",
+                                  # digits of other scripts after an ASCII one (Decimal reads "1\u0660\u0660" as 100)
+                                  "1\u0660\u0660", "0.\u0665", "-.\uff15", "1\u0660"])
 def test_rejects_malformed_and_non_finite(text: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         parse_decimal(text, "order.price")

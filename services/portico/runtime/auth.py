@@ -99,7 +99,7 @@ class TokenAuthenticator:
             source = AUTH_TOKENS_FILE.name
             try:
                 raw = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
+            except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 (a binary file, say)
                 raise ConfigError(f"{AUTH_TOKENS_FILE.name}: cannot read token list ({type(exc).__name__})") from None
         if raw is None:
             raw = []

@@ -14,7 +14,7 @@ from portico.runtime.errors import InvalidArgument
 
 __all__ = ["format_decimal", "parse_decimal", "parse_optional_decimal"]
 
-_DECIMAL_RE = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?|-?\.\d+")
+_DECIMAL_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?|-?\.[0-9]+")  # ASCII digits: `\d` is any script's
 MAX_DECIMAL_CHARS = 80
 
 

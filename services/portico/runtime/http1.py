@@ -15,9 +15,9 @@ parser (`httptools`, as uvicorn uses) for the response:
 * responses framed by Content-Length, chunked encoding or connection close (a
   close-framed answer cut by a reset is an error, not a short success); interim
   1xx answers (102 Processing, 103 Early Hints) are skipped, never taken for the
-  answer; headers beyond `MAX_HEADER_BYTES` and bodies beyond `max_body_bytes`
-  are refused; a byte after the answer makes the connection unusable (it would
-  be read as the next call's answer);
+  answer; headers (or a chunked answer's trailers) beyond `MAX_HEADER_BYTES`
+  and bodies beyond `max_body_bytes` are refused; a byte after the answer makes
+  the connection unusable (it would be read as the next call's answer);
 * http:// and https:// (certificates verified against the system store);
 * a call that is cancelled or times out closes its connection (its answer may
   still arrive and must not be read as the next call's).
@@ -40,7 +40,7 @@ import httptools
 __all__ = ["Http1ConnectionError", "Http1Error", "Http1Pool", "Http1ProtocolError"]
 
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
-MAX_HEADER_BYTES: Final = 64 * 1024  # status line and headers of one answer
+MAX_HEADER_BYTES: Final = 64 * 1024  # status line and headers of one answer (and its trailers)
 
 
 class Http1Error(Exception):
@@ -67,7 +67,8 @@ class _Connection(asyncio.Protocol):
         self._framed = False  # the answer has a Content-Length or is chunked (else the connection's end ends it)
         self._headers_done = False
         self._interim = False  # the message being parsed is a 1xx: the answer still to come
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read since the last body byte of the answer being parsed (head, trailers)
+        self._no_body = False  # the read being parsed has brought no body byte and completed no message so far
         self._chunks: list[bytes] = []
         self._size = 0
         self.reusable = False
@@ -83,6 +84,7 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             self._fail(Http1ProtocolError("data from the server while no request was waiting"))
             return
+        self._no_body = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -91,7 +93,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(Http1ProtocolError(f"malformed HTTP response ({type(exc).__name__})"))
             return
-        if not self._headers_done:  # all of this read went to a head that has not ended yet
+        # A read that brought no body byte went to a head, or to a chunked answer's trailers, which the parser
+        # collects just as unboundedly; a read that ended an answer is not counted against the next one.
+        if self._no_body:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEADER_BYTES:
                 self._fail(Http1ProtocolError(f"answer headers larger than {MAX_HEADER_BYTES} bytes"))
@@ -123,6 +127,8 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        self._no_body = False
+        self._head_bytes = 0
         self._size += len(body)
         if self._size > self._max_body:
             self._fail(Http1ProtocolError(f"answer larger than {self._max_body} bytes"))
@@ -130,6 +136,7 @@ class _Connection(asyncio.Protocol):
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        self._no_body = False
         if self._interim:  # a 1xx is not the answer: wait for the one that follows
             self._interim = self._framed = self._headers_done = False
             self._chunks, self._size, self._head_bytes = [], 0, 0
@@ -224,7 +231,7 @@ class Http1Pool:
         lines = [self._head]
         for name, value in headers.items():
             if (name not in _VALID_NAMES and not _is_token(name)) or "\r" in value or "\n" in value:
-                raise ValueError(f"header {name!r} is not a valid HTTP header")
+                raise ValueError(f"header {name!r} is not a valid HTTP header (or one this client writes itself)")
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
         lines.append(f"Content-Length: {len(body)}\r\n\r\n".encode("ascii"))
         lines.append(body)
@@ -271,10 +278,13 @@ _TOKEN_CHARS: Final = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuv
 
 
 _VALID_NAMES: set[str] = set()  # names already checked, so the check is a set look-up on the hot path
+# The request's framing is this client's: a second Content-Length, a Transfer-Encoding or a second Host would
+# leave the server (or a proxy before it) to choose which one frames or routes the request.
+_OWN_NAMES: Final = frozenset({"content-length", "transfer-encoding", "host"})
 
 
 def _is_token(name: str) -> bool:
-    if not name or not all(c in _TOKEN_CHARS for c in name):
+    if not name or not all(c in _TOKEN_CHARS for c in name) or name.lower() in _OWN_NAMES:
         return False
     if len(_VALID_NAMES) < 1024:
         _VALID_NAMES.add(name)

@@ -6,12 +6,28 @@ import abc
 import asyncio
 import contextlib
 import gc
+import os
+import sys
+import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from portico.runtime.server import GrpcServer
 
-__all__ = ["GrpcServiceApp", "cancel_and_wait", "freeze_startup_objects", "wait_event"]
+__all__ = [
+    "GrpcServiceApp",
+    "ListenError",
+    "cancel_and_wait",
+    "freeze_startup_objects",
+    "wait_event",
+    "with_parent_death_signal",
+]
+
+
+
+class ListenError(OSError):
+    """A server cannot listen on its address (taken, or not this host's): `run_service` exits 1 saying so."""
 
 
 def freeze_startup_objects() -> None:
@@ -83,3 +99,29 @@ class GrpcServiceApp(abc.ABC):
             await self.server.run_until_signalled()
         finally:
             await self.aclose(grace_s=0)
+
+
+# Run as `python -I -S -c _DEATH_SIGNAL_LAUNCHER signum parent-pid argv...`: asks Linux for the signal, which
+# survives exec, then becomes the command. Exits 1 if the parent died before it asked (no signal would come).
+_DEATH_SIGNAL_LAUNCHER = (
+    "import ctypes, os, sys\n"
+    "signum, parent = int(sys.argv[1]), int(sys.argv[2])\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != parent:\n"
+    "    sys.exit(1)\n"
+    "os.execvp(sys.argv[3], sys.argv[3:])\n"
+)
+
+
+def with_parent_death_signal(argv: Sequence[str], signum: int) -> list[str]:
+    """`argv`, run so that Linux sends it `signum` when this process dies (unchanged where it cannot).
+
+    Covers what no finalizer or signal handler can: the spawning process SIGKILLed (or OOM-killed), which would
+    leave its children running, holding their ports, with their pids recorded nowhere. A small launcher asks for
+    the signal and then execs `argv` (same pid), rather than a `preexec_fn`: Python code between fork and exec is
+    not safe while other threads run (gRPC's, say, which also logs a warning at every such fork). Linux ties the
+    signal to the death of the *thread* that spawned the child, so only the main thread's children get it.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _DEATH_SIGNAL_LAUNCHER, str(int(signum)), str(os.getpid()), *argv]

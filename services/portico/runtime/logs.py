@@ -103,6 +103,12 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The message may quote text from outside (`"resync failed: %s", exc` with a venue's error text, a
+        # request path): escaped as the extras are, a newline in it can neither forge a line nor hide one.
+        line = super().formatMessage(record)
+        return line if line.isprintable() else "".join(c if c.isprintable() else _escaped(c) for c in line)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         fields = _context(record)
@@ -120,6 +126,11 @@ def _text(value: Any) -> str:
         return json.dumps(_str_keys(value), default=str, separators=(",", ":"))
     shown = str(value)
     return json.dumps(shown) if not shown.isprintable() or not shown or any(c in shown for c in ' "=') else shown
+
+
+def _escaped(char: str) -> str:
+    """A character that is not printable as its escape (`\\n`, `\\x1b`, `\\u2028`)."""
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def _str_keys(value: Any) -> Any:

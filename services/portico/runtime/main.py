@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 from portico.runtime.config import ConfigError, setting
+from portico.runtime.lifecycle import ListenError
 from portico.runtime.logs import configure_logging
 from portico.runtime.sqlstore import WriterLockHeld
 from portico.runtime.telemetry import configure_tracing
@@ -54,7 +55,8 @@ def run_service(name: str, settings_from_env: Callable[[Mapping[str, str]], S],
     """Configure logs, tracing and settings from the environment, then serve until SIGTERM.
 
     A configuration error exits with status 2 and a message naming the variable; a store that another
-    process already writes (`WriterLockHeld`) exits with status 1 and a message naming the store.
+    process already writes (`WriterLockHeld`) exits with status 1 and a message naming the store, as does a
+    listen address that cannot be bound (`ListenError`).
     The app is built inside the event loop, since grpc.aio objects bind to it.
     """
     env = dict(os.environ)
@@ -83,6 +85,10 @@ def run_service(name: str, settings_from_env: Callable[[Mapping[str, str]], S],
         raise SystemExit(2) from None
     except WriterLockHeld as exc:  # a second process on a single-writer store: refuse, plainly
         logging.getLogger("portico.runtime").error("not started: store has a writer already")
+        print(f"portico-{name}: not started: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ListenError as exc:  # its port taken (another instance, say): one line, not a traceback
+        logging.getLogger("portico.runtime").error("not started: cannot listen")
         print(f"portico-{name}: not started: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:

@@ -143,16 +143,17 @@ def immediate_transaction(db: sqlite3.Connection) -> Iterator[None]:
     """BEGIN IMMEDIATE: takes the write lock up front, so the reads inside see the last committed write.
 
     (A deferred transaction that reads, then writes, fails with "database is locked" instead of waiting
-    when another connection wrote in between.)
+    when another connection wrote in between.) A COMMIT that fails is rolled back too: SQLite leaves the
+    transaction open after some failed commits (a deferred constraint, SQLITE_BUSY), holding the write lock.
     """
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 class WalCheckpointer:

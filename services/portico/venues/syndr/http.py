@@ -35,8 +35,9 @@ from typing import Any, Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from portico.runtime.http1 import Http1Error, Http1Pool
 from portico.venues.syndr.constants import HTTP_PATH, ErrorCode
@@ -56,6 +57,10 @@ from portico.venues.syndr.errors import (
 from portico.venues.syndr.ratelimit import Priority, RateBudget
 
 __all__ = ["RpcResult", "SyndrHttpClient", "is_retryable_method", "parse_response", "with_default_path"]
+
+# Only `traceparent` leaves for the venue: OTel's default propagators also send baggage, which holds what our
+# callers put in their metadata (theirs to share inside, not with an outside party).
+_TRACE_CONTEXT: Final = TraceContextTextMapPropagator()
 
 log = logging.getLogger("portico.venues.syndr.http")
 tracer = trace.get_tracer("portico.venues.syndr")
@@ -251,7 +256,7 @@ class SyndrHttpClient:
         span.set_attribute("rpc.jsonrpc.request_id", str(request_id))
         body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         headers: dict[str, str] = {"content-type": "application/json", "accept": "application/json"}
-        propagate.inject(headers)  # the current context is this call's span
+        _TRACE_CONTEXT.inject(headers)  # the current context is this call's span; baggage is not the venue's
         if private:
             assert self._credentials is not None
             headers.update(self._credentials.headers())

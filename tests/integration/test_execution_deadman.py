@@ -141,3 +141,32 @@ async def test_a_cancel_refused_for_good_is_logged_far_less_often_than_it_is_tri
     assert 4 <= len(failures) <= 8, [line["msg"] for line in failures]
     assert failures[0]["attempt"] == 1 and all(line["level"] == "ERROR" for line in failures)
     assert [line["attempt"] for line in failures] == sorted(line["attempt"] for line in failures)
+
+
+async def test_a_rearm_while_the_missed_deadlines_cancel_is_on_its_way_stops_its_retries(
+        stack: ExecutionStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline passes and the switch's cancel_all is held on its way to the venue (a slow path) past the venue
+    timeout; the client re-arms meanwhile. The held cancel lands (a missed deadline cancels), then the client rests
+    a new order. Before the fix the timed-out attempt was retried after its pause, although the client had re-armed
+    before it failed, and that retry cancelled the new order; only a re-arm during the pause dropped retries."""
+    monkeypatch.setattr(deadman, "_RETRY_S", 3.0, raising=False)
+    sim, account = stack.sim, stack.account.address
+    async with running_execution(stack, {"PORTICO_EXECUTION_VENUE_TIMEOUT_MS": "1000"}) as running, \
+            open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        await rest_orders(stub, running, stack, 2)
+        sim.faults.update({"http_hold_next": 1, "http_hold_ms": 2500, "http_hold_method": "private/cancel_all"})
+        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
+                              metadata=running.metadata())
+        await until(lambda: sim.faults.http_hold_next == 0, timeout_s=10)  # fired: its cancel is held
+        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=600)),
+                              metadata=running.metadata())  # the client is back
+        await until(lambda: sim.engine.open_orders(account) == [], timeout_s=10)  # the held cancel landed
+        reply = await stub.PlaceOrder(pb.PlaceOrderRequest(
+            venue="syndr", account=account, symbol=SYMBOL, side=side_pb2.SIDE_BUY, type=order_pb2.ORDER_TYPE_LIMIT,
+            amount="0.1", price=resting_bid(sim), client_order_id="after-rearm"), metadata=running.metadata())
+        assert reply.order.state == order_pb2.ORDER_STATE_OPEN
+        await asyncio.sleep(3.5)  # past the retry the timed-out attempt would have made
+        assert [o.order_id for o in sim.engine.open_orders(account)] == [reply.order.order_id]
+        assert sum(1 for r in sim.requests if r.method == "private/cancel_all") == 1
+        assert running.app.deadman.fired == {}

@@ -93,3 +93,28 @@ async def test_fills_page_at_the_venue_and_a_new_fill_does_not_shift_later_pages
                                          metadata=running.metadata("read"), timeout=30)
         assert [f.fill_id for f in by_symbol.fills] == venue_fill_ids(sim, account)
         assert [r.method for r in sim.requests if r.method in TRADE_METHODS][-1] == TRADE_METHODS[1]
+
+
+async def test_a_fill_the_venue_stamped_ahead_of_our_clock_is_listed(stack: ExecutionStack, sim: Simulator,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The venue's clock runs 5 s ahead of ours, as the order history read and the streams' catch-up allow for (a
+    minute of skew). A fill just made is on the first page of ListFills: before the fix the listing's window ended
+    at our clock's second, so the newest fills were missing from it (and from every page after it)."""
+    account = stack.account.address
+    monkeypatch.setattr(sim.engine, "_now", lambda: time.time_ns() // 1_000_000 + 5_000)
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        for i in range(3):
+            await take(stub, running, stack, sim, f"ahead-{i}")
+        expected = venue_fill_ids(sim, account)
+        listed: list[str] = []
+        token = ""
+        while True:
+            page = await stub.ListFills(pb.ListFillsRequest(venue="syndr", account=account, page_size=2,
+                                                            page_token=token),
+                                        metadata=running.metadata("read"), timeout=30)
+            listed += [f.fill_id for f in page.fills]
+            token = page.next_page_token
+            if not token:
+                break
+        assert listed == expected

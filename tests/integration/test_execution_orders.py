@@ -17,6 +17,9 @@ import pytest
 from portico.execution.journal import SqliteOrderJournal
 from portico.execution.model import JournalEntry, OrderIntent, OrderState
 from portico.execution.orders import OrderManager
+from portico.runtime.errors import Unavailable
+from portico.venues.syndr.constants import ErrorCode
+from portico.venues.syndr.errors import SyndrRpcError
 
 ACCOUNT = "0x52908400098527886E0F7030069857D2E4169EE7"
 
@@ -65,3 +68,28 @@ async def test_a_newer_answer_still_replaces_an_older_state(orders: OrderManager
     assert partly is not None and orjson.loads(partly.venue_order)["filled_amount"] == "0.001"
     done = await orders.apply_venue_order(partly, venue_order("filled", 1_004, "0.002", entry.salt))
     assert done.state == OrderState.FILLED
+
+
+class _AnsweringWith:
+    """The venue edge of `_send`: every call answers the JSON-RPC error `code`."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+    async def call(self, account: str, method: str, params: Any) -> Any:
+        raise SyndrRpcError(self.code, "refused", method=method)
+
+
+@pytest.mark.parametrize("code", [ErrorCode.SALT_REUSED, ErrorCode.INTERNAL_ERROR])
+async def test_an_unknown_outcome_the_venue_answered_wakes_the_reconciler_at_once(orders: OrderManager,
+                                                                                  code: int) -> None:
+    entry = await placed(orders)
+    woken: list[bool] = []
+    orders.wake_reconciler = lambda: woken.append(True)
+    orders.venue = _AnsweringWith(code)  # type: ignore[assignment]
+    with pytest.raises(Unavailable) as raised:
+        await orders._send(entry)
+    assert raised.value.reason == "ORDER_OUTCOME_UNKNOWN"
+    stored = await orders.journal.get("syndr", ACCOUNT, "c-1")
+    assert stored is not None and stored.state == OrderState.UNKNOWN
+    assert woken == [True]  # as after a dropped connection: not left for the loop's next round

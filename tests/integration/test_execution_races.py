@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
-from tests.support.execution import ExecutionStack, resting_bid, rotate_api_key, running_execution, store_api_key
+from tests.support.execution import (
+    ExecutionStack,
+    RunningExecution,
+    resting_bid,
+    rotate_api_key,
+    running_execution,
+    store_api_key,
+)
 
 from portico.common.v1 import side_pb2
 from portico.execution.model import OrderState
@@ -172,6 +180,23 @@ async def test_an_order_whose_api_key_was_rotated_meanwhile_is_sent_again_with_t
         assert entry is not None and entry.state == OrderState.OPEN and entry.attempts == 2
 
 
+async def refused_for_its_api_key(stack: ExecutionStack, sim: Simulator, running: RunningExecution,
+                                  stub: Any, client_order_id: str, price: str) -> None:
+    """Place `client_order_id` while the venue has a new API key Vault does not hold yet (a rotation half done):
+    refused, journaled REJECTED for the key, nothing sent to the book. Then Vault gets the new key and the refused
+    record may be read again, so a retry with the same id can go through."""
+    await stub.PlaceOrder(place(stack, "warm", price), metadata=running.metadata(), timeout=30)
+    new = await rotate_api_key(stack, update_vault=False)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.PlaceOrder(place(stack, client_order_id, price), metadata=running.metadata(), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    entry = await running.app.journal.get("syndr", stack.account.address, client_order_id)
+    assert entry is not None and entry.state == OrderState.REJECTED and entry.reject_code == ErrorCode.UNAUTHORIZED
+    assert buys(sim, client_order_id) == 0
+    await store_api_key(stack, new)
+    await asyncio.sleep(1.1)  # a record the venue refused is read again at most once a second
+
+
 async def test_an_order_refused_for_its_api_key_is_sent_again_by_a_retry_with_its_id(
         stack: ExecutionStack, sim: Simulator) -> None:
     """The venue refuses the key while Vault still names it (a rotation half done): the order is refused, but
@@ -180,18 +205,80 @@ async def test_an_order_refused_for_its_api_key_is_sent_again_by_a_retry_with_it
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
         price = resting_bid(sim)
-        await stub.PlaceOrder(place(stack, "warm", price), metadata=running.metadata(), timeout=30)
-        new = await rotate_api_key(stack, update_vault=False)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.PlaceOrder(place(stack, "refused-key", price), metadata=running.metadata(), timeout=30)
-        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        entry = await running.app.journal.get("syndr", stack.account.address, "refused-key")
-        assert entry is not None and entry.state == OrderState.REJECTED and entry.reject_code == ErrorCode.UNAUTHORIZED
-        assert buys(sim, "refused-key") == 0
-        await store_api_key(stack, new)
-        await asyncio.sleep(1.1)  # a record the venue refused is read again at most once a second
+        await refused_for_its_api_key(stack, sim, running, stub, "refused-key", price)
         placed = await stub.PlaceOrder(place(stack, "refused-key", price), metadata=running.metadata(), timeout=30)
         assert placed.order.state == order_pb2.ORDER_STATE_OPEN
         assert buys(sim, "refused-key") == 1
         entry = await running.app.journal.get("syndr", stack.account.address, "refused-key")
         assert entry is not None and entry.state == OrderState.OPEN and str(entry.salt) == placed.order.salt
+
+
+async def test_a_refused_order_is_not_sent_again_while_another_on_its_instrument_has_an_unknown_outcome(
+        stack: ExecutionStack, sim: Simulator) -> None:
+    """An order refused for the API key (nothing executed) is retried with its id while another order on the same
+    instrument has an unknown outcome that cannot be resolved yet (the venue's open orders cannot be read). No
+    order is sent on the instrument until that one is resolved, and the retry's answer names it: before the fix
+    the retry's resend skipped that check and the refused order went to the venue."""
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        price = resting_bid(sim)
+        await refused_for_its_api_key(stack, sim, running, stub, "refused-first", price)
+
+        # The venue takes the next order but its answer is lost, and the venue's open orders cannot be read.
+        sim.faults.update({"http_5xx_method": "private/get_open_orders", "http_5xx_rate": 1.0,
+                           "drop_response_rate": 1.0})
+        with pytest.raises(grpc.aio.AioRpcError) as lost:
+            await stub.PlaceOrder(place(stack, "unknown-outcome", price), metadata=running.metadata(), timeout=30)
+        sim.faults.update({"drop_response_rate": 0.0})
+        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+        entry = await running.app.journal.get("syndr", stack.account.address, "unknown-outcome")
+        assert entry is not None and entry.state == OrderState.UNKNOWN
+
+        with pytest.raises(grpc.aio.AioRpcError) as blocked:
+            await stub.PlaceOrder(place(stack, "refused-first", price), metadata=running.metadata(), timeout=30)
+        assert blocked.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_info(blocked.value)
+        assert info is not None and info.reason == "ORDER_OUTCOME_UNKNOWN"
+        assert info.metadata["client_order_id"] == "unknown-outcome"
+        assert buys(sim, "refused-first") == 0  # not sent
+
+        sim.faults.reset()  # the unknown order can be resolved now: the retry goes through, once
+        placed = await stub.PlaceOrder(place(stack, "refused-first", price), metadata=running.metadata(), timeout=30)
+        assert placed.order.state == order_pb2.ORDER_STATE_OPEN and buys(sim, "refused-first") == 1
+        assert len([o for o in sim.engine.open_orders(stack.account.address) if o.label == "unknown-outcome"]) == 1
+
+
+async def test_callers_waiting_on_a_refused_placement_send_it_again_once_between_them(
+        stack: ExecutionStack, sim: Simulator) -> None:
+    """Two more calls with the client id wait for a placement the venue refuses for the API key (a rotation half
+    done: the new key reaches Vault while the placement's sends are on their way). Nothing was executed, so the
+    waiters send the same bytes again with the new key: once between them, and both answer with the order. Before
+    the fix the waiters answered outside the calls in flight: the second found the first's resend PENDING, took it
+    for an unknown outcome, reconciled it and sent the same bytes while the first's were still on their way (on a
+    journal that yields, each simply resent); the later send was refused as a reused salt, so one caller was told
+    the outcome was unknown (UNAVAILABLE) and the journal lost the order's state until it was reconciled."""
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        price = resting_bid(sim)
+        await stub.PlaceOrder(place(stack, "warm", price), metadata=running.metadata(), timeout=30)
+        new = await rotate_api_key(stack, update_vault=False)
+        # The send and its at-once resend (with the key Vault still holds) are each held on their way, and so is
+        # the next resend (a waiter's, with the new key).
+        sim.faults.update({"http_hold_next": 3, "http_hold_ms": 1500, "http_hold_method": "private/buy"})
+        request = place(stack, "waited-on", price)
+        first = asyncio.ensure_future(stub.PlaceOrder(request, metadata=running.metadata(), timeout=30))
+        await until_journaled(stack, running, "waited-on")
+        waiters = [asyncio.ensure_future(stub.PlaceOrder(request, metadata=running.metadata(), timeout=30))
+                   for _ in range(2)]
+        await asyncio.sleep(2.0)  # the resend is held now, with the old key
+        await store_api_key(stack, new)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await first
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        answers = await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(not isinstance(a, BaseException) for a in answers), answers
+        assert {a.order.order_id for a in answers} != {""}  # type: ignore[union-attr]
+        assert len({a.order.order_id for a in answers}) == 1  # type: ignore[union-attr]
+        assert len([o for o in sim.engine.open_orders(stack.account.address) if o.label == "waited-on"]) == 1
+        entry = await running.app.journal.get("syndr", stack.account.address, "waited-on")
+        assert entry is not None and entry.state == OrderState.OPEN and entry.order_id

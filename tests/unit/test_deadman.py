@@ -36,6 +36,7 @@ class FakeVenue:
         self.cancel_alls_started = 0
         self.cancel_alls_done = 0
         self.cancel_failures = 0  # this many cancel_all calls fail first (the venue unreachable)
+        self.failures_after_release = 0  # this many held cancel_all calls fail once released (no answer came)
         self.release = asyncio.Event()
         self.release.set()
 
@@ -62,6 +63,9 @@ class FakeVenue:
                     venue.cancel_failures -= 1
                     raise ConnectionError("venue unreachable")
                 await venue.release.wait()
+                if venue.failures_after_release > 0:
+                    venue.failures_after_release -= 1
+                    raise ConnectionError("venue did not answer")
                 venue.cancel_alls_done += 1
 
         return Client()
@@ -195,5 +199,53 @@ async def test_a_missed_deadline_still_cancels_when_the_venue_answers(account: s
         venue.release.set()
         await until(lambda: switches.fired.get(key(account)) == 1, 5)
         assert venue.cancel_alls_done == 1
+    finally:
+        await switches.aclose()
+
+
+async def test_a_rearm_while_the_first_cancel_is_on_its_way_stops_its_retries_should_it_fail(
+        account: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline passed and the first cancel is on its way when the client re-arms; then that cancel fails (the
+    venue did not take it). The client is back: a retry landing later would take the orders it placed since the
+    re-arm. Before the fix only a re-arm during the pause between attempts dropped the retries, so this one went
+    on until the venue took it."""
+    from portico.execution import deadman
+
+    monkeypatch.setattr(deadman, "_RETRY_S", 0.02)
+    venue = FakeVenue()
+    venue.release.clear()  # the first cancel is held at the venue ...
+    venue.failures_after_release = 1  # ... and then fails
+    switches = DeadmanSwitches(venue)  # type: ignore[arg-type]
+    try:
+        await switches.arm("syndr", account, 0.01)
+        await until(lambda: venue.cancel_alls_started == 1, 5)  # fired: the first cancel is on its way
+        await switches.arm("syndr", account, FAR)  # the client is back
+        venue.release.set()
+        await until(lambda: len(live_timers(account)) == 1, 5)  # the failed firing is over
+        await asyncio.sleep(0.2)  # several retry pauses
+        assert venue.cancel_alls_started == 1 and venue.cancel_alls_done == 0
+        assert switches.fired.get(key(account), 0) == 0
+        assert live_timers(account) == [switches._timers[key(account)]]  # the re-armed timer still guards
+    finally:
+        await switches.aclose()
+
+
+async def test_a_disarm_while_the_first_cancel_is_on_its_way_stops_its_retries_should_it_fail(
+        account: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, for a disarm: the client said it no longer wants the switch."""
+    from portico.execution import deadman
+
+    monkeypatch.setattr(deadman, "_RETRY_S", 0.02)
+    venue = FakeVenue()
+    venue.release.clear()
+    venue.failures_after_release = 1
+    switches = DeadmanSwitches(venue)  # type: ignore[arg-type]
+    try:
+        await switches.arm("syndr", account, 0.01)
+        await until(lambda: venue.cancel_alls_started == 1, 5)
+        assert await switches.arm("syndr", account, 0) is None
+        venue.release.set()
+        await until(lambda: live_timers(account) == [], 5)
+        assert venue.cancel_alls_started == 1 and venue.cancel_alls_done == 0
     finally:
         await switches.aclose()

@@ -44,10 +44,11 @@ class DeadmanSwitches:
     new timer in (or the old one out) without awaiting in between, so concurrent arms of one account
     cannot each store a timer over the other's, and only then cancels the one it replaced. A timer that
     fires leaves `_timers` (only if it is still the entry there) and goes on cancelling; re-arming does not
-    stop a firing's first attempt (a missed deadline cancels), but it does stop one whose first attempt
-    failed and that is waiting to retry (`_retrying`): the client is back, and a cancel that lands once the
-    venue returns from an outage would take the orders it placed since. `_tasks` holds every timer and
-    firing not yet finished, for `aclose`.
+    stop a firing's first attempt (a missed deadline cancels), but it does stop its retries: one whose first
+    attempt failed and that is waiting to retry (`_retrying`) is cancelled, and one whose attempt was on its
+    way when the account was re-armed (or disarmed) is not retried if that attempt fails (`_arms` counts the
+    arms): the client is back, and a cancel that lands once the venue returns from an outage would take the
+    orders it placed since. `_tasks` holds every timer and firing not yet finished, for `aclose`.
 
     Only arming an account that has no live timer reads its record (which also tells an account we cannot
     act for, NOT_FOUND); re-arming and disarming use the record the live timer holds (`_records`) and do not
@@ -60,6 +61,9 @@ class DeadmanSwitches:
         self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._records: dict[tuple[str, str], VenueAccount] = {}  # the record each live timer fires with
         self._retrying: dict[tuple[str, str], asyncio.Task[None]] = {}  # firings whose first cancel failed
+        # How many times each account was armed or disarmed: a firing whose cancel fails after the account was
+        # (re-/dis)armed since it fired is not retried (the client is back), as one waiting to retry is dropped.
+        self._arms: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.fired: dict[tuple[str, str], int] = {}  # times fired, for tests and metrics
@@ -73,6 +77,7 @@ class DeadmanSwitches:
         if self._closed:
             raise Unavailable("the dead-man's switch is shutting down", reason="SHUTTING_DOWN")
         # No await from here until the swap is done: the entry is replaced atomically.
+        self._arms[key] = self._arms.get(key, 0) + 1
         fire_at: float | None = None
         if ttl_s > 0:
             fire_at = time.time() + ttl_s
@@ -100,6 +105,7 @@ class DeadmanSwitches:
             del self._timers[key]
             del self._records[key]
         log.warning("dead-man's switch fired: cancelling all orders", extra={"account": record.account})
+        arms = self._arms.get(key)
         attempt, pause = 1, _RETRY_S
         logged_pause, logged_at = 0.0, 0.0  # the first failure is logged: its pause is more than 0
         loop = asyncio.get_running_loop()
@@ -110,6 +116,12 @@ class DeadmanSwitches:
                         await client.call("private/cancel_all", {})
                     break
                 except Exception as exc:
+                    if self._arms.get(key) != arms:  # re-armed or disarmed since it fired: the client is back
+                        log.warning("dead-man's switch re-armed or disarmed while its cancel was on its way: that "
+                                    "cancel failed and is not tried again",
+                                    extra={"account": record.account, "attempt": attempt,
+                                           "error": type(exc).__name__})
+                        return
                     if pause > logged_pause or loop.time() - logged_at >= _FAILURE_LOG_EVERY_S:
                         log.error("dead-man's cancel failed %d time(s); trying again in %.1f s", attempt, pause,
                                   extra={"account": record.account, "attempt": attempt,
@@ -141,6 +153,7 @@ class DeadmanSwitches:
         self._timers.clear()
         self._records.clear()
         self._retrying.clear()
+        self._arms.clear()
         tasks, self._tasks = list(self._tasks), set()
         for task in tasks:
             task.cancel()  # all of them first: none fires while we wait for another

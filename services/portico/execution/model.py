@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import Context, Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 __all__ = ["FINAL_STATES", "UNRESOLVED_STATES", "JournalEntry", "OrderIntent", "OrderState"]
+
+# `normalize()` rounds to its context's precision: the default 28 digits made two orders that differ past the
+# 28th significant digit one fingerprint. Prices and amounts are at most 80 characters (`runtime.decimals`),
+# so this precision keeps every digit (and gives the same text as before for anything of 28 digits or fewer).
+_EXACT: Final = Context(prec=1000)
 
 
 class OrderState(StrEnum):
@@ -57,8 +62,8 @@ class OrderIntent:
         """A digest of everything that defines the order: the same client id with another one is refused."""
         fields = [self.venue, self.account.lower(), self.client_order_id, self.symbol, self.side, self.order_type,
                   self.time_in_force, str(self.post_only), str(self.reduce_only),
-                  "" if self.price is None else format(self.price.normalize(), "f"),
-                  format(self.amount.normalize(), "f"), self.label]
+                  "" if self.price is None else format(self.price.normalize(_EXACT), "f"),
+                  format(self.amount.normalize(_EXACT), "f"), self.label]
         return hashlib.sha256("\x1f".join(fields).encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:

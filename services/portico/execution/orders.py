@@ -128,9 +128,12 @@ class OrderManager:
         running = self._inflight.get(key)
         if running is not None:  # the same id is being placed by another call of this process
             # Wait for it to end however it ends (its caller may have been cancelled, or refused for a reason
-            # that is not ours), then answer from the journal.
+            # that is not ours), then answer from the journal, as a call of its own: whatever that answer sends
+            # (the same bytes again after a refusal that executed nothing, or a reconciliation's resend) is in
+            # `_inflight` while on its way, so another caller waiting here never sends those bytes as well.
             await asyncio.wait({running})
-            return await self._repeat(await self._get(key), intent)
+            await self._get(key)  # ORDER_NOT_SENT if the first call journaled nothing
+            return await self.place(intent)
         future: asyncio.Future[JournalEntry] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -201,7 +204,9 @@ class OrderManager:
         if entry.state == OrderState.REJECTED and entry.reject_code in _RESENDABLE_CODES:
             # Refused for the rate limit (by the venue, or never sent for our own budget) or for the API key:
             # nothing was executed, so a retry sends the same signed bytes again rather than replaying the
-            # refusal forever.
+            # refusal forever. For the same reason it is sent as a new order is: not while another order on its
+            # instrument has an unknown outcome.
+            await self._require_resolved(intent.venue, intent.account, intent.symbol)
             return await self._send(await self._record(entry.with_changes(
                 state=OrderState.PENDING, attempts=entry.attempts + 1, reject_code=0, reject_reason="")))
         if entry.state == OrderState.REJECTED:
@@ -239,7 +244,8 @@ class OrderManager:
                 entry = await self._record(entry.with_changes(state=OrderState.REJECTED, reject_code=exc.code,
                                                               reject_reason=exc.venue_message))
                 raise to_portico_error(exc) from None
-            await self._record(entry.with_changes(state=OrderState.UNKNOWN))  # the reconciler's next round
+            await self._record(entry.with_changes(state=OrderState.UNKNOWN))
+            self.wake_reconciler()  # at once, as after a dropped connection
             log.warning("order outcome unknown", extra={"client_order_id": entry.intent.client_order_id,
                                                         "venue_code": exc.code})
             raise Unavailable(f"venue answered order {entry.intent.client_order_id} with {exc.venue_message} "
@@ -326,7 +332,13 @@ class OrderManager:
         """Try every unresolved entry once; return how many are still unresolved."""
         remaining = 0
         for entry in await self.journal.unresolved():
-            if entry.key in self._inflight:
+            placing = self._inflight.get(entry.key)
+            if placing is not None:
+                # A call of this process has it on its way (a new order, or a caller retrying one left unknown):
+                # never reconciled beside it, but not counted resolved before it is (readiness at start waits
+                # on this count). Its end is awaited; if it left the order unresolved, the next pass has it.
+                await asyncio.wait({placing})
+                remaining += (await self._get(entry.key)).unresolved
                 continue
             try:
                 entry = await self._reconcile_serialised(entry)
@@ -437,12 +449,16 @@ class OrderManager:
         if new_amount is None and new_price is None:
             raise InvalidArgument("amount", "give a new amount, a new price, or both")
         entry, current = await self.fetch(venue, account, order_id, client_order_id)
-        if str(current.get("order_state")) != "open":
+        # Spelt as the venue spells them: its edit and cancel examples say "Limit" where its listings say "limit".
+        if str(current.get("order_state", "")).lower() != "open":
             raise FailedPrecondition(f"order {current['order_id']} is {current.get('order_state')}, not open",
                                      reason="ORDER_NOT_OPEN")
-        if str(current.get("order_type")) != "limit":
+        order_type = str(current.get("order_type", "")).lower()
+        if order_type != "limit":
             raise FailedPrecondition("only limit orders can be amended", reason="ORDER_NOT_LIMIT")
-        symbol = str(current["instrument_name"])
+        symbol = str(current.get("instrument_name") or (entry.intent.symbol if entry is not None else ""))
+        time_in_force = str(current.get("time_in_force") or (entry.intent.time_in_force if entry is not None
+                                                             else "GTC")).upper()
         rules = await self.instruments.get(venue, symbol)
         final_amount = new_amount if new_amount is not None else Decimal(str(current["amount"]))
         final_price = new_price if new_price is not None else Decimal(str(current["price"]))
@@ -453,21 +469,21 @@ class OrderManager:
         expiration_ms = int(current.get("expiration") or now_ms + self._order_ttl_ms)
         data = typed_data.order_typed_data(
             verifying_contract=await self.venue.orderbook_address(), account=account,
-            instrument_id=rules.venue_instrument_id, is_buy=current["direction"] == "buy",
-            order_type=int(typed_data.OrderType.from_wire(str(current["order_type"]))),
-            time_in_force=int(typed_data.TimeInForce.from_wire(str(current.get("time_in_force") or "GTC"))),
+            instrument_id=rules.venue_instrument_id, is_buy=str(current.get("direction", "")).lower() == "buy",
+            order_type=int(typed_data.OrderType.from_wire(order_type)),
+            time_in_force=int(typed_data.TimeInForce.from_wire(time_in_force)),
             post_only=bool(current.get("post_only")), reduce_only=bool(current.get("reduce_only")),
             price=final_price, amount=final_amount, salt=salt, expiration=expiration_ms, timestamp=now_ms)
         signature, _ = await self.signer.sign(session.record.signing_key_id, data)
         params = {"order_id": current["order_id"], "instrument_name": symbol, "amount": wire.number(final_amount),
-                  "price": wire.number(final_price), "time_in_force": str(current.get("time_in_force") or "GTC"),
-                  "type": str(current["order_type"]), "salt": salt, "expiration": expiration_ms,
-                  "timestamp": now_ms, "signature": signature}
+                  "price": wire.number(final_price), "time_in_force": time_in_force, "type": order_type,
+                  "salt": salt, "expiration": expiration_ms, "timestamp": now_ms, "signature": signature}
         try:
             result = await self.venue.call(account, "private/edit", params)
         except SyndrError as exc:
             raise to_portico_error(exc) from None
-        order = _answered_order("private/edit", result.result)
+        order = _completed(_answered_order("private/edit", result.result), symbol=symbol,
+                           time_in_force=time_in_force, salt=salt, expiration_ms=expiration_ms)
         if entry is not None:
             entry = await self.apply_venue_order(entry, order)
         return entry, order
@@ -484,7 +500,12 @@ class OrderManager:
             raise NotFound(f"the venue has no open order {venue_order_id}", reason="ORDER_NOT_FOUND") from None
         except SyndrError as exc:
             raise to_portico_error(exc) from None
-        order = _answered_order("private/cancel", result.result)
+        order = _completed(_answered_order("private/cancel", result.result), symbol=symbol,
+                           time_in_force=entry.intent.time_in_force if entry is not None else "")
+        if venue_state(order) == OrderState.OPEN:
+            # The venue took the cancel: the order is off the book, whatever state its answer shows (the
+            # document's cancel example answers the order as it was, "open"), as for `cancel_all`'s orders.
+            order = {**order, "order_state": "cancelled"}
         if entry is None:
             entry = await self.journal.find_order(venue, account, venue_order_id)
         if entry is not None:
@@ -521,6 +542,25 @@ def _answered_order(method: str, result: Any) -> dict[str, Any]:
     if order is None:
         raise to_portico_error(SyndrProtocolError(f"{method}: the venue answered without an order"))
     return order
+
+
+def _completed(order: dict[str, Any], *, symbol: str, time_in_force: str, salt: int | None = None,
+               expiration_ms: int | None = None) -> dict[str, Any]:
+    """An edit's or a cancel's answer with what the document's examples of those answers leave out filled in
+    from the order as we know it (an empty `instrument_name` and `time_in_force`; an edit's `salt` and
+    `expiration`), and its `order_type` spelt as the venue's listings spell it ("limit"; the examples: "Limit")."""
+    known: dict[str, Any] = {}
+    if isinstance(order.get("order_type"), str):
+        known["order_type"] = order["order_type"].lower()
+    if not order.get("instrument_name"):
+        known["instrument_name"] = symbol
+    if not order.get("time_in_force") and time_in_force:
+        known["time_in_force"] = time_in_force
+    if order.get("salt") is None and salt is not None:
+        known["salt"] = str(salt)
+    if order.get("expiration") is None and expiration_ms is not None:
+        known["expiration"] = expiration_ms
+    return {**order, **known}
 
 
 def venue_version(order: dict[str, Any]) -> tuple[Any, ...]:

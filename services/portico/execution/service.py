@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from portico.execution.convert import fill_proto, order_proto
@@ -30,7 +29,7 @@ from portico.runtime.client import open_channel
 from portico.runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import GrpcServiceApp, cancel_and_wait, wait_event
-from portico.runtime.paging import offset_from_token, page_size, page_token, position_from_token
+from portico.runtime.paging import cursor_from_token, page_size, page_token, position_from_token
 from portico.runtime.server import GrpcServer
 from portico.runtime.vault import VaultSession
 from portico.signer.client import SignerClient
@@ -68,6 +67,41 @@ async def _read_in_chunks(fetch: Callable[[int, int], Awaitable[Sequence[T]]], o
         if len(chunk) < asked:  # the end of the listing
             break
     return items
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _window_end_s(first_read_ms: Iterable[int], read_until_s: int) -> int:
+    """The end (epoch seconds) of the window a listing's later pages keep to: the second of the newest item its
+    first page read (items newest first, so every later item is in it too). The first page itself reads a minute
+    past our clock, as the venue stamps with its own; pinning later pages there instead would let everything made
+    in that minute after the first page shift them (an item listed twice). `read_until_s` if no item has a time."""
+    newest_ms = max(first_read_ms, default=0)
+    return newest_ms // 1000 if newest_ms > 0 else read_until_s
+
+
+def _open_key(order: dict[str, Any]) -> tuple[int, str]:
+    """Where an open order sorts in ListOpenOrders (newest first, by this key descending)."""
+    return int(order.get("creation_timestamp") or 0), str(order.get("order_id"))
+
+
+def _open_position_text(order: dict[str, Any]) -> str:
+    """An order's `_open_key` as a page token's `after`."""
+    created, order_id = _open_key(order)
+    return f"{created}:{order_id}"
+
+
+def _open_position(text: str) -> tuple[int, str]:
+    """A page token's `after` as an `_open_key`; INVALID_ARGUMENT naming `page_token` if it is not one."""
+    created, colon, order_id = text.partition(":")
+    if not colon or not (created.isascii() and created.isdigit()) or len(created) > 20:
+        raise InvalidArgument("page_token", "not a token of this query")
+    return int(created), order_id
 
 
 def _deadman_ttl_s(seconds: int, nanos: int) -> float:
@@ -154,17 +188,23 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         symbol = request.symbol if request.HasField("symbol") else None
         size = page_size(request.page_size)
         query = ("open", venue, account, symbol)
-        offset = offset_from_token(request.page_token, query)
+        after, offset = cursor_from_token(request.page_token, query)
+        cut = None if after is None else _open_position(after)
         try:
             orders = [o for o in await open_orders(self.venue, account)
                       if symbol is None or o.get("instrument_name") == symbol]
         except SyndrError as exc:
             raise to_portico_error(exc) from None
-        orders.sort(key=lambda o: (int(o.get("creation_timestamp") or 0), str(o.get("order_id"))), reverse=True)
-        page = orders[offset:offset + size]
-        more = offset + size < len(orders)
-        return pb.ListOpenOrdersResponse(orders=await self._with_journal(venue, account, page),
-                                         next_page_token=page_token(offset + size, query) if more else "")
+        orders.sort(key=_open_key, reverse=True)
+        # Orders close between pages: a page starts after the last order listed, not at an offset into a list
+        # that may have lost entries before it (which skipped open orders that were never listed).
+        start = offset if cut is None else next((i for i, o in enumerate(orders) if _open_key(o) < cut),
+                                                len(orders))
+        page = orders[start:start + size]
+        more = start + size < len(orders)
+        return pb.ListOpenOrdersResponse(
+            orders=await self._with_journal(venue, account, page),
+            next_page_token=page_token(start + size, query, after=_open_position_text(page[-1])) if more else "")
 
     @map_venue_errors
     async def ListOrderHistory(self, request: pb.ListOrderHistoryRequest,
@@ -174,12 +214,14 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         size = page_size(request.page_size)
         query = ("history", venue, account, symbol)
         offset, as_of = position_from_token(request.page_token, query)
-        as_of = history_until_s() if as_of is None else as_of  # the window the first page fixed: later orders
-        try:                                                     # do not shift the pages after it
-            page = await self._history_page(account, symbol, offset, size + 1, as_of)  # one more: a next page?
+        until = history_until_s() if as_of is None else as_of  # later pages: the window the first page fixed
+        try:
+            page = await self._history_page(account, symbol, offset, size + 1, until)  # one more: a next page?
         except SyndrError as exc:
             raise to_portico_error(exc) from None
         more = len(page) > size
+        if more and as_of is None:
+            as_of = _window_end_s((models.to_ms(_int(o.get("creation_timestamp"))) for o in page), until)
         return pb.ListOrderHistoryResponse(
             orders=await self._with_journal(venue, account, page[:size]),
             next_page_token=page_token(offset + size, query, as_of=as_of) if more else "")
@@ -206,10 +248,13 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
                               if symbol is None or t.instrument_name == symbol)
                 page, more = list(every[offset:offset + size]), offset + size < len(every)
             else:  # paged at the venue, within the window the first page fixed (later fills do not shift it)
-                as_of = int(time.time()) if as_of is None else as_of
+                until = history_until_s() if as_of is None else as_of
                 window = await _read_in_chunks(
-                    lambda at, n: user_trades_page(self.venue, account, symbol, at, n, as_of), offset, size + 1)
-                page, more = list(models.parse_user_trades(window[:size])), len(window) > size
+                    lambda at, n: user_trades_page(self.venue, account, symbol, at, n, until), offset, size + 1)
+                trades = models.parse_user_trades(window)
+                page, more = list(trades[:size]), len(window) > size
+                if more and as_of is None:
+                    as_of = _window_end_s((t.timestamp for t in trades), until)
         except SyndrError as exc:
             raise to_portico_error(exc) from None
         client_ids: dict[str, str] = {}
@@ -284,8 +329,8 @@ class ExecutionApp(GrpcServiceApp):
         self.vault = VaultSession(settings.vault)
         self.journal: OrderJournal = open_journal(sqlite_path=settings.journal_db, dsn=settings.journal_dsn,
                                                   synchronous=settings.journal_sync)
-        self.signer_channel = open_channel(settings.signer_addr)
-        self.refdata_channel = open_channel(settings.refdata_addr)
+        self.signer_channel = open_channel(settings.signer_addr, tls=settings.upstream_tls)
+        self.refdata_channel = open_channel(settings.refdata_addr, tls=settings.upstream_tls)
         self.venue = SyndrVenue(settings.syndr_http_url,
                                 VenueAccountStore(self.vault, cache_ttl_s=settings.credentials_cache_s),
                                 timeout_s=settings.venue_timeout_s, rate_share=settings.venue_rate_share)

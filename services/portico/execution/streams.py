@@ -18,8 +18,9 @@ already emitted for that order (a notification that queued while the
 catch-up read a later state) is not emitted: a consumer's last word on an
 order is the newest the feed saw.
 Each update gets the next number of the account's sequence (orders and fills
-count separately); a consumer that cannot keep up is cut off with
-RESOURCE_EXHAUSTED rather than silently skipped.
+count separately; a feed that replaces an ended one goes on from its numbers);
+a consumer that cannot keep up is cut off with RESOURCE_EXHAUSTED rather than
+silently skipped.
 
 The stream reflects the venue, not the journal: an update the journal could
 not take is still emitted (and journaled again later), so a journal outage
@@ -386,6 +387,9 @@ class AccountFeeds:
         self._background: set[asyncio.Task[None]] = set()
         self._retiring: set[asyncio.Task[None]] = set()  # closing feeds that ended
         self._resume: dict[tuple[str, str], Watermarks] = {}  # where the ended feed of an account stopped
+        # The (order, fill) sequence numbers an account's ended feed had reached: the feed that replaces it goes
+        # on from there, so the account's numbers never repeat within the process (kept however the feed ended).
+        self._sequences: dict[tuple[str, str], tuple[int, int]] = {}
         self._following_again: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._closing = False
 
@@ -439,6 +443,7 @@ class AccountFeeds:
         marks = self._resume.get(key)
         if marks is not None:
             feed.resume(marks)
+        feed.order_sequence, feed.fill_sequence = self._sequences.get(key, (0, 0))
         try:
             await feed.start()
             await feed.catch_up()
@@ -458,6 +463,7 @@ class AccountFeeds:
         if self._feeds.get(key) is feed:
             del self._feeds[key]
         self._resume[key] = feed.watermarks()  # it resumed any earlier ones, so they are in its own
+        self._sequences[key] = (feed.order_sequence, feed.fill_sequence)
         task = asyncio.create_task(feed.aclose(), name=f"execution-feed-close-{feed.account}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)

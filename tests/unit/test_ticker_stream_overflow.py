@@ -31,6 +31,9 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
+    def pending(self) -> int:
+        return 0
+
     async def __anext__(self) -> Any:
         try:
             return next(self._events)
@@ -54,7 +57,7 @@ class Books:
 
 
 class AnySymbol:
-    async def check(self, venue: str, symbol: str) -> None:
+    async def check(self, venue: str, symbol: str, **kw: Any) -> None:
         pass
 
 

@@ -106,9 +106,14 @@ class Book:
 
 
 def top_diff(old: Sequence[Level], new: Sequence[Level]) -> list[Level]:
-    """The level changes turning one side's old top into its new top ("0" for levels that left)."""
+    """The level changes turning one side's old top into its new top ("0" for levels that left).
+
+    Removals come first: a venue may spell a price it already holds differently ("2400" then "2400.0"), which
+    is the same level to a consumer keying its book by value, as `Book` does; its new spelling set before the
+    old one's removal would be removed with it.
+    """
     old_map = dict(old)
     new_map = dict(new)
-    changes = [(price, amount) for price, amount in new if old_map.get(price) != amount]
-    changes.extend((price, "0") for price in old_map if price not in new_map)
+    changes = [(price, "0") for price in old_map if price not in new_map]
+    changes.extend((price, amount) for price, amount in new if old_map.get(price) != amount)
     return changes

@@ -23,7 +23,7 @@ from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb2
 from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
 from portico.refdata.watch import follow_instruments
 from portico.runtime.auth import TokenAuthenticator
-from portico.runtime.client import SERVICE_TOKEN, bearer, open_channel
+from portico.runtime.client import SERVICE_TOKEN, ChannelTls, bearer, open_channel
 from portico.runtime.config import ConfigError, setting
 from portico.runtime.decimals import format_decimal
 from portico.runtime.errors import InvalidArgument, NotFound, PorticoError, ResourceExhausted, Unavailable
@@ -34,7 +34,15 @@ from portico.venues.syndr import models
 from portico.venues.syndr.errors import SyndrError, SyndrNotFound, refused_channel_error, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL
-from portico.venues.syndr.ws import ChannelRefused, Message, Overflow, Reconnected, Subscription, SyndrWebSocket
+from portico.venues.syndr.ws import (
+    ChannelRefused,
+    Message,
+    Overflow,
+    Reconnected,
+    Subscription,
+    SyndrWebSocket,
+    WsEvent,
+)
 
 __all__ = ["SERVICE_NAME", "MarketDataApp", "MarketDataServicer", "MarketDataSettings"]
 
@@ -46,6 +54,10 @@ METHOD_SCOPES = {f"/{SERVICE_NAME}/{m.name}": "read" for m in _SERVICE.methods}
 ERROR_DOMAIN = "marketdata.portico"
 DEFAULT_PORT = 50052
 MAX_DEPTH = 100
+MAX_SYMBOL_CHARS = 256  # as reference data and the venue take
+# Symbols in one StreamTickers / StreamTrades request: each is checked and becomes an upstream subscription. The
+# venue's document states no bound on a subscribe's channels; this keeps one request from asking for unbounded work.
+MAX_STREAM_SYMBOLS = 1000
 DEFAULT_DEPTH = 10
 VENUES = ("syndr",)
 _SCOPE = "marketdata"
@@ -85,6 +97,7 @@ class MarketDataSettings:
     refdata_addr: str | None
     service_token: str | None = field(repr=False)  # a bearer token: never in a repr
     feed: FeedSettings
+    upstream_tls: ChannelTls | None = None  # PORTICO_UPSTREAM_TLS_*: the reference-data channel
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MarketDataSettings:
@@ -98,7 +111,7 @@ class MarketDataSettings:
                             linger_unsubscribe_s=LINGER_UNSUBSCRIBE_S.get_float(env, minimum=0),
                             audit_interval_s=AUDIT_S.get_float(env, minimum=0))
         return cls(ServerSettings.from_env(env, DEFAULT_PORT), SYNDR_HTTP_URL.get_str(env), SYNDR_WS_URL.get_str(env),
-                   refdata, token, feed)
+                   refdata, token, feed, upstream_tls=ChannelTls.from_env(env))
 
 
 def _now_ms() -> int:
@@ -260,28 +273,39 @@ class MarketDataServicer:
     async def _symbols_of(self, books: VenueBooks, symbols: list[str]) -> list[str]:
         if not symbols:
             raise InvalidArgument("symbols", "at least one symbol is required")
-        for symbol in symbols:
-            await self._symbols.check(books.venue, symbol)
+        if len(symbols) > MAX_STREAM_SYMBOLS:  # before any check: each could be a call to reference data
+            raise InvalidArgument("symbols", f"at most {MAX_STREAM_SYMBOLS} symbols in one stream (got {len(symbols)})")
+        for i, symbol in enumerate(symbols):
+            await self._symbols.check(books.venue, symbol, field=f"symbols[{i}]")
         return list(dict.fromkeys(symbols))
 
     async def StreamTickers(self, request: pb.StreamTickersRequest, context: grpc.aio.ServicerContext
                             ) -> AsyncIterator[pb.StreamTickersResponse]:
+        """The tickers as they come; those queued for this stream leave together, in one message."""
         books = self._venue(request.venue)
         symbols = await self._symbols_of(books, list(request.symbols))
         async with await _subscribe(books, [f"ticker.{s}" for s in symbols]) as subscription:
-            async for event in subscription:
-                if isinstance(event, Overflow):  # the backlog was dropped: a symbol's last ticker may be missing
-                    raise ResourceExhausted("the ticker stream fell behind; tickers would be missing or stale",
-                                            reason="CONSUMER_TOO_SLOW")
-                if isinstance(event, ChannelRefused):  # the venue would not subscribe it again after a reconnect
-                    raise refused_channel_error(event.channel, event.error, venue=books.venue)
-                if isinstance(event, Message):
-                    yield pb.StreamTickersResponse(tickers=[ticker_proto(books.venue, models.parse_ticker(event.data))])
+            async for events in _queued(subscription, self._settings.max_batch):
+                tickers = []
+                for event in events:
+                    if isinstance(event, Message):
+                        tickers.append(ticker_proto(books.venue, models.parse_ticker(event.data)))
+                        continue
+                    if isinstance(event, Overflow | ChannelRefused) and tickers:  # what came before still goes
+                        yield pb.StreamTickersResponse(tickers=tickers)
+                    if isinstance(event, Overflow):  # the backlog was dropped: a symbol's last ticker may be missing
+                        raise ResourceExhausted("the ticker stream fell behind; tickers would be missing or stale",
+                                                reason="CONSUMER_TOO_SLOW")
+                    if isinstance(event, ChannelRefused):  # the venue would not subscribe it again after a reconnect
+                        raise refused_channel_error(event.channel, event.error, venue=books.venue)
+                if tickers:
+                    yield pb.StreamTickersResponse(tickers=tickers)
 
     async def StreamTrades(self, request: pb.StreamTradesRequest, context: grpc.aio.ServicerContext
                            ) -> AsyncIterator[pb.StreamTradesResponse]:
         """Every trade from the stream's start, once: after an upstream reconnect, the trades made while it was
-        down are read from the venue (`public/get_trades`) and sent before the live ones that follow."""
+        down are read from the venue (`public/get_trades`) and sent before the live ones that follow. Trades
+        queued for this stream leave together, in one message."""
         books = self._venue(request.venue)
         symbols = await self._symbols_of(books, list(request.symbols))
         seen = RecentKeys(_TRADES_SEEN)
@@ -289,21 +313,28 @@ class MarketDataServicer:
         # skew we allow: a catch-up may then send a trade made just before the stream began, never miss one.
         since_ms = dict.fromkeys(symbols, int(time.time() * 1000) - _TRADES_CLOCK_SKEW_MS)
         async with await _subscribe(books, [f"trades.{s}.raw" for s in symbols]) as subscription:
-            async for event in subscription:
-                if isinstance(event, Overflow):
-                    raise ResourceExhausted("the trade stream fell behind; trades would be missing",
-                                            reason="CONSUMER_TOO_SLOW")
-                if isinstance(event, ChannelRefused):
-                    raise refused_channel_error(event.channel, event.error, venue=books.venue)
-                if isinstance(event, Reconnected):
-                    missed = await self._missed_trades(books, since_ms, seen)
-                    if missed:
-                        yield pb.StreamTradesResponse(trades=[trade_proto(books.venue, t) for t in missed])
-                elif isinstance(event, Message):
-                    trade = models.parse_trade(event.data)
-                    if seen.add(trade.id):
-                        since_ms[trade.instrument_name] = max(since_ms.get(trade.instrument_name, 0), trade.timestamp)
-                        yield pb.StreamTradesResponse(trades=[trade_proto(books.venue, trade)])
+            async for events in _queued(subscription, self._settings.max_batch):
+                trades = []
+                for event in events:
+                    if isinstance(event, Message):
+                        trade = models.parse_trade(event.data)
+                        if seen.add(trade.id):
+                            since_ms[trade.instrument_name] = max(since_ms.get(trade.instrument_name, 0),
+                                                                  trade.timestamp)
+                            trades.append(trade_proto(books.venue, trade))
+                        continue
+                    if trades:  # what came before the event goes first, whatever the event leads to
+                        yield pb.StreamTradesResponse(trades=trades)
+                        trades = []
+                    if isinstance(event, Overflow):
+                        raise ResourceExhausted("the trade stream fell behind; trades would be missing",
+                                                reason="CONSUMER_TOO_SLOW")
+                    if isinstance(event, ChannelRefused):
+                        raise refused_channel_error(event.channel, event.error, venue=books.venue)
+                    if isinstance(event, Reconnected):
+                        trades = [trade_proto(books.venue, t) for t in await self._missed_trades(books, since_ms, seen)]
+                if trades:
+                    yield pb.StreamTradesResponse(trades=trades)
 
     async def _missed_trades(self, books: VenueBooks, since_ms: dict[str, int], seen: RecentKeys
                              ) -> list[models.Trade]:
@@ -397,6 +428,19 @@ class SharedTradeListings:
             del self._reads[symbol]
 
 
+async def _queued(subscription: Subscription, limit: int) -> AsyncIterator[list[WsEvent]]:
+    """The subscription's events, each with those queued behind it (at most `limit` in all): a stream sends
+    what it has queued in one message, not one message an update."""
+    async for event in subscription:
+        events = [event]
+        while len(events) < limit and subscription.pending():
+            try:
+                events.append(await anext(subscription))  # queued: returns without waiting
+            except StopAsyncIteration:  # its end; the `async for` above sees it next
+                break
+        yield events
+
+
 async def _subscribe(books: VenueBooks, channels: list[str]) -> Subscription:
     """Subscribe to `channels`; the venue unreachable (before its first connection too) or refusing is not
     INTERNAL."""
@@ -424,9 +468,14 @@ class SymbolCheck:
         self._ttl = ttl_s
         self._known: dict[tuple[str, str], float] = {}
 
-    async def check(self, venue: str, symbol: str) -> None:
+    async def check(self, venue: str, symbol: str, *, field: str = "symbol") -> None:
+        """NOT_FOUND for a symbol the venue does not list; INVALID_ARGUMENT naming `field` for one no venue
+        could (empty, a NUL, longer than any symbol), here rather than as reference data's or the venue's
+        answer, which would name their own fields, or (reference data's) read as it being unavailable."""
         if not symbol:
-            raise InvalidArgument("symbol", "is required")
+            raise InvalidArgument(field, "is required")
+        if "\x00" in symbol or len(symbol) > MAX_SYMBOL_CHARS:
+            raise InvalidArgument(field, f"not a symbol: at most {MAX_SYMBOL_CHARS} characters, no NUL")
         key = (venue, symbol)
         if time.monotonic() - self._known.get(key, -1e9) < self._ttl:
             return
@@ -437,17 +486,22 @@ class SymbolCheck:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     raise NotFound(f"{venue} has no instrument {symbol!r}", reason="INSTRUMENT_NOT_FOUND") from None
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # the venue is known here: it is the symbol
+                    raise InvalidArgument(field, f"not a symbol reference data takes ({exc.details()})") from None
                 raise Unavailable(f"reference data unavailable: {exc.code().name}",
                                   reason="REFDATA_UNAVAILABLE") from None
             if not reply.instrument.active:
                 raise NotFound(f"{venue} no longer lists {symbol!r}", reason="INSTRUMENT_INACTIVE")
         else:
             try:
-                await self._http[venue].call("public/get_instrument", {"instrument_name": symbol})
+                answer = await self._http[venue].call("public/get_instrument", {"instrument_name": symbol})
             except SyndrNotFound:
                 raise NotFound(f"{venue} has no instrument {symbol!r}", reason="INSTRUMENT_NOT_FOUND") from None
             except SyndrError as exc:
                 raise to_portico_error(exc) from None
+            # Listed but not tradable counts as not listed, as in reference data (which the check above asks).
+            if isinstance(answer.result, dict) and answer.result.get("is_active") is False:
+                raise NotFound(f"{venue} no longer lists {symbol!r}", reason="INSTRUMENT_INACTIVE")
         self._known[key] = time.monotonic()
 
 
@@ -482,7 +536,8 @@ class MarketDataApp(GrpcServiceApp):
         self.http = SyndrHttpClient(settings.syndr_http_url)
         self.ws = SyndrWebSocket(settings.syndr_ws_url)
         self.books = {"syndr": VenueBooks("syndr", self.ws, self.http, settings.feed)}
-        self.refdata = open_channel(settings.refdata_addr) if settings.refdata_addr else None
+        self.refdata = (open_channel(settings.refdata_addr, tls=settings.upstream_tls) if settings.refdata_addr
+                        else None)
         self.symbols = SymbolCheck({"syndr": self.http}, self.refdata, settings.service_token)
         self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)

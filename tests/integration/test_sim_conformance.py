@@ -399,3 +399,139 @@ async def test_user_trades_by_order_takes_the_documents_order_id_parameter(scena
     assert [t["incoming_order_id"] for t in trades] == [scenario.filled_order_id]
     with pytest.raises(SyndrInvalidRequest, match="order-id"):
         await scenario.http.call("private/get_user_trades_by_order", {"order_id": scenario.filled_order_id})
+
+
+async def test_portfolio_margin_data_requires_the_tables_from(scenario: Scenario) -> None:
+    """`from` is required: the simulator used to default it to the caller's account.
+
+    6337 (private/get_portfolio_margin_data): from true string account address of the account
+    6338:                                     currency true string currency in which portfolio margin needs to be ...
+    """
+    with pytest.raises(SyndrInvalidRequest, match="from"):
+        await scenario.http.call("private/get_portfolio_margin_data", {"currency": "ETH"})
+    answer = (await scenario.http.call("private/get_portfolio_margin_data",
+                                       {"from": scenario.account.address, "currency": "ETH"})).result
+    assert set(answer) >= {"future_loss_array", "futures_contingency", "options_contingency", "options_loss_array",
+                           "total_loss_array"}
+
+
+async def test_account_summary_requires_the_tables_timestamp(scenario: Scenario) -> None:
+    """`timestamp` is required: the simulator used to default it to 0 (and the account service left it out).
+
+    6535 (private/get_account_summary): timestamp true integer Current time in seconds
+    """
+    with pytest.raises(SyndrInvalidRequest, match="timestamp"):
+        await scenario.http.call("private/get_account_summary", {})
+    answer = (await scenario.http.call("private/get_account_summary", {"timestamp": int(time.time())})).result
+    assert "equity" in answer
+
+
+async def test_update_instrument_leverage_takes_the_tables_parameters(scenario: Scenario) -> None:
+    """`instrument_id` and `updated_leverage` are required, and the leverage is an integer; the simulator used to
+    take `instrument_name` / `leverage` instead (names the document never gives) and a fractional leverage string.
+
+    3725: | `instrument_id`     | true         | string   | The unique ID of the instrument to update. |
+    3726: | `updated_leverage`  | true         | integer  | The new leverage value to set for the instrument. |
+    3588 (the example): "instrument_id": "1", "updated_leverage": 10
+    """
+    call = scenario.http.call
+    ident = scenario.account.instrument_ids["ETH-PERP"]
+    with pytest.raises(SyndrInvalidRequest, match="instrument_id"):
+        await call("private/update_instrument_leverage", {"instrument_name": "ETH-PERP", "updated_leverage": 5})
+    with pytest.raises(SyndrInvalidRequest, match="updated_leverage"):
+        await call("private/update_instrument_leverage", {"instrument_id": str(ident), "leverage": 5})
+    with pytest.raises(SyndrInvalidRequest, match="updated_leverage"):
+        await call("private/update_instrument_leverage", {"instrument_id": str(ident), "updated_leverage": "5.0"})
+    for instrument_id in (str(ident), ident):  # the example's string, and the id as get_instruments types it
+        answer = await call("private/update_instrument_leverage",
+                            {"instrument_id": instrument_id, "updated_leverage": 10})
+        assert answer.result == {"success": 1}
+
+
+async def test_api_keys_carry_the_tables_created_at_and_updated_at(scenario: Scenario) -> None:
+    """The table names the key's times `created_at` / `updated_at` (integers); the example `createdAt` / `updatedAt`.
+    Where the two disagree the simulator answers with both, as for public/register_signing_key; it gave only the
+    example's.
+
+    5989 (private/get_api_keys): >> created_at integer timestamp when api key was created
+    5991:                        >> updated_at integer last updated timestamp of the api key.
+    """
+    keys = (await scenario.http.call("private/get_api_keys", {})).result["apiKeys"]
+    assert keys
+    for key in keys:
+        for table, example in (("created_at", "createdAt"), ("updated_at", "updatedAt")):
+            assert type(key.get(table)) is int, f"{table} missing or not an integer: {key.get(table)!r}"
+            assert key[table] == key[example]
+
+
+async def test_deactivate_api_key_without_the_key_is_an_invalid_request(scenario: Scenario) -> None:
+    """The key to deactivate is a required parameter: leaving it out is INVALID_PARAMS naming it, as for any
+    required parameter, not "api key not found" (the simulator looked up a key of None).
+
+    6159 (private/deactivate_api_key): api-key true string api-key which needs to be deactivated
+    6160:                              api_secret true string secret related to the given api key
+    """
+    created = (await scenario.http.call("private/create_api_key", {"scope": 2})).result
+    with pytest.raises(SyndrInvalidRequest, match="api-key") as refused:
+        await scenario.http.call("private/deactivate_api_key", {"api_secret": created["api_secret"]})
+    assert refused.value.code == ErrorCode.INVALID_PARAMS
+    await scenario.http.call("private/deactivate_api_key",
+                             {"api-key": created["api_key"], "api_secret": created["api_secret"]})
+
+
+async def test_supported_collaterals_answer_the_documents_get_on_the_method_path(scenario: Scenario) -> None:
+    """All five examples of public/get_supported_collaterals send the JSON-RPC request with GET to the method's own
+    path; the simulator answered that with 404.
+
+    1938: curl --location --request GET 'https://dev-api.syndr.trade/api/v1/public/get_supported_collaterals' \\
+    1961: response = requests.request("GET", url, headers=headers, data=payload)
+    The request's method must be the path's: another one is refused, never run under the wrong name.
+    """
+    import aiohttp
+
+    url = f"http://{scenario.sim.config.host}:{scenario.sim.port}/api/v1/public/get_supported_collaterals"
+    body = json.dumps({"jsonrpc": "2.0", "id": 7365, "method": "public/get_supported_collaterals", "params": {}})
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, data=body, headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 200
+            answer = await response.json()
+        assert answer["id"] == 7365 and set(answer["result"]) >= {"USDT", "USDC", "DAI"}
+        assert answer["result"] == (await scenario.public.call("public/get_supported_collaterals")).result
+        other = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "public/get_instruments", "params": {"kind": "any"}})
+        async with session.get(url, data=other, headers={"Content-Type": "application/json"}) as response:
+            refused = await response.json()
+    assert refused["error"]["code"] == ErrorCode.INVALID_REQUEST and "result" not in refused
+
+
+async def test_register_signing_key_answers_what_the_documents_script_reads(scenario: Scenario) -> None:
+    """The document's API Key Setup script posts snake_case params and reads five fields of the result; the table
+    lists four of them and the simulator answered without `account`.
+
+    325-329 (the script's params): "account", "signer_public_address", "expires_at" (a string),
+                                   "signing_key_signature", "account_signature"
+    362-366 (what it reads): response_data["result"].get("account"), .get("api_key"), .get("api_secret"),
+                             .get("signer_public_address"), .get("tx_hash")
+    458-461 (the table): api_key, api_secret, signer_public_address, tx_hash
+    """
+    from portico.runtime.secp256k1 import Secp256k1Key, generate_private_key
+
+    account_key, signing_key = Secp256k1Key(generate_private_key()), Secp256k1Key(generate_private_key())
+    public = scenario.public
+    manager = models.parse_l3_contracts((await public.call("public/get_l3_contracts")).result)
+    nonces = (await public.call("public/get_signing_key_nonces",
+                                {"account": account_key.address, "signing_key": signing_key.address})).result
+    expires_at = typed_data.SIGNING_KEY_NEVER_EXPIRES
+    sign_key = typed_data.sign_key_typed_data(verifying_contract=manager.signing_keys_manager_address,
+                                              account=account_key.address, nonce=nonces["verify_signing_key_nonce"])
+    register_key = typed_data.register_signing_key_typed_data(
+        verifying_contract=manager.signing_keys_manager_address, key=signing_key.address, expires_at=expires_at,
+        nonce=nonces["signing_key_register_nonce"])
+    result = (await public.call("public/register_signing_key", {
+        "account": account_key.address, "signer_public_address": signing_key.address, "expires_at": str(expires_at),
+        "signing_key_signature": sign(signing_key, sign_key), "account_signature": sign(account_key, register_key),
+    })).result
+    read = ("account", "api_key", "api_secret", "signer_public_address", "tx_hash")
+    missing = [key for key in read if not (isinstance(result.get(key), str) and result[key])]
+    assert not missing, f"the result lacks {missing}"  # names only: the result holds a secret
+    assert result["account"].lower() == account_key.address.lower()
+    assert result["signer_public_address"].lower() == signing_key.address.lower()

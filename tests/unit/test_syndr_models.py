@@ -660,3 +660,36 @@ def test_decimals_go_out_as_exact_json_numbers() -> None:
     assert orjson.dumps(params) == (b'{"amount":0.1000000000000000001,"price":2400.5,"big":18446744073709551616,'
                                     b'"small":0.00000001,"salt":18446744073709551615,"post_only":false,'
                                     b'"label":"c-1"}')
+
+
+@pytest.mark.parametrize("secret", [["s3cr3t-part", "two"], {"value": "s3cr3t-part"}, 123456789012345])
+def test_a_secret_sent_as_another_type_is_refused_without_its_value(secret: Any) -> None:
+    # An error's text goes to logs and callers; a secret the venue sent in an unexpected shape must stay out.
+    with pytest.raises(m.SyndrProtocolError) as refused:
+        m.parse_created_api_key({"account": "0xabc", "api_key": "k", "api_secret": secret})
+    assert "api_secret" in str(refused.value)
+    assert "s3cr3t" not in str(refused.value) and "123456789012345" not in str(refused.value)
+
+
+@pytest.mark.parametrize("fixture_name", ["channel.user.orders.raw.notification.json",
+                                          "channel.user.orders.ALL.raw.notification.json"])
+@pytest.mark.parametrize("condition", [0, 1, 2.5])
+def test_an_order_update_with_the_tables_numeric_trigger_condition_is_read(fixture_name: str, condition: Any) -> None:
+    """The user.orders tables type `trigger_condition` as a number (the examples send ""): an order update that
+    follows the table must not be dropped as malformed (it was: "field 'trigger_condition' is not a string").
+
+    8925 (user.orders.{instrument_name}.raw): > > trigger_condition number Any other condition for order creation
+                                              trigger apart from trigger price
+    9201 (user.orders.ALL.raw):               (the same row)
+    """
+    frame = json.loads(fixture(fixture_name))
+    frame["params"]["data"]["order"]["trigger_condition"] = condition
+    update = m.parse_notification(json.dumps(frame).encode()).data
+    assert isinstance(update, m.OrderUpdate)
+    assert update.order.trigger_condition == str(condition)
+    assert update.order.order_id == "cd1f2039-61af-4569-b637-69c8309251ef"
+    as_documented = m.parse_notification(fixture(fixture_name)).data
+    assert isinstance(as_documented, m.OrderUpdate) and as_documented.order.trigger_condition == ""
+    # An HTTP answer is decoded by orjson, whose numbers are int or float.
+    http_order = orjson.loads(json.dumps(frame["params"]["data"]["order"]))
+    assert m.parse_order(http_order, where="private/get_order_history_by_kind").trigger_condition == str(condition)

@@ -138,9 +138,10 @@ def register_signing_key(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     key, secret = sim.security.create_api_key(account, ApiKeyScope.ADMIN, "registered signing key")
     tx_hash = "0x" + sim.rng.randbytes(32).hex()
     # The document's table names the fields api_key / api_secret / signer_public_address / tx_hash,
-    # its example apiKey / apiSecret / signingKey / txHash: answer with both.
-    return {"api_key": key.api_key, "api_secret": secret, "signer_public_address": signing_key, "tx_hash": tx_hash,
-            "apiKey": key.api_key, "apiSecret": secret, "signingKey": signing_key, "txHash": tx_hash}
+    # its example apiKey / apiSecret / signingKey / txHash: answer with both; and its script also reads `account`.
+    return {"account": account, "api_key": key.api_key, "api_secret": secret, "signer_public_address": signing_key,
+            "tx_hash": tx_hash, "apiKey": key.api_key, "apiSecret": secret, "signingKey": signing_key,
+            "txHash": tx_hash}
 
 
 def auth(sim: Simulator, p: Params, ctx: CallContext) -> Any:
@@ -167,7 +168,7 @@ def deactivate_api_key(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     """The document's table requires the key (`api-key`; its examples say `api_key`) and that key's own
     `api_secret`: a missing one is INVALID_PARAMS, a wrong one UNAUTHORIZED, and the key stays active."""
     account = _account(ctx)
-    api_key = p.raw.get("api-key", p.raw.get("api_key"))
+    api_key = p.text("api-key") if "api-key" in p.raw or "api_key" not in p.raw else p.text("api_key")
     api_secret = p.text("api_secret")
     key = next((k for k in sim.security.api_keys(account) if k.api_key == api_key), None)
     if key is not None and not hmac.compare_digest(key.secret_sha256, _secret_digest(api_secret)):
@@ -294,13 +295,10 @@ def cancel_all_by_instrument(sim: Simulator, p: Params, ctx: CallContext) -> Any
 
 
 def update_instrument_leverage(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    """The document's params are `instrument_id` (a string in its example) and `updated_leverage`."""
-    if "instrument_id" in p.raw:
-        instrument = sim.engine.instrument_by_id(p.integer("instrument_id", minimum=0))
-    else:
-        instrument = sim.engine.instrument(p.text("instrument_name"))
-    leverage = p.number("updated_leverage") if "updated_leverage" in p.raw else p.number("leverage")
-    sim.engine.set_leverage(_account(ctx), instrument.name, leverage)
+    """The document's params, both required: `instrument_id` (a string in its example; the integer id taken too)
+    and `updated_leverage`, an integer."""
+    instrument = sim.engine.instrument_by_id(p.integer("instrument_id", minimum=0))
+    sim.engine.set_leverage(_account(ctx), instrument.name, p.integer("updated_leverage"))
     return {"success": 1}
 
 
@@ -380,14 +378,14 @@ def get_deposits(sim: Simulator, p: Params, ctx: CallContext) -> Any:
 
 def get_portfolio_margin_data(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     account = _account(ctx)
-    requested = parse_address(p.text("from", account), "from")
+    requested = parse_address(p.text("from"), "from")  # the table marks it required
     if requested != account:
         raise RpcFailure(ErrorCode.FORBIDDEN, "from must be the authenticated account")
     return sim.engine.portfolio_margin(account, p.text("currency"))
 
 
 def get_account_summary(sim: Simulator, p: Params, ctx: CallContext) -> Any:
-    p.integer("timestamp", 0, minimum=0)
+    p.integer("timestamp", minimum=0)  # the table: true, "Current time in seconds"
     return sim.engine.account_summary(_account(ctx))
 
 

@@ -62,8 +62,10 @@ class ApiKey:
     secret_sha256: bytes = field(repr=False, default=b"")
 
     def to_wire(self) -> dict[str, Any]:
-        """The get_api_keys item. The document shows secrets there; this venue never returns one twice."""
+        """The get_api_keys item. The document shows secrets there; this venue never returns one twice.
+        Its table names the times `created_at` / `updated_at`, its example `createdAt` / `updatedAt`: both."""
         return {"api_key": self.api_key, "name": self.name, "scope": int(self.scope),
+                "created_at": self.created_at, "updated_at": self.updated_at,
                 "createdAt": self.created_at, "updatedAt": self.updated_at, "active": self.active}
 
 

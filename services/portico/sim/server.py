@@ -266,6 +266,9 @@ class Simulator:
         app = web.Application(client_max_size=self.config.max_frame_bytes)
         for path in HTTP_PATH_ALIASES:
             app.router.add_post(path, self._handle_http)
+        # Every example of public/get_supported_collaterals sends the JSON-RPC request with GET to the method's
+        # own path (`GET <host>/api/v1/public/get_supported_collaterals`); the request's method must be the path's.
+        app.router.add_get(HTTP_PATH + "/{method:(?:public|private)/[a-z_]+}", self._handle_http)
         for path in WS_PATH_ALIASES:
             app.router.add_get(path, self._handle_ws)
         admin.add_routes(app, self)
@@ -474,6 +477,13 @@ class Simulator:
             payload = self.decode(body)
         except (ValueError, RecursionError):
             return self._json_response(_error(ErrorCode.PARSE_ERROR, "parse error", None, us_in))
+        path_method = request.match_info.get("method")
+        if path_method is not None and (not isinstance(payload, dict) or payload.get("method") != path_method):
+            request_id = payload.get("id") if isinstance(payload, dict) else None
+            if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+                request_id = None
+            return self._json_response(_error(ErrorCode.INVALID_REQUEST, f"invalid request: the method must be "
+                                              f"the path's, {path_method}", request_id, us_in))
         if (self.faults.http_5xx_method and isinstance(payload, dict)
                 and payload.get("method") == self.faults.http_5xx_method and self.faults.take_http_5xx(self.rng)):
             return web.Response(status=503, text="service unavailable (simulated)")

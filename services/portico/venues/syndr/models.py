@@ -239,7 +239,8 @@ def _opt_dec(obj: Mapping[str, Any], where: str, *keys: str) -> Decimal | None:
 
 def _to_str(value: Any, where: str, key: str) -> str:
     if type(value) is not str:
-        _protocol(where, f"field {key!r} is not a string: {value!r}")
+        # The type only: the field may be a secret (`api_secret`) the venue sent in another shape.
+        _protocol(where, f"field {key!r} is not a string (a {type(value).__name__})")
     return value
 
 
@@ -251,6 +252,16 @@ def _str(obj: Mapping[str, Any], where: str, *keys: str) -> str:
 def _opt_str(obj: Mapping[str, Any], where: str, *keys: str) -> str | None:
     key, value = _present(obj, keys)
     return None if value is None else _to_str(value, where, key)
+
+
+def _opt_text(obj: Mapping[str, Any], where: str, *keys: str) -> str | None:
+    """A text field the document types as a number somewhere (a number is kept as its digits)."""
+    key, value = _present(obj, keys)
+    if value is None:
+        return None
+    if type(value) in (int, float, Decimal):  # a float only from an orjson-decoded answer
+        return str(value)
+    return _to_str(value, where, key)
 
 
 def _ident(obj: Mapping[str, Any], where: str, *keys: str) -> str:
@@ -1037,7 +1048,8 @@ def _order(obj: Any, where: str) -> Order:
         order_signer=_opt_str(o, where, "order_signer"),
         expiration=_opt_ms(o, where, "expiration"),
         trigger_price=_opt_dec(o, where, "trigger_price"),
-        trigger_condition=_opt_str(o, where, "trigger_condition"),
+        # The user.orders tables type it as a number; every example sends "".
+        trigger_condition=_opt_text(o, where, "trigger_condition"),
         triggered=_opt_bool(o, where, "triggered"),
         contract_size=_opt_dec(o, where, "contract_size"),
         salt=_opt_int(o, where, "salt"),

@@ -39,11 +39,14 @@ from portico.account.v1 import account_service_pb2_grpc as pb_grpc
 from portico.common.v1 import side_pb2
 from portico.connection import (
     ConfigError,
+    PagingError,
     StateFile,
     add_connection_arguments,
     connection,
+    default_account,
     describe_rpc_error,
     positive_float,
+    read_pages,
     timeout_seconds,
 )
 from portico.enum_labels import enum_label
@@ -235,16 +238,16 @@ def _time_ms(position: account_pb2.Position) -> int:
 
 async def _list_positions(stub: pb_grpc.AccountServiceStub, venue: str, account: str,
                           metadata: tuple[tuple[str, str]], call_timeout: float) -> list[account_pb2.Position]:
+    async def list_page(page_token: str) -> pb.ListPositionsResponse:
+        page: pb.ListPositionsResponse = await stub.ListPositions(pb.ListPositionsRequest(
+            venue=venue, account=account, page_size=LIST_PAGE_SIZE, page_token=page_token),
+            metadata=metadata, timeout=call_timeout)
+        return page
+
     positions: list[account_pb2.Position] = []
-    page_token = ""
-    while True:
-        page = await stub.ListPositions(pb.ListPositionsRequest(venue=venue, account=account,
-                                                                page_size=LIST_PAGE_SIZE, page_token=page_token),
-                                        metadata=metadata, timeout=call_timeout)
+    async for page in read_pages(list_page, what="positions"):
         positions.extend(page.positions)
-        page_token = page.next_page_token
-        if not page_token:
-            return positions
+    return positions
 
 
 async def _summary(stub: pb_grpc.AccountServiceStub, venue: str, account: str,
@@ -302,19 +305,22 @@ async def watch(target: str, token: str, venue: str, account: str, *, call_timeo
                         moved.set()
                         changed()
 
+            tasks = {asyncio.ensure_future(read_stream())}  # subscribed before the snapshot is read
             try:
-                stream = asyncio.ensure_future(read_stream())  # subscribed before the snapshot is read
                 book.load(await _list_positions(stub, venue, account, metadata, call_timeout))
                 changed()
-                summaries = asyncio.ensure_future(read_summary())
-                done, _ = await asyncio.wait({stream, summaries}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (stream, summaries):
-                    task.cancel()
-                await asyncio.wait({stream, summaries})
-                for task in done:
-                    task.result()  # the failure that ended it, if any
+                tasks.add(asyncio.ensure_future(read_summary()))
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 call.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks)
+                for task in tasks:  # read here, also when the listing failed: else asyncio prints it at exit
+                    if not task.cancelled():
+                        task.exception()
+            for task in done:
+                task.result()  # the failure that ended it, if any
 
     def frame(columns: int, rows: int) -> list[str]:
         lines = render_account(summary, book.positions.values())
@@ -343,7 +349,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
         check_arguments(args)
         state = StateFile(args.state_file)
         target, token = connection(args, service=SERVICE, scope=SCOPE, state=state)
-        account = args.account or state.value("demo", "account")
+        account = default_account(args.account, state)
     except (UsageError, ConfigError) as exc:
         print(f"{NAME}: {exc}", file=err, flush=True)
         return 2
@@ -353,6 +359,9 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
         return asyncio.run(show_once(target, token, args.venue, account, call_timeout=args.timeout, out=out))
     except grpc.aio.AioRpcError as exc:
         print(f"{NAME}: {describe_rpc_error(exc, target)}", file=err, flush=True)
+        return 1
+    except PagingError as exc:
+        print(f"{NAME}: {target} {exc}", file=err, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

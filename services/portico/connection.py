@@ -14,8 +14,9 @@ import json
 import math
 import os
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -23,21 +24,64 @@ from portico.runtime.errors import error_info
 
 __all__ = [
     "DEFAULT_STATE_FILE",
+    "MAX_LIST_PAGES",
     "ConfigError",
+    "PagingError",
     "StateFile",
     "add_connection_arguments",
     "connection",
+    "default_account",
     "describe_rpc_error",
+    "read_pages",
 ]
 
 DEFAULT_STATE_FILE = Path("var/up/state.json")  # where `portico up` writes it by default
 # What a bearer token can be in gRPC metadata: printable ASCII, no spaces. Anything else fails inside grpc
 # with an opaque error, so it is refused here, with a message that never repeats the token.
 _TOKEN = re.compile(r"[\x21-\x7e]+")
+# A listing reads page after page until `next_page_token` is empty, but at most this many pages (5 million
+# entries at the commands' default page size of 500); a server that repeats a page token, or lists past this,
+# is an error (as the gateway's 502), not a command that loops or grows forever.
+MAX_LIST_PAGES = 10_000
 
 
 class ConfigError(Exception):
     """The target, token or another default could not be found; the message is safe to print."""
+
+
+class PagingError(Exception):
+    """A server's paging that would never end (a page token repeated, too many pages).
+
+    The message is safe to print and reads after the server's address: "<target> repeated a page token ...".
+    """
+
+
+class _Page(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+PageT = TypeVar("PageT", bound=_Page)
+
+
+async def read_pages(fetch: Callable[[str], Awaitable[PageT]], *, what: str) -> AsyncIterator[PageT]:
+    """Every page of a listing: `fetch(page_token)` from "" until a page's `next_page_token` is empty.
+
+    A token seen before (the same one again, or a longer cycle) or more than MAX_LIST_PAGES pages raise
+    PagingError naming `what` ("open orders"), after the page that gave it.
+    """
+    token = ""
+    seen: set[str] = set()
+    for _ in range(MAX_LIST_PAGES):
+        page = await fetch(token)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return
+        if token in seen:
+            raise PagingError(f"repeated a page token listing {what} (after {len(seen) + 1} pages)")
+        seen.add(token)
+    raise PagingError(f"listed more than {MAX_LIST_PAGES} pages of {what}")
 
 
 class RefuseToken(argparse.Action):
@@ -148,9 +192,34 @@ def connection(args: argparse.Namespace, *, service: str, scope: str,
     return target, token
 
 
+def default_account(account: str | None, state: StateFile) -> str:
+    """`--account` if given, else `demo.account` from the state file.
+
+    Without a state file, the usual advice (pass --target and --token-env) is beside the point when those were
+    passed: what is missing then is the account.
+    """
+    if account is not None:
+        return account
+    if not state.path.exists():
+        raise ConfigError(f"no --account given, and no state file at {state.path} to take demo.account from: "
+                          "pass --account 0x... (or --state-file)")
+    return state.value("demo", "account")
+
+
+# In an error line: a run of whitespace with a line break or tab in it (one space instead), and the control
+# characters left after that (shown escaped: a terminal would act on ESC).
+_BREAKS = re.compile(r"[^\S ]+")  # split on; the spaces next to a break go with it (linear, no backtracking)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def describe_rpc_error(error: grpc.aio.AioRpcError, target: str) -> str:
-    """One readable line for a failed call: code, the server's message, and its reason when it gives one."""
-    details = " ".join((error.details() or "").split()) or "no details"
+    """One readable line for a failed call: code, the server's message, and its reason when it gives one.
+
+    The message keeps its spaces (a symbol with two spaces in it is shown with two); a line break or tab, with
+    the whitespace around it, reads as one space, and other control characters are shown escaped (`\\x1b`).
+    """
+    details = " ".join(p for p in (part.strip(" ") for part in _BREAKS.split(error.details() or "")) if p)
+    details = _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), details) or "no details"
     try:
         info = error_info(error)
     except Exception:  # a malformed status detail must not hide the error itself

@@ -45,10 +45,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from portico.connection import (
     ConfigError,
+    PagingError,
     StateFile,
     add_connection_arguments,
     connection,
     describe_rpc_error,
+    read_pages,
     timeout_seconds,
 )
 from portico.enum_labels import enum_label
@@ -308,17 +310,18 @@ def render_sync(reply: pb.SyncInstrumentsResponse) -> str:
 async def list_instruments(stub: pb_grpc.ReferenceDataServiceStub, venue: str, flt: instrument_pb2.InstrumentFilter,
                            metadata: tuple[tuple[str, str]], *, page_size: int,
                            call_timeout: float) -> list[instrument_pb2.Instrument]:
-    """Every instrument matching `flt`, reading page after page until `next_page_token` is empty."""
+    """Every instrument matching `flt`, reading page after page until `next_page_token` is empty (PagingError for
+    a server that repeats a page token or lists more than MAX_LIST_PAGES pages)."""
+    async def list_page(page_token: str) -> pb.ListInstrumentsResponse:
+        page: pb.ListInstrumentsResponse = await stub.ListInstruments(pb.ListInstrumentsRequest(
+            venue=venue, filter=flt, page_size=page_size, page_token=page_token),
+            metadata=metadata, timeout=call_timeout)
+        return page
+
     instruments: list[instrument_pb2.Instrument] = []
-    page_token = ""
-    while True:
-        page = await stub.ListInstruments(pb.ListInstrumentsRequest(venue=venue, filter=flt, page_size=page_size,
-                                                                    page_token=page_token),
-                                          metadata=metadata, timeout=call_timeout)
+    async for page in read_pages(list_page, what="instruments"):
         instruments.extend(page.instruments)
-        page_token = page.next_page_token
-        if not page_token:
-            return instruments
+    return instruments
 
 
 def _print(lines: Iterable[str], out: TextIO) -> None:
@@ -333,7 +336,8 @@ async def _call(args: argparse.Namespace, target: str, token: str, out: TextIO) 
         stub = pb_grpc.ReferenceDataServiceStub(channel)
         command = args.instruments_command
         if command == "sync":
-            reply = await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue=args.venue, symbols=args.symbols),
+            reply = await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue=args.venue,
+                                                                         symbols=[s.strip() for s in args.symbols]),
                                                metadata=metadata, timeout=args.timeout)
             _print([render_sync(reply)], out)
             return 0
@@ -368,6 +372,9 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
         return asyncio.run(_call(args, target, token, out))
     except grpc.aio.AioRpcError as exc:
         print(f"{NAME} {args.instruments_command}: {describe_rpc_error(exc, target)}", file=err, flush=True)
+        return 1
+    except PagingError as exc:
+        print(f"{NAME} {args.instruments_command}: {target} {exc}", file=err, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -34,10 +34,13 @@ import grpc
 from portico.common.v1 import side_pb2
 from portico.connection import (
     ConfigError,
+    PagingError,
     StateFile,
     add_connection_arguments,
     connection,
+    default_account,
     describe_rpc_error,
+    read_pages,
     timeout_seconds,
 )
 from portico.enum_labels import enum_label
@@ -269,18 +272,18 @@ async def _call(args: argparse.Namespace, target: str, token: str, venue: str, a
                 client_order_id=args.client_order_id or ""), metadata=metadata, timeout=args.timeout)
             print(render_order(cancelled.order), file=out, flush=True)
             return 0
-        orders: list[order_pb2.Order] = []
-        page_token = ""
-        while True:
+        async def list_page(page_token: str) -> pb.ListOpenOrdersResponse:
             listing = pb.ListOpenOrdersRequest(venue=venue, account=account, page_size=LIST_PAGE_SIZE,
                                                page_token=page_token)
             if args.symbol is not None:
                 listing.symbol = args.symbol
-            page = await stub.ListOpenOrders(listing, metadata=metadata, timeout=args.timeout)
+            page: pb.ListOpenOrdersResponse = await stub.ListOpenOrders(listing, metadata=metadata,
+                                                                         timeout=args.timeout)
+            return page
+
+        orders: list[order_pb2.Order] = []
+        async for page in read_pages(list_page, what="open orders"):
             orders.extend(page.orders)
-            page_token = page.next_page_token
-            if not page_token:
-                break
         for text in render_orders(orders):
             print(text, file=out)
         out.flush()
@@ -295,7 +298,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
         check_arguments(args)
         state = StateFile(args.state_file)
         target, token = connection(args, service=SERVICE, scope=args.scope, state=state)
-        account = args.account or state.value("demo", "account")
+        account = default_account(args.account, state)
     except (UsageError, ConfigError) as exc:
         print(f"{NAME}: {exc}", file=err, flush=True)
         return 2
@@ -303,6 +306,9 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
         return asyncio.run(_call(args, target, token, args.venue, account, out))
     except grpc.aio.AioRpcError as exc:
         print(f"{NAME} {args.order_command}: {describe_rpc_error(exc, target)}", file=err, flush=True)
+        return 1
+    except PagingError as exc:
+        print(f"{NAME} {args.order_command}: {target} {exc}", file=err, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -272,7 +272,7 @@ def _spread_line(bids: Sequence[Level], asks: Sequence[Level], width: int) -> st
             text = f" CROSSED: best bid {bids[0][0]} >= best ask {asks[0][0]} "
         else:
             bps = spread / mid * 10_000 if mid else Decimal(0)
-            text = f" spread {spread} ({bps:.2f} bps)  mid {mid} "
+            text = f" spread {spread:f} ({bps:.2f} bps)  mid {mid:f} "  # `f`: str() writes 1E-7
     else:
         text = " spread -  mid - "
     return _fit(text.center(max(width, len(text)), "-"), width)
@@ -295,7 +295,7 @@ def render_book(book: LocalBook, symbol: str, depth: int, width: int) -> list[st
     levels = [*asks, *bids]
     prices = _aligned([price for price, _ in levels])
     amounts = _aligned([amount for _, amount in levels])
-    cums = _aligned([str(total) for total in (*ask_cums, *bid_cums)])
+    cums = _aligned([format(total, "f") for total in (*ask_cums, *bid_cums)])  # str() writes 1E-7
     price_w = max([len("PRICE"), *map(len, prices)])
     amount_w = max([len("AMOUNT"), *map(len, amounts)])
     cum_w = max([len("CUMULATIVE"), *map(len, cums)])

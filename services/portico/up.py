@@ -11,7 +11,8 @@ key in Vault, both signatures by the signer, the venue's API key pair stored in
 Vault, where execution reads it). Prints the endpoints and writes them as JSON
 (`--state-file`). Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT), also during start-up,
 stops everything in the reverse order of starting: the services first, Vault
-and the simulator last.
+and the simulator last. Should `portico up` itself be killed (SIGKILL), Linux
+sends each child SIGTERM.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from portico.marketdata.service import SERVICE_NAME as MARKETDATA_SERVICE
 from portico.refdata.service import SERVICE_NAME as REFDATA_SERVICE
 from portico.runtime.auth import SCOPES, hash_token, new_token
 from portico.runtime.client import bearer
-from portico.runtime.lifecycle import wait_event
+from portico.runtime.lifecycle import wait_event, with_parent_death_signal
 from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.signer.service import SERVICE_NAME as SIGNER_SERVICE
@@ -146,8 +147,9 @@ class Suite:
         except OSError as exc:
             raise UpError(f"cannot write the log {log}: {exc.strerror or exc}") from None
         try:
-            process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log_fd, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(with_parent_death_signal(argv, signal.SIGTERM), env={**os.environ, **env},
+                                       stdout=log_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
         finally:
             os.close(log_fd)  # the child has its own copy
         self.processes[name] = process

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from tests.support.gateway import serving
+from tests.support.ports import taken_port
 from tests.support.refdata import RunningRefdata, database, running_refdata
 
 from portico.gateway.__main__ import GatewaySettings
@@ -149,6 +150,38 @@ async def test_bad_filters_are_400(edge: Edge, flt: str) -> None:
     assert status == 400 and body["error"].startswith("Invalid request")
 
 
+BTC = quote(json.dumps({"baseCurrency": "BTC"}))
+
+
+@pytest.mark.parametrize(("query", "error"), [
+    # Before, each was a 200 with every instrument: a misspelt filter silently listed everything.
+    (f"fitler={BTC}", "unknown query parameter: fitler (only filter)"),
+    (f"filter={BTC}&active=true", "unknown query parameter: active (only filter)"),
+    (f"filter={BTC}&filter={quote(json.dumps({'baseCurrency': 'ETH'}))}", "filter given more than once"),
+])
+async def test_a_query_parameter_other_than_one_filter_is_400_naming_it(edge: Edge, query: str, error: str) -> None:
+    await request("POST", edge.url + SYNC, json={"venue": "syndr"}, headers=edge.auth("admin"))
+    status, body = await request("GET", f"{edge.url}/v1/instruments/syndr?{query}", headers=edge.auth("read"))
+    assert (status, body) == (400, {"error": f"Invalid request: {error}"})
+
+
+async def test_a_method_or_path_the_gateway_has_no_route_for_still_answers_json(edge: Edge) -> None:
+    # Before, aiohttp's text/plain "405: Method Not Allowed" and "404: Not Found": a JSON client could not read them,
+    # and the sync endpoint's failure was not in its envelope.
+    async with aiohttp.ClientSession() as session:
+        async with session.get(edge.url + SYNC, headers=edge.auth("admin")) as response:
+            assert (response.status, response.content_type, response.headers.get("Allow")) == (
+                405, "application/json", "POST")
+            assert await response.json() == {"data": None, "success": False, "errno": 405,
+                                             "error": "Method not allowed: GET (allowed: POST)"}
+        async with session.post(edge.url + "/v1/instruments/syndr/ETH-PERP", headers=edge.auth("read")) as response:
+            assert (response.status, response.headers.get("Allow")) == (405, "GET,HEAD")
+            assert await response.json() == {"error": "Method not allowed: POST (allowed: GET, HEAD)"}
+        for path in ("/v2/nothing", "/v1/instruments/", SYNC + "/"):
+            async with session.get(edge.url + path, headers=edge.auth("read")) as response:
+                assert (response.status, await response.json()) == (404, {"error": "Not found: no such endpoint"})
+
+
 @pytest.fixture
 async def unreachable() -> AsyncIterator[str]:
     """A gateway whose reference data is a port nobody listens on: any gRPC call it makes fails UNAVAILABLE."""
@@ -173,6 +206,19 @@ async def test_a_malformed_authorization_is_401_before_any_call(edge: Edge, unre
         assert (status, body) == (401, {"error": MALFORMED})
 
 
+async def test_a_bearer_token_too_long_for_grpc_metadata_is_401_every_time(edge: Edge) -> None:
+    # gRPC refuses metadata over its 8 KiB soft limit at random (more often the larger it is) with RESOURCE_EXHAUSTED.
+    # Before, such a token got a 401 most times and otherwise a 429 `Too many requests` whose text listed the call's
+    # internal metadata; header lines up to aiohttp's 8190 bytes carry it.
+    headers = {"Authorization": "Bearer " + "a" * 8150}
+    async with aiohttp.ClientSession() as session:
+        answers = set()
+        for _ in range(100):
+            async with session.get(edge.url + "/v1/instruments/syndr/ETH-PERP", headers=headers) as response:
+                answers.add((response.status, (await response.json())["error"]))
+    assert answers == {(401, "Unauthorized: the bearer token is longer than 4096 characters")}
+
+
 async def test_the_bearer_scheme_is_case_insensitive(edge: Edge) -> None:
     status, _ = await request("GET", edge.url + "/v1/instruments/syndr/ETH-PERP",
                               headers={"Authorization": f"bearer  {edge.refdata.tokens['read']}"})
@@ -186,6 +232,19 @@ async def test_bodies_json_cannot_represent_are_400(edge: Edge, data: bytes) -> 
     status, body = await request("POST", edge.url + SYNC, data=data, headers=edge.auth("admin"))
     assert (status, body) == (400, {"data": None, "success": False, "errno": 400,
                                     "error": "Invalid request: body must be JSON: {venue, symbols?}"})
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_its_content_encoding_does_not_decode_is_400(edge: Edge, encoding: str,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # Before, a 500 `internal error`, and the gateway logged the caller's mistake as its own failure, traceback and all.
+    headers = {**edge.auth("admin"), "Content-Encoding": encoding, "Content-Type": "application/json"}
+    with caplog.at_level(logging.ERROR, logger="portico.gateway"):
+        status, body = await request("POST", edge.url + SYNC, data=b'{"venue": "syndr"}', headers=headers)
+    assert (status, body) == (400, {"data": None, "success": False, "errno": 400,
+                                    "error": "Invalid request: the body could not be read: is it what its "
+                                             "Content-Encoding says, and whole?"})
+    assert [r for r in caplog.records if r.name == "portico.gateway"] == []
 
 
 async def test_the_body_is_utf8_whatever_charset_it_claims(edge: Edge) -> None:
@@ -268,3 +327,15 @@ def test_the_gateway_refuses_a_bad_listen_address_with_exit_status_2() -> None:
         pytest.fail("the gateway started on 127.0.0.1:99999")
     assert done.returncode == 2
     assert "configuration error" in done.stderr and "PORTICO_GATEWAY_LISTEN_ADDR" in done.stderr
+
+
+def test_a_listen_port_in_use_is_one_line_and_exit_status_1() -> None:
+    """Before, aiohttp's OSError ended the gateway with a traceback."""
+    with taken_port() as port:
+        env = {**os.environ, "PORTICO_GATEWAY_LISTEN_ADDR": f"127.0.0.1:{port}", "PORTICO_REFDATA_ADDR": "127.0.0.1:1"}
+        done = subprocess.run([sys.executable, "-m", "portico.gateway"], env=env, capture_output=True, text=True,
+                              timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"portico-gateway: not started: cannot listen on 127.0.0.1:{port} "
+                                  "(PORTICO_GATEWAY_LISTEN_ADDR): ")
+    assert "in use" in done.stderr and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -26,6 +26,7 @@ from portico.gateway import app as gateway_app
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb2
 from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
+from portico.runtime.errors import ResourceExhausted, to_grpc_status
 
 READ = {"Authorization": "Bearer pt_anything"}  # the backend here checks no tokens
 INTERNAL_ERROR = {"error": "Internal error: internal error"}
@@ -50,9 +51,12 @@ class Backend(refdata_grpc.ReferenceDataServiceServicer):
     instrument: instrument_pb2.Instrument = field(default_factory=_instrument)
     next_token: Callable[[str], str] = lambda token: ""
     list_calls: list[refdata_pb2.ListInstrumentsRequest] = field(default_factory=list)
+    refusal: grpc.Status | None = None  # when set, GetInstrument fails with this status (details and all)
 
     async def GetInstrument(self, request: refdata_pb2.GetInstrumentRequest,
                             context: grpc.aio.ServicerContext) -> refdata_pb2.GetInstrumentResponse:
+        if self.refusal is not None:
+            await context.abort(self.refusal.code, self.refusal.details, self.refusal.trailing_metadata)
         if request.symbol != self.instrument.symbol:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no instrument {request.symbol}")
         return refdata_pb2.GetInstrumentResponse(instrument=self.instrument)
@@ -181,3 +185,23 @@ async def test_a_listing_past_the_page_limit_is_a_502() -> None:
     limit = gateway_app.MAX_LIST_PAGES
     assert (status, body) == (502, {"error": f"Bad gateway: reference data listed more than {limit} pages"})
     assert len(backend.list_calls) == limit
+
+
+async def test_grpcs_own_resource_exhausted_is_a_502_without_grpcs_text() -> None:
+    """A reply over gRPC's 4 MB receive limit fails in the gateway's own channel with RESOURCE_EXHAUSTED and no
+    ErrorInfo: not a rate limit (before, a 429 `Too many requests` quoting gRPC's text), but a bad upstream."""
+    huge = _instrument(venue_kind="x" * (5 * 1024 * 1024))
+    async with gateway_in_front_of(Backend(huge)) as url:
+        status, body = await get(url + "/v1/instruments/syndr/ETH-PERP")
+        assert (status, body) == (502, {"error": "Bad gateway: reference data's answer exceeded a gRPC limit"})
+        status, body = await get(url + "/v1/instruments/syndr")
+        assert (status, body) == (502, {"error": "Bad gateway: reference data's answer exceeded a gRPC limit"})
+
+
+async def test_a_services_own_resource_exhausted_stays_a_429_with_its_message() -> None:
+    """A refusal our service raised carries ErrorInfo: it is the caller's rate limit, and its text is ours."""
+    refusal = to_grpc_status(ResourceExhausted("too many syncs; retry in a second", reason="RATE_LIMITED"),
+                             "portico.refdata")
+    async with gateway_in_front_of(Backend(refusal=refusal)) as url:
+        status, body = await get(url + "/v1/instruments/syndr/ETH-PERP")
+    assert (status, body) == (429, {"error": "Too many requests: too many syncs; retry in a second"})

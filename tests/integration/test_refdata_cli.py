@@ -131,3 +131,24 @@ async def test_show_prints_a_record_and_an_unknown_symbol_is_not_found(sim: Simu
     assert (unknown.returncode, unknown.stdout) == (1, "")
     assert unknown.stderr == (f"portico instruments show: NOT_FOUND from {refdata.target}: "
                               "syndr has no instrument 'NO-SUCH-PERP' [INSTRUMENT_NOT_FOUND]\n")
+
+
+async def test_sync_and_show_take_a_symbol_the_same_way(sim: Simulator, refdata: RunningRefdata,
+                                                        state_file: Path) -> None:
+    # Before, `show` stripped its symbol and `sync` did not: `sync --symbol " ETH-PERP"` failed with
+    # `syndr does not list ETH-PERP` (the error's text with its spaces collapsed), naming a symbol syndr lists.
+    synced = await instruments(state_file, "sync", "--symbol", " ETH-PERP", "--symbol", "BTC-PERP\t")
+    assert (synced.returncode, synced.stderr) == (0, "")
+    assert synced.stdout == "synced 2 instrument(s) from syndr: 2 added, 0 updated, 0 deactivated\n"
+    shown = await instruments(state_file, "show", " ETH-PERP ")
+    assert (shown.returncode, shown.stderr) == (0, "")
+
+    # Spaces inside a symbol are the symbol's: both commands send them, and the error shows them as sent.
+    unknown = await instruments(state_file, "sync", "--symbol", "ETH  PERP")
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert unknown.stderr == (f"portico instruments sync: INVALID_ARGUMENT from {refdata.target}: "
+                              "symbols: syndr does not list ETH  PERP [UNKNOWN_SYMBOL]\n")
+    unknown = await instruments(state_file, "show", "ETH  PERP")
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert unknown.stderr == (f"portico instruments show: NOT_FOUND from {refdata.target}: "
+                              "syndr has no instrument 'ETH  PERP' [INSTRUMENT_NOT_FOUND]\n")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import io
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -287,3 +289,43 @@ async def test_watch_shows_the_streamed_position_not_the_older_listing() -> None
     last_frame = out.getvalue().rsplit(CURSOR_HOME, 1)[1]
     assert [line.split()[:3] for line in last_frame.splitlines() if line.startswith("ETH-PERP")] == [
         ["ETH-PERP", "long", "0.3"]], err.getvalue()
+
+
+class FailingAccount(pb_grpc.AccountServiceServicer):
+    """StreamPositions fails at once; ListPositions fails once it has (the account service going away)."""
+
+    def __init__(self) -> None:
+        self.stream_failed = asyncio.Event()
+
+    async def StreamPositions(self, request: pb.StreamPositionsRequest,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamPositionsResponse]:
+        self.stream_failed.set()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+        yield pb.StreamPositionsResponse()  # never reached: makes this a server-streaming handler
+
+    async def ListPositions(self, request: pb.ListPositionsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListPositionsResponse:
+        await self.stream_failed.wait()
+        await asyncio.sleep(0.2)  # the client has read the stream's failure by now
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+        raise AssertionError("unreachable")
+
+
+async def test_watch_failing_before_the_listing_leaves_no_unread_task_error(caplog: pytest.LogCaptureFixture) -> None:
+    """The stream's own failure, while the listing was still being read, was left in a task nobody awaited:
+    besides the one-line error, asyncio printed "Task exception was never retrieved" and a traceback."""
+    server = grpc.aio.server()
+    pb_grpc.add_AccountServiceServicer_to_server(FailingAccount(), server)  # type: ignore[abstract]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            assert await watch(f"127.0.0.1:{port}", "t", "syndr", ACCOUNT, call_timeout=5, out=out, err=err,
+                               refresh_hz=20, max_seconds=5, stop=None) == 1
+            gc.collect()  # a task whose exception nobody read says so when it is collected
+            await asyncio.sleep(0)
+    finally:
+        await server.stop(grace=None)
+    assert err.getvalue().startswith("portico account: UNAVAILABLE from ") and err.getvalue().count("\n") == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

@@ -9,9 +9,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 
 from portico.cli import build_parser
+from portico.connection import describe_rpc_error
 from portico.instruments_cli import (
     TABLE_HEADER,
     UsageError,
@@ -279,3 +281,15 @@ def test_a_failed_call_exits_1_with_the_status(argv: list[str], monkeypatch: pyt
     assert run(args, out=out, err=err) == 1
     assert err.getvalue().startswith(f"portico instruments {argv[0]}: UNAVAILABLE from 127.0.0.1:1: ")
     assert err.getvalue().count("\n") == 1 and out.getvalue() == ""
+
+
+@pytest.mark.parametrize(("details", "shown"), [
+    ("syndr has no instrument 'ETH  PERP'", "syndr has no instrument 'ETH  PERP'"),  # the symbol's spaces as sent
+    ("  padded\n", "padded"),
+    ("two\n  lines\tand\u2028a tab", "two lines and a tab"),  # one line
+    ("\x1b[2Jcleared", "\\x1b[2Jcleared"),  # shown, not acted on by the terminal
+    ("", "no details"),
+])
+def test_an_error_line_keeps_the_servers_spaces_and_stays_one_line(details: str, shown: str) -> None:
+    error = grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    assert describe_rpc_error(error, "127.0.0.1:1") == f"NOT_FOUND from 127.0.0.1:1: {shown}"

@@ -301,3 +301,14 @@ def test_amounts_and_prices_are_plain_ascii_decimals_of_a_sane_length(text: str)
     args = parse("buy", "ETH-PERP", " .5 ", "--price", "3e3")
     assert (args.amount, args.price) == ("0.5", "3000")
     assert parse("sell", "X", "1.", "--price", "2.5E-2").price == "0.025"
+
+
+def test_target_and_token_env_without_a_state_file_ask_for_the_account(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before, the message asked for --target and --token-env, the very flags given: the account was what was missing.
+    monkeypatch.setenv("PORTICO_TEST_TOKEN", "t")
+    assert run(parse("cancel", "--all", "--target", "127.0.0.1:1", "--token-env", "PORTICO_TEST_TOKEN",
+                     "--state-file", str(tmp_path / "none.json"))) == 2
+    assert capsys.readouterr().err == (f"portico order: no --account given, and no state file at "
+                                       f"{tmp_path / 'none.json'} to take demo.account from: pass --account 0x... "
+                                       "(or --state-file)\n")

@@ -219,6 +219,19 @@ def test_render_book_layout() -> None:
     assert bars[0] == max(bars) and bars[0] > bars[1] > bars[2] and bars[3] < bars[4] < bars[5]
 
 
+def test_render_book_never_shows_an_exponent() -> None:
+    # Decimal arithmetic gives Decimal("1E-7") for 0 + 0.0000001: str() wrote the cumulative column, the spread and
+    # the mid of a book priced or sized below a millionth in exponent form.
+    venue, local = VenueBook(), LocalBook(DEPTH)
+    local.apply(venue.snapshot(bids=[("0.0000001", "0.0000001")], asks=[("0.0000003", "0.00000010")]))
+    lines = render_book(local, "PEPE-PERP", DEPTH, 100)
+    assert not any(re.search(r"[0-9]E[-+]?[0-9]", line) for line in lines), lines
+    ask, spread, bid = lines[3 + DEPTH - 1], lines[3 + DEPTH], lines[4 + DEPTH]
+    assert ask.split()[:4] == ["ask", "0.0000003", "0.00000010", "0.00000010"]
+    assert "spread 0.0000002 (10000.00 bps)  mid 0.0000002 " in spread
+    assert bid.split()[:4] == ["bid", "0.0000001", "0.0000001", "0.0000001"]
+
+
 def test_render_book_states_and_narrow_width() -> None:
     local = LocalBook(DEPTH, venue="syndr")
     lines = render_book(local, "ETH-PERP", 3, 40)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -11,10 +12,12 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.support.portico_up import REPO, UpPorts
+from tests.support.ports import taken_port
 
 from portico import up
 
@@ -29,7 +32,7 @@ def mode(path: Path) -> int:
 
 def options(tmp_path: Path, **changes: object) -> up.UpOptions:
     """Options on free ports, everything under `tmp_path`."""
-    ports = UpPorts()
+    ports = UpPorts.choose()
     base = up.UpOptions(vault_port=ports.vault, sim_port=ports.sim, signer_port=ports.signer,
                         refdata_port=ports.refdata, marketdata_port=ports.marketdata, account_port=ports.account,
                         execution_port=ports.execution, gateway_port=ports.gateway, data_dir=tmp_path / "data",
@@ -99,10 +102,8 @@ def test_a_failed_state_write_leaves_no_temporary_file(tmp_path: Path) -> None:
 
 
 def test_only_address_in_use_means_a_port_is_taken() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        assert not up._port_free("127.0.0.1", taken.getsockname()[1])
+    with taken_port() as port:
+        assert not up._port_free("127.0.0.1", port)
     with pytest.raises(up.UpError, match=r"cannot listen on no-such-host\.invalid:8700"):
         up._port_free("no-such-host.invalid", 8700)
 
@@ -140,10 +141,7 @@ def test_more_bad_options_exit_2_before_anything_starts(tmp_path: Path, monkeypa
 def test_a_port_in_use_fails_before_anything_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(up.Suite, "spawn", lambda *_: pytest.fail("spawned although the gateway port is taken"))
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         assert up.run_up(options(tmp_path, gateway_port=port)) == 1
     assert f"port 127.0.0.1:{port} for gateway is in use (choose --gateway-port)" in capsys.readouterr().err
 
@@ -151,6 +149,7 @@ def test_a_port_in_use_fails_before_anything_starts(tmp_path: Path, monkeypatch:
 # `portico up` whose start-up never ends by itself: it starts one child, says which, and waits.
 SLOW_START = """
 import asyncio, sys
+from collections.abc import Iterator
 from pathlib import Path
 from portico import up
 
@@ -173,8 +172,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
-def test_a_signal_during_start_up_stops_what_started(signum: signal.Signals, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def slow_start(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`portico up` (SLOW_START) with its first child started: (the process, the child's pid); both killed after."""
     pid_file = tmp_path / "child.pid"
     process = subprocess.Popen([sys.executable, "-c", SLOW_START, str(pid_file), str(tmp_path / "data")], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -185,17 +185,23 @@ def test_a_signal_during_start_up_stops_what_started(signum: signal.Signals, tmp
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.05)
         child = int(pid_file.read_text())
+        yield process, child
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        if child and _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
+def test_a_signal_during_start_up_stops_what_started(signum: signal.Signals, tmp_path: Path) -> None:
+    with slow_start(tmp_path) as (process, child):
         process.send_signal(signum)
         out, err = process.communicate(timeout=20)
         assert process.returncode == 128 + signum, err
         assert out == "Stopping...\n" and err == ""
         assert not _alive(child)  # stopped and reaped, not orphaned
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        if child and _alive(child):
-            os.kill(child, signal.SIGKILL)
 
 
 def test_a_state_file_left_by_an_earlier_run_is_gone_before_anything_starts(tmp_path: Path,
@@ -224,10 +230,8 @@ def test_a_state_file_is_left_alone_when_the_options_are_refused(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     # A port in use may be the running suite this state file describes: nothing is touched then.
     monkeypatch.setattr(up.Suite, "spawn", lambda *_: pytest.fail("spawned although a port is taken"))
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        opts = options(tmp_path, execution_port=taken.getsockname()[1])
+    with taken_port() as port:
+        opts = options(tmp_path, execution_port=port)
         assert opts.state_file is not None
         opts.state_file.write_text("{}")
         assert up.run_up(opts) == 1
@@ -262,3 +266,26 @@ def test_a_state_file_of_a_suite_still_running_on_other_ports_is_left_alone(
     err = capsys.readouterr().err
     assert "still running" in err and address in err, err
     assert opts.state_file.read_text() == text
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whichever process adopted it to reap it)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat_line.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_children_stop_when_portico_up_is_killed(tmp_path: Path) -> None:
+    # SIGKILL (kill -9, the OOM killer) leaves `portico up` no chance to stop what it started. Its children run in
+    # sessions of their own, so before, they ran on: every port taken (the next `portico up` refused to start) and
+    # no record of their pids anywhere. Now each child is sent SIGTERM when `portico up` dies.
+    with slow_start(tmp_path) as (process, child):
+        process.kill()
+        process.communicate(timeout=20)
+        deadline = time.monotonic() + 10
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child), "a child of the killed `portico up` is still running"

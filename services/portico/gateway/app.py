@@ -2,7 +2,7 @@
 
     POST /api/v3/market/instrument/sync          the sync document: {venue, symbols?} -> {data, success, errno, error}
     GET  /v1/instruments/{exchange}/{symbol}     the metadata document's single-instrument endpoint
-    GET  /v1/instruments/{exchange}?filter=...   its filter endpoint (url-encoded JSON filter)
+    GET  /v1/instruments/{exchange}?filter=...   its filter endpoint (url-encoded JSON filter, the only parameter)
     GET  /healthz                                liveness for HTTP probes
 
 Enum values newer than this gateway's compiled proto (reference data deployed
@@ -13,7 +13,8 @@ traceback goes to the log, never to the caller.
 The gateway holds no credentials of its own: it forwards the caller's
 `Authorization: Bearer` token to the gRPC services, whose scopes decide
 (`admin` for sync, `read` for instruments). gRPC statuses become HTTP codes
-through one table, `HTTP_STATUS`.
+through one table, `HTTP_STATUS`; a RESOURCE_EXHAUSTED from gRPC itself (no
+ErrorInfo: a reply over the receive limit, say) is a 502, not a 429.
 """
 
 from __future__ import annotations
@@ -56,12 +57,15 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 _HTTP_TITLES = {400: "Invalid request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-                409: "Conflict", 429: "Too many requests", 499: "Cancelled", 501: "Not implemented",
-                413: "Request too large", 502: "Bad gateway", 503: "Service unavailable", 504: "Timeout",
-                500: "Internal error"}
+                405: "Method not allowed", 409: "Conflict", 429: "Too many requests", 499: "Cancelled",
+                501: "Not implemented", 413: "Request too large", 502: "Bad gateway", 503: "Service unavailable",
+                504: "Timeout", 500: "Internal error"}
 # What callers read for an UNAVAILABLE or DEADLINE_EXCEEDED the service did not raise itself (no ErrorInfo):
 # gRPC's own text for those names internal addresses.
 _UNAVAILABLE_DETAIL = {503: "reference data unavailable", 504: "reference data did not answer in time"}
+# What callers read for a RESOURCE_EXHAUSTED without ErrorInfo (a 502): gRPC's own limit, not a rate limit of ours.
+_GRPC_EXHAUSTED_DETAIL = "reference data's answer exceeded a gRPC limit"
+SYNC_PATH = "/api/v3/market/instrument/sync"
 CALL_TIMEOUT_S = 30.0
 MAX_BODY_BYTES = 64 * 1024
 # The filter endpoint answers with every page of ListInstruments: LIST_PAGE_SIZE per call, at most
@@ -71,6 +75,9 @@ LIST_PAGE_SIZE = 1000
 MAX_LIST_PAGES = 100
 # Printable ASCII only: gRPC's core refuses anything else in metadata (failing the call and leaking memory).
 _BEARER = re.compile(r"Bearer +([\x21-\x7E]+)", re.IGNORECASE | re.ASCII)
+# Portico's tokens are 46 characters. Metadata over gRPC's 8 KiB soft limit is refused at random with
+# RESOURCE_EXHAUSTED (a 429 that lists the call's metadata), so a token is refused well below it.
+MAX_TOKEN_CHARS = 4096
 _FILTER_KEYS = {"baseCurrency", "quoteCurrency", "type", "contractType", "active"}
 _TYPES = {"spot": instrument_pb2.INSTRUMENT_TYPE_SPOT, "perpetual": instrument_pb2.INSTRUMENT_TYPE_PERPETUAL,
           "future": instrument_pb2.INSTRUMENT_TYPE_FUTURE, "option": instrument_pb2.INSTRUMENT_TYPE_OPTION}
@@ -183,12 +190,25 @@ async def _unexpected_errors(request: web.Request,
                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Any exception a handler did not answer itself: a JSON 500 without its text (which goes to the log).
 
-    aiohttp's own HTTP exceptions (404 for an unknown path, 405, ...) pass through as aiohttp answers them.
+    aiohttp's own HTTP errors (404 for a path without a route, 405 for a method a route does not take) are
+    answered in the same JSON shape, in the sync document's envelope on its path; a 405 keeps its `Allow`.
     """
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            detail = f"{request.method} (allowed: {', '.join(sorted(exc.allowed_methods))})"
+        elif isinstance(exc, web.HTTPNotFound):
+            detail = "no such endpoint"
+        else:
+            detail = exc.text or exc.reason
+        error = HttpError(exc.status, detail)
+        response = _envelope_error(error) if request.path == SYNC_PATH else _error(error)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return _error(HttpError(500, "internal error"))
@@ -251,7 +271,7 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_unexpected_errors])
-        app.router.add_post("/api/v3/market/instrument/sync", self._sync)
+        app.router.add_post(SYNC_PATH, self._sync)
         app.router.add_get("/v1/instruments/{exchange}/{symbol}", self._instrument)
         app.router.add_get("/v1/instruments/{exchange}", self._instruments)
         app.router.add_get("/healthz", self._health)
@@ -265,6 +285,8 @@ class Gateway:
         match = _BEARER.fullmatch(header)
         if match is None:
             raise HttpError(401, "authorization must be `Bearer <token>`")
+        if len(match[1]) > MAX_TOKEN_CHARS:
+            raise HttpError(401, f"the bearer token is longer than {MAX_TOKEN_CHARS} characters")
         return (("authorization", f"Bearer {match[1]}"),)
 
     async def _call(self, request: web.Request, rpc: Callable[..., Awaitable[Any]], message: Any) -> Any:
@@ -273,6 +295,13 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             status = HTTP_STATUS.get(exc.code(), 500)
             info = error_info(exc)
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and info is None:
+                # Not our service's rate limit (that carries ErrorInfo) but gRPC's own: a reply over the
+                # channel's receive limit, say. A bad upstream; gRPC's text is neither answered nor logged (for a
+                # metadata limit it lists the call's metadata, the caller's bearer token with it).
+                log.error("a call to reference data failed in gRPC itself with RESOURCE_EXHAUSTED (%s)",
+                          request.path)
+                raise HttpError(502, _GRPC_EXHAUSTED_DETAIL) from None
             if status in _UNAVAILABLE_DETAIL and info is None:
                 detail = _UNAVAILABLE_DETAIL[status]
             elif status < 500 or status in _UNAVAILABLE_DETAIL:
@@ -298,9 +327,16 @@ class Gateway:
 
     async def _sync_reply(self, request: web.Request) -> web.Response:
         try:
+            raw = await request.read()
+        except (web.RequestPayloadError, ConnectionResetError):
+            # Not ours to log: gzip or deflate that does not decode, a chunked body or one shorter than its
+            # Content-Length (the caller gone, then).
+            raise HttpError(400, "the body could not be read: is it what its Content-Encoding says, and whole?"
+                            ) from None
+        try:
             # orjson on the bytes: JSON is UTF-8 whatever charset the request claims, and orjson refuses lone
             # surrogates and deep nesting with a ValueError.
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except ValueError:
             raise HttpError(400, "body must be JSON: {venue, symbols?}") from None
         if not isinstance(body, dict) or not isinstance(body.get("venue"), str) or not body["venue"]:
@@ -325,6 +361,12 @@ class Gateway:
     async def _instruments(self, request: web.Request) -> web.Response:
         """Every page of ListInstruments as one JSON list, as the document's filter endpoint answers."""
         try:
+            # Only `filter`, once: a misspelt or repeated parameter ignored would widen the answer unnoticed.
+            unknown = sorted(set(request.query) - {"filter"})
+            if unknown:
+                raise HttpError(400, f"unknown query parameter: {', '.join(unknown)} (only filter)")
+            if len(request.query.getall("filter", [])) > 1:
+                raise HttpError(400, "filter given more than once")
             flt = filter_message(request.query.get("filter"))
             venue = request.match_info["exchange"]
             records: list[dict[str, Any]] = []

@@ -349,7 +349,7 @@ def running_stack(args: argparse.Namespace) -> Iterator[Stack]:
     from portico.sim.server import Simulator
     from tests.support.execution import EXECUTION_POLICY, SIGNER_POLICY, provision_account
     from tests.support.openbao import OpenBaoDevServer
-    from tests.support.ports import free_port
+    from tests.support.ports import free_ports
     from tests.support.signer import make_tokens
 
     tokens, auth = make_tokens()
@@ -357,7 +357,7 @@ def running_stack(args: argparse.Namespace) -> Iterator[Stack]:
         data = Path(tmp)
         processes = Processes(data)
         try:
-            sim_port, signer_port, refdata_port, execution_port = (free_port() for _ in range(4))
+            sim_port, signer_port, refdata_port, execution_port = free_ports(4)
             sim_http = f"http://127.0.0.1:{sim_port}/api/v1"
             sim_ws = f"ws://127.0.0.1:{sim_port}/ws/api/v1"
             quiet = {"PORTICO_LOG_LEVEL": "WARNING"}

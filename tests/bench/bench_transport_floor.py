@@ -43,7 +43,7 @@ import uvloop
 
 from tests.bench.bench_execution import cpu_seconds
 from tests.bench.turns import answer_turns, end_turns, take_turn
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("a", "ab", "abc")
@@ -138,12 +138,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         procs.append(proc)
         return proc
 
-    echo_port, http_port = free_port(), free_port()
+    echo_port, http_port, *front_ports = free_ports(2 + len(MODES))
     echo, http = spawn("--serve-echo", str(echo_port)), spawn("--serve-http", str(http_port))
     fronts, clients = {}, {}
     try:
-        for mode in MODES:
-            port = free_port()
+        for mode, port in zip(MODES, front_ports, strict=True):
             fronts[mode] = spawn("--serve-front", str(port), mode, str(echo_port), str(http_port))
             time.sleep(1.0)
             clients[mode] = spawn("--client", str(port), piped=True)

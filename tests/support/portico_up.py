@@ -18,11 +18,11 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 PORTICO = [sys.executable, "-m", "portico.cli"]
@@ -32,14 +32,19 @@ PORTICO = [sys.executable, "-m", "portico.cli"]
 class UpPorts:
     """One free port per listener `portico up` opens (each field is also the name of its `--<name>-port` flag)."""
 
-    vault: int = field(default_factory=free_port)
-    signer: int = field(default_factory=free_port)
-    sim: int = field(default_factory=free_port)
-    refdata: int = field(default_factory=free_port)
-    gateway: int = field(default_factory=free_port)
-    marketdata: int = field(default_factory=free_port)
-    execution: int = field(default_factory=free_port)
-    account: int = field(default_factory=free_port)
+    vault: int
+    signer: int
+    sim: int
+    refdata: int
+    gateway: int
+    marketdata: int
+    execution: int
+    account: int
+
+    @classmethod
+    def choose(cls) -> UpPorts:
+        """Distinct free ports for every listener (chosen together, so no two flags are given the same one)."""
+        return cls(*free_ports(len(fields(cls))))
 
     def args(self) -> list[str]:
         return [arg for f in fields(self) for arg in (f"--{f.name}-port", str(getattr(self, f.name)))]
@@ -60,7 +65,7 @@ class PorticoUp:
     def __init__(self, tmp_path: Path, extra_args: list[str] | None = None) -> None:
         self.state_file = tmp_path / "state.json"
         self.data_dir = tmp_path / "data"
-        self.ports = UpPorts()
+        self.ports = UpPorts.choose()
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[str] | None = None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 
 def free_port() -> int:
@@ -13,6 +15,19 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> tuple[int, ...]:
+    """`count` distinct ports on 127.0.0.1, each free a moment ago.
+
+    Every socket stays bound until all are chosen: calling `free_port()` several times in a row can be given the
+    same port twice, since each is released before the next bind asks the kernel for one.
+    """
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(sock.getsockname()[1] for sock in sockets)
+
+
 def port_is_free(port: int) -> bool:
     """True when `port` can be bound on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -21,3 +36,13 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 held by a listening socket (no SO_REUSEPORT) for the block: taken for anyone else."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port: int = sock.getsockname()[1]
+        yield port

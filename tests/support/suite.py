@@ -35,7 +35,7 @@ HEALTH_NAMES = {"signer": up.SIGNER_SERVICE, "refdata": up.REFDATA_SERVICE, "mar
 
 def up_options(data_dir: Path, ports: UpPorts | None = None) -> up.UpOptions:
     """`portico up`'s options with every port free (as `tests.support.portico_up.PorticoUp` chooses them)."""
-    ports = ports or UpPorts()
+    ports = ports or UpPorts.choose()
     return up.UpOptions(vault_port=ports.vault, sim_port=ports.sim, refdata_port=ports.refdata,
                         marketdata_port=ports.marketdata, execution_port=ports.execution, account_port=ports.account,
                         signer_port=ports.signer, gateway_port=ports.gateway, data_dir=data_dir,

@@ -5,9 +5,12 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from portico.marketdata.feed import BookConsumer, Change, FeedSettings, InstrumentFeed, VenueBooks
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import order_book_pb2
+from portico.venues.syndr.ws import Message
 
 RESYNCING = order_book_pb2.BOOK_EVENT_TYPE_RESYNCING
 SNAPSHOT = order_book_pb2.BOOK_EVENT_TYPE_SNAPSHOT
@@ -158,5 +161,21 @@ async def test_a_snapshot_without_change_id_ends_the_streams_saying_why() -> Non
         assert first.error is not None and first.error.reason == "SNAPSHOT_WITHOUT_CHANGE_ID"
         later = feed.attach(5)  # a stream that comes later is told at once, too
         assert later.error is first.error
+    finally:
+        await feed.aclose()
+
+
+@pytest.mark.parametrize("level", [["100", "-5"], ["-100", "5"], ["1e999999999", "5"], ["100", "+5"]])
+async def test_a_level_the_venue_never_spells_is_unreadable_and_rebuilds_the_book(level: list[str]) -> None:
+    """A signed or exponent level (Decimal() takes both) is not applied: consumers never see it."""
+    http = SnapshotHttp(10)
+    feed, consumer = await rebuilt_feed(http)
+    try:
+        kinds(consumer)
+        data = {"change_id": 11, "previous_change_id": 10, "bids": [level], "asks": [], "timestamp": 1}
+        feed._on_event(Message("book.ETH-PERP.15.raw", data, b"", 0))
+        assert feed.rebuilds == 2 and not feed.live
+        assert feed.book is not None and feed.book.change_id == 10
+        assert [level[0], level[1]] not in [list(bid) for bid in feed.book.bids.values()]
     finally:
         await feed.aclose()

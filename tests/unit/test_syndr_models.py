@@ -440,6 +440,10 @@ def test_book_change_removal_and_spelling() -> None:
     assert change.bids == ((Decimal("3110.0"), Decimal(0)),)
     assert change.bids_raw == (("3110.0", "0"),)  # the spelling the checksum needs
     assert change.asks[1] == (Decimal("3115"), Decimal("0.001"))
+    spelled = orjson.loads(frame)
+    spelled["params"]["data"]["asks"] = [["3.1149E+3", "8.21e-1"], ["3115", "1E-03"]]
+    assert m.parse_book_change(orjson.dumps(spelled)).asks == ((Decimal("3114.9"), Decimal("0.821")),
+                                                                (Decimal(3115), Decimal("0.001")))
 
 
 def test_notification_numbers_are_exact() -> None:
@@ -496,6 +500,12 @@ def book_frame(data: dict[str, Any], *, method: str = "subscription", channel: s
     ({"asks": [["1_000", "2"]]}, "asks"),
     ({"asks": [["-", "2"]]}, "asks"),
     ({"asks": [["1.2.3", "2"]]}, "asks"),
+    ({"asks": [["1", "-2"]]}, "asks"),  # levels are never negative
+    ({"bids": [["-1", "2"]]}, "bids"),
+    ({"bids": [["+1", "2"]]}, "bids"),
+    ({"bids": [["1e999999999", "2"]]}, "bids"),  # Decimal() takes it; formatting it would take a gigabyte
+    ({"asks": [["1", "2E100"]]}, "asks"),  # an exponent of at most two digits
+    ({"asks": [["1", "2e-"]]}, "asks"),
     ({"bids": [["", "2"]]}, "bids"),
     ({"bids": "oops"}, "bids"),
     ({"bids": None}, "bids"),
@@ -628,6 +638,12 @@ def test_decimals_out_of_any_plausible_range_are_protocol_errors(value: object) 
         m.parse_order_book({"instrument_name": "ETH-PERP", "timestamp": 1, "change_id": 1,
                             "bids": [[value, "1"]], "asks": []})
     assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize(("bids", "where"), [([["-1", "1"]], r"bids\[0\]"), ([["1", "1"], ["2", -3]], r"bids\[1\]")])
+def test_a_snapshot_level_below_zero_is_a_protocol_error(bids: list[list[object]], where: str) -> None:
+    with pytest.raises(SyndrProtocolError, match=rf"field '{where}' has a negative price or amount"):
+        m.parse_order_book({"instrument_name": "ETH-PERP", "timestamp": 1, "change_id": 1, "bids": bids, "asks": []})
 
 
 def test_decimals_at_the_edge_of_the_range_are_exact() -> None:

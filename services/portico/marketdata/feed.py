@@ -118,9 +118,7 @@ def _levels(data: dict[str, Any], key: str) -> list[Level]:
     """One side's `[price, amount]` pairs as the venue's strings, checked before `Book.apply` parses them."""
     levels = [(price, amount) for price, amount in data[key]]  # unpacking checks the pair shape
     text = "".join(chain.from_iterable(levels))  # TypeError unless every value is a string
-    # Decimal() rejects other junk itself; what it accepts but a price must not be is NaN/Infinity
-    # (spelled with an n or N), non-ASCII digits and underscores.
-    if not text.isascii() or "n" in text or "N" in text or "_" in text:
+    if not models.readable_levels(levels, text):  # Decimal() rejects other junk itself
         raise ValueError(f"{key!r} is not a list of [price, amount] decimal strings")
     return levels
 

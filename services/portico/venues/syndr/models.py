@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -129,6 +129,7 @@ __all__ = [
     "parse_transaction_update",
     "parse_user_trade",
     "parse_user_trades",
+    "readable_levels",
     "to_ms",
 ]
 
@@ -371,12 +372,15 @@ def _decimal_map(obj: Mapping[str, Any], where: str, key: str) -> Mapping[str, D
 
 
 def _levels(value: Any, where: str, key: str) -> tuple[BookLevel, ...]:
-    """Book levels off the hot path: `[price, amount]` pairs, strings or numbers."""
+    """Book levels off the hot path: `[price, amount]` pairs, strings or numbers, neither negative."""
     levels = []
     for i, level in enumerate(_array(value, f"{where} {key!r}")):
         if not isinstance(level, list) or len(level) != 2:
-            _protocol(where, f"field '{key}[{i}]' is not a [price, amount] pair: {level!r}")
-        levels.append((_to_decimal(level[0], where, f"{key}[{i}][0]"), _to_decimal(level[1], where, f"{key}[{i}][1]")))
+            _protocol(where, f"field '{key}[{i}]' is not a [price, amount] pair: {_preview(level)}")
+        price, amount = _to_decimal(level[0], where, f"{key}[{i}][0]"), _to_decimal(level[1], where, f"{key}[{i}][1]")
+        if price.is_signed() or amount.is_signed():
+            _protocol(where, f"field '{key}[{i}]' has a negative price or amount")
+        levels.append((price, amount))
     return tuple(levels)
 
 
@@ -911,18 +915,35 @@ class BookChange:
 _D: Final = Decimal
 
 
+# A level's price or amount as the venue may spell it: a non-negative decimal, an exponent of at most two digits.
+_LEVEL_TEXT: Final = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,2})?")
+
+
+def readable_levels(levels: Iterable[tuple[str, str]], text: str) -> bool:
+    """Whether a side's `[price, amount]` strings (`text`: all of them joined) are decimals a level may be.
+
+    Decimal() itself rejects "", "1.2.3" or "."; it would take NaN/Infinity, non-ASCII digits, underscores,
+    a sign and any exponent ("1e999999999", which costs a gigabyte once formatted). The venue's usual
+    spelling ("3110", "0.02") has none of the characters these need, which a few substring checks on the
+    joined side show for a fraction of a per-value regex's cost; only a side with one of them (an
+    exponent such as "1e-3", or junk) is checked value by value.
+    """
+    if (text.isascii() and "n" not in text and "N" not in text and "_" not in text and "-" not in text
+            and "+" not in text and "e" not in text and "E" not in text):
+        return True
+    match = _LEVEL_TEXT.fullmatch
+    return all(match(price) and match(amount) for price, amount in levels)
+
+
 def _book_side(data: Mapping[str, Any], key: str, where: str) -> tuple[tuple[RawBookLevel, ...], tuple[BookLevel, ...]]:
     """Validate one side with whole-side checks (no per-level isinstance) and build both forms.
 
-    Decimal() itself rejects "", "1.2.3" or "-"; what it would accept but a
-    price must not be is NaN/Infinity (all spelled with an n or N), non-ASCII
-    digits and underscores, which three substring checks on the joined side
-    exclude for a fraction of a regex's cost.
+    `readable_levels` checks the strings before Decimal() parses them.
     """
     try:
         raw = tuple([(p, a) for p, a in data[key]])  # unpacking checks the [price, amount] shape
         text = "".join(chain.from_iterable(raw))  # TypeError unless every value is a string
-        if text.isascii() and "n" not in text and "N" not in text and "_" not in text:
+        if readable_levels(raw, text):
             return raw, tuple([(_D(p), _D(a)) for p, a in raw])
     except KeyError:
         _protocol(where, f"field {key!r} is missing")

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -114,6 +115,41 @@ async def test_an_unknown_order_the_venue_never_had_and_whose_signature_expired_
     stored = await journal.get(*entry.key)
     assert stored is not None and stored.state == OrderState.REJECTED and stored.order_id == ""
     assert venue.calls == []  # the venue would refuse the expired signature anyway
+
+
+class CancelsOneOrder:
+    """The venue edge of a cancel by order id: it lists `order` as open and cancels it, answering as the
+    document's example does (no salt, no instrument name, the order as it was: "open")."""
+
+    def __init__(self, order: dict[str, Any]):
+        self.order = order
+        self.calls: list[str] = []
+
+    async def call(self, account: str, method: str, params: Any = None, *, priority: Any = None) -> Any:
+        self.calls.append(method)
+        if method == "private/get_open_orders":
+            return SimpleNamespace(result=[self.order])
+        if method == "private/cancel":
+            assert params == {"instrument_name": "ETH-PERP", "order_id": "0xabc"}
+            answer = {key: value for key, value in self.order.items() if key != "salt"}
+            return SimpleNamespace(result={**answer, "instrument_name": "", "time_in_force": "",
+                                           "order_type": "Limit", "last_update_timestamp": 2_000})
+        raise AssertionError(f"unexpected call {method}")
+
+
+async def test_cancelling_by_order_id_an_order_journaled_unknown_resolves_it_at_once(journal: OrderJournal) -> None:
+    """The caller learned the order id elsewhere (the venue's own listing, say) while the journal still says
+    UNKNOWN: the cancel finds the entry by the salt the venue lists, not at the next reconciliation."""
+    entry = await unknown_entry(journal, expired=False)
+    venue = CancelsOneOrder(venue_order("open", "0"))
+    orders = OrderManager(journal, venue, None, None, order_ttl_s=60)  # type: ignore[arg-type]
+    await orders.load()
+    cancelled, order = await orders.cancel("syndr", ACCOUNT, "0xabc", "")
+    assert venue.calls == ["private/get_open_orders", "private/cancel"]
+    assert order["order_state"] == "cancelled" and order["instrument_name"] == "ETH-PERP"
+    assert cancelled is not None and cancelled.key == entry.key
+    assert cancelled.state == OrderState.CANCELLED and cancelled.order_id == "0xabc"
+    assert await journal.unresolved() == []
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -490,10 +490,19 @@ class OrderManager:
 
     async def cancel(self, venue: str, account: str, order_id: str, client_order_id: str
                      ) -> tuple[JournalEntry | None, dict[str, Any]]:
+        """`private/cancel` of one order; an order of ours is journaled as the venue answered.
+
+        By `order_id`, an order the journal does not know by that id is looked up in the venue's open orders
+        first (the cancel needs its instrument); its salt there finds it in the journal when it is ours but
+        journaled UNKNOWN (the cancel's answer carries no salt), so it is resolved now, not at the next
+        reconciliation.
+        """
         entry, venue_order_id = await self.locate(venue, account, order_id, client_order_id)
+        listed: dict[str, Any] = {}
         try:
-            symbol = entry.intent.symbol if entry is not None else await self._open_order_symbol(account,
-                                                                                                venue_order_id)
+            if entry is None:
+                listed = await self._open_order(account, venue_order_id)
+            symbol = entry.intent.symbol if entry is not None else str(listed["instrument_name"])
             result = await self.venue.call(account, "private/cancel",
                                            {"instrument_name": symbol, "order_id": venue_order_id})
         except SyndrNotFound:
@@ -501,22 +510,21 @@ class OrderManager:
         except SyndrError as exc:
             raise to_portico_error(exc) from None
         order = _completed(_answered_order("private/cancel", result.result), symbol=symbol,
-                           time_in_force=entry.intent.time_in_force if entry is not None else "")
+                           time_in_force=entry.intent.time_in_force if entry is not None
+                           else str(listed.get("time_in_force") or ""), salt=_salt(listed.get("salt")))
         if venue_state(order) == OrderState.OPEN:
             # The venue took the cancel: the order is off the book, whatever state its answer shows (the
             # document's cancel example answers the order as it was, "open"), as for `cancel_all`'s orders.
             order = {**order, "order_state": "cancelled"}
         if entry is None:
-            entry = await self.journal.find_order(venue, account, venue_order_id)
-        if entry is not None:
-            entry = await self.apply_venue_order(entry, order)
-        return entry, order
+            return await self.on_venue_order(venue, account, order), order
+        return await self.apply_venue_order(entry, order), order
 
-    async def _open_order_symbol(self, account: str, order_id: str) -> str:
-        """The instrument of an open order this journal does not hold (`private/cancel` needs it)."""
+    async def _open_order(self, account: str, order_id: str) -> dict[str, Any]:
+        """An open order this journal does not hold by its id, as the venue lists it."""
         for order in await open_orders(self.venue, account, priority=Priority.CANCEL):
             if order.get("order_id") == order_id:
-                return str(order["instrument_name"])
+                return order
         raise NotFound(f"the venue has no open order {order_id}", reason="ORDER_NOT_FOUND")
 
     async def cancel_all(self, venue: str, account: str, symbol: str | None) -> int:
@@ -542,6 +550,14 @@ def _answered_order(method: str, result: Any) -> dict[str, Any]:
     if order is None:
         raise to_portico_error(SyndrProtocolError(f"{method}: the venue answered without an order"))
     return order
+
+
+def _salt(value: Any) -> int | None:
+    """A listed order's salt (a number or a decimal string), if it has one."""
+    try:
+        return int(value) if value is not None and type(value) is not bool else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _completed(order: dict[str, Any], *, symbol: str, time_in_force: str, salt: int | None = None,

@@ -39,6 +39,7 @@ from portico.account.v1 import account_service_pb2_grpc as pb_grpc
 from portico.common.v1 import side_pb2
 from portico.connection import (
     ConfigError,
+    Connection,
     PagingError,
     StateFile,
     add_connection_arguments,
@@ -50,7 +51,7 @@ from portico.connection import (
     timeout_seconds,
 )
 from portico.enum_labels import enum_label
-from portico.runtime.client import bearer, open_channel
+from portico.runtime.client import bearer
 from portico.runtime.lifecycle import wait_event
 
 __all__ = [
@@ -258,10 +259,10 @@ async def _summary(stub: pb_grpc.AccountServiceStub, venue: str, account: str,
     return summary
 
 
-async def show_once(target: str, token: str, venue: str, account: str, *, call_timeout: float, out: TextIO) -> int:
+async def show_once(connection: Connection, venue: str, account: str, *, call_timeout: float, out: TextIO) -> int:
     """Print the summary and the positions table once."""
-    metadata = bearer(token)
-    async with open_channel(target) as channel:
+    metadata = bearer(connection.token)
+    async with connection.channel() as channel:
         stub = pb_grpc.AccountServiceStub(channel)
         summary, positions = await asyncio.gather(_summary(stub, venue, account, metadata, call_timeout),
                                                   _list_positions(stub, venue, account, metadata, call_timeout))
@@ -271,19 +272,19 @@ async def show_once(target: str, token: str, venue: str, account: str, *, call_t
     return 0
 
 
-async def watch(target: str, token: str, venue: str, account: str, *, call_timeout: float, out: TextIO, err: TextIO,
+async def watch(connection: Connection, venue: str, account: str, *, call_timeout: float, out: TextIO, err: TextIO,
                 refresh_hz: float, max_seconds: float | None, stop: asyncio.Event | None) -> int:
     """Redraw summary and positions in place as positions stream in; exit codes as `portico book`'s."""
     from portico.terminal import _run_view  # the shared redraw loop of the terminal views
 
-    metadata = bearer(token)
+    metadata = bearer(connection.token)
     book = PositionBook()
     summary: account_pb2.AccountSummary | None = None
 
     async def consume(changed: Callable[[], None]) -> None:
         nonlocal summary
         loop = asyncio.get_running_loop()
-        async with open_channel(target) as channel:
+        async with connection.channel() as channel:
             stub = pb_grpc.AccountServiceStub(channel)
             call = stub.StreamPositions(pb.StreamPositionsRequest(venue=venue, account=account), metadata=metadata)
             moved = asyncio.Event()
@@ -328,17 +329,17 @@ async def watch(target: str, token: str, venue: str, account: str, *, call_timeo
         lines.append(f"{book.updates} position update(s) streamed  (Ctrl-C to stop)")
         return [line[:columns] for line in lines][:rows]
 
-    return await _run_view(consume, frame, name=NAME, target=target, out=out, err=err, refresh_hz=refresh_hz,
-                           max_seconds=max_seconds, stop=stop)
+    return await _run_view(consume, frame, name=NAME, target=connection.target, out=out, err=err,
+                           refresh_hz=refresh_hz, max_seconds=max_seconds, stop=stop)
 
 
-async def _watch_until_signalled(args: argparse.Namespace, target: str, token: str, account: str, out: TextIO,
+async def _watch_until_signalled(args: argparse.Namespace, connection: Connection, account: str, out: TextIO,
                                  err: TextIO) -> int:
     from portico.terminal import _until_signalled
 
-    return await _until_signalled(lambda t, k, stop: watch(
-        t, k, args.venue, account, call_timeout=args.timeout, out=out, err=err, refresh_hz=args.refresh_hz,
-        max_seconds=args.seconds, stop=stop), target, token)
+    return await _until_signalled(lambda c, stop: watch(
+        c, args.venue, account, call_timeout=args.timeout, out=out, err=err, refresh_hz=args.refresh_hz,
+        max_seconds=args.seconds, stop=stop), connection)
 
 
 def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -348,20 +349,20 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     try:
         check_arguments(args)
         state = StateFile(args.state_file)
-        target, token = connection(args, service=SERVICE, scope=SCOPE, state=state)
+        resolved = connection(args, service=SERVICE, scope=SCOPE, state=state)
         account = default_account(args.account, state)
     except (UsageError, ConfigError) as exc:
         print(f"{NAME}: {exc}", file=err, flush=True)
         return 2
     try:
         if args.watch:
-            return asyncio.run(_watch_until_signalled(args, target, token, account, out, err))
-        return asyncio.run(show_once(target, token, args.venue, account, call_timeout=args.timeout, out=out))
+            return asyncio.run(_watch_until_signalled(args, resolved, account, out, err))
+        return asyncio.run(show_once(resolved, args.venue, account, call_timeout=args.timeout, out=out))
     except grpc.aio.AioRpcError as exc:
-        print(f"{NAME}: {describe_rpc_error(exc, target)}", file=err, flush=True)
+        print(f"{NAME}: {describe_rpc_error(exc, resolved.target)}", file=err, flush=True)
         return 1
     except PagingError as exc:
-        print(f"{NAME}: {target} {exc}", file=err, flush=True)
+        print(f"{NAME}: {resolved.target} {exc}", file=err, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

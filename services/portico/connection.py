@@ -4,7 +4,10 @@ Each command talks to one service. Its address comes from `--target`, else from
 the `portico up` state file (`services.<service>`); its bearer token from the
 environment variable named by `--token-env`, else from the state file
 (`tokens.<scope>`). There is deliberately no working `--token`:
-command-line arguments are visible to every user through `ps`.
+command-line arguments are visible to every user through `ps`. The channel is
+plaintext unless the PORTICO_UPSTREAM_TLS_* variables the services use for their
+own outgoing channels are set (`ChannelTls.from_env`): a deployment with TLS on
+is then reached the same way by a service and by a person at a terminal.
 """
 
 from __future__ import annotations
@@ -15,17 +18,23 @@ import math
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from portico.runtime.channel_tls import ChannelTls
+from portico.runtime.client import open_channel
+from portico.runtime.config import ConfigError as SettingError
 from portico.runtime.errors import error_info
 
 __all__ = [
     "DEFAULT_STATE_FILE",
     "MAX_LIST_PAGES",
+    "TLS_HELP",
     "ConfigError",
+    "Connection",
     "PagingError",
     "StateFile",
     "add_connection_arguments",
@@ -43,6 +52,14 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")
 # entries at the commands' default page size of 500); a server that repeats a page token, or lists past this,
 # is an error (as the gateway's 502), not a command that loops or grows forever.
 MAX_LIST_PAGES = 10_000
+# The epilog of every command that calls a service (`--help`). Wrapped by hand: `portico order`, `instruments`
+# and `account` print theirs raw (RawDescriptionHelpFormatter), the others re-fill it.
+TLS_HELP = """\
+TLS: set PORTICO_UPSTREAM_TLS_CA_FILE (the CA the service's certificate is
+checked against) to call over TLS; PORTICO_UPSTREAM_TLS_CERT_FILE and
+PORTICO_UPSTREAM_TLS_KEY_FILE add a client certificate (mTLS), and
+PORTICO_UPSTREAM_TLS_SERVER_NAME is the name checked in the certificate when
+dialing by IP address. Unset: plaintext."""
 
 
 class ConfigError(Exception):
@@ -120,9 +137,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, service: str, w
 
     `what` names the service for people ("market-data service"); `scope` is the
     token the command takes from the state file by default. Abbreviations are
-    turned off so that `--token X` cannot be taken as `--token-env X`.
+    turned off so that `--token X` cannot be taken as `--token-env X`. The help's
+    epilog is TLS_HELP.
     """
     parser.allow_abbrev = False
+    parser.epilog = TLS_HELP
     parser.add_argument("--token", action=RefuseToken, help=argparse.SUPPRESS)
     parser.add_argument("--state-file", type=Path,
                         help=f"`portico up` state file with the {what} address and tokens ({DEFAULT_STATE_FILE})")
@@ -167,12 +186,30 @@ class StateFile:
         return value
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Where a command calls, with which bearer token, and over which TLS (None: plaintext).
+
+    The token goes in each call's metadata (`bearer(connection.token)`), over TLS as over plaintext, as the
+    services send theirs.
+    """
+
+    target: str
+    token: str = field(repr=False)
+    tls: ChannelTls | None = None
+
+    def channel(self) -> grpc.aio.Channel:
+        """A new channel to the target, TLS or mTLS when `tls` says so."""
+        return open_channel(self.target, tls=self.tls)
+
+
 def connection(args: argparse.Namespace, *, service: str, scope: str,
-               state: StateFile | None = None) -> tuple[str, str]:
-    """The target and bearer token: `--target` and `--token-env` first, else the state file.
+               state: StateFile | None = None) -> Connection:
+    """The target and bearer token (`--target` and `--token-env` first, else the state file) and the TLS settings.
 
     A blank `--target` or `--token-env` is an error, not "absent": falling back to the state file would call a
-    service or use a token the user did not choose.
+    service or use a token the user did not choose. The PORTICO_UPSTREAM_TLS_* files are read and checked here,
+    before any call, so a bad one is a ConfigError naming its variable rather than every call UNAVAILABLE.
     """
     state = state or StateFile(args.state_file)
     for flag, value in (("--target", args.target), ("--token-env", args.token_env)):
@@ -189,7 +226,11 @@ def connection(args: argparse.Namespace, *, service: str, scope: str,
         source = f"tokens.{scope} in {state.path}"
     if not _TOKEN.fullmatch(token):
         raise ConfigError(f"the token from {source} is not a bearer token: only printable ASCII without spaces")
-    return target, token
+    try:
+        tls = ChannelTls.from_env(os.environ)
+    except SettingError as exc:  # the runtime's own error, already naming the variable and never a file's content
+        raise ConfigError(str(exc)) from None
+    return Connection(target, token, tls)
 
 
 def default_account(account: str | None, state: StateFile) -> str:

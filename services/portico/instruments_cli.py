@@ -44,7 +44,9 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from portico.connection import (
+    TLS_HELP,
     ConfigError,
+    Connection,
     PagingError,
     StateFile,
     add_connection_arguments,
@@ -57,7 +59,7 @@ from portico.enum_labels import enum_label
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as pb
 from portico.refdata.v1 import reference_data_service_pb2_grpc as pb_grpc
-from portico.runtime.client import bearer, open_channel
+from portico.runtime.client import bearer
 
 __all__ = [
     "CONTRACT_TYPES",
@@ -140,6 +142,7 @@ def _common(parser: argparse.ArgumentParser, scope: str, default_timeout: float)
 
 def add_arguments(instruments_parser: argparse.ArgumentParser) -> None:
     """The sub-commands of `portico instruments`: list, show, sync."""
+    instruments_parser.epilog = TLS_HELP
     sub = instruments_parser.add_subparsers(dest="instruments_command", required=True, metavar="{list,show,sync}")
 
     listing = sub.add_parser("list", help="list instruments (every page), as a table", allow_abbrev=False)
@@ -330,9 +333,9 @@ def _print(lines: Iterable[str], out: TextIO) -> None:
     out.flush()
 
 
-async def _call(args: argparse.Namespace, target: str, token: str, out: TextIO) -> int:
-    metadata = bearer(token)
-    async with open_channel(target) as channel:
+async def _call(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
+    metadata = bearer(connection.token)
+    async with connection.channel() as channel:
         stub = pb_grpc.ReferenceDataServiceStub(channel)
         command = args.instruments_command
         if command == "sync":
@@ -364,17 +367,18 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     err = sys.stderr if err is None else err
     try:
         check_arguments(args)
-        target, token = connection(args, service=SERVICE, scope=args.scope, state=StateFile(args.state_file))
+        resolved = connection(args, service=SERVICE, scope=args.scope, state=StateFile(args.state_file))
     except (UsageError, ConfigError) as exc:
         print(f"{NAME}: {exc}", file=err, flush=True)
         return 2
     try:
-        return asyncio.run(_call(args, target, token, out))
+        return asyncio.run(_call(args, resolved, out))
     except grpc.aio.AioRpcError as exc:
-        print(f"{NAME} {args.instruments_command}: {describe_rpc_error(exc, target)}", file=err, flush=True)
+        print(f"{NAME} {args.instruments_command}: {describe_rpc_error(exc, resolved.target)}", file=err,
+              flush=True)
         return 1
     except PagingError as exc:
-        print(f"{NAME} {args.instruments_command}: {target} {exc}", file=err, flush=True)
+        print(f"{NAME} {args.instruments_command}: {resolved.target} {exc}", file=err, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

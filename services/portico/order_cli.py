@@ -33,7 +33,9 @@ import grpc
 
 from portico.common.v1 import side_pb2
 from portico.connection import (
+    TLS_HELP,
     ConfigError,
+    Connection,
     PagingError,
     StateFile,
     add_connection_arguments,
@@ -47,7 +49,7 @@ from portico.enum_labels import enum_label
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from portico.execution.v1 import order_pb2
-from portico.runtime.client import bearer, open_channel
+from portico.runtime.client import bearer
 from portico.runtime.decimals import MAX_DECIMAL_CHARS
 
 __all__ = [
@@ -130,6 +132,7 @@ def _common(parser: argparse.ArgumentParser, scope: str) -> None:
 
 def add_arguments(order_parser: argparse.ArgumentParser) -> None:
     """The sub-commands of `portico order`: buy, sell, cancel, list."""
+    order_parser.epilog = TLS_HELP
     sub = order_parser.add_subparsers(dest="order_command", required=True, metavar="{buy,sell,cancel,list}")
     for side in ("buy", "sell"):
         place = sub.add_parser(side, help=f"place a {side} order", allow_abbrev=False)
@@ -243,10 +246,9 @@ def render_orders(orders: Sequence[order_pb2.Order]) -> list[str]:
 # --- running ------------------------------------------------------------------------------------------------------
 
 
-async def _call(args: argparse.Namespace, target: str, token: str, venue: str, account: str,
-                out: TextIO) -> int:
-    metadata = bearer(token)
-    async with open_channel(target) as channel:
+async def _call(args: argparse.Namespace, connection: Connection, venue: str, account: str, out: TextIO) -> int:
+    metadata = bearer(connection.token)
+    async with connection.channel() as channel:
         stub = pb_grpc.ExecutionServiceStub(channel)
         command = args.order_command
         if command in ("buy", "sell"):
@@ -297,18 +299,18 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     try:
         check_arguments(args)
         state = StateFile(args.state_file)
-        target, token = connection(args, service=SERVICE, scope=args.scope, state=state)
+        resolved = connection(args, service=SERVICE, scope=args.scope, state=state)
         account = default_account(args.account, state)
     except (UsageError, ConfigError) as exc:
         print(f"{NAME}: {exc}", file=err, flush=True)
         return 2
     try:
-        return asyncio.run(_call(args, target, token, args.venue, account, out))
+        return asyncio.run(_call(args, resolved, args.venue, account, out))
     except grpc.aio.AioRpcError as exc:
-        print(f"{NAME} {args.order_command}: {describe_rpc_error(exc, target)}", file=err, flush=True)
+        print(f"{NAME} {args.order_command}: {describe_rpc_error(exc, resolved.target)}", file=err, flush=True)
         return 1
     except PagingError as exc:
-        print(f"{NAME} {args.order_command}: {target} {exc}", file=err, flush=True)
+        print(f"{NAME} {args.order_command}: {resolved.target} {exc}", file=err, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -32,6 +32,7 @@ from portico.common.v1 import side_pb2
 from portico.connection import (
     DEFAULT_STATE_FILE,
     ConfigError,
+    Connection,
     add_connection_arguments,
     connection,
     describe_rpc_error,
@@ -41,7 +42,7 @@ from portico.marketdata.book import Book, Level, book_checksum
 from portico.marketdata.v1 import market_data_service_pb2 as md_pb2
 from portico.marketdata.v1 import market_data_service_pb2_grpc as md_grpc
 from portico.marketdata.v1 import order_book_pb2, trade_pb2
-from portico.runtime.client import bearer, open_channel
+from portico.runtime.client import bearer
 
 __all__ = [
     "DEFAULT_STATE_FILE",
@@ -450,8 +451,7 @@ async def _run_view(
 
 
 async def watch_book(
-    target: str,
-    token: str,
+    connection: Connection,
     venue: str,
     symbol: str,
     depth: int,
@@ -478,11 +478,11 @@ async def watch_book(
 
     async def consume(changed: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
-        async with open_channel(target) as channel:
+        async with connection.channel() as channel:
             stub = md_grpc.MarketDataServiceStub(channel)
             while True:
                 subscribed = loop.time()
-                call = stub.StreamOrderBook(request, metadata=bearer(token))
+                call = stub.StreamOrderBook(request, metadata=bearer(connection.token))
                 try:
                     async for response in call:
                         for update in response.updates:
@@ -504,7 +504,7 @@ async def watch_book(
         return render_book(book, symbol, shown, columns)
 
     try:
-        code = await _run_view(consume, frame, name="portico book", target=target, out=out, err=err,
+        code = await _run_view(consume, frame, name="portico book", target=connection.target, out=out, err=err,
                                refresh_hz=refresh_hz, max_seconds=max_seconds, stop=stop)
     finally:
         if book.breaks:
@@ -514,8 +514,7 @@ async def watch_book(
 
 
 async def watch_trades(
-    target: str,
-    token: str,
+    connection: Connection,
     venue: str,
     symbols: Sequence[str],
     *,
@@ -535,9 +534,9 @@ async def watch_trades(
 
     async def consume(changed: Callable[[], None]) -> None:
         nonlocal received
-        async with open_channel(target) as channel:
+        async with connection.channel() as channel:
             stub = md_grpc.MarketDataServiceStub(channel)
-            async for response in stub.StreamTrades(request, metadata=bearer(token)):
+            async for response in stub.StreamTrades(request, metadata=bearer(connection.token)):
                 tape.extend(response.trades)
                 received += len(response.trades)
                 meter.mark(time.monotonic(), len(response.trades))
@@ -547,7 +546,7 @@ async def watch_trades(
         header = _trades_header(venue, symbols, received, meter.rate(time.monotonic()), columns)
         return [header, *render_trades(list(tape), columns)][:rows]
 
-    return await _run_view(consume, frame, name="portico trades", target=target, out=out, err=err,
+    return await _run_view(consume, frame, name="portico trades", target=connection.target, out=out, err=err,
                            refresh_hz=refresh_hz, max_seconds=max_seconds, stop=stop)
 
 
@@ -572,7 +571,8 @@ def add_arguments(book_parser: argparse.ArgumentParser, trades_parser: argparse.
     """Arguments of `portico book SYMBOL` and `portico trades SYMBOL...`.
 
     The target and token come from the flags of `portico.connection` (state
-    file, --target, --token-env; a --token on the command line is refused).
+    file, --target, --token-env; a --token on the command line is refused), TLS
+    from the PORTICO_UPSTREAM_TLS_* variables (the help's epilog).
     """
     book_parser.add_argument("symbol", help="venue symbol, e.g. ETH-PERP")
     book_parser.add_argument("--depth", type=_positive_int, default=10,
@@ -587,10 +587,10 @@ def add_arguments(book_parser: argparse.ArgumentParser, trades_parser: argparse.
                             help="redraw at most this many times a second (10)")
 
 
-Watch = Callable[[str, str, asyncio.Event], Coroutine[Any, Any, int]]
+Watch = Callable[[Connection, asyncio.Event], Coroutine[Any, Any, int]]
 
 
-async def _until_signalled(watch: Watch, target: str, token: str) -> int:
+async def _until_signalled(watch: Watch, connection: Connection) -> int:
     """Run a view that Ctrl-C (SIGINT) or SIGTERM ends like `--seconds` does: cursor back, summary, exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -602,7 +602,7 @@ async def _until_signalled(watch: Watch, target: str, token: str) -> int:
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
             pass
     try:
-        return await watch(target, token, stop)
+        return await watch(connection, stop)
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
@@ -610,24 +610,24 @@ async def _until_signalled(watch: Watch, target: str, token: str) -> int:
 
 def _run(name: str, args: argparse.Namespace, watch: Watch) -> int:
     try:
-        target, token = connection(args, service=SERVICE, scope=SCOPE)
+        resolved = connection(args, service=SERVICE, scope=SCOPE)
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_until_signalled(watch, target, token))
+        return asyncio.run(_until_signalled(watch, resolved))
     except KeyboardInterrupt:  # Ctrl-C before the handler was installed: nothing to report
         return 130
 
 
 def run_book(args: argparse.Namespace) -> int:
     """`portico book`: exit code 0 = consistent, 1 = call failed or book broke, 2 = no target/token."""
-    return _run("portico book", args, lambda target, token, stop: watch_book(
-        target, token, args.venue, args.symbol, args.depth, refresh_hz=args.refresh_hz, max_seconds=args.seconds,
+    return _run("portico book", args, lambda connection, stop: watch_book(
+        connection, args.venue, args.symbol, args.depth, refresh_hz=args.refresh_hz, max_seconds=args.seconds,
         stop=stop))
 
 
 def run_trades(args: argparse.Namespace) -> int:
     """`portico trades`: exit code 0 = stream ended or stopped, 1 = call failed, 2 = no target/token."""
-    return _run("portico trades", args, lambda target, token, stop: watch_trades(
-        target, token, args.venue, args.symbols, refresh_hz=args.refresh_hz, max_seconds=args.seconds, stop=stop))
+    return _run("portico trades", args, lambda connection, stop: watch_trades(
+        connection, args.venue, args.symbols, refresh_hz=args.refresh_hz, max_seconds=args.seconds, stop=stop))

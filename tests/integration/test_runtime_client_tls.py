@@ -31,7 +31,7 @@ from tests.support.execution import (
     running_execution,
 )
 from tests.support.openbao import OpenBaoDevServer
-from tests.support.pki import NAMED_SERVER, Pki, make_pki
+from tests.support.pki import NAMED_SERVER, Pki, make_pki, server_env, upstream_env
 from tests.support.ports import free_port
 from tests.support.refdata import running_refdata
 from tests.support.signer import make_tokens, running_signer
@@ -58,24 +58,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="module")
 def tokens() -> tuple[dict[str, str], str]:
     return make_tokens()
-
-
-def server_env(pki: Pki, *, mtls: bool = True, named: bool = False) -> dict[str, str]:
-    """A server's own TLS settings (PORTICO_TLS_*): its certificate and, for mTLS, the CA of its clients."""
-    cert = pki.named_server if named else pki.server
-    env = {"PORTICO_TLS_CERT_FILE": str(cert.cert), "PORTICO_TLS_KEY_FILE": str(cert.key)}
-    if mtls:
-        env["PORTICO_TLS_CLIENT_CA_FILE"] = str(pki.ca)
-    return env
-
-
-def upstream_env(pki: Pki, *, ca: Path | None = None, client_cert: bool = True) -> dict[str, str]:
-    """A calling process's PORTICO_UPSTREAM_TLS_* settings."""
-    env = {"PORTICO_UPSTREAM_TLS_CA_FILE": str(ca or pki.ca)}
-    if client_cert:
-        env |= {"PORTICO_UPSTREAM_TLS_CERT_FILE": str(pki.client.cert),
-                "PORTICO_UPSTREAM_TLS_KEY_FILE": str(pki.client.key)}
-    return env
 
 
 @contextlib.asynccontextmanager

@@ -56,3 +56,21 @@ def make_pki(directory: Path) -> Pki:
     return Pki(ca=good.cert_path, server=good.issue("server", server=True),
                named_server=_issue_for_name(good, NAMED_SERVER), client=good.issue("client", server=False),
                rogue_ca=rogue.cert_path, rogue_client=rogue.issue("client", server=False))
+
+
+def server_env(pki: Pki, *, mtls: bool = True, named: bool = False) -> dict[str, str]:
+    """A server's own TLS settings (PORTICO_TLS_*): its certificate and, for mTLS, the CA of its clients."""
+    cert = pki.named_server if named else pki.server
+    env = {"PORTICO_TLS_CERT_FILE": str(cert.cert), "PORTICO_TLS_KEY_FILE": str(cert.key)}
+    if mtls:
+        env["PORTICO_TLS_CLIENT_CA_FILE"] = str(pki.ca)
+    return env
+
+
+def upstream_env(pki: Pki, *, ca: Path | None = None, client_cert: bool = True) -> dict[str, str]:
+    """A calling process's PORTICO_UPSTREAM_TLS_* settings."""
+    env = {"PORTICO_UPSTREAM_TLS_CA_FILE": str(ca or pki.ca)}
+    if client_cert:
+        env |= {"PORTICO_UPSTREAM_TLS_CERT_FILE": str(pki.client.cert),
+                "PORTICO_UPSTREAM_TLS_KEY_FILE": str(pki.client.key)}
+    return env

@@ -29,6 +29,7 @@ from portico.account_cli import (
 )
 from portico.cli import build_parser
 from portico.common.v1 import side_pb2
+from portico.connection import Connection
 from portico.terminal import CURSOR_HOME
 
 ACCOUNT = "0x" + "ab" * 20
@@ -282,7 +283,7 @@ async def test_watch_shows_the_streamed_position_not_the_older_listing() -> None
     await server.start()
     try:
         out, err = io.StringIO(), io.StringIO()
-        assert await watch(f"127.0.0.1:{port}", "t", "syndr", ACCOUNT, call_timeout=5, out=out, err=err,
+        assert await watch(Connection(f"127.0.0.1:{port}", "t"), "syndr", ACCOUNT, call_timeout=5, out=out, err=err,
                            refresh_hz=20, max_seconds=1.5, stop=None) == 0
     finally:
         await server.stop(grace=None)
@@ -321,7 +322,7 @@ async def test_watch_failing_before_the_listing_leaves_no_unread_task_error(capl
     try:
         out, err = io.StringIO(), io.StringIO()
         with caplog.at_level(logging.ERROR, logger="asyncio"):
-            assert await watch(f"127.0.0.1:{port}", "t", "syndr", ACCOUNT, call_timeout=5, out=out, err=err,
+            assert await watch(Connection(f"127.0.0.1:{port}", "t"), "syndr", ACCOUNT, call_timeout=5, out=out, err=err,
                                refresh_hz=20, max_seconds=5, stop=None) == 1
             gc.collect()  # a task whose exception nobody read says so when it is collected
             await asyncio.sleep(0)

@@ -16,6 +16,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from portico.common.v1 import side_pb2
+from portico.connection import Connection
 from portico.marketdata.book import Book, book_checksum
 from portico.marketdata.v1 import market_data_service_pb2 as md_pb2
 from portico.marketdata.v1 import market_data_service_pb2_grpc as md_grpc
@@ -371,7 +372,7 @@ async def test_watch_book_draws_the_live_book_and_exits_0(fake: tuple[FakeMarket
     servicer.book_scripts = [[*live_script(venue, 30, pause=0.01), None]]
     out, err = io.StringIO(), io.StringIO()
     started = asyncio.get_running_loop().time()
-    code = await watch_book(target, TOKEN, "syndr", "ETH-PERP", DEPTH, out=out, err=err, max_seconds=1.5)
+    code = await watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=out, err=err, max_seconds=1.5)
     elapsed = asyncio.get_running_loop().time() - started
     assert code == 0, err.getvalue()
     assert err.getvalue() == ""
@@ -392,7 +393,7 @@ async def test_watch_book_exits_when_the_stream_ends(fake: tuple[FakeMarketData,
     servicer.book_scripts = [live_script(VenueBook(), 3)]
     out = io.StringIO()
     started = asyncio.get_running_loop().time()
-    assert await watch_book(target, TOKEN, "syndr", "ETH-PERP", DEPTH, out=out, err=io.StringIO(),
+    assert await watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=out, err=io.StringIO(),
                             max_seconds=10) == 0
     assert asyncio.get_running_loop().time() - started < 2
     assert "seq 103" in frames(out.getvalue())[-1]
@@ -401,11 +402,12 @@ async def test_watch_book_exits_when_the_stream_ends(fake: tuple[FakeMarketData,
 async def test_watch_book_grpc_error_is_one_line_and_exit_1(fake: tuple[FakeMarketData, str]) -> None:
     _, target = fake
     out, err = io.StringIO(), io.StringIO()
-    assert await watch_book(target, TOKEN, "syndr", "NOPE-PERP", DEPTH, out=out, err=err, max_seconds=5) == 1
+    assert await watch_book(Connection(target, TOKEN), "syndr", "NOPE-PERP", DEPTH, out=out, err=err,
+                            max_seconds=5) == 1
     assert err.getvalue() == f"portico book: NOT_FOUND from {target}: no instrument NOPE-PERP on syndr\n"
     assert out.getvalue().endswith(SHOW_CURSOR)
     err = io.StringIO()
-    assert await watch_book(target, "wrong", "syndr", "ETH-PERP", DEPTH, out=io.StringIO(), err=err,
+    assert await watch_book(Connection(target, "wrong"), "syndr", "ETH-PERP", DEPTH, out=io.StringIO(), err=err,
                             max_seconds=5) == 1
     assert err.getvalue().startswith("portico book: UNAUTHENTICATED from ")
     assert err.getvalue().count("\n") == 1
@@ -413,7 +415,7 @@ async def test_watch_book_grpc_error_is_one_line_and_exit_1(fake: tuple[FakeMark
 
 async def test_watch_book_unreachable_service() -> None:
     err = io.StringIO()
-    assert await watch_book("127.0.0.1:1", TOKEN, "syndr", "ETH-PERP", DEPTH, out=io.StringIO(), err=err,
+    assert await watch_book(Connection("127.0.0.1:1", TOKEN), "syndr", "ETH-PERP", DEPTH, out=io.StringIO(), err=err,
                             max_seconds=5) == 1
     assert err.getvalue().startswith("portico book: UNAVAILABLE from 127.0.0.1:1: ")
     assert err.getvalue().count("\n") == 1
@@ -427,7 +429,7 @@ async def test_watch_book_resubscribes_after_a_break_and_reports_it(fake: tuple[
     again = VenueBook(sequence=200)
     servicer.book_scripts = [first, [responses(again.snapshot()), None]]
     out, err = io.StringIO(), io.StringIO()
-    code = await watch_book(target, TOKEN, "syndr", "ETH-PERP", DEPTH, out=out, err=err, max_seconds=1.6)
+    code = await watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=out, err=err, max_seconds=1.6)
     assert code == 1
     assert len(servicer.book_requests) == 2
     drawn = frames(out.getvalue())
@@ -442,7 +444,7 @@ async def test_watch_book_throttles_redraws(fake: tuple[FakeMarketData, str]) ->
     servicer, target = fake
     servicer.book_scripts = [[*live_script(VenueBook(), 200, pause=0.004), None]]
     out = io.StringIO()
-    assert await watch_book(target, TOKEN, "syndr", "ETH-PERP", DEPTH, out=out, err=io.StringIO(),
+    assert await watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=out, err=io.StringIO(),
                             refresh_hz=4, max_seconds=1.0) == 0
     assert 3 <= len(frames(out.getvalue())) <= 6
 
@@ -451,7 +453,8 @@ async def test_watch_book_cancellation_restores_the_cursor(fake: tuple[FakeMarke
     servicer, target = fake
     servicer.book_scripts = [[*live_script(VenueBook(), 2), None]]
     out = io.StringIO()
-    task = asyncio.create_task(watch_book(target, TOKEN, "syndr", "ETH-PERP", DEPTH, out=out, err=io.StringIO()))
+    task = asyncio.create_task(watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=out,
+                                          err=io.StringIO()))
     await asyncio.sleep(0.5)
     task.cancel()  # what asyncio.run does on Ctrl-C
     with pytest.raises(asyncio.CancelledError):
@@ -466,15 +469,16 @@ async def test_watch_book_stop_event_ends_it_like_time_up(fake: tuple[FakeMarket
     stop, out = asyncio.Event(), io.StringIO()
     asyncio.get_running_loop().call_later(0.4, stop.set)
     started = asyncio.get_running_loop().time()
-    assert await watch_book(target, TOKEN, "syndr", "ETH-PERP", DEPTH, out=out, err=io.StringIO(), refresh_hz=0.5,
-                            stop=stop) == 0
+    assert await watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=out, err=io.StringIO(),
+                            refresh_hz=0.5, stop=stop) == 0
     assert asyncio.get_running_loop().time() - started < 1.0  # not held up by the slow refresh
     assert out.getvalue().endswith(SHOW_CURSOR) and "seq 102" in frames(out.getvalue())[-1]
     venue = VenueBook()
     servicer.book_scripts = [[responses(venue.snapshot()), responses(venue.delta(previous=5)), None]]
     stop, err = asyncio.Event(), io.StringIO()
     asyncio.get_running_loop().call_later(0.3, stop.set)
-    assert await watch_book(target, TOKEN, "syndr", "ETH-PERP", DEPTH, out=io.StringIO(), err=err, stop=stop) == 1
+    assert await watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=io.StringIO(), err=err,
+                            stop=stop) == 1
     assert "broke 1 time(s)" in err.getvalue() and "gap: delta 101 follows 5" in err.getvalue()
 
 
@@ -486,13 +490,13 @@ async def test_watch_trades_draws_the_tape(fake: tuple[FakeMarketData, str]) -> 
         md_pb2.StreamTradesResponse(trades=[trade(2, "2000", "1.25", side_pb2.SIDE_SELL, base + 1),
                                             trade(3, "2000.25", "3", side_pb2.SIDE_BUY, base + 2)]), None]
     out, err = io.StringIO(), io.StringIO()
-    assert await watch_trades(target, TOKEN, "syndr", ["ETH-PERP"], out=out, err=err, max_seconds=0.6) == 0
+    assert await watch_trades(Connection(target, TOKEN), "syndr", ["ETH-PERP"], out=out, err=err, max_seconds=0.6) == 0
     last = frames(out.getvalue())[-1].replace("\x1b[K", "").splitlines()
     assert last[0].startswith("syndr ETH-PERP  trades  3 received")
     assert [line.split()[:3] for line in last[2:5]] == [
         ["22:13:22.000", "BUY", "2000.25"], ["22:13:21.000", "SELL", "2000"], ["22:13:20.000", "BUY", "2000.5"]]
     err = io.StringIO()
-    assert await watch_trades(target, "wrong", "syndr", ["ETH-PERP"], out=io.StringIO(), err=err,
+    assert await watch_trades(Connection(target, "wrong"), "syndr", ["ETH-PERP"], out=io.StringIO(), err=err,
                               max_seconds=5) == 1
     assert err.getvalue().startswith("portico trades: UNAUTHENTICATED")
 

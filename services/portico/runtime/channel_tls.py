@@ -1,14 +1,13 @@
 """TLS and mTLS for the gRPC channels a service opens to the services it calls, by configuration.
 
-`PORTICO_UPSTREAM_TLS_CA_FILE` turns TLS on for every outgoing channel of the
-process (execution and account to the signer and reference data, market data
-and the gateway to reference data) and is the only trust for the servers it
-calls; `PORTICO_UPSTREAM_TLS_CERT_FILE` / `PORTICO_UPSTREAM_TLS_KEY_FILE` add a
-client certificate for servers that require one (`PORTICO_TLS_CLIENT_CA_FILE`);
-`PORTICO_UPSTREAM_TLS_SERVER_NAME` is the name checked in the servers'
-certificates instead of the host of the address dialed. Unusable files are a
-`ConfigError` naming the variable at start (exit 2), never a failure of every
-call later; no key material is ever in an error.
+`PORTICO_UPSTREAM_TLS_CA_FILE` turns TLS on for every outgoing channel of the process (execution and
+account to the signer and reference data, market data and the gateway to reference data, a
+command-line tool to the service it calls) and is the only trust for the servers it calls;
+`PORTICO_UPSTREAM_TLS_CERT_FILE` / `PORTICO_UPSTREAM_TLS_KEY_FILE` add a client certificate for
+servers that require one (`PORTICO_TLS_CLIENT_CA_FILE`); `PORTICO_UPSTREAM_TLS_SERVER_NAME` is the
+name checked in the servers' certificates instead of the host of the address dialed. Unusable files
+are a `ConfigError` naming the variable at start (exit 2), never a failure of every call later; no
+key material is ever in an error.
 
     tls = ChannelTls.from_env(env)          # None: plaintext, as without the settings
     channel = open_channel(target, tls=tls)
@@ -28,12 +27,13 @@ from portico.runtime.tls_files import check_ca, check_key_pair, check_readable
 __all__ = ["UPSTREAM_TLS_CA_FILE", "UPSTREAM_TLS_CERT_FILE", "UPSTREAM_TLS_KEY_FILE", "UPSTREAM_TLS_SERVER_NAME",
            "ChannelTls"]
 
-_SCOPE = "services calling services"
+_SCOPE = "services calling services, the CLIs"
 
 UPSTREAM_TLS_CA_FILE = setting(
     "PORTICO_UPSTREAM_TLS_CA_FILE", "",
     "CA bundle (PEM) the servers this service calls are checked against (execution and account: the signer and "
-    "reference data; market data and the gateway: reference data); when set, those gRPC channels use TLS.",
+    "reference data; market data and the gateway: reference data; a CLI: the service it calls); when set, those gRPC "
+    "channels use TLS.",
     scope=_SCOPE)
 UPSTREAM_TLS_CERT_FILE = setting(
     "PORTICO_UPSTREAM_TLS_CERT_FILE", "",

@@ -223,9 +223,13 @@ class SimOrder:
     im: Decimal = field(default=ZERO, repr=False)  # initial margin reserved while resting
     seq: int = field(default=0, repr=False)
 
-    def to_wire(self) -> dict[str, Any]:
-        """The union of the document's order shapes (buy/edit/cancel results, order history, user.orders)."""
-        return {
+    def to_wire(self, *, with_trades: bool = True) -> dict[str, Any]:
+        """The union of the document's order shapes (buy/edit/cancel results, order history, user.orders).
+
+        Without `with_trades`, as embedded in a user trade (the document's `maker_order` / `taker_order` carry no
+        trades list): a resting order filled n times would otherwise make each of its n trades O(n) long.
+        """
+        wire = {
             "instrument_name": self.instrument_name,
             "order_id": self.order_id,
             "order_type": self.order_type,
@@ -254,8 +258,10 @@ class SimOrder:
             "label": self.label,
             "salt": self.salt,
             "signature": self.signature,
-            "trades": [trade.order_trade_wire() for trade in self.trades],
         }
+        if with_trades:
+            wire["trades"] = [trade.order_trade_wire() for trade in self.trades]
+        return wire
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -312,8 +318,8 @@ class SimTrade:
             "maker": self.maker, "taker": self.taker,
         }
         if with_orders:
-            wire["maker_order"] = self.maker_order.to_wire()
-            wire["taker_order"] = self.taker_order.to_wire()
+            wire["maker_order"] = self.maker_order.to_wire(with_trades=False)
+            wire["taker_order"] = self.taker_order.to_wire(with_trades=False)
         wire.update({
             "status": "", "timestamp": self.timestamp_ms, "instrument_id": self.instrument_id,
             "instrument_name": self.instrument_name, "tx_hash": self.tx_hash, "is_sync": self.is_sync,

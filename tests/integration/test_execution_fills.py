@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 from tests.support.execution import ExecutionStack, running_execution
@@ -29,11 +30,13 @@ async def sim() -> AsyncIterator[Simulator]:
 async def take(stub: object, running: object, stack: ExecutionStack, sim: Simulator, client_order_id: str) -> None:
     """One small buy through the best ask: at least one fill of ours.
 
-    Priced ten ticks through the ask read here, so a market maker that re-quotes before the order arrives does not
-    leave it resting (it still fills at the best ask then, the book's price, not ours).
+    Priced 2 % through the ask read here, so a market maker that re-quotes before the order arrives (on a loaded
+    machine that can be many re-quotes: ten ticks were once not enough) does not leave it resting; it still fills
+    at the best ask then, the book's price, not ours.
     """
     instrument = sim.engine.instrument(SYMBOL)
-    price = sim.engine.book(SYMBOL, 1).asks[0][0] + 10 * instrument.tick_size
+    ask = sim.engine.book(SYMBOL, 1).asks[0][0]
+    price = (ask * Decimal("1.02") // instrument.tick_size) * instrument.tick_size
     reply = await stub.PlaceOrder(pb.PlaceOrderRequest(  # type: ignore[attr-defined]
         venue="syndr", account=stack.account.address, symbol=SYMBOL, side=side_pb2.SIDE_BUY,
         type=order_pb2.ORDER_TYPE_LIMIT, amount=str(instrument.contract_size), price=str(price),

@@ -87,6 +87,10 @@ _CONTRACT_TYPES = {v.name.removeprefix("CONTRACT_TYPE_").lower(): v.number
                    for v in instrument_pb2.ContractType.DESCRIPTOR.values if v.number != 0}
 _CONTRACT_NAMES = {v: k for k, v in _CONTRACT_TYPES.items()}
 _OPTION_NAMES: dict[int, str] = {instrument_pb2.OPTION_TYPE_CALL: "call", instrument_pb2.OPTION_TYPE_PUT: "put"}
+# Reference data names a bad filter value by its proto field; the caller sent the document's key.
+_FILTER_FIELD = re.compile(r"filter\.(base_currencies|quote_currencies|types|contract_types)\b")
+_REST_FILTER_FIELDS = {"base_currencies": "baseCurrency", "quote_currencies": "quoteCurrency", "types": "type",
+                       "contract_types": "contractType"}
 
 
 def _enum_name(names: dict[int, str], number: int) -> str:
@@ -373,8 +377,16 @@ class Gateway:
             token = ""
             seen: set[str] = set()
             for _ in range(MAX_LIST_PAGES):
-                reply = await self._call(request, self._refdata.ListInstruments, refdata_pb2.ListInstrumentsRequest(
-                    venue=venue, filter=flt, page_size=LIST_PAGE_SIZE, page_token=token))
+                try:
+                    reply = await self._call(request, self._refdata.ListInstruments,
+                                             refdata_pb2.ListInstrumentsRequest(venue=venue, filter=flt,
+                                                                                page_size=LIST_PAGE_SIZE,
+                                                                                page_token=token))
+                except HttpError as error:
+                    if error.status == 400:  # name the filter's key as the caller wrote it, not the proto field
+                        error.detail = _FILTER_FIELD.sub(lambda m: f"filter.{_REST_FILTER_FIELDS[m[1]]}",
+                                                         error.detail)
+                    raise
                 records.extend(instrument_json(i) for i in reply.instruments)
                 token = reply.next_page_token
                 if not token:

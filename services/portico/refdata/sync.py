@@ -1,9 +1,13 @@
 """Syncing a venue's instruments into the store, and telling watchers what changed.
 
-A sync fetches the venue's whole list (Syndr's `public/get_instruments` with
-`kind=any` lists only active instruments; one it marks `is_active: false`
-counts as not listed), normalises it, and hands it to the store, which diffs
-and writes in one transaction, then publishes the events to watchers. Once the
+A sync fetches the venue's whole list (Syndr's `public/get_instruments` once
+per kind, `perpetual`, `option` and `future`: whether `any` is a value of this
+method's `kind` the document leaves unclear, its row reading "perpetual, option,
+future, any kind of instrument you want for the list", and a call per kind works
+either way; only active instruments are listed, and one marked
+`is_active: false` counts as not listed), normalises it, and hands it to the
+store, which diffs and writes in one transaction, then publishes the events to
+watchers. Once the
 write has started, a cancelled caller (deadline, disconnect) does not stop it
 or its publication: the database and the watchers never disagree. Syncs of
 one venue are serialised, fetch included, in this process by a lock and across
@@ -24,8 +28,9 @@ from typing import Final
 from portico.refdata.model import InstrumentRecord
 from portico.refdata.normalize import normalize_syndr
 from portico.refdata.store import InstrumentEvent, InstrumentStore, SyncOutcome
-from portico.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from portico.runtime.errors import FailedPrecondition, Internal, InvalidArgument, ResourceExhausted, Unavailable
 from portico.venues.syndr import models
+from portico.venues.syndr.constants import InstrumentKind
 from portico.venues.syndr.errors import SyndrError, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
 
@@ -48,11 +53,14 @@ class SyndrInstrumentSource:
         self._client = client
 
     async def __call__(self) -> list[InstrumentRecord]:
+        """One call per kind, all of which must succeed: a kind missing from the listing would be deactivated."""
+        listed: dict[str, models.Instrument] = {}
         try:
-            answer = await self._client.call("public/get_instruments", {"kind": "any"})
-            listed = models.parse_instruments(answer.result)
+            for kind in InstrumentKind:  # not "any": the document does not clearly make it a value here
+                answer = await self._client.call("public/get_instruments", {"kind": kind.value})
+                listed.update(models.parse_instruments(answer.result))
         except SyndrError as exc:
-            raise to_portico_error(exc) from None
+            raise _listing_error(exc) from None
         records = []
         inactive = 0
         for name, instrument in listed.items():
@@ -70,6 +78,17 @@ class SyndrInstrumentSource:
             raise Unavailable(f"syndr listed no instrument this service can read ({len(listed)} listed); nothing "
                               "was changed", reason="EMPTY_LISTING")
         return records
+
+
+def _listing_error(exc: SyndrError) -> Exception:
+    """What a failed listing call is to the caller of a sync: the call carried nothing of theirs, so a venue
+    refusing it (invalid params, not found, ...) is not their bad request (INVALID_ARGUMENT, a 400 over REST
+    saying their venue is invalid) but the venue's listing being unavailable."""
+    error = to_portico_error(exc)
+    if isinstance(error, ResourceExhausted | Unavailable | Internal):
+        return error
+    metadata = {k: v for k, v in error.metadata.items() if k != "field"}
+    return Unavailable(f"syndr refused to list its instruments: {exc}", reason=error.reason, metadata=metadata)
 
 
 class Subscription:

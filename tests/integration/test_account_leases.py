@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from tests.support.account import ACCOUNT_POLICY
@@ -15,7 +16,7 @@ from tests.support.openbao import OpenBaoDevServer
 from portico.account import leases
 from portico.account.leases import AccountLeases, lease_path
 from portico.runtime.errors import Internal, Unavailable
-from portico.runtime.vault import VaultSession, VaultSettings
+from portico.runtime.vault import VaultSession, VaultSettings, VaultUnavailable
 
 VENUE = "syndr"
 
@@ -105,3 +106,33 @@ async def test_waiting_for_a_lease_ends_unavailable_after_a_leases_length(
         await asyncio.wait_for(second.acquire(VENUE, address, "signing-key", "a signing-key registration"), 3)
     assert caught.value.reason == "ACCOUNT_BUSY" and caught.value.metadata["holder"] == first.holder
     await held.release()
+
+
+async def test_a_lease_whose_release_failed_does_not_keep_its_own_process_waiting(
+        sessions: Callable[[], VaultSession]) -> None:
+    """Vault refuses the release: the record still names this process until it expires. The next change of the
+    account in this process takes it at once (the process knows it holds nothing there), while another process
+    still waits for it."""
+    vault = sessions()
+    holder, other = AccountLeases(vault, ttl_s=30), AccountLeases(sessions(), ttl_s=30)
+    address = account()
+    first = await holder.acquire(VENUE, address, "portfolio-margin", "a test")
+    write_kv = vault.write_kv
+
+    async def refuse(path: str, data: Any, **kwargs: Any) -> int:
+        raise VaultUnavailable("vault write refused (test)", operation="write", path=path, status=503)
+
+    vault.write_kv = refuse  # type: ignore[method-assign]
+    await first.release()  # logged; the record still names `holder`
+    vault.write_kv = write_kv  # type: ignore[method-assign]
+    assert (await vault.read_kv(lease_path(VENUE, address, "portfolio-margin")))["holder"] == holder.holder
+    waiting = asyncio.ensure_future(other.acquire(VENUE, address, "portfolio-margin", "a test"))
+    again = await asyncio.wait_for(holder.acquire(VENUE, address, "portfolio-margin", "a test"), 2)
+    assert again.version == first.version + 1
+    with pytest.raises(TimeoutError):  # still held (by the new lease): another process waits
+        await asyncio.wait_for(asyncio.shield(waiting), 0.5)
+    # ...and so does this process while it holds the new one
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(holder.acquire(VENUE, address, "portfolio-margin", "a test"), 0.5)
+    await again.release()
+    await (await asyncio.wait_for(waiting, 2)).release()

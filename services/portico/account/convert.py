@@ -14,6 +14,9 @@ __all__ = ["api_key_proto", "collateral_proto", "deposit_proto", "position_proto
 _SCOPES = {0: account_pb2.API_KEY_SCOPE_ADMIN, 1: account_pb2.API_KEY_SCOPE_READ_WRITE,
            2: account_pb2.API_KEY_SCOPE_READ_ONLY}
 VENUE_SCOPES = {proto: venue for venue, proto in _SCOPES.items()}
+# The venue's `is_portfolio_margined`; not reported is not known (not standard).
+_MARGIN_MODES = {True: account_pb2.MARGIN_MODE_PORTFOLIO, False: account_pb2.MARGIN_MODE_STANDARD,
+                 None: account_pb2.MARGIN_MODE_UNSPECIFIED}
 _STATES = {"active": account_pb2.ACCOUNT_STATE_ACTIVE, "restricted": account_pb2.ACCOUNT_STATE_RESTRICTED,
            "inactive": account_pb2.ACCOUNT_STATE_INACTIVE}
 
@@ -32,8 +35,7 @@ def summary_proto(venue: str, account: str, s: models.AccountSummary) -> account
         unrealized_pnl=_d(s.unrealized_pnl), total_pnl=_d(s.total_pnl),
         collateral={k: _d(v) for k, v in s.collateral.items()},
         delta_total={k: _d(v) for k, v in s.delta_total.items()},
-        margin_mode=(account_pb2.MARGIN_MODE_PORTFOLIO if s.is_portfolio_margined
-                     else account_pb2.MARGIN_MODE_STANDARD),
+        margin_mode=_MARGIN_MODES[s.is_portfolio_margined],
         cancel_on_disconnect=bool(s.is_cancel_on_disconnect),
         state=_STATES.get((s.status or "").lower(), account_pb2.ACCOUNT_STATE_UNSPECIFIED),
         venue_status=s.status or "")
@@ -43,10 +45,13 @@ def summary_proto(venue: str, account: str, s: models.AccountSummary) -> account
 
 
 def position_proto(venue: str, account: str, p: models.Position) -> account_pb2.Position:
+    """The contract's size is absolute, its side in `direction`: a venue may sign a short's size (the simulator
+    does), and `SELL -x` reads as long to whoever applies the side."""
+    short = p.direction == "sell" or p.size < 0
     message = account_pb2.Position(
         venue=venue, account=account, symbol=p.instrument_name,
-        direction=side_pb2.SIDE_SELL if p.direction == "sell" else side_pb2.SIDE_BUY,
-        size=_d(p.size), average_price=_d(p.average_price), mark_price=_d(p.mark_price),
+        direction=side_pb2.SIDE_SELL if short else side_pb2.SIDE_BUY,
+        size=_d(p.size.copy_abs()), average_price=_d(p.average_price), mark_price=_d(p.mark_price),
         index_price=_d(p.index_price), realized_pnl=_d(p.realized_pnl), unrealized_pnl=_d(p.unrealized_pnl),
         total_pnl=_d(p.total_pnl), realized_funding=_d(p.realized_funding), trade_fee=_d(p.trade_fee),
         position_delta=_d(p.position_delta), settlement_price=_d(p.settlement_price))

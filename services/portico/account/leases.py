@@ -18,7 +18,8 @@ the write that carries it (its cas + 1): the service's Vault policy reads
 secrets' data, not their metadata, so the next writer learns there what to
 check against (a record out of step with that, written by something else, is
 an error naming the path: remove it with `bao kv metadata delete`). Released by
-a check-and-set write with no holder; one whose holder died expires.
+a check-and-set write with no holder; one whose holder died expires; one this
+process left behind (its release failed) it takes again at once.
 
 A lease lasts `ttl_s` from just before the write that took it, without
 renewal. Its holder calls `check` before each step that must not happen after
@@ -39,6 +40,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from portico.runtime.errors import Internal, Unavailable
@@ -62,13 +64,15 @@ def lease_path(venue: str, account: str, change: str) -> str:
 class Lease:
     """A lease this process holds; `check` before each step, `release` at the end."""
 
-    def __init__(self, vault: VaultSession, path: str, version: int, valid_until: float, what: str):
+    def __init__(self, vault: VaultSession, path: str, version: int, valid_until: float, what: str,
+                 on_release: Callable[[Lease], None] | None = None):
         self._vault = vault
         self.path = path
         self.version = version
         self._valid_until = valid_until  # monotonic
         self._what = what
         self._released = False
+        self._on_release = on_release
 
     def remaining_s(self) -> float:
         return self._valid_until - time.monotonic()
@@ -84,6 +88,8 @@ class Lease:
         if self._released:
             return
         self._released = True
+        if self._on_release is not None:
+            self._on_release(self)
         try:
             await self._vault.write_kv(self.path, _record("", 0, self.version + 1), cas=self.version)
         except VaultCasMismatch:
@@ -100,6 +106,10 @@ class AccountLeases:
         self.vault = vault
         self.ttl_s = ttl_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # Paths of the leases this process holds now. A record naming this process at another path is a leftover
+        # (its release failed, or its taking was cancelled after Vault took the write): free to take again at
+        # once, instead of this process waiting a lease's length for itself.
+        self._holding: dict[str, Lease] = {}
 
     async def acquire(self, venue: str, account: str, change: str, what: str) -> Lease:
         """Wait for the lease while another process holds it (at most a lease's length), then take it.
@@ -120,7 +130,8 @@ class AccountLeases:
             except VaultError as exc:
                 raise vault_unavailable(exc, f"take the lease for {what}") from None
             version = 0 if current is None else _version(current, path)
-            if current is not None and _held(current):
+            if current is not None and _held(current) and (current.get("holder") != self.holder
+                                                           or path in self._holding):
                 if loop.time() >= give_up_at:
                     raise Unavailable(f"another process has been running {what} for longer than a lease lasts; "
                                       "retry", reason="ACCOUNT_BUSY", metadata={"holder": str(current["holder"])})
@@ -143,7 +154,13 @@ class AccountLeases:
                 continue
             except VaultError as exc:
                 raise vault_unavailable(exc, f"take the lease for {what}") from None
-            return Lease(self.vault, path, version + 1, started + self.ttl_s, what)
+            lease = self._holding[path] = Lease(self.vault, path, version + 1, started + self.ttl_s, what,
+                                                self._released)
+            return lease
+
+    def _released(self, lease: Lease) -> None:
+        if self._holding.get(lease.path) is lease:
+            del self._holding[lease.path]
 
 
 def _record(holder: str, expires_at_ms: int, version: int) -> dict[str, Any]:

@@ -158,6 +158,7 @@ class PositionFeeds:
         feed = self._feeds.get(key)
         if feed is not None and feed.ended is None:
             return feed
+        await self._accounts.session(account)  # NOT_FOUND for an account Portico does not hold, before its lock
         async with self._locks.setdefault(key, asyncio.Lock()):
             feed = self._feeds.get(key)
             if feed is None or feed.ended is not None:

@@ -172,6 +172,8 @@ class SigningKeyRegistrar:
         # One rotation at a time per account: in this process (the lock: its callers queue here) and across
         # processes (the lease in Vault).
         what = f"signing-key registration for {account}"
+        # NOT_FOUND for an account Portico does not hold before a lock or a lease (in Vault) is kept for it.
+        await self._accounts.store.read_raw(venue, account)
         lock = self._locks.setdefault(account.lower(), asyncio.Lock())
         await lock.acquire()
         try:

@@ -200,6 +200,8 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         this process or another, then reads the mode the first call left, never toggles it back)."""
         venue, account = check_venue(request.venue), check_account(request.account)
         what = f"SetPortfolioMargin for {account}"
+        # NOT_FOUND for an account Portico does not hold before a lock or a lease (in Vault) is kept for it.
+        await self.accounts.session(account)
         lock = self._margin_locks.setdefault(account.lower(), asyncio.Lock())
         await lock.acquire()
         try:  # and across processes: the account's lease in Vault
@@ -220,7 +222,10 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     async def _read_and_toggle(self, account: str, wanted: bool, lease: Lease) -> bool:
         summary = models.parse_account_summary(await self._call(account, "private/get_account_summary", _now_s()))
-        if bool(summary.is_portfolio_margined) == wanted:
+        if summary.is_portfolio_margined is None:  # toggling blind could switch it off when asked to switch it on
+            raise Unavailable("the venue's account summary does not say whether portfolio margin is on; nothing "
+                              "was toggled: retry", reason="MARGIN_MODE_UNKNOWN")
+        if summary.is_portfolio_margined == wanted:
             return wanted
         lease.check(self.venue_timeout_s, "private/toggle_portfolio_margin")  # the toggle lands within the lease
         toggled = models.parse_portfolio_margin_toggle(await self._call(account, "private/toggle_portfolio_margin"))
@@ -257,9 +262,10 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             raise InvalidArgument("leverage", f"{leverage} is above {request.symbol}'s maximum "
                                   f"{instrument.max_leverage}", reason="LEVERAGE_TOO_HIGH",
                                   metadata={"max_leverage": instrument.max_leverage})
+        # The document's table types `instrument_id` as a string (its example sends "1").
         update = models.parse_leverage_update(await self._call(
             account, "private/update_instrument_leverage",
-            {"instrument_id": instrument.venue_instrument_id, "updated_leverage": int(leverage)}))
+            {"instrument_id": str(instrument.venue_instrument_id), "updated_leverage": int(leverage)}))
         if not update.success:  # the document: 1 for success, 0 for failure
             raise FailedPrecondition(f"the venue did not apply leverage {leverage} to {request.symbol} "
                                      "(it answered success 0)", reason="VENUE_REFUSED", metadata={"venue": venue})

@@ -18,7 +18,7 @@ from tests.support.openbao import OpenBaoDevServer
 from tests.support.syndr_account import register
 from tests.support.syndr_stub import SyndrStub
 
-from portico.runtime.errors import Unavailable
+from portico.runtime.errors import Internal, Unavailable
 from portico.runtime.secp256k1 import to_checksum_address
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.sim.server import SimConfig, Simulator
@@ -135,3 +135,22 @@ async def test_a_record_vault_will_not_let_the_service_read_is_unavailable_for_p
         await store.aclose()
     assert refused.value.reason == "VAULT_PERMISSION_DENIED"
     assert token not in str(refused.value)
+
+
+@pytest.mark.parametrize("field", ["api_key", "api_secret", "signing_key_id"])
+@pytest.mark.parametrize("value", [None, "", 7])
+async def test_a_record_with_a_credential_that_is_not_text_is_invalid_not_sent(
+        vault: CountingVault, field: str, value: object) -> None:
+    """`str()` made a null secret the credential "None", sent to the venue on every call."""
+    account = to_checksum_address("0x" + secrets.token_hex(20))
+    await write_record(vault, account, ApiCredentials("po-key", "s3cret"))
+    record = await vault.read_kv(account_path("syndr", account))
+    await vault.write_kv(account_path("syndr", account), {**record, field: value})
+    store = VenueAccountStore(vault)
+    try:
+        with pytest.raises(Internal) as invalid:
+            await store.get("syndr", account)
+    finally:
+        await store.aclose()
+    assert invalid.value.reason == "ACCOUNT_RECORD_INVALID"
+    assert "s3cret" not in str(invalid.value)

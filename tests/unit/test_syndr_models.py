@@ -709,3 +709,13 @@ def test_an_order_update_with_the_tables_numeric_trigger_condition_is_read(fixtu
     # An HTTP answer is decoded by orjson, whose numbers are int or float.
     http_order = orjson.loads(json.dumps(frame["params"]["data"]["order"]))
     assert m.parse_order(http_order, where="private/get_order_history_by_kind").trigger_condition == str(condition)
+
+
+def test_a_created_api_key_without_its_account_keeps_the_secret_received() -> None:
+    """The venue shows a secret once: an answer missing only `account` must still be read (it was a protocol
+    error, and the created key stayed active with its secret held by nobody)."""
+    created = m.parse_created_api_key({"api_key": "po-key", "api_secret": "s3cret"})
+    assert (created.api_key, created.api_secret, created.account) == ("po-key", "s3cret", "")
+    assert "s3cret" not in repr(created)
+    with pytest.raises(SyndrProtocolError, match="api_secret"):
+        m.parse_created_api_key({"api_key": "po-key", "account": "0xabc"})

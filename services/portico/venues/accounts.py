@@ -124,8 +124,8 @@ class VenueAccountStore:
                            reason="ACCOUNT_NOT_REGISTERED", metadata={"venue": venue, "account": account})
         try:
             return VenueAccount(venue=venue, account=account,
-                                credentials=ApiCredentials(str(data["api_key"]), str(data["api_secret"])),
-                                signing_key_id=str(data["signing_key_id"]),
+                                credentials=ApiCredentials(_text(data, "api_key"), _text(data, "api_secret")),
+                                signing_key_id=_text(data, "signing_key_id"),
                                 signing_key_address=str(data.get("signing_key_address", "")),
                                 account_key_id=str(data.get("account_key_id", "")))
         except (KeyError, ValueError):
@@ -268,3 +268,12 @@ class SyndrAccounts:
         for session in self._sessions.values():
             await session.http.aclose()
         self._sessions.clear()
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    """A required field of a record as the non-empty string it must be: `str()` would turn a null secret into the
+    credential "None", sent to the venue on every call (KeyError / ValueError: the record is incomplete)."""
+    value = data[key]
+    if type(value) is not str or not value:
+        raise ValueError(key)
+    return value

@@ -1512,15 +1512,18 @@ def parse_register_signing_key(obj: Any, *, where: str = "public/register_signin
 class CreatedApiKey:
     """``private/create_api_key``."""
 
-    account: str
     api_key: str
     api_secret: str = field(repr=False)
+    account: str = ""
 
 
 def parse_created_api_key(obj: Any, *, where: str = "private/create_api_key") -> CreatedApiKey:
+    """The key and its secret are required; `account` is not: the venue shows a secret once, and an answer
+    missing only the account must not lose a secret received (its key would stay active, held by nobody)."""
     o = _object(obj, where)
-    return CreatedApiKey(account=_str(o, where, "account"), api_key=_str(o, where, "api_key", "apiKey"),
-                         api_secret=_str(o, where, "api_secret", "apiSecret"))
+    return CreatedApiKey(api_key=_str(o, where, "api_key", "apiKey"),
+                         api_secret=_str(o, where, "api_secret", "apiSecret"),
+                         account=_opt_str(o, where, "account") or "")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,4 +1,4 @@
-"""portico.runtime.sqlstore's transaction helper on a real SQLite file."""
+"""portico.runtime.sqlstore's transaction helper and database error mapping, on real SQLite and PostgreSQL clients."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from tests.support.ports import free_port
 
-from portico.runtime.sqlstore import immediate_transaction
+from portico.runtime.sqlstore import database_unavailable, immediate_transaction
 
 
 def test_a_transaction_whose_commit_fails_is_rolled_back_and_releases_the_write_lock(tmp_path: Path) -> None:
@@ -33,3 +34,36 @@ def test_a_transaction_whose_commit_fails_is_rolled_back_and_releases_the_write_
     finally:
         other.close()
         db.close()
+
+
+def test_a_locked_sqlite_database_is_unavailable_and_a_bad_statement_is_not(tmp_path: Path) -> None:
+    """Busy is the caller's to retry (UNAVAILABLE); a statement SQLite cannot run is a bug (None: INTERNAL)."""
+    path = tmp_path / "store.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            other.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlite3.OperationalError) as bad:
+            other.execute("SELECT * FROM no_such_table")
+    finally:
+        holder.close()
+        other.close()
+    unavailable = database_unavailable(locked.value)
+    assert unavailable is not None and unavailable.reason == "DATABASE_UNAVAILABLE"
+    assert "locked" not in str(unavailable)  # the driver's text stays out
+    assert database_unavailable(bad.value) is None
+    assert database_unavailable(ValueError("x")) is None
+
+
+def test_a_postgresql_server_that_cannot_be_reached_is_unavailable() -> None:
+    import psycopg
+
+    port = free_port()  # nothing listens there: refused
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/none", connect_timeout=2)
+    unavailable = database_unavailable(refused.value)
+    assert unavailable is not None and unavailable.reason == "DATABASE_UNAVAILABLE"
+    assert str(port) not in str(unavailable)

@@ -15,8 +15,10 @@ Server side, one interceptor wraps each call in this order:
    caller who may not call the method learns nothing about its request);
 4. the servicer;
 5. error mapping: a `PorticoError` becomes its status code with ErrorInfo
-   details; any other exception becomes INTERNAL with a generic message and
-   a log line carrying the trace id.
+   details; a database that cannot be reached or used just now is
+   UNAVAILABLE, reason DATABASE_UNAVAILABLE (`sqlstore.database_unavailable`),
+   so callers retry; any other exception becomes INTERNAL with a generic
+   message and a log line carrying the trace id.
 
 It is one interceptor rather than three so the hot path wraps each call once.
 Client side, `TracedChannel` starts a CLIENT span per call and injects the
@@ -46,6 +48,7 @@ from portico.runtime.errors import (
     PorticoError,
     to_grpc_status,
 )
+from portico.runtime.sqlstore import database_unavailable
 
 __all__ = ["PUBLIC_SERVICES", "ServerInterceptor", "TracedChannel"]
 
@@ -127,6 +130,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         async def fail(exc: BaseException, span: trace.Span, context: grpc.aio.ServicerContext) -> None:
             status = None
+            if not isinstance(exc, PorticoError) and (unavailable := database_unavailable(exc)) is not None:
+                log.warning("database unavailable", extra={"rpc": method, "error": type(exc).__name__})
+                exc = unavailable
             if isinstance(exc, PorticoError):
                 try:
                     status = to_grpc_status(exc, self._domain)

@@ -34,6 +34,7 @@ import os
 import re
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+from portico.runtime.errors import Unavailable
 from portico.runtime.lifecycle import cancel_and_wait
 
 if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL pool opens: SQLite-only deployments do not need it
@@ -60,6 +62,7 @@ __all__ = [
     "SqliteWriterLock",
     "WalCheckpointer",
     "WriterLockHeld",
+    "database_unavailable",
     "immediate_transaction",
     "migrate_sqlite",
     "now_ms",
@@ -67,6 +70,28 @@ __all__ = [
     "pg_scalar",
     "sqlite_schema_version",
 ]
+
+# SQLite's primary result codes for a database that is there but cannot be used just now (busy or locked by
+# another connection, an I/O error, a full disk, a file that cannot be opened): not a bug in the statement.
+_SQLITE_TRANSIENT = frozenset({5, 6, 10, 13, 14})  # SQLITE_BUSY, _LOCKED, _IOERR, _FULL, _CANTOPEN
+
+
+def database_unavailable(exc: BaseException) -> Unavailable | None:
+    """UNAVAILABLE (reason DATABASE_UNAVAILABLE) for a database that cannot be reached or used just now, which a
+    caller may retry (PostgreSQL down or restarting, the pool waiting for a connection, SQLite locked or out of
+    disk); None for anything else, which stays the INTERNAL of a bug. The driver's text is left out: it can name
+    hosts, users and statements."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return _unavailable() if code is not None and code & 0xFF in _SQLITE_TRANSIENT else None
+    psycopg = sys.modules.get("psycopg")  # imported only where a PostgreSQL pool was opened
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):  # includes the pool's PoolTimeout
+        return _unavailable()
+    return None
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable("the database is unavailable just now; retry", reason="DATABASE_UNAVAILABLE")
 
 P = ParamSpec("P")
 T = TypeVar("T")

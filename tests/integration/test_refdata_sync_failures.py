@@ -22,12 +22,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from tests.support.postgres import fresh_database, postgres_reachable
-from tests.support.refdata import RunningRefdata, database, running_refdata
+from tests.support.refdata import RunningRefdata, database, refdata_on, running_refdata
+from tests.support.refdata import syndr_instrument as _wire
 from tests.support.syndr_stub import SyndrStub
 
 from portico.refdata.model import InstrumentRecord
@@ -124,20 +124,10 @@ async def test_a_committed_sync_is_reported_even_if_the_statistics_refresh_after
         assert await store.count("syndr") == 60
 
 
-def _wire(name: str, ident: int, **overrides: Any) -> dict[str, Any]:
-    return {"base_currency": "ETH", "contract_size": "0.001", "id": ident, "is_active": True, "kind": "perpetual",
-            "maker_commission": "-0.000025", "max_leverage": "50", "max_liquidation_commission": "5",
-            "min_trade_amount": "0.001", "name": name, "price_index": "ETHUSD", "quote_currency": "USD",
-            "settlement_period": "perpetual", "taker_commission": "0.00025", "tick_size": "0.1",
-            "underlying_name": "ETHUSD", **overrides}
-
-
 @pytest.fixture
 async def stub_refdata(tmp_path: Path) -> AsyncIterator[tuple[SyndrStub, RunningRefdata, grpc.aio.Channel]]:
-    async with SyndrStub() as venue:
-        with database("sqlite", tmp_path) as db_env:
-            async with running_refdata(venue.http_url, db_env) as refdata, open_channel(refdata.target) as channel:
-                yield venue, refdata, channel
+    async with SyndrStub() as venue, refdata_on(venue.http_url, tmp_path) as (refdata, channel):
+        yield venue, refdata, channel
 
 
 async def test_an_instrument_the_venue_marks_inactive_is_not_active_here(

@@ -16,22 +16,18 @@ from typing import Any
 
 import grpc
 import pytest
-from tests.support.refdata import RunningRefdata, database, running_refdata
+from tests.support.refdata import RunningRefdata, refdata_on, syndr_instrument
 from tests.support.syndr_stub import SyndrStub
 
 from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as pb
-from portico.runtime.client import open_channel
 from portico.runtime.errors import error_info
 from portico.venues.syndr.constants import ErrorCode
 
 
 def _wire(name: str, ident: int, kind: str) -> dict[str, Any]:
-    return {"base_currency": "ETH", "contract_size": "0.001", "id": ident, "is_active": True, "kind": kind,
-            "maker_commission": "-0.000025", "max_leverage": "50", "max_liquidation_commission": "5",
-            "min_trade_amount": "0.001", "name": name, "price_index": "ETHUSD", "quote_currency": "USD",
-            "settlement_period": "perpetual" if kind == "perpetual" else "month", "taker_commission": "0.00025",
-            "tick_size": "0.1", "underlying_name": "ETHUSD"}
+    return syndr_instrument(name, ident, kind=kind,
+                            settlement_period="perpetual" if kind == "perpetual" else "month")
 
 
 LISTING = {
@@ -57,10 +53,8 @@ class DocumentedVenue(SyndrStub):
 
 @pytest.fixture
 async def documented(tmp_path: Path) -> AsyncIterator[tuple[DocumentedVenue, RunningRefdata, grpc.aio.Channel]]:
-    async with DocumentedVenue() as venue:
-        with database("sqlite", tmp_path) as db_env:
-            async with running_refdata(venue.http_url, db_env) as refdata, open_channel(refdata.target) as channel:
-                yield venue, refdata, channel
+    async with DocumentedVenue() as venue, refdata_on(venue.http_url, tmp_path) as (refdata, channel):
+        yield venue, refdata, channel
 
 
 async def test_a_sync_lists_every_documented_kind_and_never_asks_for_any(

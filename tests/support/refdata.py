@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -92,3 +93,20 @@ class RestartableRefdata:
             await reference_data_service_pb2_grpc.ReferenceDataServiceStub(channel).SyncInstruments(
                 reference_data_service_pb2.SyncInstrumentsRequest(venue="syndr", symbols=symbols),
                 metadata=self.metadata(), timeout=30)
+
+
+def syndr_instrument(name: str, ident: int, **overrides: Any) -> dict[str, Any]:
+    """One entry of `public/get_instruments`' answer as the document shows it (an ETH perpetual), for stub venues."""
+    return {"base_currency": "ETH", "contract_size": "0.001", "id": ident, "is_active": True, "kind": "perpetual",
+            "maker_commission": "-0.000025", "max_leverage": "50", "max_liquidation_commission": "5",
+            "min_trade_amount": "0.001", "name": name, "price_index": "ETHUSD", "quote_currency": "USD",
+            "settlement_period": "perpetual", "taker_commission": "0.00025", "tick_size": "0.1",
+            "underlying_name": "ETHUSD", **overrides}
+
+
+@contextlib.asynccontextmanager
+async def refdata_on(venue_http_url: str, tmp: Path) -> AsyncIterator[tuple[RunningRefdata, grpc.aio.Channel]]:
+    """Reference data on a fresh SQLite file, syncing from the venue at `venue_http_url`, and a channel to it."""
+    with database("sqlite", tmp) as db_env:
+        async with running_refdata(venue_http_url, db_env) as refdata, open_channel(refdata.target) as channel:
+            yield refdata, channel

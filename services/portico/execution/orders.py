@@ -592,18 +592,31 @@ def order_at_version(order_id: str, version: tuple[Any, ...]) -> dict[str, Any]:
             "filled_amount": filled_amount}
 
 
+_SECONDS_BELOW: Final = 100_000_000_000  # an epoch timestamp below this is in seconds (as models.to_ms)
+
+def _comparable(stored: Any, incoming: Any) -> tuple[int, int]:
+    """Two orders' update timestamps in one unit. The venue's answers send milliseconds; the user.orders
+    example sends seconds (its table says milliseconds): an update in seconds compared raw with an answer in
+    milliseconds always looked older, so stream changes were never journaled. When either is in seconds, both
+    are compared in seconds, and a tie falls to the state and fill rules."""
+    a, b = models.to_ms(int(stored or 0)), models.to_ms(int(incoming or 0))
+    if 0 < int(stored or 0) < _SECONDS_BELOW or 0 < int(incoming or 0) < _SECONDS_BELOW:
+        return a // 1000, b // 1000
+    return a, b
+
+
 def stored_is_newer(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:
     """True when the journaled venue order is strictly newer than `incoming` (updates may arrive out of order)."""
     if stored.get("order_id") != incoming.get("order_id"):
         return False
     try:
-        stored_ts = int(stored.get("last_update_timestamp") or 0)
-        incoming_ts = int(incoming.get("last_update_timestamp") or 0)
+        stored_ts, incoming_ts = _comparable(stored.get("last_update_timestamp"),
+                                             incoming.get("last_update_timestamp"))
     except (TypeError, ValueError):
         return False
     if stored_ts != incoming_ts:
         return stored_ts > incoming_ts
-    # Same millisecond: a closed state or more filled wins.
+    # Same millisecond (or second): a closed state or more filled wins.
     closed = {"filled", "cancelled", "rejected", "expired"}
     if (stored.get("order_state") in closed) != (incoming.get("order_state") in closed):
         return stored.get("order_state") in closed

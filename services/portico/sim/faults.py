@@ -10,7 +10,14 @@ import random
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Faults"]
+__all__ = ["EXAMPLE_SHAPES", "Faults"]
+
+EXAMPLE_SHAPES: dict[str, str] = {
+    "user.positions": "data is only `fills_manager` and `instrument_name` (the table: `updated_position`, ...)",
+    "seconds": "user.orders timestamps and expiration, and user.fills expiration, in seconds (the tables: ms)",
+    "fills_channel": "a user.fills.ALL subscriber's frames name the channel user.fills.{instrument}",
+}
+"""The `example_shapes` knob's values, each an example of the document that its own table contradicts."""
 
 
 @dataclass
@@ -32,6 +39,9 @@ class Faults:
     # (un)subscribe calls naming any of these channels are refused whole, as if the venue no longer knew the
     # channel's instrument (INSTRUMENT_NOT_FOUND), or the channel (INVALID_PARAMS) if it names no instrument
     refuse_channels: list[str] = field(default_factory=list)
+    # Notifications as the document's examples send them where its tables say otherwise (EXAMPLE_SHAPES), so
+    # tests can show the adapter copes with a venue that follows its examples.
+    example_shapes: list[str] = field(default_factory=list)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply `{"knob": value}`; unknown knobs or bad values raise ValueError."""
@@ -51,6 +61,10 @@ class Faults:
             elif name == "refuse_channels":
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ValueError("refuse_channels must be a list of channel names")
+                value = list(value)
+            elif name == "example_shapes":
+                if not isinstance(value, list) or not set(value) <= EXAMPLE_SHAPES.keys():
+                    raise ValueError(f"example_shapes must be a list of {sorted(EXAMPLE_SHAPES)}")
                 value = list(value)
             elif name == "skip_change_ids":
                 if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):

@@ -39,6 +39,7 @@ _SNAPSHOT_DEPTH = 15
 
 
 _s = fmt_decimal  # a decimal as the venue writes it: plain notation, no exponent
+_ORDER_TIMES = ("creation_timestamp", "last_update_timestamp", "expiration")  # epoch ms in the wire order
 
 
 def _account(ctx: CallContext) -> str:
@@ -541,12 +542,17 @@ class Notifier:
 
         return dumps({"jsonrpc": "2.0", "method": method, "params": {"channel": channel, "data": data}})
 
-    def _publish(self, channel: str, data: Any, *, user: str | None = None) -> None:
+    def _publish(self, channel: str, data: Any, *, user: str | None = None, named: str | None = None) -> None:
+        """Send `data` to the subscribers of `channel`, in frames that name the channel `named` (default: it)."""
         key = f"{channel}@{user}" if user else channel
         if self.sim.has_subscribers(key):
             method = NOTIFICATION_METHOD_USER if user or channel.startswith(("trades.", "quotes.")) \
                 else NOTIFICATION_METHOD_PUBLIC
-            self.sim.publish(key, self._frame(method, channel, data))
+            self.sim.publish(key, self._frame(method, named or channel, data))
+
+    def _as_example(self, shape: str) -> bool:
+        """Whether the `example_shapes` knob asks for this example's shape rather than the table's."""
+        return shape in self.sim.faults.example_shapes
 
     def on_event(self, event: Any) -> None:
         from portico.sim import engine
@@ -560,14 +566,21 @@ class Notifier:
             self._dirty_tickers.add(event.instrument_name)
         elif isinstance(event, engine.OrderUpdated):
             order = event.order_wire
+            if self._as_example("seconds"):  # the user.orders example: 1722419045 where its table says ms
+                order = {**order, **{k: order[k] // 1000 for k in _ORDER_TIMES}}
             data = {"update_type": order["order_state"], "order": order}
             self._publish(f"user.orders.{order['instrument_name']}.raw", data, user=event.account)
             self._publish(f"user.orders.{order['instrument_name']}", data, user=event.account)
             self._publish("user.orders.ALL.raw", data, user=event.account)
         elif isinstance(event, engine.UserFill):
             fill = event.fill_wire
-            self._publish(f"user.fills.{fill['instrument_name']}", fill, user=event.account)
-            self._publish("user.fills.ALL", fill, user=event.account)
+            if self._as_example("seconds"):  # the user.fills example: "expiration": 1722509314
+                fill = {**fill, "expiration": fill["expiration"] // 1000}
+            instrument_channel = f"user.fills.{fill['instrument_name']}"
+            self._publish(instrument_channel, fill, user=event.account)
+            # The user.fills.ALL example's frame names the instrument's channel, not user.fills.ALL.
+            self._publish("user.fills.ALL", fill, user=event.account,
+                          named=instrument_channel if self._as_example("fills_channel") else None)
             sequence = self._tx_sequence.get(event.account, 0) + 1
             self._tx_sequence[event.account] = sequence
             self._publish("user.transactions", {"instrument_name": fill["instrument_name"], "sequence": sequence,
@@ -594,15 +607,18 @@ class Notifier:
         if not self.sim.has_subscribers(f"user.positions@{account}"):
             return
         name = position["instrument_name"]
+        manager = {"pending_fills": [], "latest_size": position["size"], "latest_average_price":
+                   position["average_price"], "latest_realized_pnl": position["realized_pnl"]}
+        if self._as_example("user.positions"):  # the example: these two fields and nothing else
+            self._publish("user.positions", {"fills_manager": manager, "instrument_name": name}, user=account)
+            return
         instrument = self.sim.engine.instrument(name)
         self._publish("user.positions", {
             "instrument_name": name,
             "underlying": instrument.underlying_name,
             "instrument_kind": str(instrument.kind),
             "updated_position": position,
-            "fills_manager": {"pending_fills": [], "latest_size": position["size"],
-                              "latest_average_price": position["average_price"],
-                              "latest_realized_pnl": position["realized_pnl"]},
+            "fills_manager": manager,
         }, user=account)
 
     def burst(self, account: str, instrument_name: str) -> None:

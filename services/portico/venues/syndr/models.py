@@ -1074,7 +1074,8 @@ def _order(obj: Any, where: str) -> Order:
         triggered=_opt_bool(o, where, "triggered"),
         contract_size=_opt_dec(o, where, "contract_size"),
         salt=_opt_int(o, where, "salt"),
-        signature=_opt_str(o, where, "signature"),
+        # The user.orders tables type it as a number; every example sends a hex string.
+        signature=_opt_text(o, where, "signature"),
         trades=() if trades is None else tuple(
             parse_trade(t, where=f"{where} trades[{i}]") for i, t in enumerate(_array(trades, f"{where} 'trades'"))
         ),
@@ -1292,7 +1293,11 @@ class FillsManager:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PositionUpdate:
-    """``user.positions``. The table documents ``updated_position``, the example ``fills_manager``: both are read."""
+    """``user.positions``. The table documents ``updated_position``, the example ``fills_manager``: both are read.
+
+    ``position`` is ``updated_position`` when sent, else one built from ``fills_manager`` (the example's only
+    position data), so a consumer of ``position`` sees the update in either shape.
+    """
 
     instrument_name: str
     underlying: str | None = None
@@ -1301,9 +1306,19 @@ class PositionUpdate:
     fills_manager: FillsManager | None = None
 
 
+def _position_of_fills(name: str, manager: FillsManager | None) -> Position | None:
+    """The position a ``fills_manager`` states (its size signed, as the simulator's, so negative is a short)."""
+    if manager is None or manager.latest_size is None or manager.latest_average_price is None:
+        return None
+    return Position(instrument_name=name, direction="sell" if manager.latest_size < 0 else "buy",
+                    size=manager.latest_size, average_price=manager.latest_average_price,
+                    realized_pnl=manager.latest_realized_pnl)
+
+
 def parse_position_update(obj: Any, *, where: str = "user.positions") -> PositionUpdate:
     o = _object(obj, where)
-    name = _str(o, where, "instrument_name")
+    # The example spells the instrument "ETH_PERP"; the document's names (and every other example) use "-".
+    name = _str(o, where, "instrument_name").replace("_", "-")
     updated = o.get("updated_position")
     fills = o.get("fills_manager")
     manager = None
@@ -1321,7 +1336,8 @@ def parse_position_update(obj: Any, *, where: str = "user.positions") -> Positio
         instrument_name=name,
         underlying=_opt_str(o, where, "underlying"),
         instrument_kind=_opt_str(o, where, "instrument_kind"),
-        position=None if updated is None else _position(updated, f"{where} updated_position", name),
+        position=(_position_of_fills(name, manager) if updated is None
+                  else _position(updated, f"{where} updated_position", name)),
         fills_manager=manager,
     )
 

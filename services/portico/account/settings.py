@@ -12,7 +12,7 @@ from portico.runtime.server import ServerSettings
 from portico.runtime.vault import VaultSettings
 from portico.venues.syndr.settings import SYNDR_HTTP_URL, SYNDR_WS_URL, rate_share
 
-__all__ = ["DEFAULT_PORT", "AccountSettings", "completion_wait_s"]
+__all__ = ["DEACTIVATE_ATTEMPTS", "DEACTIVATE_PAUSE_S", "DEFAULT_PORT", "AccountSettings", "completion_wait_s"]
 
 DEFAULT_PORT = 50054
 _SCOPE = "account"
@@ -36,10 +36,29 @@ VENUE_RATE_SHARE = setting("PORTICO_ACCOUNT_VENUE_RATE_SHARE", "0.15", "Share (0
                            "0 turns it off.", scope=_SCOPE)
 
 
-def completion_wait_s(venue_timeout_s: float) -> float:
-    """How long shutdown waits for venue changes whose callers went away (their venue call, Vault's retries
-    and a rollback) before cancelling them; a deployment's termination grace must leave room for it."""
-    return 3 * venue_timeout_s + 5
+# CreateApiKey's rollback when Vault did not take the new secret: this many `private/deactivate_api_key` calls,
+# DEACTIVATE_PAUSE_S x the attempt apart (the service makes them; the completion wait counts them).
+DEACTIVATE_ATTEMPTS = 3
+DEACTIVATE_PAUSE_S = 0.2
+
+
+def completion_wait_s(venue_timeout_s: float, vault_timeout_s: float) -> float:
+    """How long shutdown waits for venue changes whose callers went away (`Completions`) before cancelling them:
+    the longest such change with the venue and Vault slow to the end of their timeouts. A deployment's
+    termination grace must leave room for it (tests/integration/test_deploy.py checks the manifests).
+
+    A Vault call ends within 2x its timeout (VaultSession's deadline); a private venue call within 2x the venue
+    timeout (the wait for this process's rate budget, then the call)."""
+    vault_call, venue_call = 2 * vault_timeout_s, 2 * venue_timeout_s
+    # RegisterSigningKey: no record write starts with less than a Vault timeout left of the lease, so the writes
+    # (5 tries) end within the lease plus that; then the lease is released.
+    registration = LEASE_TTL_S + vault_timeout_s + vault_call
+    # CreateApiKey: the account's record, the venue's create, the secret's write, then the rollback.
+    create_api_key = (2 * vault_call + (1 + DEACTIVATE_ATTEMPTS) * venue_call
+                      + DEACTIVATE_PAUSE_S * sum(range(1, DEACTIVATE_ATTEMPTS)))
+    # SetPortfolioMargin: the account's record, the mode, the toggle, the lease's release.
+    portfolio_margin = 2 * vault_call + 2 * venue_call
+    return max(registration, create_api_key, portfolio_margin)
 
 
 @dataclass(frozen=True)
@@ -61,7 +80,7 @@ class AccountSettings:
 
     @property
     def completion_wait_s(self) -> float:
-        return completion_wait_s(self.venue_timeout_s)
+        return completion_wait_s(self.venue_timeout_s, self.vault.timeout_s)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AccountSettings:

@@ -446,6 +446,8 @@ def shutdown_budget_s(name: str, env: Mapping[str, str]) -> float:
     after_drain = STOP_SLACK_S
     if name == "account":
         after_drain = max(after_drain, account_settings.AccountSettings.from_env(env).completion_wait_s)
+    if name == "execution":  # then a dead-man's cancel on its way gets a venue call's worst case to finish
+        after_drain += 2 * execution_settings.ExecutionSettings.from_env(env).venue_timeout_s
     return SHUTDOWN_GRACE.get_float(env) + after_drain + span_flush_s(env) + CLOSE_S
 
 

@@ -170,3 +170,22 @@ async def test_a_rearm_while_the_missed_deadlines_cancel_is_on_its_way_stops_its
         assert [o.order_id for o in sim.engine.open_orders(account)] == [reply.order.order_id]
         assert sum(1 for r in sim.requests if r.method == "private/cancel_all") == 1
         assert running.app.deadman.fired == {}
+
+
+async def test_a_cancel_on_its_way_at_shutdown_is_finished_not_abandoned(stack: ExecutionStack) -> None:
+    """The deadline passes and the switch's cancel_all is on its way (held by a slow path) when the service shuts
+    down. Before the fix shutdown cancelled it half-way: whether the venue cancelled anything was left to chance,
+    and the orders of an account nobody watches could stay on the book. It now finishes that attempt."""
+    sim, account = stack.sim, stack.account.address
+    async with running_execution(stack, {"PORTICO_EXECUTION_VENUE_TIMEOUT_MS": "3000"}) as running, \
+            open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        await rest_orders(stub, running, stack, 2)
+        sim.faults.update({"http_hold_next": 1, "http_hold_ms": 1500, "http_hold_method": "private/cancel_all"})
+        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
+                              metadata=running.metadata())
+        await until(lambda: sim.faults.http_hold_next == 0, timeout_s=10)  # fired: its cancel is held
+        app = running.app
+    # The service has shut down (running_execution's exit): the held cancel was waited for, and it landed.
+    assert app.deadman.fired == {("syndr", account.lower()): 1}
+    assert sim.engine.open_orders(account) == []

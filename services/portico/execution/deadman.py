@@ -56,8 +56,12 @@ class DeadmanSwitches:
     depends on Vault being readable: a Vault outage must not cancel a healthy client's orders.
     """
 
-    def __init__(self, venue: SyndrVenue):
+    def __init__(self, venue: SyndrVenue, *, firing_wait_s: float = 10.0):
         self._venue = venue
+        # At shutdown, how long a firing whose cancel is on its way may take to finish it (a venue call's worst
+        # case): cancelled half-way, it would leave the orders of an account nobody watches on the book.
+        self._firing_wait_s = firing_wait_s
+        self._firing: set[asyncio.Task[None]] = set()  # timers whose deadline passed: cancelling now
         self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._records: dict[tuple[str, str], VenueAccount] = {}  # the record each live timer fires with
         self._retrying: dict[tuple[str, str], asyncio.Task[None]] = {}  # firings whose first cancel failed
@@ -105,6 +109,7 @@ class DeadmanSwitches:
             del self._timers[key]
             del self._records[key]
         log.warning("dead-man's switch fired: cancelling all orders", extra={"account": record.account})
+        self._firing.add(asyncio.current_task())  # type: ignore[arg-type]
         arms = self._arms.get(key)
         attempt, pause = 1, _RETRY_S
         logged_pause, logged_at = 0.0, 0.0  # the first failure is logged: its pause is more than 0
@@ -122,6 +127,11 @@ class DeadmanSwitches:
                                     extra={"account": record.account, "attempt": attempt,
                                            "error": type(exc).__name__})
                         return
+                    if self._closed:
+                        log.error("dead-man's cancel failed while shutting down: the account's orders may still "
+                                  "be on the book", extra={"account": record.account, "attempt": attempt,
+                                                           "error": type(exc).__name__})
+                        return
                     if pause > logged_pause or loop.time() - logged_at >= _FAILURE_LOG_EVERY_S:
                         log.error("dead-man's cancel failed %d time(s); trying again in %.1f s", attempt, pause,
                                   extra={"account": record.account, "attempt": attempt,
@@ -132,6 +142,7 @@ class DeadmanSwitches:
                 attempt, pause = attempt + 1, min(pause * 2, _RETRY_MAX_S)
                 record = await self._current(record)
         finally:
+            self._firing.discard(asyncio.current_task())
             if self._retrying.get(key) is asyncio.current_task():
                 del self._retrying[key]
         log.warning("dead-man's switch cancelled all orders", extra={"account": record.account, "attempt": attempt})
@@ -148,14 +159,22 @@ class DeadmanSwitches:
             return record
 
     async def aclose(self) -> None:
-        """Cancel every timer and every firing in progress, and arm no more."""
+        """Arm no more and cancel every timer (switches do not survive a restart); a firing whose cancel is on
+        its way gets up to `firing_wait_s` to finish that attempt (no retry after it), then is cancelled too."""
         self._closed = True
         self._timers.clear()
         self._records.clear()
-        self._retrying.clear()
         self._arms.clear()
         tasks, self._tasks = list(self._tasks), set()
+        firing = [task for task in tasks if task in self._firing]  # one waiting to retry tries once more
+        self._retrying.clear()
         for task in tasks:
-            task.cancel()  # all of them first: none fires while we wait for another
+            if task not in firing:
+                task.cancel()  # all of them first: none fires while we wait for another
+        if firing:
+            _, unfinished = await asyncio.wait(firing, timeout=self._firing_wait_s)
+            if unfinished:
+                log.error("dead-man's cancel still on its way at shutdown, after %.0f s: abandoned; the account's "
+                          "orders may still be on the book", self._firing_wait_s)
         for task in tasks:
             await cancel_and_wait(task)

@@ -339,7 +339,8 @@ class ExecutionApp(GrpcServiceApp):
             Instruments(self.refdata_channel, settings.service_token, cache_s=settings.instrument_cache_s),
             order_ttl_s=settings.order_ttl_s)
         self.feeds = AccountFeeds(settings.syndr_ws_url, self.venue, self.orders)
-        self.deadman = DeadmanSwitches(self.venue)
+        # At shutdown a cancel on its way gets a venue call's worst case (the wait for the rate budget, the call).
+        self.deadman = DeadmanSwitches(self.venue, firing_wait_s=2 * settings.venue_timeout_s)
         self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
         pb_grpc.add_ExecutionServiceServicer_to_server(ExecutionServicer(self.orders, self.feeds, self.deadman),

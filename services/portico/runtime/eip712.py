@@ -565,7 +565,10 @@ def _compile(types: Any) -> _Compiled:
 _TYPES_CACHE: dict[tuple[Any, ...], list[tuple[dict[str, list[dict[str, str]]], _Compiled]]] = {}
 _TYPES_CACHE_BUCKETS: Final = 128
 _TYPES_CACHE_PER_BUCKET: Final = 4
-_TYPES_CACHE_MAX_FIELDS: Final = 512
+# Only definitions of a usual size are cached (an Order with its domain: 16 fields, ~200 characters). A cached
+# field costs ~0.7 kB: 512 entries of 500 fields held ~190 MB that any caller could fill; now ~12 MB at most.
+_TYPES_CACHE_MAX_FIELDS: Final = 32
+_TYPES_CACHE_MAX_CHARS: Final = 2048
 
 
 def _compiled_types(types: Any) -> _Compiled:
@@ -576,7 +579,9 @@ def _compiled_types(types: Any) -> _Compiled:
         if types == copy:
             return compiled
     compiled = _compile(types)
-    if sum(len(fields) for fields in types.values()) > _TYPES_CACHE_MAX_FIELDS:
+    if (sum(len(fields) for fields in types.values()) > _TYPES_CACHE_MAX_FIELDS
+            or sum(len(name) + sum(len(f["name"]) + len(f["type"]) for f in fields)
+                   for name, fields in types.items()) > _TYPES_CACHE_MAX_CHARS):
         return compiled  # unusually large: not worth the memory
     copy = {name: [{"name": f["name"], "type": f["type"]} for f in fields] for name, fields in types.items()}
     bucket = _TYPES_CACHE.setdefault(names, [])

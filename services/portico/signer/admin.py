@@ -70,6 +70,17 @@ def _policy_from(args: argparse.Namespace) -> KeyPolicy:
     return policy
 
 
+def _read_key_file(path: Path) -> str:
+    """The hex key in `path`; a file that cannot be read is a clear error, never a traceback nor a quote of its
+    bytes (a binary key file's first byte would otherwise be printed by the decoder's message)."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise KeyAdminError(f"cannot read --from-file {path}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise KeyAdminError(f"--from-file {path} is not text: it must hold the private key as hex") from None
+
+
 async def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     async with VaultSession(VaultSettings.from_env(env)) as vault:
         admin = KeyAdmin(vault, KeyPaths(KEY_PREFIX.get_str(env).strip("/")))
@@ -78,11 +89,14 @@ async def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             print(f"{args.key_id}\t{address}")
         elif args.action == "import":
             if args.from_file is not None:
-                secret = args.from_file.read_text().strip()
+                secret = _read_key_file(args.from_file)
             elif sys.stdin.isatty():
                 secret = getpass.getpass("private key (hex): ")
             else:
-                secret = sys.stdin.readline().strip()
+                try:
+                    secret = sys.stdin.readline().strip()
+                except UnicodeDecodeError:
+                    raise KeyAdminError("stdin is not text: it must hold the private key as hex") from None
             address = await admin.import_key(args.key_id, secret, _policy_from(args))
             print(f"{args.key_id}\t{address}")
         elif args.action == "list-addresses":

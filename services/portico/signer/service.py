@@ -143,7 +143,9 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
         return signer_service_pb2.SignResponse(signature=signature, address=key.address, digest=digest)
 
     def _parse_json(self, text: str) -> dict[str, Any]:
-        if len(text) > self._max_payload:
+        # The limit is in bytes, as documented: a character of non-ASCII text is up to four of them.
+        if len(text) > self._max_payload or (
+                not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > self._max_payload):
             raise InvalidArgument("typed_data_json", f"is larger than {self._max_payload} bytes")
         try:
             data: Any = json.loads(text)

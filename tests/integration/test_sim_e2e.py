@@ -37,23 +37,6 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-@pytest.fixture
-async def public(sim: Simulator) -> AsyncIterator[SyndrHttpClient]:
-    async with SyndrHttpClient(sim.http_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def account(public: SyndrHttpClient) -> SyndrAccount:
-    return await register(public)
-
-
-@pytest.fixture
-async def private(sim: Simulator, account: SyndrAccount) -> AsyncIterator[SyndrHttpClient]:
-    async with SyndrHttpClient(sim.http_url, credentials=account.credentials) as client:
-        yield client
-
-
 async def best(public: SyndrHttpClient, instrument: str = "ETH-PERP") -> models.OrderBook:
     return models.parse_order_book((await public.call("public/get_order_book", {"instrument_name": instrument})).result)
 

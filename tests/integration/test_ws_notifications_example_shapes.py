@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 import pytest
-from tests.support.syndr_account import SyndrAccount, register
+from tests.support.syndr_account import SyndrAccount
 
 from portico.account.positions import PositionFeed
 from portico.common.v1 import side_pb2
@@ -44,23 +44,6 @@ async def sim() -> AsyncIterator[Simulator]:
 async def shapes(sim: Simulator) -> AsyncIterator[None]:
     yield
     sim.faults.reset()
-
-
-@pytest.fixture
-async def public(sim: Simulator) -> AsyncIterator[SyndrHttpClient]:
-    async with SyndrHttpClient(sim.http_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def account(public: SyndrHttpClient) -> SyndrAccount:
-    return await register(public)
-
-
-@pytest.fixture
-async def private(sim: Simulator, account: SyndrAccount) -> AsyncIterator[SyndrHttpClient]:
-    async with SyndrHttpClient(sim.http_url, credentials=account.credentials) as client:
-        yield client
 
 
 async def take(private: SyndrHttpClient, public: SyndrHttpClient, account: SyndrAccount, side: str = "buy",

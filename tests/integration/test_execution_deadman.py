@@ -41,6 +41,17 @@ async def rest_orders(stub: object, running: object, stack: ExecutionStack, coun
         assert reply.order.state == order_pb2.ORDER_STATE_OPEN
 
 
+async def fire_with_its_cancel_held(stub: object, running: object, stack: ExecutionStack, *, hold_ms: int) -> None:
+    """Two resting orders, then a switch armed for 1 s whose cancel_all the venue holds `hold_ms` on its way in;
+    returns once the switch has fired and its cancel is held."""
+    await rest_orders(stub, running, stack, 2)
+    stack.sim.faults.update({"http_hold_next": 1, "http_hold_ms": hold_ms, "http_hold_method": "private/cancel_all"})
+    await stub.ArmDeadman(pb.ArmDeadmanRequest(  # type: ignore[attr-defined]
+        venue="syndr", account=stack.account.address, ttl=Duration(seconds=1)),
+        metadata=running.metadata())  # type: ignore[attr-defined]
+    await until(lambda: stack.sim.faults.http_hold_next == 0, timeout_s=10)
+
+
 async def test_the_switch_keeps_trying_until_the_venue_takes_the_cancel(stack: ExecutionStack,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The venue answers the first eight cancel_all calls 503: before the fix the switch gave up after five
@@ -154,11 +165,7 @@ async def test_a_rearm_while_the_missed_deadlines_cancel_is_on_its_way_stops_its
     async with running_execution(stack, {"PORTICO_EXECUTION_VENUE_TIMEOUT_MS": "1000"}) as running, \
             open_channel(running.target) as channel:
         stub = running.stub(channel)
-        await rest_orders(stub, running, stack, 2)
-        sim.faults.update({"http_hold_next": 1, "http_hold_ms": 2500, "http_hold_method": "private/cancel_all"})
-        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
-                              metadata=running.metadata())
-        await until(lambda: sim.faults.http_hold_next == 0, timeout_s=10)  # fired: its cancel is held
+        await fire_with_its_cancel_held(stub, running, stack, hold_ms=2500)
         await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=600)),
                               metadata=running.metadata())  # the client is back
         await until(lambda: sim.engine.open_orders(account) == [], timeout_s=10)  # the held cancel landed
@@ -180,11 +187,7 @@ async def test_a_cancel_on_its_way_at_shutdown_is_finished_not_abandoned(stack: 
     async with running_execution(stack, {"PORTICO_EXECUTION_VENUE_TIMEOUT_MS": "3000"}) as running, \
             open_channel(running.target) as channel:
         stub = running.stub(channel)
-        await rest_orders(stub, running, stack, 2)
-        sim.faults.update({"http_hold_next": 1, "http_hold_ms": 1500, "http_hold_method": "private/cancel_all"})
-        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
-                              metadata=running.metadata())
-        await until(lambda: sim.faults.http_hold_next == 0, timeout_s=10)  # fired: its cancel is held
+        await fire_with_its_cancel_held(stub, running, stack, hold_ms=1500)
         app = running.app
     # The service has shut down (running_execution's exit): the held cancel was waited for, and it landed.
     assert app.deadman.fired == {("syndr", account.lower()): 1}

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from tests.integration.test_marketdata import consume, running_marketdata, until
 from tests.support.book_consumer import Consumer
 from tests.support.refdata import database, running_refdata
@@ -19,6 +20,7 @@ from tests.support.refdata import database, running_refdata
 from portico.marketdata import service
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.marketdata.v1 import market_data_service_pb2_grpc as pb_grpc
+from portico.marketdata.v1 import trade_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as refdata_pb
 from portico.runtime.client import open_channel
 from portico.runtime.errors import error_info
@@ -177,3 +179,24 @@ async def test_a_stream_of_more_symbols_than_the_bound_is_invalid_argument_namin
         call = getattr(stub, rpc)(request(venue="syndr", symbols=["ETH-PERP"] * limit), metadata=md)
         await until(lambda: sim.has_subscribers(channel_name))
         call.cancel()
+
+
+@pytest.mark.parametrize(("start", "end", "field"), [
+    (Timestamp(seconds=2**63 - 1), Timestamp(seconds=1_700_000_000), "start_time"),  # past year 9999
+    (Timestamp(seconds=1_700_000_000), Timestamp(seconds=253_402_300_800), "end_time"),
+    (Timestamp(seconds=-62_135_596_801), Timestamp(seconds=1_700_000_000), "start_time"),  # before year 1
+    (Timestamp(seconds=1_700_000_000, nanos=-1), Timestamp(seconds=1_700_003_600), "start_time"),
+    (Timestamp(seconds=1_700_000_000), Timestamp(seconds=1_700_003_600, nanos=1_000_000_000), "end_time"),
+    (Timestamp(seconds=-100_000), Timestamp(seconds=100), "start_time"),  # valid, but before the venue's epoch
+])
+async def test_get_candles_with_a_timestamp_out_of_range_is_invalid_argument_naming_it(
+        sim: Simulator, start: Timestamp, end: Timestamp, field: str) -> None:
+    """A Timestamp outside protobuf's range (years 1 to 9999, nanos 0 to 999,999,999) made `ToMilliseconds` raise
+    ValueError: INTERNAL. One before 1970 went to the venue, whose refusal named the field `venue`."""
+    async with running_marketdata(sim) as running, open_channel(running.target) as channel:
+        error = await _first_error(pb_grpc.MarketDataServiceStub(channel).GetCandles(pb.GetCandlesRequest(
+            venue="syndr", symbol="ETH-PERP", resolution=trade_pb2.CANDLE_RESOLUTION_1_MINUTE, start_time=start,
+            end_time=end), metadata=running.metadata()))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        info = error_info(error)
+        assert info is not None and info.metadata["field"] == field, info

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from portico.common.v1 import side_pb2
 from portico.marketdata.book import book_checksum
@@ -160,6 +161,18 @@ _RESOLUTIONS = {trade_pb2.CANDLE_RESOLUTION_1_MINUTE: "1", trade_pb2.CANDLE_RESO
                 trade_pb2.CANDLE_RESOLUTION_4_HOURS: "240", trade_pb2.CANDLE_RESOLUTION_1_DAY: "1D"}
 
 
+# google.protobuf.Timestamp's valid range (0001-01-01 to 9999-12-31 UTC); `ToMilliseconds` raises ValueError outside.
+_TIMESTAMP_MIN_S, _TIMESTAMP_MAX_S = -62_135_596_800, 253_402_300_799
+
+
+def _timestamp_ms(stamp: Timestamp, field: str) -> int:
+    """A request's Timestamp in epoch milliseconds; INVALID_ARGUMENT naming `field` if it is not a valid one."""
+    if not (_TIMESTAMP_MIN_S <= stamp.seconds <= _TIMESTAMP_MAX_S and 0 <= stamp.nanos <= 999_999_999):
+        raise InvalidArgument(field, "must be a valid Timestamp: seconds within years 1 to 9999, nanos 0 to "
+                                     "999,999,999")
+    return int(stamp.ToMilliseconds())
+
+
 class MarketDataServicer:
     """The RPCs; StreamOrderBook yields pre-encoded response bytes (see `handlers`)."""
 
@@ -255,9 +268,11 @@ class MarketDataServicer:
         resolution = _RESOLUTIONS.get(request.resolution)
         if resolution is None:
             raise InvalidArgument("resolution", "must be a specified candle resolution")
-        start, end = request.start_time.ToMilliseconds(), request.end_time.ToMilliseconds()
+        start, end = _timestamp_ms(request.start_time, "start_time"), _timestamp_ms(request.end_time, "end_time")
         if not request.HasField("start_time") or not request.HasField("end_time") or end <= start:
             raise InvalidArgument("end_time", "start_time and end_time are required, end after start")
+        if start < 0:  # the venue counts from the epoch (and would name no field)
+            raise InvalidArgument("start_time", "must not be before 1970-01-01T00:00:00Z")
         await self._symbols.check(books.venue, request.symbol)
         candles = await _venue_call(books.http, "public/get_tradingview_chart_data",
                                     {"instrument_name": request.symbol, "resolution": resolution, "from": start,

@@ -313,6 +313,26 @@ async def test_a_page_token_only_works_for_its_own_filter(refdata: RunningRefdat
     assert error_info(caught.value).metadata["field"] == "page_token"
 
 
+async def test_a_page_token_works_for_the_same_filter_in_another_order(refdata: RunningRefdata,
+                                                                       channel: grpc.aio.Channel) -> None:
+    """The same instruments asked for with the filter's values reordered or repeated continue the same pages."""
+    await sync(refdata, channel)
+    stub, md = refdata.stub(channel), refdata.metadata("read")
+    types = [instrument_pb2.INSTRUMENT_TYPE_PERPETUAL, instrument_pb2.INSTRUMENT_TYPE_FUTURE]
+    whole = await stub.ListInstruments(pb.ListInstrumentsRequest(
+        venue="syndr", filter=instrument_pb2.InstrumentFilter(base_currencies=["ETH", "BTC"], types=types)),
+        metadata=md)
+    first = await stub.ListInstruments(pb.ListInstrumentsRequest(
+        venue="syndr", page_size=2, filter=instrument_pb2.InstrumentFilter(base_currencies=["ETH", "BTC"],
+                                                                          types=types)), metadata=md)
+    rest = await stub.ListInstruments(pb.ListInstrumentsRequest(
+        venue="syndr", page_token=first.next_page_token,
+        filter=instrument_pb2.InstrumentFilter(base_currencies=["btc", "ETH", "BTC"], types=types[::-1])),
+        metadata=md)
+    assert len(whole.instruments) > 2
+    assert [i.symbol for i in [*first.instruments, *rest.instruments]] == [i.symbol for i in whole.instruments]
+
+
 async def test_unknown_instrument_is_not_found_and_sync_needs_admin(refdata: RunningRefdata,
                                                                     channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:

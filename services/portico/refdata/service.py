@@ -150,9 +150,10 @@ def filter_from_proto(message: instrument_pb2.InstrumentFilter) -> InstrumentFil
 
 
 def _query_key(venue: str, flt: InstrumentFilter) -> str:
-    """Ties a page token to the query it came from."""
-    canonical = json.dumps([venue, flt.base_currencies, flt.quote_currencies, flt.types, flt.contract_types,
-                            flt.active])
+    """Ties a page token to the query it came from: the filter as a set of values per field, so the same filter
+    sent again in another order or with a value repeated (the same instruments) continues its pages."""
+    canonical = json.dumps([venue, sorted(set(flt.base_currencies)), sorted(set(flt.quote_currencies)),
+                            sorted(set(flt.types)), sorted(set(flt.contract_types)), flt.active])
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -513,15 +513,17 @@ async def test_deadman_cancels_everything_unless_rearmed(stack: ExecutionStack) 
         stub = running.stub(channel)
         for i in range(3):
             await stub.PlaceOrder(place_request(stack, f"dm-{i}", price=resting_bid(sim)), metadata=running.metadata())
+        # Deadlines 3 s on, re-armed half-way, looked at half-way between the two deadlines: 0.75 s or more of
+        # slack at every step (it was 0.2 s to 0.4 s, which a stall on a busy machine could use up).
         armed = await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account,
-                                                           ttl=Duration(seconds=1)), metadata=running.metadata())
+                                                           ttl=Duration(seconds=3)), metadata=running.metadata())
         assert armed.HasField("fire_time")
-        await asyncio.sleep(0.6)
-        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),
+        await asyncio.sleep(1.5)
+        await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=3)),
                               metadata=running.metadata())
-        await asyncio.sleep(0.6)
-        assert len(sim.engine.open_orders(account)) == 3  # re-armed in time
-        await until(lambda: len(sim.engine.open_orders(account)) == 0, 5)
+        await asyncio.sleep(2.25)
+        assert len(sim.engine.open_orders(account)) == 3  # re-armed in time: the first deadline has passed
+        await until(lambda: len(sim.engine.open_orders(account)) == 0, 10)
         # Disarmed: nothing fires.
         await stub.PlaceOrder(place_request(stack, "dm-after", price=resting_bid(sim)), metadata=running.metadata())
         await stub.ArmDeadman(pb.ArmDeadmanRequest(venue="syndr", account=account, ttl=Duration(seconds=1)),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -30,6 +32,7 @@ from portico.sim.engine import (
 )
 from portico.sim.instruments import Instrument, default_catalog, expiry_ms
 from portico.sim.market_maker import DEFAULT_ACCOUNTS, MarketMaker
+from portico.sim.server import SimConfig, Simulator
 from portico.venues.syndr.constants import ErrorCode, InstrumentKind
 
 D = Decimal
@@ -1091,3 +1094,30 @@ def test_market_maker_with_many_instruments(clock: Clock) -> None:
         clock.ms += 20
         maker.step(clock.ms, 40)
     assert all(engine.book(i.name, 1).bids and engine.book(i.name, 1).asks for i in catalog)
+
+
+async def test_a_market_maker_that_falls_behind_drops_the_backlog_instead_of_blocking_longer_and_longer() -> None:
+    """Each change costs twice the time it stands for (a loaded machine). Before the fix the loop owed every
+    change since its last step, so each step was twice as long as the one before and the venue's event loop
+    (shared with the services under test) soon spent seconds at a time in one step."""
+    class Slow:
+        changes_per_second = 1000.0
+
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def step(self, now_ms: int, budget: int) -> int:
+            self.steps.append(budget)
+            time.sleep(budget * 2 / self.changes_per_second)  # a synchronous step, as the real one is
+            return budget
+
+    sim = Simulator(SimConfig(port=0))
+    slow = Slow()
+    sim.market_maker = slow  # type: ignore[assignment]
+    loop = asyncio.create_task(sim._market_maker_loop())
+    await asyncio.sleep(1.5)
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+    assert len(slow.steps) >= 3, slow.steps  # it kept stepping (each step at most ~0.2 s)
+    assert max(slow.steps) <= 100, slow.steps  # a tenth of a second's worth at most

@@ -313,7 +313,10 @@ class Simulator:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            budget += (now - last) * self.market_maker.changes_per_second
+            rate = self.market_maker.changes_per_second
+            # Owed changes beyond a tenth of a second's worth are dropped: a step slower than the time it stands
+            # for (a busy machine) must not make the next one longer still, or the venue's loop never gets back.
+            budget = min(budget + (now - last) * rate, max(rate * 0.1, 1.0))
             last = now
             whole = int(budget)
             if whole:

@@ -592,17 +592,15 @@ def order_at_version(order_id: str, version: tuple[Any, ...]) -> dict[str, Any]:
             "filled_amount": filled_amount}
 
 
-_SECONDS_BELOW: Final = 100_000_000_000  # an epoch timestamp below this is in seconds (as models.to_ms)
-
 def _comparable(stored: Any, incoming: Any) -> tuple[int, int]:
     """Two orders' update timestamps in one unit. The venue's answers send milliseconds; the user.orders
     example sends seconds (its table says milliseconds): an update in seconds compared raw with an answer in
     milliseconds always looked older, so stream changes were never journaled. When either is in seconds, both
     are compared in seconds, and a tie falls to the state and fill rules."""
-    a, b = models.to_ms(int(stored or 0)), models.to_ms(int(incoming or 0))
-    if 0 < int(stored or 0) < _SECONDS_BELOW or 0 < int(incoming or 0) < _SECONDS_BELOW:
-        return a // 1000, b // 1000
-    return a, b
+    a, b = int(stored or 0), int(incoming or 0)
+    if 0 < a < models.SECONDS_BELOW or 0 < b < models.SECONDS_BELOW:
+        return models.to_ms(a) // 1000, models.to_ms(b) // 1000
+    return models.to_ms(a), models.to_ms(b)
 
 
 def stored_is_newer(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:

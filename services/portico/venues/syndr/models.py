@@ -50,6 +50,7 @@ from portico.venues.syndr.errors import SyndrProtocolError, SyndrRpcError, rpc_e
 
 __all__ = [
     "RESULT_PARSERS",
+    "SECONDS_BELOW",
     "AccountSummary",
     "ApiKey",
     "ApiKeyDeactivation",
@@ -314,6 +315,10 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
 
 
+SECONDS_BELOW: Final = 100_000_000_000
+"""An epoch timestamp below this is in seconds (1e11 ms would be March 1973)."""
+
+
 def to_ms(value: int) -> int:
     """Scale an epoch timestamp of unknown unit to milliseconds, by magnitude.
 
@@ -321,7 +326,7 @@ def to_ms(value: int) -> int:
     milliseconds, below 1e17 microseconds, else nanoseconds. The document uses
     seconds, milliseconds and microseconds for fields it calls "timestamp".
     """
-    if value < 100_000_000_000:
+    if value < SECONDS_BELOW:
         return value * 1000
     if value < 100_000_000_000_000:
         return value

@@ -870,7 +870,7 @@ class SyndrWebSocket:
 
     def _route(self, channel: str, data: Any, raw: bytes, received_ns: int) -> None:
         subs = self._subs_by_channel.get(channel, ())
-        alias = _all_channel_of(channel)
+        alias = _all_channel_of(channel) if _is_private(channel) else None  # not for every book frame
         if alias is not None and alias in self._subs_by_channel:
             subs = [*subs, *(s for s in self._subs_by_channel[alias] if s not in subs)]
         for sub in subs:
@@ -878,12 +878,11 @@ class SyndrWebSocket:
 
 
 def _all_channel_of(channel: str) -> str | None:
-    """The ALL channel whose subscribers also get a frame named after one instrument: the document's
-    user.fills.ALL example names its frame user.fills.ETH-PERP (its user.orders.ALL.raw and user.bursts.ALL
-    examples name the ALL channel), so a venue doing so must not leave an ALL subscriber without its fills."""
+    """The ALL channel whose subscribers also get a frame of a private `user.*` channel named after one
+    instrument: the document's user.fills.ALL example names its frame user.fills.ETH-PERP (its
+    user.orders.ALL.raw and user.bursts.ALL examples name the ALL channel), so a venue doing so must not leave
+    an ALL subscriber without its fills."""
     parts = channel.split(".")
-    if parts[0] != "user":
-        return None
     if len(parts) == 3 and parts[1] in ("fills", "bursts") and parts[2] != "ALL":
         return f"user.{parts[1]}.ALL"
     if len(parts) == 4 and parts[1] == "orders" and parts[3] == "raw" and parts[2] != "ALL":

@@ -2,19 +2,18 @@
 
 A sync fetches the venue's whole list (Syndr's `public/get_instruments` once
 per kind, `perpetual`, `option` and `future`: whether `any` is a value of this
-method's `kind` the document leaves unclear, its row reading "perpetual, option,
-future, any kind of instrument you want for the list", and a call per kind works
-either way; only active instruments are listed, and one marked
+method's `kind` the document leaves unclear, its row reading "perpetual,
+option, future, any kind of instrument you want for the list", and a call per
+kind works either way; only active instruments are listed, and one marked
 `is_active: false` counts as not listed), normalises it, and hands it to the
 store, which diffs and writes in one transaction, then publishes the events to
-watchers. Once the
-write has started, a cancelled caller (deadline, disconnect) does not stop it
-or its publication: the database and the watchers never disagree. Syncs of
-one venue are serialised, fetch included, in this process by a lock and across
-processes by the store, so concurrent requests neither corrupt nor
-double-count nor commit an older listing over a newer one: the second one
-fetches after the first one committed and reports what is left to change
-(usually nothing).
+watchers. Once the write has started, a cancelled caller (deadline, disconnect)
+does not stop it or its publication: the database and the watchers never
+disagree. Syncs of one venue are serialised, fetch included, in this process by
+a lock and across processes by the store, so concurrent requests neither
+corrupt nor double-count nor commit an older listing over a newer one: the
+second one fetches after the first one committed and reports what is left to
+change (usually nothing).
 """
 
 from __future__ import annotations

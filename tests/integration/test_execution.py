@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from portico.runtime.client import open_channel
 from portico.runtime.errors import error_info
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.sim.server import SimConfig, Simulator
+from portico.venues.syndr.constants import InstrumentKind
+from portico.venues.syndr.naming import expiry_ms, instrument_name
 
 SYMBOL = "ETH-PERP"
 ORDER_METHODS = ("private/buy", "private/sell")
@@ -391,6 +395,28 @@ async def test_inactive_instrument_is_refused_without_calling_the_venue(stack: E
         info = error_info(caught.value)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert info is not None and info.reason == "INSTRUMENT_INACTIVE"
+        assert order_calls(sim) == []
+
+
+async def test_an_instrument_past_its_expiry_is_refused_without_calling_the_venue(stack: ExecutionStack) -> None:
+    """Still listed and active at the venue and in reference data (a sync lags the delisting), but expired."""
+    sim = stack.sim
+    future = next(i for i in sim.engine.instruments() if i.kind is InstrumentKind.FUTURE)
+    day = datetime.now(UTC).date() - timedelta(days=2)
+    name = instrument_name(future.base_currency, InstrumentKind.FUTURE, day)
+    sim.engine.add_instrument(replace(future, id=9_001, name=name, expiry_ms=expiry_ms(day)))
+    await resync(stack)
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        request = place_request(stack, "expired-1", price=str(future.tick_size * 1000),
+                                amount=str(future.min_trade_amount))
+        request.symbol = name
+        sim.requests.clear()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await running.stub(channel).PlaceOrder(request, metadata=running.metadata())
+        info = error_info(caught.value)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert info is not None and info.reason == "INSTRUMENT_EXPIRED" and info.metadata["field"] == "symbol"
+        assert info.metadata["expiry"] == f"{day.isoformat()}T08:00:00Z"
         assert order_calls(sim) == []
 
 

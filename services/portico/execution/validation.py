@@ -9,7 +9,9 @@ parsing text. None of them calls the venue.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Final
 
@@ -98,13 +100,15 @@ class InstrumentRules:
     amount_increment: Decimal
     min_trade_amount: Decimal
     max_leverage: Decimal | None
+    expiry_ms: int | None = None  # futures and options; epoch ms
 
     @classmethod
     def from_proto(cls, i: instrument_pb2.Instrument) -> InstrumentRules:
         return cls(symbol=i.symbol, venue_instrument_id=i.venue_instrument_id, active=i.active,
                    price_increment=Decimal(i.price_increment), amount_increment=Decimal(i.amount_increment),
                    min_trade_amount=Decimal(i.min_trade_amount or "0"),
-                   max_leverage=Decimal(i.max_leverage) if i.max_leverage else None)
+                   max_leverage=Decimal(i.max_leverage) if i.max_leverage else None,
+                   expiry_ms=i.expiry.ToMilliseconds() if i.HasField("expiry") else None)
 
 
 # A price of more than this many ticks, or an amount of more than this many increments, is refused whatever the
@@ -123,10 +127,19 @@ def _on_increment(value: Decimal, increment: Decimal, field: str, what: str) -> 
     return bool(_EXACT.remainder(value, increment) == 0)
 
 
-def check_against_instrument(price: Decimal | None, amount: Decimal, rules: InstrumentRules) -> None:
-    """INVALID_ARGUMENT naming the rule broken; nothing here reaches the venue."""
+def check_against_instrument(price: Decimal | None, amount: Decimal, rules: InstrumentRules,
+                             now_ms: int | None = None) -> None:
+    """INVALID_ARGUMENT naming the rule broken; nothing here reaches the venue.
+
+    An instrument past its expiry is refused although reference data may still call it active: it is
+    marked inactive only by the next sync after the venue delists it (minutes, in the deployment).
+    """
     if not rules.active:
         raise InvalidArgument("symbol", f"{rules.symbol} is not active", reason="INSTRUMENT_INACTIVE")
+    if rules.expiry_ms is not None and (time.time_ns() // 1_000_000 if now_ms is None else now_ms) >= rules.expiry_ms:
+        expiry = datetime.fromtimestamp(rules.expiry_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+        raise InvalidArgument("symbol", f"{rules.symbol} expired at {expiry}", reason="INSTRUMENT_EXPIRED",
+                              metadata={"expiry": expiry})
     if price is not None and rules.price_increment > 0 and not _on_increment(price, rules.price_increment,
                                                                              "price", "tick size"):
         raise InvalidArgument("price", f"{price} is not on the tick size {rules.price_increment}",

@@ -21,6 +21,7 @@ from tests.support.execution import (
     running_execution,
     store_api_key,
 )
+from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
 from portico.execution.model import OrderState
@@ -270,7 +271,7 @@ async def test_callers_waiting_on_a_refused_placement_send_it_again_once_between
         await until_journaled(stack, running, "waited-on")
         waiters = [asyncio.ensure_future(stub.PlaceOrder(request, metadata=running.metadata(), timeout=30))
                    for _ in range(2)]
-        await asyncio.sleep(2.0)  # the resend is held now, with the old key
+        await until(lambda: sim.faults.http_hold_next <= 1)  # the at-once resend is held now, with the old key
         await store_api_key(stack, new)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await first

@@ -16,7 +16,9 @@ venue fields and the change history. With `--json` both print one JSON object
 per instrument and line (proto field names, enums by name, timestamps in RFC
 3339, int64 as strings) for scripts. `sync` asks the service to fetch the
 venue's instruments now (all of them, or the `--symbol`s) and prints how many
-were synced, added, updated and deactivated. Decimals are printed as the
+were synced, added, updated and deactivated, and how many the venue listed
+but the service could not read, left out (only if any: the service's log
+names them). Decimals are printed as the
 service's decimal strings, never through floats.
 
 The reference-data address and the bearer token (`read`; `admin` for `sync`)
@@ -302,9 +304,12 @@ def render_json(instrument: instrument_pb2.Instrument) -> str:
 
 
 def render_sync(reply: pb.SyncInstrumentsResponse) -> str:
-    """One line with the counts of a sync."""
-    return (f"synced {reply.synced} instrument(s) from {reply.venue}: {reply.added} added, {reply.updated} updated, "
+    """One line with the counts of a sync; instruments skipped as unreadable are named only when there are."""
+    line = (f"synced {reply.synced} instrument(s) from {reply.venue}: {reply.added} added, {reply.updated} updated, "
             f"{reply.deactivated} deactivated")
+    if reply.skipped:
+        line += f"; {reply.skipped} skipped as unreadable (left out, so inactive: see the service's log)"
+    return line
 
 
 # --- running ------------------------------------------------------------------------------------------------------

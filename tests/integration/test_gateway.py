@@ -57,8 +57,8 @@ async def test_sync_answers_in_the_documents_envelope(edge: Edge) -> None:
     status, body = await request("POST", edge.url + SYNC, json={"venue": "SYNDR"}, headers=edge.auth("admin"))
     count = len([i for i in edge.sim.engine.instruments() if i.is_active])
     assert status == 200
-    assert body == {"data": {"venue": "syndr", "synced": count, "added": count, "updated": 0, "deactivated": 0},
-                    "success": True, "errno": 0, "error": None}
+    assert body == {"data": {"venue": "syndr", "synced": count, "added": count, "updated": 0, "deactivated": 0,
+                             "skipped": 0}, "success": True, "errno": 0, "error": None}
     status, body = await request("POST", edge.url + SYNC, json={"venue": "syndr", "symbols": ["ETH-PERP"]},
                                  headers=edge.auth("admin"))
     assert (status, body["data"]["synced"], body["data"]["added"]) == (200, 1, 0)

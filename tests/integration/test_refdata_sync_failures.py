@@ -8,6 +8,9 @@
 - The venue listing an instrument with `is_active: false`: it is not tradable, so it is not active here.
 - The venue answering with an empty listing (or none it can read): refused, rather than every instrument
   deactivated and every order refused until the next sync.
+- The venue listing one instrument this service cannot read (a tick size that is no number): that one is
+  skipped, logged and counted, so not active here (no trading on terms we cannot read), and the rest synced;
+  once it reads again the next sync makes it active again.
 - The venue not up yet when the service starts (the suite starting together): the failed first sync is tried
   again within seconds, not at the next scheduled sync minutes later.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import sqlite3
 import time
@@ -32,6 +36,7 @@ from tests.support.syndr_stub import SyndrStub
 
 from portico.refdata.model import InstrumentRecord
 from portico.refdata.store import PostgresInstrumentStore
+from portico.refdata.v1 import instrument_pb2
 from portico.refdata.v1 import reference_data_service_pb2 as pb
 from portico.runtime.client import open_channel
 from portico.sim.server import SimConfig, Simulator
@@ -172,13 +177,19 @@ async def test_an_empty_listing_deactivates_nothing(
     stub = refdata.stub(channel)
     venue.results["public/get_instruments"] = {"ETH-PERP": _wire("ETH-PERP", 3), "BTC-PERP": _wire("BTC-PERP", 4)}
     await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata(), timeout=10)
-    for glitch in ({}, {"??": _wire("??", 9)}):  # nothing listed; nothing readable
+    # Nothing listed; nothing readable (a name, a tick size); a listing that is no listing at all (a protocol
+    # error, not an empty listing).
+    for glitch, status, reason in (
+            ({}, grpc.StatusCode.UNAVAILABLE, "EMPTY_LISTING"),
+            ({"??": _wire("??", 9)}, grpc.StatusCode.UNAVAILABLE, "EMPTY_LISTING"),
+            ({"ETH-PERP": _wire("ETH-PERP", 3, tick_size="abc")}, grpc.StatusCode.UNAVAILABLE, "EMPTY_LISTING"),
+            ("ETH-PERP", grpc.StatusCode.INTERNAL, "VENUE_PROTOCOL_ERROR")):
         venue.results["public/get_instruments"] = glitch
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.SyncInstruments(pb.SyncInstrumentsRequest(venue="syndr"), metadata=refdata.metadata(),
                                        timeout=10)
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "EMPTY_LISTING" in str(caught.value.trailing_metadata())
+        assert caught.value.code() == status, glitch
+        assert reason in str(caught.value.trailing_metadata())
         for symbol in ("ETH-PERP", "BTC-PERP"):
             reply = await stub.GetInstrument(pb.GetInstrumentRequest(venue="syndr", symbol=symbol),
                                              metadata=refdata.metadata("read"), timeout=10)
@@ -229,3 +240,67 @@ async def test_a_first_sync_that_found_no_venue_is_retried_soon(tmp_path: Path) 
             while await refdata.app.store.get("syndr", "ETH-PERP") is None:
                 assert time.monotonic() < deadline, "the failed first sync was not retried"
                 await asyncio.sleep(0.1)
+
+
+async def test_an_instrument_that_cannot_be_read_is_skipped_and_the_rest_synced(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with Simulator(SimConfig(port=0, market_maker=False)) as sim:
+        with database("sqlite", tmp_path) as db_env:
+            async with running_refdata(sim.http_url, db_env) as refdata, open_channel(refdata.target) as channel:
+                stub = refdata.stub(channel)
+
+                async def sync(*symbols: str) -> pb.SyncInstrumentsResponse:
+                    reply: pb.SyncInstrumentsResponse = await stub.SyncInstruments(
+                        pb.SyncInstrumentsRequest(venue="syndr", symbols=symbols), metadata=refdata.metadata(),
+                        timeout=30)
+                    return reply
+
+                async def stored() -> dict[str, instrument_pb2.Instrument]:
+                    found: dict[str, instrument_pb2.Instrument] = {}
+                    token = ""
+                    while True:
+                        page = await stub.ListInstruments(
+                            pb.ListInstrumentsRequest(venue="syndr", page_size=500, page_token=token),
+                            metadata=refdata.metadata("read"), timeout=10)
+                        found.update((i.symbol, i) for i in page.instruments)
+                        token = page.next_page_token
+                        if not token:
+                            return found
+
+                listed = sorted(i.name for i in sim.engine.instruments() if i.is_active)
+                assert "ETH-PERP" in listed and "BTC-PERP" in listed and len(listed) > 2
+                first = await sync()
+                assert (first.synced, first.added, first.skipped) == (len(listed), len(listed), 0)
+
+                sim.update_instrument("BTC-PERP", tick_size="1")  # a change in the same listing still lands
+                sim.faults.update({"corrupt_instruments": {"ETH-PERP": {"tick_size": "abc"}}})
+                with caplog.at_level(logging.WARNING, logger="portico.refdata.sync"):
+                    second = await sync()
+                assert (second.synced, second.added, second.updated, second.deactivated, second.skipped) == (
+                    len(listed) - 1, 0, 1, 1, 1)
+                warnings = [r for r in caplog.records if r.name == "portico.refdata.sync" and
+                            r.levelno == logging.WARNING and r.getMessage().startswith("skipping")]
+                assert len(warnings) == 1
+                assert getattr(warnings[0], "symbol", None) == "ETH-PERP"
+                error = str(getattr(warnings[0], "error", ""))
+                assert "'tick_size'" in error and "'abc'" in error and "taker_commission" not in error, error
+                after = await stored()
+                assert sorted(after) == listed
+                assert sorted(s for s, i in after.items() if i.active) == [s for s in listed if s != "ETH-PERP"]
+                assert after["BTC-PERP"].price_increment == "1"
+                assert after["ETH-PERP"].price_increment == "0.1"  # its last readable terms, kept (inactive)
+
+                # Naming it in a sync of symbols fails, saying why, rather than "not listed" or a silent success.
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await sync("ETH-PERP", "BTC-PERP")
+                assert caught.value.code() == grpc.StatusCode.INTERNAL
+                details = caught.value.details() or ""
+                assert "ETH-PERP" in details and "tick_size" in details, details
+                assert "VENUE_PROTOCOL_ERROR" in str(caught.value.trailing_metadata())
+                assert (await sync("BTC-PERP")).skipped == 0  # the others still sync by name
+
+                sim.faults.update({"corrupt_instruments": {}})  # readable again
+                third = await sync()
+                assert (third.synced, third.added, third.updated, third.deactivated, third.skipped) == (
+                    len(listed), 0, 1, 0, 0)
+                assert all(i.active for i in (await stored()).values())

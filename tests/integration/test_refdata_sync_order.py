@@ -12,7 +12,7 @@ from tests.support.postgres import fresh_database
 
 from portico.refdata.model import InstrumentRecord
 from portico.refdata.store import InstrumentStore, open_store
-from portico.refdata.sync import EventHub, InstrumentSyncer, VenueSource
+from portico.refdata.sync import EventHub, InstrumentSyncer, Listing, VenueSource
 
 
 def rec(symbol: str, tick: str) -> InstrumentRecord:
@@ -31,9 +31,9 @@ class Venue:
         self.slow_done = asyncio.Event()
         self.calls = 0
 
-    async def source(self) -> list[InstrumentRecord]:
+    async def source(self) -> Listing:
         self.calls += 1
-        listing = [rec(s, t) for s, t in sorted(self.state.items())]  # today's list...
+        listing = Listing([rec(s, t) for s, t in sorted(self.state.items())])  # today's list...
         if self.calls == 1:
             await self.slow_done.wait()  # ...arriving late (a big response, parsed slowly)
         return listing

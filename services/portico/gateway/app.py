@@ -351,7 +351,8 @@ class Gateway:
         reply = await self._call(request, self._refdata.SyncInstruments, refdata_pb2.SyncInstrumentsRequest(
             venue=body["venue"], symbols=symbols or []))
         return _json({"data": {"venue": reply.venue, "synced": reply.synced, "added": reply.added,
-                               "updated": reply.updated, "deactivated": reply.deactivated},
+                               "updated": reply.updated, "deactivated": reply.deactivated,
+                               "skipped": reply.skipped},
                       "success": True, "errno": 0, "error": None})
 
     async def _instrument(self, request: web.Request) -> web.Response:

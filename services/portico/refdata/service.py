@@ -202,7 +202,7 @@ class ReferenceDataServicer(reference_data_service_pb2_grpc.ReferenceDataService
         venue, outcome = await self._syncer.sync(request.venue, list(request.symbols))
         return reference_data_service_pb2.SyncInstrumentsResponse(
             venue=venue, synced=outcome.synced, added=outcome.added, updated=outcome.updated,
-            deactivated=outcome.deactivated)
+            deactivated=outcome.deactivated, skipped=outcome.skipped)
 
     async def GetInstrument(self, request: reference_data_service_pb2.GetInstrumentRequest,
                             context: grpc.aio.ServicerContext) -> reference_data_service_pb2.GetInstrumentResponse:

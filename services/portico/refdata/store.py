@@ -104,13 +104,15 @@ class InstrumentEvent:
 
 @dataclass(frozen=True, slots=True)
 class SyncOutcome:
-    """What one sync did: counts, and the events in symbol order (for watchers)."""
+    """What one sync did: counts, and the events in symbol order (for watchers). `skipped` (listed instruments
+    that could not be read, left out) is the syncer's to fill: the store never sees them."""
 
     synced: int
     added: int
     updated: int
     deactivated: int
     events: tuple[InstrumentEvent, ...] = ()
+    skipped: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,13 @@ option, future, any kind of instrument you want for the list", and a call per
 kind works either way; only active instruments are listed, and one marked
 `is_active: false` counts as not listed), normalises it, and hands it to the
 store, which diffs and writes in one transaction, then publishes the events to
-watchers. Once the write has started, a cancelled caller (deadline, disconnect)
+watchers. An instrument the listing carries but this service cannot read (a
+required field missing, a field of the wrong type, a malformed number, a name
+or currency it cannot normalise) is left out, with a warning naming it and
+what was wrong, and the rest synced: to a full sync it is then not listed, so
+one known here is deactivated (no trading on terms we cannot read) until a
+listing that reads again makes it active; the sync reports how many it
+skipped. Once the write has started, a cancelled caller (deadline, disconnect)
 does not stop it or its publication: the database and the watchers never
 disagree. Syncs of one venue are serialised, fetch included, in this process by
 a lock and across processes by the store, so concurrent requests neither
@@ -22,6 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Final
 
 from portico.refdata.model import InstrumentRecord
@@ -33,11 +40,21 @@ from portico.venues.syndr.constants import InstrumentKind
 from portico.venues.syndr.errors import SyndrError, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
 
-__all__ = ["EventHub", "InstrumentSyncer", "Subscription", "SyndrInstrumentSource", "VenueSource"]
+__all__ = ["EventHub", "InstrumentSyncer", "Listing", "Subscription", "SyndrInstrumentSource", "VenueSource"]
 
 log = logging.getLogger("portico.refdata.sync")
 
-VenueSource = Callable[[], Awaitable[list[InstrumentRecord]]]
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A venue's listing as a source read it: the records to sync, and the listed instruments it could not
+    read (their names where readable, and what was wrong), which are left out of the sync."""
+
+    records: list[InstrumentRecord]
+    unreadable: tuple[models.UnreadableInstrument, ...] = ()
+
+
+VenueSource = Callable[[], Awaitable[Listing]]
 
 
 # A failed sync is tried again after this, the pause doubling up to the maximum (or the sync interval).
@@ -51,15 +68,26 @@ class SyndrInstrumentSource:
     def __init__(self, client: SyndrHttpClient):
         self._client = client
 
-    async def __call__(self) -> list[InstrumentRecord]:
-        """One call per kind, all of which must succeed: a kind missing from the listing would be deactivated."""
+    async def __call__(self) -> Listing:
+        """One call per kind, all of which must succeed: a kind missing from the listing would be deactivated.
+
+        An instrument that cannot be read (`parse_instruments_readable`, `normalize_syndr`) is logged and left
+        out rather than failing the whole sync: it is then as good as not listed, so a full sync deactivates
+        it if it was known, the safe side (no trading on terms we cannot read), and the next listing that
+        reads makes it active again. A listing that is not an object or an array fails the sync (a protocol
+        error), and so does one with nothing readable and active in it (EMPTY_LISTING).
+        """
         listed: dict[str, models.Instrument] = {}
+        unreadable: list[models.UnreadableInstrument] = []
         try:
             for kind in InstrumentKind:  # not "any": the document does not clearly make it a value here
                 answer = await self._client.call("public/get_instruments", {"kind": kind.value})
-                listed.update(models.parse_instruments(answer.result))
+                readable, unread = models.parse_instruments_readable(answer.result)
+                listed.update(readable)
+                unreadable.extend(unread)
         except SyndrError as exc:
             raise _listing_error(exc) from None
+        count = len(listed) + len(unreadable)
         records = []
         inactive = 0
         for name, instrument in listed.items():
@@ -68,15 +96,18 @@ class SyndrInstrumentSource:
                 continue
             try:
                 records.append(normalize_syndr(instrument))
-            except ValueError as exc:  # a name we cannot read: skip it rather than fail the whole sync
-                log.warning("skipping an instrument that cannot be normalised",
-                            extra={"venue": "syndr", "symbol": name, "error": str(exc)})
+            except ValueError as exc:  # a name (or currency) we cannot read
+                unreadable.append(models.UnreadableInstrument(name=name, error=str(exc)))
+        for skipped in unreadable:
+            log.warning("skipping an instrument that cannot be read (a full sync deactivates it if known)",
+                        extra={"venue": "syndr", "symbol": skipped.name or "(no readable name)",
+                               "error": skipped.error})
         if not records and not inactive:
             # Nothing listed, or nothing readable: a glitch far likelier than a venue with no instruments, and a
             # full sync of it would deactivate every instrument (execution refusing every order) until the next.
-            raise Unavailable(f"syndr listed no instrument this service can read ({len(listed)} listed); nothing "
-                              "was changed", reason="EMPTY_LISTING")
-        return records
+            raise Unavailable(f"syndr listed no instrument this service can read ({count} listed, "
+                              f"{len(unreadable)} unreadable); nothing was changed", reason="EMPTY_LISTING")
+        return Listing(records, tuple(unreadable))
 
 
 def _listing_error(exc: SyndrError) -> Exception:
@@ -88,6 +119,19 @@ def _listing_error(exc: SyndrError) -> Exception:
         return error
     metadata = {k: v for k, v in error.metadata.items() if k != "field"}
     return Unavailable(f"syndr refused to list its instruments: {exc}", reason=error.reason, metadata=metadata)
+
+
+def _refuse_unreadable(venue: str, symbols: Sequence[str],
+                       unreadable: Sequence[models.UnreadableInstrument]) -> None:
+    """A sync of named symbols naming one the venue lists but this service cannot read fails, saying so: not
+    "not listed" (UNKNOWN_SYMBOL, the caller's mistake), and not a success that leaves its terms unchanged.
+    INTERNAL with reason VENUE_PROTOCOL_ERROR, as a listing that cannot be read at all is."""
+    why = {u.name: u.error for u in unreadable if u.name is not None}
+    named = [s for s in symbols if s in why]
+    if named:
+        raise Internal(f"{venue} lists {', '.join(named)} but this service cannot read it: "
+                       f"{'; '.join(why[s] for s in named)}; nothing was changed", reason="VENUE_PROTOCOL_ERROR",
+                       metadata={"venue": venue, "symbols": ",".join(named)})
 
 
 class Subscription:
@@ -202,17 +246,22 @@ class InstrumentSyncer:
         # a sync that fetched earlier must never commit after one that fetched later, or it would revert the
         # newer terms (a tick size) and deactivate instruments listed in between.
         async with self._locks[canonical], self._store.venue_sync_lock(canonical):
-            records = await self._sources[canonical]()
+            listing = await self._sources[canonical]()
+            records = listing.records
             if symbols:
                 by_symbol = {r.symbol: r for r in records}
                 unknown = [s for s in symbols if s not in by_symbol]
+                _refuse_unreadable(canonical, unknown, listing.unreadable)
                 if unknown:
                     raise InvalidArgument("symbols", f"{canonical} does not list {', '.join(unknown)}",
                                           reason="UNKNOWN_SYMBOL", metadata={"symbols": ",".join(unknown)})
                 records = [by_symbol[s] for s in dict.fromkeys(symbols)]
             outcome = await self._write(canonical, records, full)
+        if full:  # a sync of named symbols fails instead if one cannot be read: it leaves nothing out
+            outcome = replace(outcome, skipped=len(listing.unreadable))
         log.info("synced", extra={"venue": canonical, "synced": outcome.synced, "added": outcome.added,
-                                  "updated": outcome.updated, "deactivated": outcome.deactivated, "full": full})
+                                  "updated": outcome.updated, "deactivated": outcome.deactivated,
+                                  "skipped": outcome.skipped, "full": full})
         return canonical, outcome
 
     async def _write(self, venue: str, records: Sequence[InstrumentRecord], full: bool) -> SyncOutcome:

@@ -42,6 +42,10 @@ class Faults:
     # Notifications as the document's examples send them where its tables say otherwise (EXAMPLE_SHAPES), so
     # tests can show the adapter copes with a venue that follows its examples.
     example_shapes: list[str] = field(default_factory=list)
+    # instrument -> {field: value}: the fields written over that instrument's object in public/get_instruments
+    # (and get_instruments_by_currency) answers, a null removing the field (`{"ETH-PERP": {"tick_size": "abc"}}`),
+    # so tests can show one unreadable instrument does not spoil the rest of a listing. Set whole (`{}` clears).
+    corrupt_instruments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply `{"knob": value}`; unknown knobs or bad values raise ValueError."""
@@ -66,6 +70,12 @@ class Faults:
                 if not isinstance(value, list) or not set(value) <= EXAMPLE_SHAPES.keys():
                     raise ValueError(f"example_shapes must be a list of {sorted(EXAMPLE_SHAPES)}")
                 value = list(value)
+            elif name == "corrupt_instruments":
+                if not isinstance(value, dict) or not all(
+                        isinstance(overrides, dict) and all(isinstance(k, str) for k in overrides)
+                        for overrides in value.values()):
+                    raise ValueError("corrupt_instruments must map instrument names to {field: value} objects")
+                value = {instrument: dict(overrides) for instrument, overrides in value.items()}
             elif name == "skip_change_ids":
                 if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
                     raise ValueError("skip_change_ids must map instrument names to counts")
@@ -105,6 +115,14 @@ class Faults:
             return False
         self.skip_change_ids[instrument] = left - 1
         return True
+
+    def corrupt(self, instrument: str, wire: dict[str, Any]) -> dict[str, Any]:
+        """`wire` (an instrument's object in a listing) with the `corrupt_instruments` fields written over it."""
+        overrides = self.corrupt_instruments.get(instrument)
+        if not overrides:
+            return wire
+        corrupted = {**wire, **overrides}
+        return {key: value for key, value in corrupted.items() if value is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -55,7 +55,7 @@ def get_all_instrument_names(sim: Simulator, p: Params, ctx: CallContext) -> Any
 
 
 def _instruments_result(sim: Simulator, kind: str, currency: str | None) -> dict[str, Any]:
-    return {i.name: i.to_wire() for i in sim.engine.instruments()
+    return {i.name: sim.faults.corrupt(i.name, i.to_wire()) for i in sim.engine.instruments()
             if i.is_active and (kind == "any" or i.kind == kind)
             and (currency is None or i.base_currency == currency)}
 

@@ -26,33 +26,33 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from portico.refdata.v1 import instrument_pb2 as portico_dot_refdata_dot_v1_dot_instrument__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/portico/refdata/v1/reference_data_service.proto\x12\x12portico.refdata.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#portico/refdata/v1/instrument.proto\"8\n\x16SyncInstrumentsRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x0f\n\x07symbols\x18\x02 \x03(\t\"m\n\x17SyncInstrumentsResponse\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x0e\n\x06synced\x18\x02 \x01(\x05\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x05\x12\x0f\n\x07updated\x18\x04 \x01(\x05\x12\x13\n\x0b\x64\x65\x61\x63tivated\x18\x05 \x01(\x05\"5\n\x14GetInstrumentRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\"K\n\x15GetInstrumentResponse\x12\x32\n\ninstrument\x18\x01 \x01(\x0b\x32\x1e.portico.refdata.v1.Instrument\"\x84\x01\n\x16ListInstrumentsRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x34\n\x06\x66ilter\x18\x02 \x01(\x0b\x32$.portico.refdata.v1.InstrumentFilter\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"g\n\x17ListInstrumentsResponse\x12\x33\n\x0binstruments\x18\x01 \x03(\x0b\x32\x1e.portico.refdata.v1.Instrument\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x17WatchInstrumentsRequest\x12\r\n\x05venue\x18\x01 \x01(\t\"\xac\x01\n\x0fInstrumentEvent\x12\x35\n\x04type\x18\x01 \x01(\x0e\x32\'.portico.refdata.v1.InstrumentEventType\x12\x32\n\ninstrument\x18\x02 \x01(\x0b\x32\x1e.portico.refdata.v1.Instrument\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x18WatchInstrumentsResponse\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.portico.refdata.v1.InstrumentEvent*\xa7\x01\n\x13InstrumentEventType\x12%\n!INSTRUMENT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINSTRUMENT_EVENT_TYPE_ADDED\x10\x01\x12!\n\x1dINSTRUMENT_EVENT_TYPE_UPDATED\x10\x02\x12%\n!INSTRUMENT_EVENT_TYPE_DEACTIVATED\x10\x03\x32\xc5\x03\n\x14ReferenceDataService\x12j\n\x0fSyncInstruments\x12*.portico.refdata.v1.SyncInstrumentsRequest\x1a+.portico.refdata.v1.SyncInstrumentsResponse\x12\x64\n\rGetInstrument\x12(.portico.refdata.v1.GetInstrumentRequest\x1a).portico.refdata.v1.GetInstrumentResponse\x12j\n\x0fListInstruments\x12*.portico.refdata.v1.ListInstrumentsRequest\x1a+.portico.refdata.v1.ListInstrumentsResponse\x12o\n\x10WatchInstruments\x12+.portico.refdata.v1.WatchInstrumentsRequest\x1a,.portico.refdata.v1.WatchInstrumentsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/portico/refdata/v1/reference_data_service.proto\x12\x12portico.refdata.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#portico/refdata/v1/instrument.proto\"8\n\x16SyncInstrumentsRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x0f\n\x07symbols\x18\x02 \x03(\t\"~\n\x17SyncInstrumentsResponse\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x0e\n\x06synced\x18\x02 \x01(\x05\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x05\x12\x0f\n\x07updated\x18\x04 \x01(\x05\x12\x13\n\x0b\x64\x65\x61\x63tivated\x18\x05 \x01(\x05\x12\x0f\n\x07skipped\x18\x06 \x01(\x05\"5\n\x14GetInstrumentRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x0e\n\x06symbol\x18\x02 \x01(\t\"K\n\x15GetInstrumentResponse\x12\x32\n\ninstrument\x18\x01 \x01(\x0b\x32\x1e.portico.refdata.v1.Instrument\"\x84\x01\n\x16ListInstrumentsRequest\x12\r\n\x05venue\x18\x01 \x01(\t\x12\x34\n\x06\x66ilter\x18\x02 \x01(\x0b\x32$.portico.refdata.v1.InstrumentFilter\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"g\n\x17ListInstrumentsResponse\x12\x33\n\x0binstruments\x18\x01 \x03(\x0b\x32\x1e.portico.refdata.v1.Instrument\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x17WatchInstrumentsRequest\x12\r\n\x05venue\x18\x01 \x01(\t\"\xac\x01\n\x0fInstrumentEvent\x12\x35\n\x04type\x18\x01 \x01(\x0e\x32\'.portico.refdata.v1.InstrumentEventType\x12\x32\n\ninstrument\x18\x02 \x01(\x0b\x32\x1e.portico.refdata.v1.Instrument\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x18WatchInstrumentsResponse\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.portico.refdata.v1.InstrumentEvent*\xa7\x01\n\x13InstrumentEventType\x12%\n!INSTRUMENT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINSTRUMENT_EVENT_TYPE_ADDED\x10\x01\x12!\n\x1dINSTRUMENT_EVENT_TYPE_UPDATED\x10\x02\x12%\n!INSTRUMENT_EVENT_TYPE_DEACTIVATED\x10\x03\x32\xc5\x03\n\x14ReferenceDataService\x12j\n\x0fSyncInstruments\x12*.portico.refdata.v1.SyncInstrumentsRequest\x1a+.portico.refdata.v1.SyncInstrumentsResponse\x12\x64\n\rGetInstrument\x12(.portico.refdata.v1.GetInstrumentRequest\x1a).portico.refdata.v1.GetInstrumentResponse\x12j\n\x0fListInstruments\x12*.portico.refdata.v1.ListInstrumentsRequest\x1a+.portico.refdata.v1.ListInstrumentsResponse\x12o\n\x10WatchInstruments\x12+.portico.refdata.v1.WatchInstrumentsRequest\x1a,.portico.refdata.v1.WatchInstrumentsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'portico.refdata.v1.reference_data_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INSTRUMENTEVENTTYPE']._serialized_start=981
-  _globals['_INSTRUMENTEVENTTYPE']._serialized_end=1148
+  _globals['_INSTRUMENTEVENTTYPE']._serialized_start=998
+  _globals['_INSTRUMENTEVENTTYPE']._serialized_end=1165
   _globals['_SYNCINSTRUMENTSREQUEST']._serialized_start=141
   _globals['_SYNCINSTRUMENTSREQUEST']._serialized_end=197
   _globals['_SYNCINSTRUMENTSRESPONSE']._serialized_start=199
-  _globals['_SYNCINSTRUMENTSRESPONSE']._serialized_end=308
-  _globals['_GETINSTRUMENTREQUEST']._serialized_start=310
-  _globals['_GETINSTRUMENTREQUEST']._serialized_end=363
-  _globals['_GETINSTRUMENTRESPONSE']._serialized_start=365
-  _globals['_GETINSTRUMENTRESPONSE']._serialized_end=440
-  _globals['_LISTINSTRUMENTSREQUEST']._serialized_start=443
-  _globals['_LISTINSTRUMENTSREQUEST']._serialized_end=575
-  _globals['_LISTINSTRUMENTSRESPONSE']._serialized_start=577
-  _globals['_LISTINSTRUMENTSRESPONSE']._serialized_end=680
-  _globals['_WATCHINSTRUMENTSREQUEST']._serialized_start=682
-  _globals['_WATCHINSTRUMENTSREQUEST']._serialized_end=722
-  _globals['_INSTRUMENTEVENT']._serialized_start=725
-  _globals['_INSTRUMENTEVENT']._serialized_end=897
-  _globals['_WATCHINSTRUMENTSRESPONSE']._serialized_start=899
-  _globals['_WATCHINSTRUMENTSRESPONSE']._serialized_end=978
-  _globals['_REFERENCEDATASERVICE']._serialized_start=1151
-  _globals['_REFERENCEDATASERVICE']._serialized_end=1604
+  _globals['_SYNCINSTRUMENTSRESPONSE']._serialized_end=325
+  _globals['_GETINSTRUMENTREQUEST']._serialized_start=327
+  _globals['_GETINSTRUMENTREQUEST']._serialized_end=380
+  _globals['_GETINSTRUMENTRESPONSE']._serialized_start=382
+  _globals['_GETINSTRUMENTRESPONSE']._serialized_end=457
+  _globals['_LISTINSTRUMENTSREQUEST']._serialized_start=460
+  _globals['_LISTINSTRUMENTSREQUEST']._serialized_end=592
+  _globals['_LISTINSTRUMENTSRESPONSE']._serialized_start=594
+  _globals['_LISTINSTRUMENTSRESPONSE']._serialized_end=697
+  _globals['_WATCHINSTRUMENTSREQUEST']._serialized_start=699
+  _globals['_WATCHINSTRUMENTSREQUEST']._serialized_end=739
+  _globals['_INSTRUMENTEVENT']._serialized_start=742
+  _globals['_INSTRUMENTEVENT']._serialized_end=914
+  _globals['_WATCHINSTRUMENTSRESPONSE']._serialized_start=916
+  _globals['_WATCHINSTRUMENTSRESPONSE']._serialized_end=995
+  _globals['_REFERENCEDATASERVICE']._serialized_start=1168
+  _globals['_REFERENCEDATASERVICE']._serialized_end=1621
 # @@protoc_insertion_point(module_scope)

@@ -62,7 +62,8 @@ class SyncInstrumentsRequest(_message.Message):
     @_builtins.property
     def symbols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Symbols to sync; all of the venue's instruments when empty. An unknown
-        symbol is INVALID_ARGUMENT.
+        symbol is INVALID_ARGUMENT; one the venue lists but this service cannot
+        read is INTERNAL (reason `VENUE_PROTOCOL_ERROR`), and nothing is synced.
         """
 
     def __init__(
@@ -90,6 +91,7 @@ class SyncInstrumentsResponse(_message.Message):
     ADDED_FIELD_NUMBER: _builtins.int
     UPDATED_FIELD_NUMBER: _builtins.int
     DEACTIVATED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
     venue: _builtins.str
     """The venue that was synced."""
     synced: _builtins.int
@@ -100,6 +102,15 @@ class SyncInstrumentsResponse(_message.Message):
     """Number of known instruments whose record changed."""
     deactivated: _builtins.int
     """Number of instruments no longer listed by the venue, now inactive."""
+    skipped: _builtins.int
+    """Number of listed instruments this service could not read (a required
+    field missing, a field of the wrong type, a malformed number, a name it
+    cannot normalise), left out of the sync: a full sync treats them as not
+    listed, so any that were active here are now inactive (and counted in
+    `deactivated`) until a sync that reads them again. The service logs each
+    with its symbol and what was wrong. Always 0 for a sync of named symbols,
+    which fails instead if it names one.
+    """
     def __init__(
         self,
         *,
@@ -108,10 +119,11 @@ class SyncInstrumentsResponse(_message.Message):
         added: _builtins.int = ...,
         updated: _builtins.int = ...,
         deactivated: _builtins.int = ...,
+        skipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "deactivated", b"deactivated", "synced", b"synced", "updated", b"updated", "venue", b"venue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "deactivated", b"deactivated", "skipped", b"skipped", "synced", b"synced", "updated", b"updated", "venue", b"venue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,6 +87,7 @@ __all__ = [
     "Ticker",
     "Trade",
     "TransactionUpdate",
+    "UnreadableInstrument",
     "UserTrade",
     "book_change_from_data",
     "decode",
@@ -106,6 +107,7 @@ __all__ = [
     "parse_instrument",
     "parse_instrument_names",
     "parse_instruments",
+    "parse_instruments_readable",
     "parse_l3_contracts",
     "parse_leverage_update",
     "parse_notification",
@@ -282,7 +284,7 @@ def _to_int(value: Any, where: str, key: str) -> int:
         return int(value)
     if kind is Decimal and value.is_finite() and value == value.to_integral_value():
         return int(value)
-    _protocol(where, f"field {key!r} is not an integer: {value!r}")
+    _protocol(where, f"field {key!r} is not an integer: {_preview(value)}")
 
 
 def _int(obj: Mapping[str, Any], where: str, *keys: str) -> int:
@@ -297,7 +299,7 @@ def _opt_int(obj: Mapping[str, Any], where: str, *keys: str) -> int | None:
 
 def _to_bool(value: Any, where: str, key: str) -> bool:
     if type(value) is not bool:
-        _protocol(where, f"field {key!r} is not a boolean: {value!r}")
+        _protocol(where, f"field {key!r} is not a boolean: {_preview(value)}")
     return value
 
 
@@ -537,10 +539,58 @@ def parse_instrument(obj: Any, *, where: str = "public/get_instrument") -> Instr
 
 
 def parse_instruments(obj: Any, *, where: str = "public/get_instruments") -> dict[str, Instrument]:
-    """Name -> instrument. The document keys them by name; a plain array is accepted too."""
+    """Name -> instrument. The document keys them by name; a plain array is accepted too.
+
+    Any entry that cannot be read fails the whole listing; :func:`parse_instruments_readable` sets it aside.
+    """
     entries = obj.items() if isinstance(obj, dict) else enumerate(_array(obj, where))
     instruments = (parse_instrument(entry, where=f"{where} result[{key!r}]") for key, entry in entries)
     return {instrument.name: instrument for instrument in instruments}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnreadableInstrument:
+    """A listed instrument that could not be read: its name if that much is readable, and what was wrong."""
+
+    name: str | None
+    error: str
+
+
+_MAX_NAME_CHARS: Final = 100  # far beyond any instrument name; a longer one is not named in logs and errors
+_MAX_ERROR_CHARS: Final = 300
+
+
+def _listed_name(key: Any, entry: Any) -> str | None:
+    """The name an unreadable listing entry goes by: its own `name` if a string, else the key it is listed
+    under (the document keys the listing by name; an array's position is no name)."""
+    candidates = (entry.get("name"), entry.get("instrument_name")) if isinstance(entry, dict) else ()
+    for name in (*candidates, key):
+        if type(name) is str and 0 < len(name) <= _MAX_NAME_CHARS:
+            return name
+    return None
+
+
+def parse_instruments_readable(obj: Any, *, where: str = "public/get_instruments"
+                               ) -> tuple[dict[str, Instrument], tuple[UnreadableInstrument, ...]]:
+    """Like :func:`parse_instruments`, but an entry that cannot be read (a required field missing, a field of
+    the wrong type, a malformed number) is set aside instead of failing the whole listing: returns the
+    readable ones (name -> instrument) and the unreadable ones, in listing order. A listing that is neither
+    an object nor an array still raises :class:`SyndrProtocolError`."""
+    entries = obj.items() if isinstance(obj, dict) else enumerate(_array(obj, where))
+    readable: dict[str, Instrument] = {}
+    unreadable: list[UnreadableInstrument] = []
+    for key, entry in entries:
+        at = f"{where} result[{key!r}]" if type(key) is int else f"{where} result[{_preview(key)}]"
+        try:
+            instrument = parse_instrument(entry, where=at)
+        except SyndrProtocolError as exc:  # the field and its value, never the entry, and bounded
+            error = str(exc)  # (some readers quote a value whole: a megabyte `is_active` must not reach a log)
+            if len(error) > _MAX_ERROR_CHARS:
+                error = f"{error[:_MAX_ERROR_CHARS]}... ({len(error)} characters)"
+            unreadable.append(UnreadableInstrument(name=_listed_name(key, entry), error=error))
+            continue
+        readable[instrument.name] = instrument
+    return readable, tuple(unreadable)
 
 
 def _strings(obj: Any, where: str, keys: tuple[str, ...] = ()) -> tuple[str, ...]:

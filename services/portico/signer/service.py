@@ -2,7 +2,10 @@
 
 The servicer validates the request, hashes EIP-712 typed data (or takes a raw
 digest), checks the key's policy, commits the salt watermark, signs, and
-writes one audit line. It never returns, logs or traces key material.
+writes one audit line before it answers: a signature whose line cannot be
+written to `PORTICO_SIGNER_AUDIT_LOG` is not returned (UNAVAILABLE,
+AUDIT_UNAVAILABLE; see `portico.signer.audit`). It never returns, logs or
+traces key material.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from portico.runtime.lifecycle import GrpcServiceApp
 from portico.runtime.server import GrpcServer
 from portico.runtime.signing_keys import KeyPaths, check_key_id
 from portico.runtime.vault import VaultAccess, VaultSession, VaultWatch
+from portico.signer.audit import AuditLog
 from portico.signer.keystore import KeyStore
 from portico.signer.settings import SignerSettings
 from portico.signer.v1 import signer_service_pb2, signer_service_pb2_grpc
@@ -34,10 +38,6 @@ METHOD_SCOPES = {f"/{SERVICE_NAME}/Sign": "trade"}
 ERROR_DOMAIN = "signer.portico"
 
 log = logging.getLogger("portico.signer")
-audit = logging.getLogger("portico.signer.audit")
-# Every signature is audited, whatever PORTICO_LOG_LEVEL says: the root's level (WARNING, say) must not drop
-# the audit lines, to stderr or to PORTICO_SIGNER_AUDIT_LOG (a logger's own level decides before any handler).
-audit.setLevel(logging.INFO)
 
 # A salt is a 256-bit word (Syndr's `uint256 salt`); anything wider is refused. (A string-typed salt could
 # otherwise hold an integer too long for Python to write in decimal, as the ledger stores it.)
@@ -97,10 +97,12 @@ def _expiration_ms_of(typed: TypedDataHash, data: Mapping[str, Any]) -> int | No
 class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
     """Signs typed data and digests within each key's policy."""
 
-    def __init__(self, keys: KeyStore, ledger: SaltLedger, *, max_payload_bytes: int):
+    def __init__(self, keys: KeyStore, ledger: SaltLedger, *, max_payload_bytes: int,
+                 audit_log: AuditLog | None = None):
         self._keys = keys
         self._ledger = ledger
         self._max_payload = max_payload_bytes
+        self._audit = audit_log or AuditLog(None)
 
     async def Sign(self, request: signer_service_pb2.SignRequest,
                    context: grpc.aio.ServicerContext) -> signer_service_pb2.SignResponse:
@@ -132,7 +134,8 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
         signature = key.sign(digest)
 
         principal = current_principal.get()
-        audit.info("signed", extra={
+        # Written before the signature leaves, or it does not leave (AUDIT_UNAVAILABLE): no await in between.
+        self._audit.signed({
             "key_id": key_id,
             "caller": principal.name if principal else None,
             "primary_type": typed.primary_type if typed else "<raw digest>",
@@ -171,10 +174,11 @@ class SignerServicer(signer_service_pb2_grpc.SignerServiceServicer):
 
 
 class SignerApp(GrpcServiceApp):
-    """The signer process: Vault session, key store, salt ledger, gRPC server, Vault watch."""
+    """The signer process: audit log, Vault session, key store, salt ledger, gRPC server, Vault watch."""
 
     def __init__(self, settings: SignerSettings, env: Mapping[str, str]):
         self.settings = settings
+        self.audit_log = AuditLog(settings.audit_log)
         self.vault = VaultSession(settings.vault)
         self.keys = KeyStore(self.vault, KeyPaths(settings.key_prefix), cache_ttl_s=settings.key_cache_s)
         self.ledger = SaltLedger(settings.watermark_db, synchronous=settings.watermark_sync,
@@ -182,10 +186,12 @@ class SignerApp(GrpcServiceApp):
         self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
         signer_service_pb2_grpc.add_SignerServiceServicer_to_server(
-            SignerServicer(self.keys, self.ledger, max_payload_bytes=settings.max_payload_bytes), self.server.grpc)
+            SignerServicer(self.keys, self.ledger, max_payload_bytes=settings.max_payload_bytes,
+                           audit_log=self.audit_log), self.server.grpc)
         self.vault_watch = VaultWatch(self.vault, settings.vault_check_s, self._vault_access_changed, logger=log)
 
     async def start(self) -> None:
+        self.audit_log.open()  # a path that cannot be opened is a configuration error, before anything starts
         await self.ledger.start()
         try:
             await self.vault.start()
@@ -214,3 +220,4 @@ class SignerApp(GrpcServiceApp):
         await self.keys.aclose()
         await self.ledger.aclose()
         await self.vault.aclose()
+        self.audit_log.close()

@@ -39,7 +39,8 @@ VAULT_CHECK_SECONDS = setting("PORTICO_SIGNER_VAULT_CHECK_SECONDS", "2",
 MAX_PAYLOAD_BYTES = setting("PORTICO_SIGNER_MAX_PAYLOAD_BYTES", "65536",
                             "Largest typed-data JSON accepted by `Sign`.", scope=_SCOPE)
 AUDIT_LOG = setting("PORTICO_SIGNER_AUDIT_LOG", "",
-                    "Also append the audit lines (one per signature) to this file.", scope=_SCOPE)
+                    "Also append the audit lines (one per signature) to this file; a signature whose line cannot be "
+                    "written is not returned (UNAVAILABLE, AUDIT_UNAVAILABLE).", scope=_SCOPE)
 
 
 @dataclass(frozen=True)

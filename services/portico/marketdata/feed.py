@@ -46,7 +46,7 @@ from portico.marketdata.v1 import order_book_pb2
 from portico.runtime.errors import FailedPrecondition, PorticoError, ResourceExhausted
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
-from portico.venues.syndr.errors import SyndrError, refused_channel_error
+from portico.venues.syndr.errors import SyndrError, SyndrNotFound, refused_channel_error, to_portico_error
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.ws import (
     ChannelRefused,
@@ -457,6 +457,9 @@ class InstrumentFeed:
         self._dropped_covered = 0
         # Set when the venue's snapshot cannot be lined up with its changes: every stream of this feed ends with it.
         self.unusable: PorticoError | None = None
+        # Between the upstream's `Disconnected` and `Reconnected`: no change can reach the book, so no rebuild
+        # goes live (its snapshot would be a frozen book sent as a live one); the `Reconnected` rebuilds it.
+        self._upstream_down = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -515,8 +518,11 @@ class InstrumentFeed:
                 self.received_ns = event.received_ns
                 self._on_change(change)
         elif isinstance(event, Reconnected | Overflow):
+            if type(event) is Reconnected:
+                self._upstream_down = False
             self.resync(type(event).__name__.lower())
         elif isinstance(event, Disconnected):
+            self._upstream_down = True
             self._mark_resyncing()
         elif isinstance(event, ChannelRefused):
             self._refused(event)
@@ -524,14 +530,19 @@ class InstrumentFeed:
     def _refused(self, event: ChannelRefused) -> None:
         """The venue would not subscribe the book again after a reconnect (the subscription has ended): every
         stream of it ends saying so, and the feed is dropped, so that the next stream starts a new one."""
-        self.unusable = refused_channel_error(event.channel, event.error, venue=self.venue)
         log.error("the venue refused the book channel after a reconnect: book streams end",
                   extra={"symbol": self.symbol, "error": str(event.error)})
+        self._end(refused_channel_error(event.channel, event.error, venue=self.venue))
+
+    def _end(self, error: PorticoError) -> None:
+        """The venue will not serve this book any more: every stream of it ends with `error`, and the feed is
+        dropped (and unsubscribed), so that the next stream of the symbol starts a new one."""
+        self.unusable = error
         for task in (self._rebuild, self._watchdog):
-            if task is not None:
+            if task is not None and task is not asyncio.current_task():
                 task.cancel()
         for view in self.views.values():
-            view.close(self.unusable)
+            view.close(error)
         if self._on_refused is not None:
             self._on_refused(self)
 
@@ -603,18 +614,27 @@ class InstrumentFeed:
     async def _rebuild_book(self) -> None:
         delay = 0.05
         while True:
+            if self._upstream_down:
+                return  # the upstream's `Reconnected` starts the rebuild again
             self._rebuild_again = False  # what was asked before this fetch, the snapshot covers
             try:
                 answer = await self._http.call("public/get_order_book",
                                                {"instrument_name": self.symbol, "depth": 10_000})
                 snapshot = models.parse_order_book(answer.result)
+            except SyndrNotFound as exc:  # the instrument is gone: retried, its streams would be RESYNCING for ever
+                log.error("the venue no longer knows the instrument: book streams end",
+                          extra={"symbol": self.symbol, "error": str(exc)})
+                self._end(to_portico_error(exc, venue=self.venue))
+                return
             except SyndrError as exc:
                 log.warning("snapshot failed; retrying", extra={"symbol": self.symbol, "error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            if self._rebuild_again:
-                continue  # asked again while this snapshot was on its way: it may predate the reason
+            if self._rebuild_again or self._upstream_down:
+                # Asked again while this snapshot was on its way (it may predate the reason), or the upstream
+                # dropped meanwhile (then the loop's start ends this rebuild).
+                continue
             base = snapshot.change_id
             if base is None:
                 # The venue document's own example of public/get_order_book shows no change_id (the simulator
@@ -658,7 +678,8 @@ class InstrumentFeed:
             now = time.time_ns()
             for view in self.views.values():
                 view.reset(book)
-                view.publish(view.snapshot_frame(), now)
+                for data in view.first_frames():  # as a consumer joining now gets: STALE too, if still silent
+                    view.publish(data, now)
             return
 
     # ------------------------------------------------------------------ audit
@@ -722,6 +743,7 @@ class VenueBooks:
         self._starting: dict[str, asyncio.Task[InstrumentFeed]] = {}
         self._waiting: dict[str, int] = {}  # callers of `attach` waiting for a feed's start, by symbol
         self._closing: dict[str, asyncio.TimerHandle] = {}
+        self._dropping: set[asyncio.Task[None]] = set()  # feeds the venue ended, being closed
         self._auditor: asyncio.Task[None] | None = None
 
     def start_audits(self) -> None:
@@ -793,13 +815,17 @@ class VenueBooks:
                                                      lambda: asyncio.ensure_future(self._close(feed)))
 
     def _drop(self, feed: InstrumentFeed) -> None:
-        """The venue refused the feed's channel after a reconnect: forget the feed now (its streams end), so that
-        the next stream of the symbol starts a new one rather than join a dead one."""
+        """The venue ended the feed (refused its channel after a reconnect, or no longer knows its instrument):
+        forget the feed now (its streams end), so that the next stream of the symbol starts a new one rather than
+        join a dead one, and close it (unsubscribing a channel the venue still streams)."""
         if self.feeds.get(feed.symbol) is feed:
             del self.feeds[feed.symbol]
             pending_close = self._closing.pop(feed.symbol, None)
             if pending_close is not None:
                 pending_close.cancel()
+            closing = asyncio.create_task(feed.aclose(), name=f"drop-{self.venue}-{feed.symbol}")
+            self._dropping.add(closing)
+            closing.add_done_callback(self._dropping.discard)
 
     async def _close(self, feed: InstrumentFeed) -> None:
         self._closing.pop(feed.symbol, None)
@@ -821,6 +847,7 @@ class VenueBooks:
         await asyncio.gather(*starting, return_exceptions=True)
         for handle in self._closing.values():
             handle.cancel()
+        await asyncio.gather(*self._dropping, return_exceptions=True)
         for feed in list(self.feeds.values()):
             await feed.aclose()
         self.feeds.clear()

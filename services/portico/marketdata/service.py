@@ -304,7 +304,13 @@ class MarketDataServicer:
                 tickers = []
                 for event in events:
                     if isinstance(event, Message):
-                        tickers.append(ticker_proto(books.venue, models.parse_ticker(event.data)))
+                        try:
+                            ticker = models.parse_ticker(event.data, where=event.channel)
+                        except SyndrError as exc:  # the venue's mistake, not ours: its next ticker replaces it
+                            log.warning("unreadable ticker skipped", extra={"channel": event.channel,
+                                                                            "error": str(exc)})
+                            continue
+                        tickers.append(ticker_proto(books.venue, ticker))
                         continue
                     if isinstance(event, Overflow | ChannelRefused) and tickers:  # what came before still goes
                         yield pb.StreamTickersResponse(tickers=tickers)
@@ -329,10 +335,16 @@ class MarketDataServicer:
         since_ms = dict.fromkeys(symbols, int(time.time() * 1000) - _TRADES_CLOCK_SKEW_MS)
         async with await _subscribe(books, [f"trades.{s}.raw" for s in symbols]) as subscription:
             async for events in _queued(subscription, self._settings.max_batch):
-                trades = []
+                trades: list[trade_pb2.Trade] = []
                 for event in events:
                     if isinstance(event, Message):
-                        trade = models.parse_trade(event.data)
+                        try:
+                            trade = models.parse_trade(event.data, where=event.channel)
+                        except SyndrError as exc:  # never a hole in the stream: end it, as a failed catch-up does
+                            if trades:
+                                yield pb.StreamTradesResponse(trades=trades)
+                            raise Unavailable(f"the venue sent a trade that cannot be read ({exc}); re-read the "
+                                              "trades with ListTrades", reason="TRADES_MISSED") from None
                         if seen.add(trade.id):
                             since_ms[trade.instrument_name] = max(since_ms.get(trade.instrument_name, 0),
                                                                   trade.timestamp)

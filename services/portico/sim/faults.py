@@ -39,6 +39,9 @@ class Faults:
     # (un)subscribe calls naming any of these channels are refused whole, as if the venue no longer knew the
     # channel's instrument (INSTRUMENT_NOT_FOUND), or the channel (INVALID_PARAMS) if it names no instrument
     refuse_channels: list[str] = field(default_factory=list)
+    # calls naming one of these instruments (`instrument_name`) are answered INSTRUMENT_NOT_FOUND, as if the venue
+    # had removed it while a client still follows it (its channels: `refuse_channels`)
+    unknown_instruments: list[str] = field(default_factory=list)
     # Notifications as the document's examples send them where its tables say otherwise (EXAMPLE_SHAPES), so
     # tests can show the adapter copes with a venue that follows its examples.
     example_shapes: list[str] = field(default_factory=list)
@@ -62,9 +65,9 @@ class Faults:
             elif name.endswith("_next"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ValueError(f"{name} must be a non-negative integer")
-            elif name == "refuse_channels":
+            elif name in ("refuse_channels", "unknown_instruments"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise ValueError("refuse_channels must be a list of channel names")
+                    raise ValueError(f"{name} must be a list of names")
                 value = list(value)
             elif name == "example_shapes":
                 if not isinstance(value, list) or not set(value) <= EXAMPLE_SHAPES.keys():

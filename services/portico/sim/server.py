@@ -430,6 +430,8 @@ class Simulator:
         try:
             if self.faults.roll(self.rng, self.faults.fail_rate):
                 raise RpcFailure(ErrorCode.INTERNAL_ERROR, "simulated failure")
+            if isinstance(params_raw, dict) and params_raw.get("instrument_name") in self.faults.unknown_instruments:
+                raise RpcFailure(ErrorCode.INSTRUMENT_NOT_FOUND, str(params_raw["instrument_name"]))
             method = self.methods.get(method_name)
             if method is None:
                 raise RpcFailure(ErrorCode.METHOD_NOT_FOUND, method_name)

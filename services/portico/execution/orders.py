@@ -313,6 +313,11 @@ class OrderManager:
                                                   current.timestamp_ms)
             if found is not None:
                 return await self.apply_venue_order(current, found)
+            settled = await self.journal.get(*entry.key)
+            if settled is not None and not settled.unresolved:
+                # Resolved while the venue was read (an amend or cancel by order id found it by the salt the
+                # venue listed): an edit has since given the order a new salt, so it is not found by this one.
+                return settled
             if time.time_ns() // 1_000_000 >= current.expiration_ms:
                 return await self._record(current.with_changes(
                     state=OrderState.REJECTED, reject_reason="never reached the venue before its signature "
@@ -439,6 +444,8 @@ class OrderManager:
             raise NotFound(f"the venue has no order {venue_order_id}", reason="ORDER_NOT_FOUND")
         if entry is not None:
             entry = await self.apply_venue_order(entry, order)
+        else:  # by order id: ours but journaled UNKNOWN is found by the salt the venue lists, and resolved now
+            entry = await self.on_venue_order(venue, account, order)
         return entry, order
 
     async def amend(self, venue: str, account: str, order_id: str, client_order_id: str, amount: str,
@@ -528,7 +535,13 @@ class OrderManager:
         raise NotFound(f"the venue has no open order {order_id}", reason="ORDER_NOT_FOUND")
 
     async def cancel_all(self, venue: str, account: str, symbol: str | None) -> int:
-        """Cancel the account's open orders (on one instrument); return how many were open; journal them."""
+        """Cancel the account's open orders (on one instrument); return how many were open; journal them.
+
+        Orders there of unknown outcome are reconciled first: one the venue never got is sent again by its
+        reconciliation, which after the cancel would leave it resting where the caller cleared everything; sent
+        before, it is cancelled with the rest.
+        """
+        await self._reconcile_in(venue, account, symbol)
         try:
             # The read is part of the cancel: it queues for the rate budget as a cancel does, not as a read.
             before = [o for o in await open_orders(self.venue, account, priority=Priority.CANCEL)
@@ -542,6 +555,19 @@ class OrderManager:
         for order in before:
             await self.on_venue_order(venue, account, {**order, "order_state": "cancelled"})
         return len(before)
+
+    async def _reconcile_in(self, venue: str, account: str, symbol: str | None) -> None:
+        """Try once to resolve the account's orders of unknown outcome (on one instrument) not on their way now.
+        A failure (the journal down, say) is logged, never in the way of the cancel that follows."""
+        if not any(keys for (v, a, s), keys in self._unresolved.items()
+                   if v == venue and a == account and (symbol is None or s == symbol)):
+            return
+        try:
+            for entry in await self.journal.unresolved(venue, account, symbol):
+                if entry.key not in self._inflight:
+                    await self._reconcile_serialised(entry)
+        except Exception:
+            log.exception("reconcile before cancelling all failed", extra={"account": account, "symbol": symbol})
 
 
 def _answered_order(method: str, result: Any) -> dict[str, Any]:

@@ -96,8 +96,14 @@ def _open_position_text(order: dict[str, Any]) -> str:
     return f"{created}:{order_id}"
 
 
+def _fill_key(trade: models.UserTrade) -> tuple[int, str]:
+    """Where a fill sorts in one order's ListFills (newest first, by this key descending)."""
+    return trade.timestamp, trade.id
+
+
 def _open_position(text: str) -> tuple[int, str]:
-    """A page token's `after` as an `_open_key`; INVALID_ARGUMENT naming `page_token` if it is not one."""
+    """A page token's `after` as an `_open_key` (or a `_fill_key`); INVALID_ARGUMENT naming `page_token` if it is
+    not one."""
     created, colon, order_id = text.partition(":")
     if not colon or not (created.isascii() and created.isdigit()) or len(created) > 20:
         raise InvalidArgument("page_token", "not a token of this query")
@@ -240,13 +246,23 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         size = page_size(request.page_size)
         query = ("fills", venue, account, symbol, order_id)
         offset, as_of = position_from_token(request.page_token, query)
+        after: str | None = None
         try:
             if order_id is not None:  # one order's fills: the venue answers them all at once
+                cursor, _ = cursor_from_token(request.page_token, query)
+                cut = None if cursor is None else _open_position(cursor)
                 result = await self.venue.call(account, "private/get_user_trades_by_order",
                                                {"order-id": order_id, "sort_by": "DESC"})
-                every = tuple(t for t in models.parse_user_trades(result.result)
-                              if symbol is None or t.instrument_name == symbol)
-                page, more = list(every[offset:offset + size]), offset + size < len(every)
+                every = sorted((t for t in models.parse_user_trades(result.result)
+                                if symbol is None or t.instrument_name == symbol), key=_fill_key, reverse=True)
+                # The order fills on between pages, at the top of the list: a page starts after the last fill
+                # listed, not at an offset that a new fill shifts (which listed that fill again).
+                if cut is not None:
+                    offset = next((i for i, t in enumerate(every) if _fill_key(t) < cut), len(every))
+                page, more = every[offset:offset + size], offset + size < len(every)
+                if more:
+                    timestamp, fill_id = _fill_key(page[-1])
+                    after = f"{timestamp}:{fill_id}"
             else:  # paged at the venue, within the window the first page fixed (later fills do not shift it)
                 until = history_until_s() if as_of is None else as_of
                 window = await _read_in_chunks(
@@ -265,7 +281,8 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
                     if entry is not None:
                         client_ids[oid] = entry.intent.client_order_id
         return pb.ListFillsResponse(fills=[fill_proto(venue, account, t, client_ids) for t in page],
-                                    next_page_token=page_token(offset + size, query, as_of=as_of) if more else "")
+                                    next_page_token=page_token(offset + size, query, as_of=as_of, after=after)
+                                    if more else "")
 
     @map_venue_errors
     async def ArmDeadman(self, request: pb.ArmDeadmanRequest, context: Any) -> pb.ArmDeadmanResponse:

@@ -18,7 +18,9 @@ already emitted for that order (a notification that queued while the
 catch-up read a later state) is not emitted: a consumer's last word on an
 order is the newest the feed saw.
 Each update gets the next number of the account's sequence (orders and fills
-count separately; a feed that replaces an ended one goes on from its numbers);
+count separately; a feed that replaces an ended one goes on from its numbers;
+a process starts every account's numbers at its start time in microseconds, so
+they go on upwards across restarts);
 a consumer that cannot keep up is cut off with RESOURCE_EXHAUSTED rather than
 silently skipped.
 
@@ -390,6 +392,10 @@ class AccountFeeds:
         # The (order, fill) sequence numbers an account's ended feed had reached: the feed that replaces it goes
         # on from there, so the account's numbers never repeat within the process (kept however the feed ended).
         self._sequences: dict[tuple[str, str], tuple[int, int]] = {}
+        # Where every account's numbers start in this process: its start in epoch microseconds, so that they go on
+        # upwards across restarts of the service (a process numbers far fewer updates than microseconds pass)
+        # instead of back to 1, where a consumer would take numbers it saw before for repeats.
+        self._first_sequence = time.time_ns() // 1_000
         self._following_again: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._closing = False
 
@@ -443,7 +449,7 @@ class AccountFeeds:
         marks = self._resume.get(key)
         if marks is not None:
             feed.resume(marks)
-        feed.order_sequence, feed.fill_sequence = self._sequences.get(key, (0, 0))
+        feed.order_sequence, feed.fill_sequence = self._sequences.get(key, (self._first_sequence,) * 2)
         try:
             await feed.start()
             await feed.catch_up()

@@ -534,6 +534,12 @@ class InstrumentFeed:
                   extra={"symbol": self.symbol, "error": str(event.error)})
         self._end(refused_channel_error(event.channel, event.error, venue=self.venue))
 
+    def end(self, error: PorticoError) -> None:
+        """Reference data reports the instrument delisted: end every stream of the book with `error` and drop the
+        feed (unsubscribing its channel, which the venue may go on serving), as for a channel the venue refused."""
+        log.warning("the instrument is delisted: book streams end", extra={"symbol": self.symbol})
+        self._end(error)
+
     def _end(self, error: PorticoError) -> None:
         """The venue will not serve this book any more: every stream of it ends with `error`, and the feed is
         dropped (and unsubscribed), so that the next stream of the symbol starts a new one."""
@@ -838,6 +844,23 @@ class VenueBooks:
         feed = self.feeds.get(symbol)
         if feed is not None:
             feed.resync(reason)
+
+    def symbols(self) -> set[str]:
+        """The symbols with a feed, live, lingering or starting."""
+        return set(self.feeds) | set(self._starting)
+
+    def end(self, symbol: str, error: PorticoError) -> None:
+        """The instrument is delisted: every stream of its book ends with `error` and its feed is dropped and
+        unsubscribed (`InstrumentFeed.end`); a feed still starting is ended as soon as it has started."""
+        feed = self.feeds.get(symbol)
+        if feed is not None:
+            feed.end(error)
+        starting = self._starting.get(symbol)
+        if starting is not None:
+            def started(task: asyncio.Task[InstrumentFeed]) -> None:
+                if not task.cancelled() and task.exception() is None:
+                    task.result().end(error)
+            starting.add_done_callback(started)
 
     async def aclose(self) -> None:
         await cancel_and_wait(self._auditor)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -181,6 +182,24 @@ class MarketDataServicer:
         self._symbols = symbols
         self._settings = settings
         self._trade_listings = {venue: SharedTradeListings(venue_books) for venue, venue_books in books.items()}
+        self._delistings = {venue: Delistings(venue) for venue in books}
+
+    def streamed_symbols(self, venue: str) -> set[str]:
+        """Every symbol of `venue` a stream (or a book feed) is open for, or being opened for."""
+        return self._books[venue].symbols() | self._delistings[venue].symbols()
+
+    def delisted(self, venue: str, symbol: str) -> None:
+        """Reference data reports `symbol` delisted: it is checked again before any new stream or read, every
+        stream of its book ends (the feed dropped and unsubscribed), and so does every ticker and trade stream
+        naming it, each whole (its queued tickers or trades sent first, its upstream subscription closed)."""
+        error = delisted_error(venue, symbol)
+        self._symbols.forget(venue, symbol)
+        self._books[venue].end(symbol, error)
+        self._delistings[venue].end(symbol, error)
+
+    async def aclose(self) -> None:
+        for delistings in self._delistings.values():
+            await delistings.aclose()
 
     def _venue(self, venue: str) -> VenueBooks:
         books = self._books.get(venue.strip().lower())
@@ -199,11 +218,15 @@ class MarketDataServicer:
                               context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         books = self._venue(request.venue)
         depth = self._depth(request.depth)
-        await self._symbols.check(books.venue, request.symbol)
-        try:
-            consumer = await books.attach(request.symbol, depth)
-        except SyndrError as exc:  # the venue could not give us the book (unreachable, refused): not INTERNAL
-            raise to_portico_error(exc) from None
+        # Watched from before its check: a delisting reported between the check and the attach ends it too.
+        with self._delistings[books.venue].watch([request.symbol]) as watch:
+            await self._symbols.check(books.venue, request.symbol)
+            try:
+                consumer = await books.attach(request.symbol, depth)
+            except SyndrError as exc:  # the venue could not give us the book (unreachable, refused): not INTERNAL
+                raise to_portico_error(exc) from None
+        if watch.error is not None:  # the feed may have started after the delisting ended the symbol's others
+            books.end(request.symbol, watch.error)
         try:
             while True:
                 if not consumer.ready():
@@ -285,83 +308,121 @@ class MarketDataServicer:
             _ts(candle.update_time, c.last_updated_time or c.time)
         return response
 
-    async def _symbols_of(self, books: VenueBooks, symbols: list[str]) -> list[str]:
+    @staticmethod
+    def _bounded_symbols(symbols: list[str]) -> list[str]:
         if not symbols:
             raise InvalidArgument("symbols", "at least one symbol is required")
         if len(symbols) > MAX_STREAM_SYMBOLS:  # before any check: each could be a call to reference data
             raise InvalidArgument("symbols", f"at most {MAX_STREAM_SYMBOLS} symbols in one stream (got {len(symbols)})")
+        return symbols
+
+    async def _check_symbols(self, books: VenueBooks, symbols: list[str]) -> list[str]:
         for i, symbol in enumerate(symbols):
             await self._symbols.check(books.venue, symbol, field=f"symbols[{i}]")
         return list(dict.fromkeys(symbols))
 
     async def StreamTickers(self, request: pb.StreamTickersRequest, context: grpc.aio.ServicerContext
                             ) -> AsyncIterator[pb.StreamTickersResponse]:
-        """The tickers as they come; those queued for this stream leave together, in one message."""
+        """The tickers as they come; those queued for this stream leave together, in one message. A symbol that
+        reference data reports delisted ends the whole stream (`delisted_error`), after the tickers queued."""
         books = self._venue(request.venue)
-        symbols = await self._symbols_of(books, list(request.symbols))
-        async with await _subscribe(books, [f"ticker.{s}" for s in symbols]) as subscription:
-            async for events in _queued(subscription, self._settings.max_batch):
-                tickers = []
-                for event in events:
-                    if isinstance(event, Message):
-                        try:
-                            ticker = models.parse_ticker(event.data, where=event.channel)
-                        except SyndrError as exc:  # the venue's mistake, not ours: its next ticker replaces it
-                            log.warning("unreadable ticker skipped", extra={"channel": event.channel,
-                                                                            "error": str(exc)})
-                            continue
-                        tickers.append(ticker_proto(books.venue, ticker))
+        requested = self._bounded_symbols(list(request.symbols))
+        with self._delistings[books.venue].watch(requested) as watch:
+            symbols = await self._check_symbols(books, requested)
+            try:
+                async with await _subscribe(books, [f"ticker.{s}" for s in symbols]) as subscription:
+                    watch.attach(subscription)  # a delisting closes it: what is queued drains, then the loop ends
+                    async with contextlib.aclosing(self._tickers(books, subscription)) as responses:
+                        async for response in responses:
+                            yield response
+            except PorticoError:
+                if watch.error is None:
+                    raise
+                raise watch.error from None  # what a delisting led to (a catch-up refused, say): say why
+            if watch.error is not None:
+                raise watch.error
+
+    async def _tickers(self, books: VenueBooks, subscription: Subscription
+                       ) -> AsyncGenerator[pb.StreamTickersResponse, None]:
+        async for events in _queued(subscription, self._settings.max_batch):
+            tickers = []
+            for event in events:
+                if isinstance(event, Message):
+                    try:
+                        ticker = models.parse_ticker(event.data, where=event.channel)
+                    except SyndrError as exc:  # the venue's mistake, not ours: its next ticker replaces it
+                        log.warning("unreadable ticker skipped", extra={"channel": event.channel,
+                                                                        "error": str(exc)})
                         continue
-                    if isinstance(event, Overflow | ChannelRefused) and tickers:  # what came before still goes
-                        yield pb.StreamTickersResponse(tickers=tickers)
-                    if isinstance(event, Overflow):  # the backlog was dropped: a symbol's last ticker may be missing
-                        raise ResourceExhausted("the ticker stream fell behind; tickers would be missing or stale",
-                                                reason="CONSUMER_TOO_SLOW")
-                    if isinstance(event, ChannelRefused):  # the venue would not subscribe it again after a reconnect
-                        raise refused_channel_error(event.channel, event.error, venue=books.venue)
-                if tickers:
+                    tickers.append(ticker_proto(books.venue, ticker))
+                    continue
+                if isinstance(event, Overflow | ChannelRefused) and tickers:  # what came before still goes
                     yield pb.StreamTickersResponse(tickers=tickers)
+                if isinstance(event, Overflow):  # the backlog was dropped: a symbol's last ticker may be missing
+                    raise ResourceExhausted("the ticker stream fell behind; tickers would be missing or stale",
+                                            reason="CONSUMER_TOO_SLOW")
+                if isinstance(event, ChannelRefused):  # the venue would not subscribe it again after a reconnect
+                    raise refused_channel_error(event.channel, event.error, venue=books.venue)
+            if tickers:
+                yield pb.StreamTickersResponse(tickers=tickers)
 
     async def StreamTrades(self, request: pb.StreamTradesRequest, context: grpc.aio.ServicerContext
                            ) -> AsyncIterator[pb.StreamTradesResponse]:
         """Every trade from the stream's start, once: after an upstream reconnect, the trades made while it was
         down are read from the venue (`public/get_trades`) and sent before the live ones that follow. Trades
-        queued for this stream leave together, in one message."""
+        queued for this stream leave together, in one message. A symbol that reference data reports delisted ends
+        the whole stream (`delisted_error`), after the trades queued."""
         books = self._venue(request.venue)
-        symbols = await self._symbols_of(books, list(request.symbols))
+        requested = self._bounded_symbols(list(request.symbols))
+        with self._delistings[books.venue].watch(requested) as watch:
+            symbols = await self._check_symbols(books, requested)
+            try:
+                async with await _subscribe(books, [f"trades.{s}.raw" for s in symbols]) as subscription:
+                    watch.attach(subscription)  # a delisting closes it: what is queued drains, then the loop ends
+                    async with contextlib.aclosing(self._trades(books, subscription, symbols)) as responses:
+                        async for response in responses:
+                            yield response
+            except PorticoError:
+                if watch.error is None:
+                    raise
+                raise watch.error from None  # what a delisting led to (a catch-up refused, say): say why
+            if watch.error is not None:
+                raise watch.error
+
+    async def _trades(self, books: VenueBooks, subscription: Subscription, symbols: list[str]
+                      ) -> AsyncGenerator[pb.StreamTradesResponse, None]:
         seen = RecentKeys(_TRADES_SEEN)
         # Per symbol, the latest trade time emitted (the venue's clock); until one is, our start less the clock
         # skew we allow: a catch-up may then send a trade made just before the stream began, never miss one.
         since_ms = dict.fromkeys(symbols, int(time.time() * 1000) - _TRADES_CLOCK_SKEW_MS)
-        async with await _subscribe(books, [f"trades.{s}.raw" for s in symbols]) as subscription:
-            async for events in _queued(subscription, self._settings.max_batch):
-                trades: list[trade_pb2.Trade] = []
-                for event in events:
-                    if isinstance(event, Message):
-                        try:
-                            trade = models.parse_trade(event.data, where=event.channel)
-                        except SyndrError as exc:  # never a hole in the stream: end it, as a failed catch-up does
-                            if trades:
-                                yield pb.StreamTradesResponse(trades=trades)
-                            raise Unavailable(f"the venue sent a trade that cannot be read ({exc}); re-read the "
-                                              "trades with ListTrades", reason="TRADES_MISSED") from None
-                        if seen.add(trade.id):
-                            since_ms[trade.instrument_name] = max(since_ms.get(trade.instrument_name, 0),
-                                                                  trade.timestamp)
-                            trades.append(trade_proto(books.venue, trade))
-                        continue
-                    if trades:  # what came before the event goes first, whatever the event leads to
-                        yield pb.StreamTradesResponse(trades=trades)
-                        trades = []
-                    if isinstance(event, Overflow):
-                        raise ResourceExhausted("the trade stream fell behind; trades would be missing",
-                                                reason="CONSUMER_TOO_SLOW")
-                    if isinstance(event, ChannelRefused):
-                        raise refused_channel_error(event.channel, event.error, venue=books.venue)
-                    if isinstance(event, Reconnected):
-                        trades = [trade_proto(books.venue, t) for t in await self._missed_trades(books, since_ms, seen)]
-                if trades:
+        async for events in _queued(subscription, self._settings.max_batch):
+            trades: list[trade_pb2.Trade] = []
+            for event in events:
+                if isinstance(event, Message):
+                    try:
+                        trade = models.parse_trade(event.data, where=event.channel)
+                    except SyndrError as exc:  # never a hole in the stream: end it, as a failed catch-up does
+                        if trades:
+                            yield pb.StreamTradesResponse(trades=trades)
+                        raise Unavailable(f"the venue sent a trade that cannot be read ({exc}); re-read the "
+                                          "trades with ListTrades", reason="TRADES_MISSED") from None
+                    if seen.add(trade.id):
+                        since_ms[trade.instrument_name] = max(since_ms.get(trade.instrument_name, 0),
+                                                              trade.timestamp)
+                        trades.append(trade_proto(books.venue, trade))
+                    continue
+                if trades:  # what came before the event goes first, whatever the event leads to
                     yield pb.StreamTradesResponse(trades=trades)
+                    trades = []
+                if isinstance(event, Overflow):
+                    raise ResourceExhausted("the trade stream fell behind; trades would be missing",
+                                            reason="CONSUMER_TOO_SLOW")
+                if isinstance(event, ChannelRefused):
+                    raise refused_channel_error(event.channel, event.error, venue=books.venue)
+                if isinstance(event, Reconnected):
+                    trades = [trade_proto(books.venue, t) for t in await self._missed_trades(books, since_ms, seen)]
+            if trades:
+                yield pb.StreamTradesResponse(trades=trades)
 
     async def _missed_trades(self, books: VenueBooks, since_ms: dict[str, int], seen: RecentKeys
                              ) -> list[models.Trade]:
@@ -484,8 +545,95 @@ async def _venue_call(http: SyndrHttpClient, method: str, params: dict[str, Any]
         raise to_portico_error(exc) from None
 
 
+def delisted_error(venue: str, symbol: str) -> NotFound:
+    """What a stream of `symbol` ends with once reference data reports it delisted (as a new stream of it is
+    refused). A ticker or trade stream of several symbols ends as a whole: this names the one delisted."""
+    return NotFound(f"{venue} no longer lists {symbol!r} (reference data reports it delisted): its streams end; a "
+                    "stream of several symbols ends as a whole, open it again without this one",
+                    reason="INSTRUMENT_INACTIVE", metadata={"venue": venue, "symbol": symbol})
+
+
+class StreamWatch:
+    """One ticker, trade or book stream, told when one of its symbols is delisted (see `Delistings`)."""
+
+    __slots__ = ("_owner", "error", "subscription")
+
+    def __init__(self, owner: Delistings):
+        self._owner = owner
+        self.error: PorticoError | None = None  # the first delisting of one of its symbols
+        self.subscription: Subscription | None = None
+
+    def end(self, error: PorticoError) -> None:
+        if self.error is not None:
+            return
+        self.error = error
+        if self.subscription is not None:
+            self._owner.close_later(self.subscription)
+
+    def attach(self, subscription: Subscription) -> None:
+        """The stream's upstream subscription: closed once a symbol is delisted (now, if one was already)."""
+        self.subscription = subscription
+        if self.error is not None:
+            self._owner.close_later(subscription)
+
+
+class Delistings:
+    """One venue's open streams by symbol, so that a delisting ends those naming it.
+
+    A ticker or trade stream's subscription is closed, not the stream's task cancelled: closing ends its
+    iterator after what is already queued (so queued trades are still sent), detaches it at once and
+    unsubscribes the channels no other stream needs; the stream then ends with the watch's error.
+    """
+
+    def __init__(self, venue: str):
+        self.venue = venue
+        self._streams: dict[str, set[StreamWatch]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @contextlib.contextmanager
+    def watch(self, symbols: Iterable[str]) -> Iterator[StreamWatch]:
+        watch = StreamWatch(self)
+        names = list(dict.fromkeys(symbols))
+        for symbol in names:
+            self._streams.setdefault(symbol, set()).add(watch)
+        try:
+            yield watch
+        finally:
+            for symbol in names:
+                watches = self._streams.get(symbol)
+                if watches is not None:
+                    watches.discard(watch)
+                    if not watches:
+                        del self._streams[symbol]
+
+    def symbols(self) -> set[str]:
+        return set(self._streams)
+
+    def end(self, symbol: str, error: PorticoError) -> None:
+        watches = list(self._streams.get(symbol, ()))
+        if watches:
+            log.warning("the instrument is delisted: its ticker and trade streams end",
+                        extra={"venue": self.venue, "symbol": symbol, "streams": len(watches)})
+        for watch in watches:
+            watch.end(error)
+
+    def close_later(self, subscription: Subscription) -> None:
+        closing = asyncio.create_task(subscription.close(), name=f"delisted-close-{self.venue}")
+        self._closing.add(closing)
+        closing.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("closing a delisted stream's subscription failed", extra={"error": repr(task.exception())})
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
 class SymbolCheck:
-    """Unknown symbols are NOT_FOUND: checked against reference data (or the venue), cached briefly."""
+    """Unknown symbols are NOT_FOUND: checked against reference data (or the venue), cached briefly; a symbol
+    reference data reports delisted is forgotten at once (`forget`), so the next check asks again."""
 
     def __init__(self, http: Mapping[str, SyndrHttpClient], refdata: grpc.aio.Channel | None, token: str | None,
                  ttl_s: float = 60.0):
@@ -494,6 +642,19 @@ class SymbolCheck:
         self._token = token
         self._ttl = ttl_s
         self._known: dict[tuple[str, str], float] = {}
+        # Counts `forget` / `retain` calls: a check that was answered before one of them must not cache its answer.
+        self._forgets = 0
+
+    def forget(self, venue: str, symbol: str) -> None:
+        """`symbol` was delisted: the next check of it asks again (a check under way does not cache its answer)."""
+        self._known.pop((venue, symbol), None)
+        self._forgets += 1
+
+    def retain(self, venue: str, symbols: set[str]) -> None:
+        """Forget every cached symbol of `venue` not in `symbols` (the instruments it lists as active)."""
+        for key in [key for key in self._known if key[0] == venue and key[1] not in symbols]:
+            del self._known[key]
+        self._forgets += 1
 
     async def check(self, venue: str, symbol: str, *, field: str = "symbol") -> None:
         """NOT_FOUND for a symbol the venue does not list; INVALID_ARGUMENT naming `field` for one no venue
@@ -506,6 +667,7 @@ class SymbolCheck:
         key = (venue, symbol)
         if time.monotonic() - self._known.get(key, -1e9) < self._ttl:
             return
+        forgets = self._forgets
         if self._refdata is not None:
             try:
                 reply = await self._refdata.GetInstrument(refdata_pb2.GetInstrumentRequest(venue=venue, symbol=symbol),
@@ -529,7 +691,8 @@ class SymbolCheck:
             # Listed but not tradable counts as not listed, as in reference data (which the check above asks).
             if isinstance(answer.result, dict) and answer.result.get("is_active") is False:
                 raise NotFound(f"{venue} no longer lists {symbol!r}", reason="INSTRUMENT_INACTIVE")
-        self._known[key] = time.monotonic()
+        if self._forgets == forgets:  # no delisting was reported while this check was under way
+            self._known[key] = time.monotonic()
 
 
 def handlers(servicer: MarketDataServicer) -> grpc.GenericRpcHandler:
@@ -568,8 +731,8 @@ class MarketDataApp(GrpcServiceApp):
         self.symbols = SymbolCheck({"syndr": self.http}, self.refdata, settings.service_token)
         self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
-        self.server.grpc.add_generic_rpc_handlers([handlers(MarketDataServicer(self.books, self.symbols,
-                                                                               settings.feed))])
+        self.servicer = MarketDataServicer(self.books, self.symbols, settings.feed)
+        self.server.grpc.add_generic_rpc_handlers([handlers(self.servicer)])
         self._watch: asyncio.Task[None] | None = None
         self._started_ms = _now_ms()  # the first watch catches up on everything since: no book is older
         self.refdata_skew_margin_ms = REFDATA_SKEW_MARGIN_MS
@@ -597,7 +760,8 @@ class MarketDataApp(GrpcServiceApp):
             self._watch = asyncio.create_task(self._watch_reference_data(), name="marketdata-refdata-watch")
 
     async def _watch_reference_data(self) -> None:
-        """A tick-size (or any) change of an instrument from reference data rebuilds that book.
+        """A tick-size (or any) change of an instrument from reference data rebuilds that book; a delisting
+        ends every stream of the instrument (`MarketDataServicer.delisted`).
 
         Each established watch first catches up on the tick-size changes since the watermark: the last
         moment a caught-up watch was known to be up (the process start for the first one). See
@@ -614,6 +778,10 @@ class MarketDataApp(GrpcServiceApp):
         def on_event(event: refdata_pb2.InstrumentEvent) -> None:
             if event.type == refdata_pb2.INSTRUMENT_EVENT_TYPE_UPDATED:
                 self.books["syndr"].resync(event.instrument.symbol, "reference data changed")
+            elif event.type == refdata_pb2.INSTRUMENT_EVENT_TYPE_DEACTIVATED:
+                log.info("reference data reports the instrument delisted: its streams end",
+                         extra={"symbol": event.instrument.symbol})
+                self.servicer.delisted("syndr", event.instrument.symbol)
 
         def on_ended(caught_up: bool) -> None:
             nonlocal watermark_ms
@@ -625,14 +793,23 @@ class MarketDataApp(GrpcServiceApp):
 
     async def _catch_up_on_reference_data(self, stub: refdata_grpc.ReferenceDataServiceStub,
                                           metadata: tuple[tuple[str, str]], since_ms: int) -> None:
-        """Rebuild every live book whose tick size changed since `since_ms` (less the clock-skew margin).
+        """Rebuild every live book whose tick size changed since `since_ms` (less the clock-skew margin), and
+        end the streams of every instrument no longer active.
 
         Those changes were published while no watch of ours was registered, so no event will ever tell of
         them. `until` of a `changes` entry is when reference data stored the new tick size, on its clock.
         A needless rebuild is harmless, a missed one is not: hence the margin, and every page is read
         before any book is touched, so a failed listing is simply retried whole.
+
+        A delisting while no watch was up is never reported either. The listing is of every active instrument,
+        so a symbol streamed when it began (each checked active in reference data when its stream opened, and
+        records are never deleted) that it lacks was delisted meanwhile: its streams end as on the event, and
+        the symbols not listed leave `SymbolCheck`'s cache. A stream opened while the listing runs is not judged
+        by it (its instrument may be listed after the listing passed it); a delisting then is an event.
         """
         books = self.books["syndr"]
+        streamed = self.servicer.streamed_symbols("syndr")
+        active: set[str] = set()
         cutoff_ms = since_ms - self.refdata_skew_margin_ms
         changed: dict[str, tuple[instrument_pb2.Instrument, instrument_pb2.InstrumentChange]] = {}
         request = refdata_pb2.ListInstrumentsRequest(
@@ -642,6 +819,7 @@ class MarketDataApp(GrpcServiceApp):
             page = await stub.ListInstruments(request, metadata=metadata, timeout=_CATCH_UP_TIMEOUT_S)
             listed += len(page.instruments)
             for instrument in page.instruments:
+                active.add(instrument.symbol)
                 recent = [c for c in instrument.changes
                           if c.HasField("price_increment") and c.until.ToMilliseconds() >= cutoff_ms]
                 if recent:
@@ -649,6 +827,15 @@ class MarketDataApp(GrpcServiceApp):
             if not page.next_page_token:
                 break
             request.page_token = page.next_page_token
+        # Reference data listing nothing active (a new, empty database; a venue never synced) says nothing of
+        # what the venue lists: no stream is ended for that.
+        delisted = sorted(streamed - active) if active else []
+        if active:
+            self.symbols.retain("syndr", active)
+        for symbol in delisted:
+            log.warning("an instrument streamed was delisted while the reference-data watch was down: its "
+                        "streams end", extra={"symbol": symbol, "watermark_ms": since_ms})
+            self.servicer.delisted("syndr", symbol)
         rebuilt = []
         for symbol, (instrument, change) in changed.items():
             if symbol not in books.feeds:
@@ -661,11 +848,13 @@ class MarketDataApp(GrpcServiceApp):
             rebuilt.append(symbol)
         self.refdata_catch_ups += 1
         log.info("caught up on reference data", extra={"watermark_ms": since_ms, "cutoff_ms": cutoff_ms,
-                                                       "instruments": listed, "rebuilt": rebuilt})
+                                                       "instruments": listed, "rebuilt": rebuilt,
+                                                       "delisted": delisted})
 
     async def aclose(self, grace_s: float | None = None) -> None:
         await cancel_and_wait(self._watch)
         await self.server.stop(grace_s)
+        await self.servicer.aclose()
         for books in self.books.values():
             await books.aclose()
         await self.ws.aclose()

@@ -40,6 +40,8 @@ from portico.venues.syndr.errors import SyndrError, map_venue_errors, to_portico
 __all__ = ["SERVICE_NAME", "ExecutionApp", "ExecutionServicer"]
 
 log = logging.getLogger("portico.execution")
+# After a reconciliation pass that left orders unresolved, the first pause before the next (then doubled).
+_RECONCILE_RETRY_S = 0.05
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["ExecutionService"]
 SERVICE_NAME = _SERVICE.full_name
@@ -378,6 +380,12 @@ class ExecutionApp(GrpcServiceApp):
         self._reconciler = asyncio.create_task(self._reconcile_forever(), name="execution-reconciler")
 
     async def _reconcile_forever(self) -> None:
+        """A pass over every order of unknown outcome, every `reconcile_s` or at once when woken (an outcome just
+        became unknown). A pass that leaves orders unresolved (the venue failing) is followed by the next after a
+        pause doubling from `_RECONCILE_RETRY_S` up to `reconcile_s`, however soon it is woken: its own resends
+        that fail wake it, and it would otherwise go round as fast as the venue fails them (hundreds of resends
+        and look-ups a second, using up the rate budget new orders need)."""
+        retry_s = 0.0
         while True:
             self._wake.clear()
             try:
@@ -391,7 +399,12 @@ class ExecutionApp(GrpcServiceApp):
                 log.info("journal reconciled; serving")
                 for venue, account in await self.journal.accounts({OrderState.OPEN}):
                     self.feeds.ensure(venue, account)
-            await wait_event(self._wake, self.settings.reconcile_s)
+            if remaining == 0:
+                retry_s = 0.0
+                await wait_event(self._wake, self.settings.reconcile_s)
+            else:
+                retry_s = min(max(2 * retry_s, _RECONCILE_RETRY_S), self.settings.reconcile_s)
+                await asyncio.sleep(retry_s)
 
     async def aclose(self, grace_s: float | None = None) -> None:
         await cancel_and_wait(self._reconciler)

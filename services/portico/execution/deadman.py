@@ -12,6 +12,10 @@ it); after a failure the record is read again, so a key rotated since arming
 A cancel that keeps failing is logged when it first fails, when the pause
 grows, and then about once a minute (with the attempt count), not on every
 attempt: a venue that refuses for good would otherwise fill the log.
+When it fires it first tells `on_fire` (the order manager's `deadman_fired`),
+before its cancel is sent: an order of the account whose placement's outcome
+is unknown and that the venue never got must not be sent again by its
+reconciliation after the cancel.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Final
 
 from portico.execution.venue import SyndrVenue
@@ -56,8 +61,11 @@ class DeadmanSwitches:
     depends on Vault being readable: a Vault outage must not cancel a healthy client's orders.
     """
 
-    def __init__(self, venue: SyndrVenue, *, firing_wait_s: float = 10.0):
+    def __init__(self, venue: SyndrVenue, *, firing_wait_s: float = 10.0,
+                 on_fire: Callable[[str, str, int], None] | None = None):
         self._venue = venue
+        # Told (venue, account, epoch ms) when a switch fires, before its cancel is sent; must not block.
+        self._on_fire = on_fire
         # At shutdown, how long a firing whose cancel is on its way may take to finish it (a venue call's worst
         # case): cancelled half-way, it would leave the orders of an account nobody watches on the book.
         self._firing_wait_s = firing_wait_s
@@ -109,6 +117,11 @@ class DeadmanSwitches:
             del self._timers[key]
             del self._records[key]
         log.warning("dead-man's switch fired: cancelling all orders", extra={"account": record.account})
+        if self._on_fire is not None:
+            try:
+                self._on_fire(key[0], record.account, time.time_ns() // 1_000_000)
+            except Exception:  # never in the way of the cancel
+                log.exception("dead-man's switch could not record its firing", extra={"account": record.account})
         self._firing.add(asyncio.current_task())  # type: ignore[arg-type]
         arms = self._arms.get(key)
         attempt, pause = 1, _RETRY_S

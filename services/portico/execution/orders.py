@@ -16,7 +16,11 @@ The rules that keep an order from being placed twice or lost:
    then history). Found: its state is journaled. Not found: the same bytes
    are sent again; the venue accepts a salt once, so the original and the
    resend cannot both become orders. If the signature has expired, the order
-   can no longer reach the venue and is journaled REJECTED.
+   can no longer reach the venue and is journaled REJECTED. Nor is it sent
+   again if the account's dead-man's switch fired after it was placed
+   (`deadman_fired`): the switch cancelled the account's orders, and a resend
+   would put one of a client presumed dead on the book; it is journaled
+   REJECTED too.
 5. A refusal that is not about the order (our rate budget or the venue's,
    the API key refused before the venue looked at the order) executed
    nothing: a retry with the same client id sends the same bytes again. A key
@@ -57,7 +61,8 @@ from portico.venues.syndr.errors import (
 )
 from portico.venues.syndr.ratelimit import Priority
 
-__all__ = ["OrderManager", "order_at_version", "stored_is_newer", "venue_state", "venue_version"]
+__all__ = ["DEADMAN_REJECT_REASON", "OrderManager", "order_at_version", "stored_is_newer", "venue_state",
+           "venue_version"]
 
 log = logging.getLogger("portico.execution.orders")
 
@@ -75,6 +80,9 @@ _RESENDABLE_CODES: Final = frozenset({ErrorCode.TOO_MANY_REQUESTS, ErrorCode.UNA
 # made (it arrives within milliseconds); small, so memory stays flat.
 _JOURNALED_MEMORY: Final = 5_000
 _RECENT_ENTRIES: Final = 256
+# Why an order of unknown outcome placed before the account's dead-man's switch fired was not sent again.
+DEADMAN_REJECT_REASON: Final = ("not sent again: the dead-man's switch cancelled the account's orders after it "
+                                "was placed")
 
 
 def venue_state(order: dict[str, Any]) -> OrderState:
@@ -113,12 +121,43 @@ class OrderManager:
         self._unresolved: dict[tuple[str, str, str], set[tuple[str, str, str]]] = {}
         self._journaled: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._recent: OrderedDict[str, JournalEntry] = OrderedDict()
+        # (venue, account in lower case) -> when its dead-man's switch last fired (epoch ms); see `deadman_fired`.
+        self._deadman_fired_ms: dict[tuple[str, str], int] = {}
 
     async def load(self) -> None:
         """Build the in-memory index from the journal (at start, before serving)."""
         self._unresolved.clear()
         for entry in await self.journal.unresolved():
             self._index(entry)
+
+    # ------------------------------------------------------------------ the dead-man's switch
+
+    def deadman_fired(self, venue: str, account: str, at_ms: int | None = None) -> None:
+        """The account's dead-man's switch fired at `at_ms` (epoch ms; now if None): it is cancelling all the
+        account's orders. From now on an order of the account placed (journal `timestamp_ms`) at or before that
+        moment is never sent again: reconciled and not found at the venue, or retried with its client id after a
+        refusal that executed nothing, it is journaled REJECTED (`DEADMAN_REJECT_REASON`). One the venue lists
+        (its lost request did arrive) is journaled as the venue has it, as always. Orders placed after the
+        firing (the client is back) are reconciled and sent again as before; a re-arm does not clear the record.
+
+        Only the latest firing per account is kept (an order placed before an earlier firing was placed before
+        the latest too), and only in memory: a restart forgets it, and the reconciliation at start then sends
+        such an order again as it did before this rule existed.
+        """
+        key = (venue, account.lower())
+        fired_ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+        self._deadman_fired_ms[key] = max(fired_ms, self._deadman_fired_ms.get(key, fired_ms))
+
+    def _cancelled_by_deadman(self, entry: JournalEntry) -> bool:
+        """True if the account's dead-man's switch fired at or after `entry` was placed."""
+        fired_ms = self._deadman_fired_ms.get((entry.intent.venue, entry.intent.account.lower()))
+        return fired_ms is not None and entry.timestamp_ms <= fired_ms
+
+    async def _reject_for_deadman(self, entry: JournalEntry) -> JournalEntry:
+        log.warning("order not sent again: the dead-man's switch fired after it was placed",
+                    extra={"client_order_id": entry.intent.client_order_id, "account": entry.intent.account})
+        return await self._record(entry.with_changes(state=OrderState.REJECTED, reject_code=0,
+                                                     reject_reason=DEADMAN_REJECT_REASON))
 
     # ------------------------------------------------------------------ placing
 
@@ -201,6 +240,9 @@ class OrderManager:
             if entry.unresolved:
                 raise Unavailable(f"order {intent.client_order_id}: outcome at the venue still unknown; retry",
                                   reason="ORDER_OUTCOME_UNKNOWN")
+        if entry.state == OrderState.REJECTED and entry.reject_code in _RESENDABLE_CODES \
+                and self._cancelled_by_deadman(entry):
+            entry = await self._reject_for_deadman(entry)  # the switch fired since: never sent again
         if entry.state == OrderState.REJECTED and entry.reject_code in _RESENDABLE_CODES:
             # Refused for the rate limit (by the venue, or never sent for our own budget) or for the API key:
             # nothing was executed, so a retry sends the same signed bytes again rather than replaying the
@@ -322,16 +364,37 @@ class OrderManager:
                 return await self._record(current.with_changes(
                     state=OrderState.REJECTED, reject_reason="never reached the venue before its signature "
                                                              "expired"))
+            if self._cancelled_by_deadman(current):
+                return await self._reject_for_deadman(current)
             resend = await self._record(current.with_changes(state=OrderState.UNKNOWN,
                                                              attempts=current.attempts + 1))
             try:
-                return await self._send(resend)
+                sent = await self._send(resend)
             except Exception:  # a rejection or another unknown outcome: _send journaled which one
                 return await self._get(entry.key)
+            if sent.state == OrderState.OPEN and self._cancelled_by_deadman(sent):
+                return await self._cancel_resent(sent)
+            return sent
         except SyndrError as exc:
             log.info("reconcile deferred", extra={"client_order_id": current.intent.client_order_id,
                                                   "error": type(exc).__name__})
             return current
+
+    async def _cancel_resent(self, entry: JournalEntry) -> JournalEntry:
+        """Cancel an order just sent again that rests although the account's dead-man's switch fired while the
+        resend was on its way: it may have landed after the switch's cancel_all. A failure is logged (the order
+        stays journaled OPEN, as the venue has it)."""
+        log.warning("the dead-man's switch fired while an order was being sent again: cancelling it",
+                    extra={"client_order_id": entry.intent.client_order_id, "account": entry.intent.account})
+        try:
+            cancelled, _ = await self.cancel(entry.intent.venue, entry.intent.account, entry.order_id, "")
+        except NotFound:  # the switch's cancel_all took it
+            return await self._get(entry.key)
+        except Exception:
+            log.exception("cancelling an order sent again after the dead-man's switch fired failed",
+                          extra={"client_order_id": entry.intent.client_order_id, "account": entry.intent.account})
+            return entry
+        return cancelled or entry
 
     async def reconcile_all(self) -> int:
         """Try every unresolved entry once; return how many are still unresolved."""

@@ -359,7 +359,10 @@ class ExecutionApp(GrpcServiceApp):
             order_ttl_s=settings.order_ttl_s)
         self.feeds = AccountFeeds(settings.syndr_ws_url, self.venue, self.orders)
         # At shutdown a cancel on its way gets a venue call's worst case (the wait for the rate budget, the call).
-        self.deadman = DeadmanSwitches(self.venue, firing_wait_s=2 * settings.venue_timeout_s)
+        # A firing is told to the order manager first: it then never sends again an order of the account placed
+        # before it whose outcome was unknown (the switch cancelled the account's orders).
+        self.deadman = DeadmanSwitches(self.venue, firing_wait_s=2 * settings.venue_timeout_s,
+                                       on_fire=self.orders.deadman_fired)
         self.server = GrpcServer(settings.server, domain=ERROR_DOMAIN,
                                  authenticator=TokenAuthenticator.from_env(env), method_scopes=METHOD_SCOPES)
         pb_grpc.add_ExecutionServiceServicer_to_server(ExecutionServicer(self.orders, self.feeds, self.deadman),

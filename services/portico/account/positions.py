@@ -11,7 +11,9 @@ UNAVAILABLE. A position state older than one already emitted (by its
 instruments a live update arrived for while it read. Each update gets the
 account's next sequence; a consumer that cannot keep up is cut off with
 RESOURCE_EXHAUSTED. A stream carries changes from the moment it starts (the
-account's sequence goes on where it is); `ListPositions` gives the state. A
+account's sequence goes on where it is, also when a feed replaces one that
+ended, and across restarts: it starts at the process's start in epoch
+microseconds); `ListPositions` gives the state. A
 feed that cannot start (the venue's WebSocket unreachable) within
 `_START_TIMEOUT_S` fails the stream with UNAVAILABLE; feeds of different
 accounts start independently. If the venue refuses to subscribe
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
@@ -152,6 +155,13 @@ class PositionFeeds:
         self._feeds: dict[tuple[str, str], PositionFeed] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}  # per account: one start at a time
         self._retiring: set[asyncio.Task[None]] = set()  # closing feeds that ended
+        # The sequence an account's ended feed had reached: the feed that replaces it goes on from there, so the
+        # account's numbers never repeat within the process. Every account's numbers start at this process's
+        # start in epoch microseconds, so that they go on upwards across restarts too (a process numbers far
+        # fewer updates than microseconds pass) instead of back to 1, where a consumer would take numbers it saw
+        # before for repeats (as execution's order and fill streams do).
+        self._sequences: dict[tuple[str, str], int] = {}
+        self._first_sequence = time.time_ns() // 1_000
 
     async def get(self, venue_name: str, account: str) -> PositionFeed:
         key = (venue_name, account.lower())
@@ -172,6 +182,7 @@ class PositionFeeds:
                             rate_budget=self._accounts.budget(session.record),
                             refresh_credentials=lambda: self._accounts.current_credentials(account))
         feed = PositionFeed(venue_name, account, ws, self._accounts, on_end=self._retire)
+        feed.sequence = self._sequences.get((venue_name, account.lower()), self._first_sequence)
         limit = asyncio.timeout(_START_TIMEOUT_S)
         try:
             async with limit:
@@ -191,6 +202,7 @@ class PositionFeeds:
         key = (feed.venue_name, feed.account.lower())
         if self._feeds.get(key) is feed:
             del self._feeds[key]
+        self._sequences[key] = max(feed.sequence, self._sequences.get(key, 0))
         task = asyncio.create_task(feed.aclose(), name=f"account-positions-close-{feed.account}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)

@@ -32,7 +32,7 @@ from portico.refdata.v1 import reference_data_service_pb2_grpc as refdata_grpc
 from portico.runtime.auth import TokenAuthenticator
 from portico.runtime.client import bearer, open_channel
 from portico.runtime.decimals import format_decimal, parse_decimal
-from portico.runtime.errors import FailedPrecondition, Internal, InvalidArgument, Unavailable
+from portico.runtime.errors import FailedPrecondition, Internal, InvalidArgument, PorticoError, Unavailable
 from portico.runtime.fanout import StreamConsumer
 from portico.runtime.lifecycle import GrpcServiceApp
 from portico.runtime.paging import cursor_from_token, offset_from_token, page_size, page_token, position_from_token
@@ -42,7 +42,9 @@ from portico.runtime.vault import VaultError, VaultNotFound, VaultSession, vault
 from portico.signer.client import SignerClient
 from portico.venues.accounts import SyndrAccounts, VenueAccount, VenueAccountStore, check_account, check_venue
 from portico.venues.syndr import models, typed_data
+from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.errors import (
+    SyndrAuthError,
     SyndrError,
     SyndrRateLimited,
     SyndrTransportError,
@@ -72,6 +74,12 @@ MAX_SIGNING_KEY_VALIDITY_S: Final = 10 * 365 * 86_400
 def api_key_path(venue: str, account: str, api_key: str) -> str:
     """Where CreateApiKey keeps a key's secret (below the KV mount)."""
     return f"portico/venues/{venue}/api-keys/{account.lower()}/{api_key}"
+
+
+def _holdable(api_key: str) -> bool:
+    """An API key that names a Vault path below the account's keys (no way out of them), as DeactivateApiKey
+    takes it: CreateApiKey keeps only such keys (deactivating any other the venue issues)."""
+    return bool(_API_KEY.fullmatch(api_key)) and all(part not in ("", ".", "..") for part in api_key.split("/"))
 
 
 def _now_s() -> dict[str, Any]:
@@ -315,13 +323,21 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
                           extra={"account": account, "error": type(exc).__name__})
             raise
         path = api_key_path(venue, account, created.api_key)
+        failure: PorticoError
         try:
+            if not _holdable(created.api_key):  # no Vault path, or one DeactivateApiKey would never take back
+                raise ValueError("the venue's name of the new API key is not one Portico can keep")
             await self.vault.write_kv(path, {"api_key": created.api_key, "api_secret": created.api_secret,
                                              "name": name, "scope": int(scope)})
-        except VaultError as exc:
+        except (VaultError, ValueError) as exc:
             # The venue shows a secret once: without Vault it is lost, so the key must not stay active.
             log.error("storing a new API key failed; deactivating it", extra={
                 "account": account, "api_key": created.api_key, "error": type(exc).__name__})
+            failure = (Unavailable("Vault did not take the new API key's secret; the key was deactivated",
+                                   reason="VAULT_UNAVAILABLE") if isinstance(exc, VaultError) else
+                       Internal(f"the venue named the new API key {created.api_key[:256]!r}, which cannot be kept "
+                                "under a Vault path (nor deactivated by DeactivateApiKey); the key was deactivated",
+                                reason="VENUE_PROTOCOL_ERROR", metadata={"api_key": created.api_key[:256]}))
             try:
                 await self._deactivate(record, created.api_key, created.api_secret)
             except SyndrError as failed:
@@ -331,8 +347,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
                 raise Internal(f"API key {created.api_key} was created but its secret could not be stored, and "
                                "deactivating it failed: key created, secret not stored, still active: deactivate it",
                                reason="API_KEY_LEFT_ACTIVE", metadata={"api_key": created.api_key}) from None
-            raise Unavailable("Vault did not take the new API key's secret; the key was deactivated",
-                              reason="VAULT_UNAVAILABLE") from None
+            raise failure from None
         return models.ApiKey(api_key=created.api_key, scope=scope, name=name), path
 
     async def _deactivate(self, record: VenueAccount, api_key: str, api_secret: str) -> None:
@@ -360,8 +375,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         venue, account = check_venue(request.venue), check_account(request.account)
         if not request.api_key:
             raise InvalidArgument("api_key", "required")
-        if not _API_KEY.fullmatch(request.api_key) or any(
-                part in ("", ".", "..") for part in request.api_key.split("/")):
+        if not _holdable(request.api_key):
             raise InvalidArgument("api_key", "not an API key")
         record = await self.accounts.store.get(venue, account)
         if record.credentials.api_key == request.api_key:
@@ -379,11 +393,31 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
                 f"Portico does not hold the secret of API key {request.api_key} (only keys made by CreateApiKey "
                 "are kept in Vault), and the venue wants it to deactivate the key: deactivate it at the venue",
                 reason="API_KEY_SECRET_NOT_HELD")
-        await self._call(account, "private/deactivate_api_key", {"api_key": request.api_key, "api_secret": secret})
+        await self._deactivate_held(account, request.api_key, secret)
         keys = models.parse_api_keys(await self._call(account, "private/get_api_keys"))
         key = next((k for k in keys if k.api_key == request.api_key),
                    models.ApiKey(api_key=request.api_key, scope=-1))
         return pb.DeactivateApiKeyResponse(api_key=api_key_proto(key, active=False))
+
+    async def _deactivate_held(self, account: str, api_key: str, secret: str) -> None:
+        """`private/deactivate_api_key` with the secret Vault holds for the key.
+
+        The venue answers UNAUTHORIZED both when the account's own credentials are refused and when `api_secret`
+        is not the key's (a wrong secret in Vault): sent past `SyndrAccounts.call`, whose refusal handling
+        would drop the account's record for the latter, and told apart by one read with the account's
+        credentials (which does go through it, so a record the venue really refuses is dropped)."""
+        session = await self.accounts.session(account)
+        try:
+            await session.http.call("private/deactivate_api_key", {"api_key": api_key, "api_secret": secret})
+        except SyndrAuthError as exc:
+            await self._call(account, "private/get_api_keys")  # raises when the account's own key is refused
+            if exc.code != ErrorCode.UNAUTHORIZED:
+                raise
+            # Not the venue's message: the call carried the secret, which no error may repeat.
+            raise FailedPrecondition(
+                f"the venue refused the secret Portico holds for API key {api_key} (code {exc.code}), while the "
+                "account's own credentials are accepted: the key stays active; deactivate it at the venue",
+                reason="API_KEY_SECRET_REFUSED", metadata={"api_key": api_key, "venue_code": str(exc.code)}) from None
 
     @map_venue_errors
     async def RegisterSigningKey(self, request: pb.RegisterSigningKeyRequest, context: Any) -> Any:

@@ -9,6 +9,7 @@ knobs (frames delayed, calls failed, every connection dropped) or by not running
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -130,6 +131,7 @@ async def test_a_venue_that_drops_every_connection_at_once_gets_growing_pauses(s
 async def test_a_long_outage_does_not_kill_the_client(caplog: pytest.LogCaptureFixture) -> None:
     """After ~1,000 failed connection attempts (hours of outage at the default pauses) the client must still be
     trying, and connect once the venue is back."""
+    caplog.set_level(logging.DEBUG, logger="portico.venues.syndr.ws")  # attempts after the first log at DEBUG
     port = free_port()
     ws = client(f"ws://127.0.0.1:{port}", reconnect_initial_s=0.0001, reconnect_max_s=0.0005)
     starting = asyncio.create_task(ws.start())

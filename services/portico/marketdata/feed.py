@@ -619,6 +619,7 @@ class InstrumentFeed:
 
     async def _rebuild_book(self) -> None:
         delay = 0.05
+        failures = 0  # snapshots in a row the venue failed: the first is logged at WARNING, the rest at DEBUG
         while True:
             if self._upstream_down:
                 return  # the upstream's `Reconnected` starts the rebuild again
@@ -633,10 +634,15 @@ class InstrumentFeed:
                 self._end(to_portico_error(exc, venue=self.venue))
                 return
             except SyndrError as exc:
-                log.warning("snapshot failed; retrying", extra={"symbol": self.symbol, "error": str(exc)})
+                failures += 1
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG, "snapshot failed; retrying",
+                        extra={"symbol": self.symbol, "error": str(exc), "failures": failures})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            if failures:
+                log.info("snapshot fetched again", extra={"symbol": self.symbol, "failures": failures})
+                failures = 0
             if self._rebuild_again or self._upstream_down:
                 # Asked again while this snapshot was on its way (it may predate the reason), or the upstream
                 # dropped meanwhile (then the loop's start ends this rebuild).

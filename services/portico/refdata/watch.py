@@ -33,11 +33,22 @@ async def follow_instruments(stub: refdata_grpc.ReferenceDataServiceStub, metada
                              on_established: Callable[[], Awaitable[None]],
                              on_event: Callable[[refdata_pb.InstrumentEvent], None],
                              on_ended: Callable[[bool], None] | None = None,
-                             established_timeout_s: float = 10.0, retry_s: float = 1.0) -> None:
-    """Watch `venue`'s instruments until cancelled; `watcher` names the consumer in the logs."""
+                             established_timeout_s: float = 10.0, retry_s: float = 1.0,
+                             retry_max_s: float = 30.0) -> None:
+    """Watch `venue`'s instruments until cancelled; `watcher` names the consumer in the logs.
+
+    After a connection that failed (or was dropped within `retry_max_s` of being caught up) the next comes after a
+    pause doubling from `retry_s` up to `retry_max_s`, so reference data that stays down (or keeps refusing the
+    catch-up) is not called every `retry_s` for as long as it lasts. A failure is logged at WARNING once per
+    outage (again only if its kind changes), the rest at DEBUG, and the end of an outage at INFO."""
+    loop = asyncio.get_running_loop()
+    retry_max_s = max(retry_s, retry_max_s)
+    pause = retry_s
+    logged: str | None = None  # the kind of failure logged at WARNING in this outage (None: none yet)
     while True:
         call = stub.WatchInstruments(refdata_pb.WatchInstrumentsRequest(venue=venue), metadata=metadata)
         caught_up = False
+        caught_up_at = 0.0
         try:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that arrives as the
             # metadata does, and the watch would then outlive the service that cancelled it.
@@ -47,19 +58,30 @@ async def follow_instruments(stub: refdata_grpc.ReferenceDataServiceStub, metada
                 await call.read()  # raises the call's error
                 raise RuntimeError("the watch ended before it was established")
             await on_established()
-            caught_up = True
+            caught_up, caught_up_at = True, loop.time()
+            if logged is not None:
+                log.info("reference-data watch established again", extra={"watcher": watcher})
+                logged = None
             async for message in call:
                 for event in message.events:
                     on_event(event)
-            log.warning("reference-data watch ended; reconnecting", extra={"watcher": watcher})
+            failure = "ended"
+            log.log(logging.WARNING if logged != failure else logging.DEBUG,
+                    "reference-data watch ended; reconnecting", extra={"watcher": watcher})
         except grpc.aio.AioRpcError as exc:
-            log.warning("reference-data watch ended; retrying",
-                        extra={"watcher": watcher, "code": exc.code().name, "caught_up": caught_up})
+            failure = exc.code().name
+            log.log(logging.WARNING if logged != failure else logging.DEBUG, "reference-data watch ended; retrying",
+                    extra={"watcher": watcher, "code": failure, "caught_up": caught_up})
         except Exception as exc:  # never let the watch die: a later change would go unnoticed
-            log.warning("reference-data watch failed; retrying", exc_info=True,
-                        extra={"watcher": watcher, "error": repr(exc), "caught_up": caught_up})
+            failure = type(exc).__name__
+            log.log(logging.WARNING if logged != failure else logging.DEBUG, "reference-data watch failed; retrying",
+                    exc_info=logged != failure, extra={"watcher": watcher, "error": repr(exc), "caught_up": caught_up})
         finally:
             call.cancel()
+        logged = failure
         if on_ended is not None:
             on_ended(caught_up)
-        await asyncio.sleep(retry_s)
+        if caught_up and loop.time() - caught_up_at >= retry_max_s:  # it was up a good while: a new outage
+            pause = retry_s
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, retry_max_s)

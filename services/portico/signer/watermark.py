@@ -85,6 +85,7 @@ PRUNE_INTERVAL_S = 1.0
 """Pause between prune passes once nothing more is due."""
 _PRUNE_SHARE = 0.05  # while a backlog lasts: the pruning's share of the loop's time, at most
 _PRUNE_MIN_GAP_S = 0.01
+_PRUNE_RETRY_MAX_S = 60.0  # while passes keep failing: the pause doubles from the interval up to this
 _BUSY_TIMEOUT_MS = 2000  # only another process (an operator's sqlite3 shell) can hold the lock
 _NEVER = 1 << 63  # an expiration past SQLite's INTEGER (a uint256 "never", say) is no expiration
 
@@ -129,7 +130,7 @@ class PruneStats:
     rows: int = 0  # watermarks deleted
     largest: int = 0  # most rows one transaction deleted: never more than the batch
     skipped: int = 0  # passes that found the write lock held by another connection
-    failed: int = 0  # passes that failed otherwise (retried at the next interval)
+    failed: int = 0  # passes that failed otherwise (retried after a pause doubling up to a minute)
 
 
 @dataclass(slots=True)
@@ -173,6 +174,7 @@ class SaltLedger:
         self._pending: list[_Claim] = []
         self._legacy = False
         self._prune_timer: asyncio.TimerHandle | None = None
+        self._prune_failures = 0  # passes in a row that failed
         self.prune_stats = PruneStats()
         self._checkpointer = WalCheckpointer(path, label="salt-ledger")
         self._writer = SqliteWriterLock(path, role="the salt ledger")
@@ -328,10 +330,20 @@ class SaltLedger:
         started = time.perf_counter()
         try:
             deleted = self._prune_once(db)
-        except sqlite3.Error as exc:  # a full disk, say: the rows wait for the next pass
+        except sqlite3.Error as exc:  # a full disk, say: the rows wait for a later pass
             self.prune_stats.failed += 1
-            log.warning("salt ledger prune failed; retrying later", extra={"error": str(exc)[:200]})
-            deleted = None
+            self._prune_failures += 1
+            # The pause doubles while the passes keep failing, and the failure is logged once (not every second).
+            pause = min(self._prune_interval_s * 2 ** min(self._prune_failures - 1, 32),
+                        max(self._prune_interval_s, _PRUNE_RETRY_MAX_S))
+            log.log(logging.WARNING if self._prune_failures == 1 else logging.DEBUG,
+                    "salt ledger prune failed; retrying later",
+                    extra={"error": str(exc)[:200], "failures": self._prune_failures, "retry_in_s": pause})
+            self._schedule_prune(pause)
+            return
+        if self._prune_failures:
+            log.info("salt ledger prune works again", extra={"failures": self._prune_failures})
+            self._prune_failures = 0
         if deleted is not None and deleted >= self._prune_batch:  # more are due: next batch soon, loop first
             self._schedule_prune(max(_PRUNE_MIN_GAP_S, (time.perf_counter() - started) * (1 / _PRUNE_SHARE - 1)))
         else:

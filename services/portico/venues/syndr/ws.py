@@ -646,10 +646,13 @@ class SyndrWebSocket:
         The pause before a reconnect grows with the failed attempts since the last connection went live, and
         with the connections in a row that dropped within `reconnect_max_s` of going live (`flaps`): a venue
         that accepts and then drops every connection is not reconnected to at the shortest pause for ever.
+        The first failed attempt (connect or resync) of an outage is logged at WARNING, the others at DEBUG: a
+        venue away for hours is not one warning per pause per connection; the reconnect is logged at INFO.
         """
         attempt = 0
         flaps = 0
         ever_ready = False
+        warned = False  # a failed attempt of this outage was logged at WARNING: the others go to DEBUG
         while not self._closing:
             attempt += 1
             if ever_ready or attempt > 1:
@@ -660,7 +663,9 @@ class SyndrWebSocket:
                                    ping_timeout=None, close_timeout=_CLOSE_TIMEOUT_S, max_size=_MAX_FRAME_BYTES,
                                    compression=self._compression, logger=_wire_log)
             except (OSError, TimeoutError, WebSocketException) as exc:
-                log.warning("syndr websocket connect attempt %d failed: %s", attempt, _describe(exc))
+                log.log(logging.DEBUG if warned else logging.WARNING, "syndr websocket connect attempt %d failed: %s",
+                        attempt, _describe(exc))
+                warned = True
                 continue
             self._ws = ws
             self._buffering = True
@@ -674,7 +679,8 @@ class SyndrWebSocket:
                 try:
                     await self._resync(ws, reconnecting=ever_ready or attempt > 1)
                 except _TRANSIENT as exc:
-                    log.warning("syndr websocket resync failed: %s", exc)
+                    log.log(logging.DEBUG if warned else logging.WARNING, "syndr websocket resync failed: %s", exc)
+                    warned = True
                     continue
                 except SyndrRpcError as exc:
                     if not ever_ready and self._started is not None and not self._started.done():
@@ -683,10 +689,13 @@ class SyndrWebSocket:
                     log.error("syndr websocket resync refused: %s", exc)
                     continue
                 except SyndrError as exc:
-                    log.warning("syndr websocket resync failed: %s", exc)
+                    log.log(logging.DEBUG if warned else logging.WARNING, "syndr websocket resync failed: %s", exc)
+                    warned = True
                     continue
+                if warned and not ever_ready:
+                    log.info("syndr websocket connected after %d attempt(s)", attempt)
                 self._go_live(attempt if ever_ready else 0)
-                ever_ready, attempt = True, 0
+                ever_ready, attempt, warned = True, 0, False
                 live_since = time.monotonic()
                 if self._started is not None and not self._started.done():
                     self._started.set_result(None)

@@ -7,10 +7,10 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -157,6 +157,7 @@ def trade_proto(venue: str, t: models.Trade) -> trade_pb2.Trade:
     return message
 
 
+_R = TypeVar("_R")  # a streaming RPC's response message
 _RESOLUTIONS = {trade_pb2.CANDLE_RESOLUTION_1_MINUTE: "1", trade_pb2.CANDLE_RESOLUTION_5_MINUTES: "5",
                 trade_pb2.CANDLE_RESOLUTION_30_MINUTES: "30", trade_pb2.CANDLE_RESOLUTION_1_HOUR: "60",
                 trade_pb2.CANDLE_RESOLUTION_4_HOURS: "240", trade_pb2.CANDLE_RESOLUTION_1_DAY: "1D"}
@@ -326,13 +327,24 @@ class MarketDataServicer:
         """The tickers as they come; those queued for this stream leave together, in one message. A symbol that
         reference data reports delisted ends the whole stream (`delisted_error`), after the tickers queued."""
         books = self._venue(request.venue)
-        requested = self._bounded_symbols(list(request.symbols))
+        async with contextlib.aclosing(self._delistable(
+                books, list(request.symbols), lambda s: f"ticker.{s}",
+                lambda subscription, _: self._tickers(books, subscription))) as responses:
+            async for response in responses:
+                yield response
+
+    async def _delistable(self, books: VenueBooks, requested: list[str], channel: Callable[[str], str],
+                          body: Callable[[Subscription, list[str]], AsyncGenerator[_R, None]]
+                          ) -> AsyncGenerator[_R, None]:
+        """A ticker or trade stream: `body`'s responses for the subscription to `requested` symbols' channels,
+        ended whole, after what is queued, with `delisted_error` when one of them is delisted."""
+        requested = self._bounded_symbols(requested)
         with self._delistings[books.venue].watch(requested) as watch:
             symbols = await self._check_symbols(books, requested)
             try:
-                async with await _subscribe(books, [f"ticker.{s}" for s in symbols]) as subscription:
+                async with await _subscribe(books, [channel(s) for s in symbols]) as subscription:
                     watch.attach(subscription)  # a delisting closes it: what is queued drains, then the loop ends
-                    async with contextlib.aclosing(self._tickers(books, subscription)) as responses:
+                    async with contextlib.aclosing(body(subscription, symbols)) as responses:
                         async for response in responses:
                             yield response
             except PorticoError:
@@ -373,21 +385,11 @@ class MarketDataServicer:
         queued for this stream leave together, in one message. A symbol that reference data reports delisted ends
         the whole stream (`delisted_error`), after the trades queued."""
         books = self._venue(request.venue)
-        requested = self._bounded_symbols(list(request.symbols))
-        with self._delistings[books.venue].watch(requested) as watch:
-            symbols = await self._check_symbols(books, requested)
-            try:
-                async with await _subscribe(books, [f"trades.{s}.raw" for s in symbols]) as subscription:
-                    watch.attach(subscription)  # a delisting closes it: what is queued drains, then the loop ends
-                    async with contextlib.aclosing(self._trades(books, subscription, symbols)) as responses:
-                        async for response in responses:
-                            yield response
-            except PorticoError:
-                if watch.error is None:
-                    raise
-                raise watch.error from None  # what a delisting led to (a catch-up refused, say): say why
-            if watch.error is not None:
-                raise watch.error
+        async with contextlib.aclosing(self._delistable(
+                books, list(request.symbols), lambda s: f"trades.{s}.raw",
+                lambda subscription, symbols: self._trades(books, subscription, symbols))) as responses:
+            async for response in responses:
+                yield response
 
     async def _trades(self, books: VenueBooks, subscription: Subscription, symbols: list[str]
                       ) -> AsyncGenerator[pb.StreamTradesResponse, None]:

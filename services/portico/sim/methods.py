@@ -298,7 +298,7 @@ def cancel_all_by_instrument(sim: Simulator, p: Params, ctx: CallContext) -> Any
 def update_instrument_leverage(sim: Simulator, p: Params, ctx: CallContext) -> Any:
     """The document's params, both required: `instrument_id` (a string in its example; the integer id taken too)
     and `updated_leverage`, an integer."""
-    instrument = sim.engine.instrument_by_id(p.integer("instrument_id", minimum=0))
+    instrument = sim.engine.instrument_by_id(p.integer("instrument_id", minimum=0, digits=True))
     sim.engine.set_leverage(_account(ctx), instrument.name, p.integer("updated_leverage"))
     return {"success": 1}
 

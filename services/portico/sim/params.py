@@ -62,7 +62,13 @@ class Params:
             raise self._bad(name, "finite")
         return number
 
-    def integer(self, name: str, default: Any = _MISSING, *, minimum: int | None = None) -> Any:
+    def integer(self, name: str, default: Any = _MISSING, *, minimum: int | None = None,
+                digits: bool = False) -> Any:
+        """A JSON integer, as the document's tables type these parameters (and its examples send them).
+
+        A string of digits is refused (the venue types them; an adapter that sent one would pass here and fail
+        there) unless `digits`: a parameter the document types as a string holding an integer (`instrument_id`).
+        """
         value = self._get(name, default)
         if value is default and default is not _MISSING:
             return value
@@ -70,7 +76,7 @@ class Params:
             raise self._bad(name, "an integer")
         if isinstance(value, Decimal) and value == value.to_integral_value():
             value = int(value)
-        if isinstance(value, str) and value.isdigit():
+        if digits and isinstance(value, str) and value.isascii() and value.isdigit():
             value = int(value)
         if not isinstance(value, int):
             raise self._bad(name, "an integer")

@@ -280,10 +280,11 @@ class MarketDataServicer:
             raise InvalidArgument("page_token" if request.page_token else "page_size",
                                   "recent trades come in one page of up to 1000")
         await self._symbols.check(books.venue, request.symbol)
-        trades = await _venue_call(books.http, "public/get_trades",
-                                   {"instrument_name": request.symbol, "count": min(request.page_size or 100, 1000)},
+        count = min(request.page_size or 100, 1000)
+        trades = await _venue_call(books.http, "public/get_trades", {"instrument_name": request.symbol, "count": count},
                                    models.parse_trades)
-        ordered = sorted(trades, key=lambda t: t.timestamp, reverse=True)
+        # The document lists no `count` for this method: a venue that ignores it must not widen the page.
+        ordered = sorted(trades, key=lambda t: t.timestamp, reverse=True)[:count]
         return pb.ListTradesResponse(trades=[trade_proto(books.venue, t) for t in ordered])
 
     async def GetCandles(self, request: pb.GetCandlesRequest, context: grpc.aio.ServicerContext

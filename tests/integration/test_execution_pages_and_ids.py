@@ -126,3 +126,24 @@ async def test_a_client_order_id_reused_with_an_amount_differing_past_28_digits_
         again = await stub.PlaceOrder(place(stack, "digits-1", with_point + "000", "0.10"), metadata=running.metadata())
         assert again.order.order_id == first.order.order_id
         assert len([o for o in sim.engine.open_orders(stack.account.address) if o.label == "digits-1"]) == 1
+
+
+async def test_salts_are_exact_as_json_numbers_read_as_doubles(stack: ExecutionStack, sim: Simulator) -> None:
+    """The salt goes on the wire as a JSON number, which the document's examples keep to six digits: a venue
+    reading JSON numbers as IEEE doubles (JavaScript's JSON.parse) rounds integers above 2^53, and would check the
+    signature over another salt. Every salt, placed or amended, is below 2^53 (before the fix: 64 random bits, so
+    all but one in 2,048 were above)."""
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        salts = []
+        for i in range(12):
+            reply = await stub.PlaceOrder(place(stack, f"salt-{i}", resting_bid(sim)), metadata=running.metadata())
+            salts.append(int(reply.order.salt))
+        amended = await stub.AmendOrder(pb.AmendOrderRequest(venue="syndr", account=stack.account.address,
+                                                             order_id=reply.order.order_id, amount="0.2"),
+                                        metadata=running.metadata())
+        salts.append(int(amended.order.salt))
+        sent = [r.params["salt"] for r in sim.requests if r.method in ("private/buy", "private/edit")]
+        assert len(sent) == 13 and all(type(s) is int for s in sent), sent
+        assert all(0 <= s < 2**53 for s in salts + sent), [s for s in salts + sent if s >= 2**53]
+        assert len(set(salts)) == 13

@@ -68,7 +68,11 @@ log = logging.getLogger("portico.execution.orders")
 
 _VENUE_STATES: Final = {"open": OrderState.OPEN, "filled": OrderState.FILLED, "cancelled": OrderState.CANCELLED,
                         "rejected": OrderState.REJECTED, "expired": OrderState.EXPIRED}
-_SALT_BITS: Final = 64
+# Salts are random and below 2^53: sent as JSON numbers (the document's examples keep them to six digits), they
+# must read exactly in a venue that parses numbers as IEEE doubles (JavaScript's JSON.parse), or it would check
+# the signature over another salt. 53 bits is still ample: a salt only has to be unique among one key's live
+# orders, and the signer refuses a reused one (SALT_REUSED) rather than sign it twice.
+_SALT_BITS: Final = 53
 # Venue answers to an order call that do not say it was refused: the salt is random per order, so "reused"
 # means these very bytes already arrived (a resend overtook the first send), and an internal error after
 # the call was taken proves nothing. Both are reconciled by salt, not journaled as rejections.

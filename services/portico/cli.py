@@ -21,7 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from portico.runtime.auth import SCOPES, hash_token, new_token
+# Nothing of Portico's at import: the console script imports this module before `main` can catch a Ctrl-C, so
+# every sub-command's module (gRPC, aiohttp, ...) is imported inside `main`.
 
 __all__ = ["main"]
 
@@ -54,28 +55,50 @@ def _all_settings_table() -> str:
     return config_table()
 
 
+UP_HELP = """\
+Start the Syndr simulator, an OpenBao dev server and every service (signer,
+reference data, market data, account, execution, the REST gateway), each as
+its own process, provision the demo account, wait until each is SERVING and
+print the endpoints. Endpoints, bearer tokens (read, trade, admin) and the demo
+account's ids go to the state file (mode 0600; var/up/state.json, or
+DATA_DIR/state.json with --data-dir), never to the terminal; logs to
+DATA_DIR/logs. Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT), also during start-up,
+stops everything and removes the state file.
+
+Exit codes: 0 stopped once up, 1 a component failed to start or died (or a
+port is in use), 2 bad options (or the state file describes a suite still
+running), 128+N stopped by signal N during start-up."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from portico.runtime.auth import SCOPES
+
     parser = argparse.ArgumentParser(prog="portico", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start Vault (OpenBao dev) and the services with a demo account")
-    up.add_argument("--state-file", type=Path, help="write endpoints, tokens and demo ids here as JSON")
+    up = sub.add_parser("up", help="start Vault (OpenBao dev) and the services with a demo account",
+                        description=UP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    up.add_argument("--state-file", type=Path,
+                    help="write endpoints, tokens and demo ids here as JSON (DATA_DIR/state.json)")
     up.add_argument("--data-dir", type=Path, default=Path("var/up"), help="state, logs and databases (var/up)")
     up.add_argument("--host", default="127.0.0.1", help="address every component binds (127.0.0.1)")
-    up.add_argument("--vault-port", type=int, default=8200)
-    up.add_argument("--sim-port", type=int, default=8700, help="the Syndr simulator's HTTP + WebSocket port")
-    up.add_argument("--signer-port", type=int, default=50055)
-    up.add_argument("--refdata-port", type=int, default=50051)
-    up.add_argument("--marketdata-port", type=int, default=50052)
-    up.add_argument("--execution-port", type=int, default=50053)
-    up.add_argument("--account-port", type=int, default=50054)
-    up.add_argument("--gateway-port", type=int, default=8080)
+    up.add_argument("--vault-port", type=int, default=8200, metavar="PORT", help="OpenBao (Vault API) (8200)")
+    up.add_argument("--sim-port", type=int, default=8700, metavar="PORT",
+                    help="the Syndr simulator's HTTP + WebSocket port (8700)")
+    up.add_argument("--signer-port", type=int, default=50055, metavar="PORT", help="the signer (50055)")
+    up.add_argument("--refdata-port", type=int, default=50051, metavar="PORT", help="reference data (50051)")
+    up.add_argument("--marketdata-port", type=int, default=50052, metavar="PORT", help="market data (50052)")
+    up.add_argument("--execution-port", type=int, default=50053, metavar="PORT", help="execution (50053)")
+    up.add_argument("--account-port", type=int, default=50054, metavar="PORT", help="the account service (50054)")
+    up.add_argument("--gateway-port", type=int, default=8080, metavar="PORT", help="the REST gateway (8080)")
 
     from portico import terminal
 
-    book = sub.add_parser("book", help="watch a live order book (verified against the stream's checksums)")
-    trades = sub.add_parser("trades", help="watch the public trade tape")
+    book = sub.add_parser("book", help="watch a live order book (verified against the stream's checksums)",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    trades = sub.add_parser("trades", help="watch the public trade tape",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     terminal.add_arguments(book, trades)
 
     from portico import order_cli
@@ -118,12 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
     try:
         try:
+            # Inside the try: building the parser imports every sub-command's module (a second or so), and a
+            # Ctrl-C then, or while a command checks its arguments, is the user stopping it, not a crash.
+            args = build_parser().parse_args(argv)
             _dispatch(args)
         finally:
             sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
     except BrokenPipeError:
         # The reader went away (`portico instruments list | head`): stop quietly, as shell tools do, and keep
         # Python from complaining again when it flushes stdout at exit.
@@ -165,6 +192,8 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         raise SystemExit(admin.run(args))
     if args.command == "token":
+        from portico.runtime.auth import SCOPES, hash_token, new_token
+
         scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
         unknown = [s for s in scopes if s not in SCOPES]
         if unknown or not scopes:

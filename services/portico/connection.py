@@ -163,15 +163,15 @@ class StateFile:
     def document(self) -> Any:
         if not self._loaded:
             try:
-                text = self.path.read_text()
+                raw = self.path.read_bytes()  # bytes: json.loads reads UTF-8 (or -16/-32) whatever the locale says
             except FileNotFoundError:
                 raise ConfigError(f"no state file at {self.path}: start `portico up`, pass --state-file, "
                                   f"or pass --target and --token-env") from None
             except OSError as exc:
                 raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from None
             try:
-                self._document = json.loads(text)
-            except ValueError:
+                self._document = json.loads(raw)
+            except ValueError:  # UnicodeDecodeError included: bytes that are no text at all
                 raise ConfigError(f"{self.path} is not a JSON document") from None
             self._loaded = True
         return self._document

@@ -567,13 +567,36 @@ def _positive_int(text: str) -> int:
 
 
 
+BOOK_HELP = """\
+Stream one order book (StreamOrderBook) and redraw it in place. Every update is
+applied as a trading consumer must and checked against the stream's chain and
+checksum; a break shows as BROKEN and the book is subscribed again for a fresh
+snapshot. The market-data address and the bearer token (`read`) come from the
+`portico up` state file unless `--target` and `--token-env` say otherwise.
+
+Exit codes: 0 the book stayed consistent (until --seconds, Ctrl-C or the end of
+the stream), 1 the call failed or the local book broke at any point (one line on
+stderr says why: gRPC status, message, ErrorInfo reason), 2 bad arguments or no
+state file. So `portico book ETH-PERP --seconds 60` doubles as a consistency
+check."""
+TRADES_HELP = """\
+Stream the public trades of one or more instruments (StreamTrades) as a tape,
+newest first. The market-data address and the bearer token (`read`) come from
+the `portico up` state file unless `--target` and `--token-env` say otherwise.
+
+Exit codes: 0 the stream ended or was stopped (--seconds, Ctrl-C), 1 the call
+failed (one line on stderr: gRPC status, message, ErrorInfo reason), 2 bad
+arguments or no state file."""
+
+
 def add_arguments(book_parser: argparse.ArgumentParser, trades_parser: argparse.ArgumentParser) -> None:
-    """Arguments of `portico book SYMBOL` and `portico trades SYMBOL...`.
+    """Arguments of `portico book SYMBOL` and `portico trades SYMBOL...`, and their help (BOOK_HELP, TRADES_HELP).
 
     The target and token come from the flags of `portico.connection` (state
     file, --target, --token-env; a --token on the command line is refused), TLS
     from the PORTICO_UPSTREAM_TLS_* variables (the help's epilog).
     """
+    book_parser.description, trades_parser.description = BOOK_HELP, TRADES_HELP
     book_parser.add_argument("symbol", help="venue symbol, e.g. ETH-PERP")
     book_parser.add_argument("--depth", type=_positive_int, default=10,
                              help="levels per side to stream, verify (checksum) and show (10)")
@@ -609,7 +632,13 @@ async def _until_signalled(watch: Watch, connection: Connection) -> int:
 
 
 def _run(name: str, args: argparse.Namespace, watch: Watch) -> int:
+    symbols = [args.symbol] if name == "portico book" else args.symbols
     try:
+        # A blank value is a bad argument (exit 2), as in `portico order` and `instruments`, not a call refused.
+        if not args.venue.strip():
+            raise ConfigError("--venue must not be empty")
+        if any(not symbol.strip() for symbol in symbols):
+            raise ConfigError("a symbol must not be empty")
         resolved = connection(args, service=SERVICE, scope=SCOPE)
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)

@@ -28,6 +28,8 @@ from typing import Any
 import grpc
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from portico.refdata.v1 import instrument_pb2
@@ -38,6 +40,29 @@ from portico.runtime.errors import error_info
 __all__ = ["HTTP_STATUS", "Gateway", "instrument_json"]
 
 log = logging.getLogger("portico.gateway")
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp's own log of a request it refused itself, as one warning line without the exception's text.
+
+    A request line or header over 8,190 bytes, or a body its Content-Encoding does not decode, is answered by
+    aiohttp (400) before or around our handlers, and logged by it as an ERROR with a traceback whose message
+    quotes the offending line: for an oversized `Authorization` header, the caller's bearer token. The
+    caller's mistake is a warning naming the error's class, never its text.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (HttpProcessingError, RequestPayloadError)):
+            record.msg, record.args = "%s: refused a malformed HTTP request (%s)", (record.getMessage(),
+                                                                                   type(error).__name__)
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+# On the logger aiohttp's server writes to (filters of a logger see only its own records, so not on a parent).
+logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
 
 # The one table from gRPC status to HTTP status.
 HTTP_STATUS: dict[grpc.StatusCode, int] = {

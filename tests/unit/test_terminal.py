@@ -566,7 +566,8 @@ async def test_run_book_and_run_trades_from_the_state_file(fake: tuple[FakeMarke
     servicer.trade_script = [md_pb2.StreamTradesResponse(trades=[trade(1, "5", "1", side_pb2.SIDE_BUY, 1)]), None]
     state = write_state(tmp_path / "state.json", target)
     root, _, _ = parsers()
-    args: Any = root.parse_args(["book", "ETH-PERP", "--state-file", str(state), "--seconds", "0.5"])
+    # --seconds: long enough for the whole script on a loaded machine (0.5 s once fell short at seq 102).
+    args: Any = root.parse_args(["book", "ETH-PERP", "--state-file", str(state), "--seconds", "2"])
     # run_book calls asyncio.run, so it runs on its own thread (and loop) while the fake serves on this one.
     assert await asyncio.to_thread(run_book, args) == 0
     captured = capsys.readouterr()
@@ -575,7 +576,7 @@ async def test_run_book_and_run_trades_from_the_state_file(fake: tuple[FakeMarke
     monkeypatch.setenv("PORTICO_TEST_TOKEN", TOKEN + "\n")
     write_state(state, "127.0.0.1:1", "wrong")
     args = root.parse_args(["trades", "ETH-PERP", "--state-file", str(state), "--target", target,
-                            "--token-env", "PORTICO_TEST_TOKEN", "--seconds", "0.5"])
+                            "--token-env", "PORTICO_TEST_TOKEN", "--seconds", "2"])
     assert await asyncio.to_thread(run_trades, args) == 0
     assert "1 received" in frames(capsys.readouterr().out)[-1]
     args = root.parse_args(["book", "ETH-PERP", "--state-file", str(state), "--target", target, "--seconds", "5"])

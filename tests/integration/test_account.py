@@ -119,7 +119,9 @@ async def test_position_stream_follows_trades_and_catches_up_after_a_cut(stack: 
                 updates.extend(message.updates)
 
         task = asyncio.create_task(follow())
-        await asyncio.sleep(0.3)
+        # Streaming once the feed has read its starting point: a trade before that is in the starting point, not
+        # an update (a fixed 0.3 s fell short on a loaded machine).
+        await until(lambda: running.app.positions.consumers("syndr", stack.account.address) == 1, 20)
         await take(stack, "buy", increment * 7)
         await until(lambda: any(Decimal(u.position.size) == increment * 7 for u in updates))
         await proxy.block()  # the private WebSocket is cut and cannot come back for now

@@ -49,7 +49,7 @@ async def test_a_short_position_is_a_sell_of_absolute_size_listed_and_streamed(s
 
         task = asyncio.create_task(follow())
         try:
-            await asyncio.sleep(0.3)
+            await until(lambda: running.app.positions.consumers("syndr", stack.account.address) == 1, 20)  # streaming
             await take(stack, "sell", increment * 4)
             venue = {p["instrument_name"]: p for p in sim.engine.positions(stack.account.address)}[SYMBOL]
             assert venue["direction"] == "sell"

@@ -87,7 +87,7 @@ async def test_a_change_missed_while_cut_is_streamed_even_if_the_first_catch_up_
             open_channel(running.target) as channel:
         follower = Follower(running, channel, stack)
         try:
-            await asyncio.sleep(0.3)
+            await until(lambda: running.app.positions.consumers("syndr", stack.account.address) == 1, 20)  # streaming
             await take(stack, increment * 7)
             await until(lambda: follower.has_size(increment * 7))
             await proxy.block()
@@ -115,7 +115,7 @@ async def test_a_stream_ends_unavailable_when_the_venue_stays_unreadable_after_a
             open_channel(running.target) as channel:
         follower = Follower(running, channel, stack)
         try:
-            await asyncio.sleep(0.3)
+            await until(lambda: running.app.positions.consumers("syndr", stack.account.address) == 1, 20)  # streaming
             await proxy.block()
             await take(stack, increment * 3)
             sim.faults.update({"http_5xx_next": 1_000, "http_5xx_method": "private/get_positions"})

@@ -163,6 +163,11 @@ class PositionFeeds:
         self._sequences: dict[tuple[str, str], int] = {}
         self._first_sequence = time.time_ns() // 1_000
 
+    def consumers(self, venue_name: str, account: str) -> int:
+        """How many streams follow the account's live feed now (0 without one): for operators and tests."""
+        feed = self._feeds.get((venue_name, account.lower()))
+        return 0 if feed is None or feed.ended is not None else feed.consumers
+
     async def get(self, venue_name: str, account: str) -> PositionFeed:
         key = (venue_name, account.lower())
         feed = self._feeds.get(key)

@@ -8,12 +8,10 @@ must not number from 1 again. A real simulator, OpenBao, signer, reference data 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 import pytest
+from tests.integration.test_execution_stream_sequence import read_until
 from tests.support.execution import ExecutionStack, resting_bid, running_execution
 from tests.support.waiting import until
 
@@ -31,16 +29,6 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimConfig(port=0, seed=47, market_maker_instruments=(SYMBOL,),
                                    rate_limit_capacity=100_000, rate_limit_refill_per_s=100_000)) as simulator:
         yield simulator
-
-
-async def read_until(call: Any, wanted: Any, seen: list[int], within_s: float = 10.0) -> None:
-    """Read `call`, noting every update's sequence in `seen`, until an update satisfies `wanted`."""
-    async with asyncio.timeout(within_s):
-        while (message := await call.read()) is not grpc.aio.EOF:
-            seen.extend(u.sequence for u in message.updates)
-            if any(wanted(u) for u in message.updates):
-                return
-    raise AssertionError("the stream ended")
 
 
 def place(stack: ExecutionStack, client_order_id: str) -> pb.PlaceOrderRequest:

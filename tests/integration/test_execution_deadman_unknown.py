@@ -4,8 +4,8 @@ The switch cancels all of the account's orders when the client stops re-arming i
 unknown outcome that the venue does not list sends its journaled bytes again: before the fix, a reconciliation
 after the switch fired put an order of a client presumed dead on the book. Now an order placed before the firing
 is journaled REJECTED instead, and a retry of its client id is refused without sending anything; an order placed
-after the firing is sent again as before; and a resend already on its way when the switch fires, landing after
-its cancel, is cancelled.
+after the firing is sent again as before; a resend already on its way when the switch fires, landing after
+its cancel, is cancelled; and the firing is journaled, so a restart does not forget it.
 
 A real simulator, OpenBao, signer, reference data, journal and reconciler. The venue answers the lost placement
 503 before executing it, and its resends too until the switch has fired, so no reconciliation can place the order
@@ -150,3 +150,33 @@ async def test_a_resend_on_its_way_when_the_switch_fires_is_cancelled_if_it_land
         await until_journaled(running, "dm-held", OrderState.CANCELLED)
         assert sent(sim, "dm-held") == 1
         assert sim.engine.open_orders(account) == []
+
+
+async def test_an_order_lost_before_the_switch_fired_is_not_sent_again_after_a_restart(
+        stack: ExecutionStack, sim: Simulator) -> None:
+    """The switch fires while the venue fails every call (its cancel too, and every look-up of the lost order), and
+    the service is stopped with the order still UNKNOWN. Before the fix the firing was kept in memory only: the
+    reconciliation at the next start found the order nowhere and sent it again, onto the book of a client
+    presumed dead. The firing is journaled now, and the order is journaled REJECTED without being sent."""
+    account = stack.account.address
+    async with running_execution(stack) as running, open_channel(running.target) as channel:
+        stub = running.stub(channel)
+        await place_lost(stub, running, "dm-restart")
+        sim.faults.update({"fail_rate": 1.0})  # every call: the order stays UNKNOWN, the switch's cancel fails
+        await arm(stub, running, 1)
+        for _ in range(400):  # the firing is journaled before its cancel is known to have failed
+            if await running.app.journal.deadman_firings():
+                break
+            await asyncio.sleep(0.05)
+        assert list(await running.app.journal.deadman_firings()) == [("syndr", account.lower())]
+        entry = await running.app.journal.get("syndr", account, "dm-restart")
+        assert entry is not None and entry.state == OrderState.UNKNOWN
+        assert running.app.deadman.fired == {}  # its cancel never went through
+
+    sim.faults.reset()
+    async with running_execution(stack) as restarted:  # serving only once every UNKNOWN order is resolved
+        entry = await restarted.app.journal.get("syndr", account, "dm-restart")
+        assert entry is not None and entry.state == OrderState.REJECTED, entry.state  # before the fix: OPEN
+        assert "dead-man's switch cancelled the account's orders" in entry.reject_reason
+    assert sent(sim, "dm-restart") == 0
+    assert sim.engine.open_orders(account) == []

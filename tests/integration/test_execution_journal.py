@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from tests.support.postgres import fresh_database, postgres_reachable
 
+from portico.execution import journal as journal_module
 from portico.execution.journal import (
+    MIGRATIONS,
     SCHEMA,
     OrderJournal,
     PostgresOrderJournal,
@@ -28,7 +30,7 @@ from portico.execution.journal import (
 from portico.execution.model import FINAL_STATES, UNRESOLVED_STATES, JournalEntry, OrderIntent, OrderState
 from portico.refdata.store import open_store
 from portico.runtime.errors import Unavailable
-from portico.runtime.sqlstore import SchemaVersionError, WriterLockHeld, now_ms
+from portico.runtime.sqlstore import Schema, SchemaVersionError, WriterLockHeld, now_ms
 
 VENUE = "syndr"
 ALICE = "0x52908400098527886E0F7030069857D2E4169EE7"  # checksummed
@@ -384,11 +386,43 @@ async def test_survives_close_and_reopen(backend: Backend, synchronous: str) -> 
         assert (await reopened.insert(entry("keep", salt=1))).salt == BIG_SALT  # still the first one
 
 
+async def test_deadman_firings_keep_the_latest_per_account_across_a_reopen(backend: Backend) -> None:
+    alice, bob = ALICE.lower(), BOB.lower()
+    async with backend.journal() as journal:
+        assert await journal.deadman_firings() == {}
+        await journal.record_deadman_firing(VENUE, alice, 2_000)
+        await journal.record_deadman_firing(VENUE, alice, 1_000)  # an earlier firing does not win
+        await journal.record_deadman_firing(VENUE, bob, 1_500)
+        await journal.record_deadman_firing(VENUE, bob, 3_000)
+        await journal.record_deadman_firing("other", alice, 500)
+        assert await journal.deadman_firings() == {(VENUE, alice): 2_000, (VENUE, bob): 3_000, ("other", alice): 500}
+    async with backend.journal() as reopened:
+        assert await reopened.deadman_firings() == {(VENUE, alice): 2_000, (VENUE, bob): 3_000,
+                                                    ("other", alice): 500}
+
+
+async def test_a_journal_of_the_first_version_is_migrated_keeping_its_orders(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A journal written before the dead-man firings were kept (schema version 1) gains their table at start."""
+    with monkeypatch.context() as first_version:
+        first_version.setattr(journal_module, "SCHEMA", Schema(SCHEMA.what, MIGRATIONS[:1],
+                                                               version_table=SCHEMA.version_table))
+        async with backend.journal() as old:
+            stored = await old.insert(entry("before-2", salt=BIG_SALT))
+        assert await backend.sql("SELECT version FROM execution_schema_version") == [(1,)]
+    async with backend.journal() as journal:
+        assert await backend.sql("SELECT version FROM execution_schema_version ORDER BY version") == [(1,), (2,)]
+        assert await journal.get(VENUE, ALICE, "before-2") == stored
+        assert await journal.deadman_firings() == {}
+        await journal.record_deadman_firing(VENUE, ALICE.lower(), 7)
+        assert await journal.deadman_firings() == {(VENUE, ALICE.lower()): 7}
+
+
 async def test_migrations_are_idempotent(backend: Backend) -> None:
     async with backend.journal() as journal:
         await journal.insert(entry("c-1"))
     versions = await backend.sql("SELECT version, description, applied_at_ms FROM execution_schema_version")
-    assert [v[0] for v in versions] == [SCHEMA.version] == [1]
+    assert [v[0] for v in versions] == [m.version for m in MIGRATIONS] == [1, 2]
     for _ in range(2):
         async with backend.journal() as again:
             assert await again.count() == 1
@@ -407,7 +441,7 @@ async def test_concurrent_first_starts_migrate_once_and_let_one_writer_in(backen
         started = [j for j, outcome in zip(journals, outcomes, strict=True) if outcome is None]
         assert len(started) == 1
         assert all(isinstance(o, WriterLockHeld) for o in outcomes if o is not None)
-        assert await backend.sql("SELECT version FROM execution_schema_version") == [(1,)]
+        assert await backend.sql("SELECT version FROM execution_schema_version") == [(1,), (2,)]
         await started[0].insert(entry("c-1"))
         assert await started[0].count() == 1
     finally:
@@ -423,7 +457,7 @@ async def test_shares_a_database_with_reference_data(backend: Backend) -> None:
         await journal.insert(entry("c-1"))
         assert await journal.count() == 1
     assert await backend.sql("SELECT version FROM schema_version") == [(1,)]
-    assert await backend.sql("SELECT version FROM execution_schema_version") == [(1,)]
+    assert await backend.sql("SELECT version FROM execution_schema_version") == [(1,), (2,)]
 
 
 async def test_a_newer_database_is_refused(backend: Backend) -> None:

@@ -32,6 +32,11 @@ insertion order (`seq`), not the wall clock. Decimals are stored as strings
 in the intent JSON and the salt (a uint256) as decimal TEXT: both round-trip
 exactly. The version table is `execution_schema_version`, so the journal can
 share a PostgreSQL database with reference data.
+
+Beside the orders, `deadman_firings` keeps when each account's dead-man's
+switch last fired (one row per venue and account, the latest firing): an
+order of unknown outcome placed before it is never sent again, also after a
+restart (see `orders.OrderManager.deadman_fired`).
 """
 
 from __future__ import annotations
@@ -130,6 +135,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX orders_order_id ON orders (venue, account, order_id)",
             "CREATE INDEX orders_salt ON orders (venue, account, salt)",
             "CREATE INDEX orders_state ON orders (state, venue, account)",
+        ),
+    ),
+    Migration(
+        version=2,
+        description="deadman_firings: when each account's dead-man's switch last fired",
+        sqlite=(
+            """CREATE TABLE deadman_firings (
+                venue    TEXT    NOT NULL,
+                account  TEXT    NOT NULL,
+                fired_ms INTEGER NOT NULL,
+                PRIMARY KEY (venue, account)
+            )""",
+        ),
+        postgres=(
+            """CREATE TABLE deadman_firings (
+                venue    TEXT COLLATE "C" NOT NULL,
+                account  TEXT COLLATE "C" NOT NULL,
+                fired_ms BIGINT NOT NULL,
+                PRIMARY KEY (venue, account)
+            )""",
         ),
     ),
 )
@@ -284,6 +309,15 @@ class OrderJournal(ABC):
     async def count(self, venue: str | None = None, account: str | None = None) -> int:
         """How many entries (of a venue, of an account)."""
 
+    @abstractmethod
+    async def record_deadman_firing(self, venue: str, account: str, fired_ms: int) -> None:
+        """The dead-man's switch of (venue, account) fired at `fired_ms` (epoch ms); an earlier time than the one
+        kept is ignored (only the latest firing matters). `account` is stored as given."""
+
+    @abstractmethod
+    async def deadman_firings(self) -> dict[tuple[str, str], int]:
+        """(venue, account) -> when its dead-man's switch last fired (epoch ms)."""
+
     async def __aenter__(self) -> OrderJournal:
         await self.start()
         return self
@@ -311,6 +345,8 @@ _SQLITE_INSERT = (f"INSERT INTO orders ({_INSERT_COLUMNS}) VALUES ({', '.join([_
 _SQLITE_GET = f"SELECT {_SELECT_SQLITE} FROM orders WHERE {_KEY.format(p=_Q)}"  # noqa: S608 (constants)
 _SQLITE_UPDATE = (f"UPDATE orders SET {_UPDATE_SET.format(p=_Q, greatest='MAX')} "  # noqa: S608 (constants)
                   f"WHERE {_KEY.format(p=_Q)} RETURNING {_UPDATED_SQLITE}")
+_SQLITE_RECORD_FIRING = ("INSERT INTO deadman_firings (venue, account, fired_ms) VALUES (?, ?, ?) "
+                         "ON CONFLICT (venue, account) DO UPDATE SET fired_ms = MAX(fired_ms, excluded.fired_ms)")
 
 
 class SqliteOrderJournal(OrderJournal):
@@ -422,6 +458,21 @@ class SqliteOrderJournal(OrderJournal):
         found: int = db.execute(f"SELECT COUNT(*) FROM orders WHERE {where}", params).fetchone()[0]  # noqa: S608
         return found
 
+    async def record_deadman_firing(self, venue: str, account: str, fired_ms: int) -> None:
+        await self._worker.call(self._record_firing, (venue, account, fired_ms))
+
+    @staticmethod
+    def _record_firing(db: sqlite3.Connection, params: tuple[str, str, int]) -> None:
+        db.execute(_SQLITE_RECORD_FIRING, params)
+
+    async def deadman_firings(self) -> dict[tuple[str, str], int]:
+        return await self._worker.call(self._firings)
+
+    @staticmethod
+    def _firings(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
+        return {(venue, account): fired_ms
+                for venue, account, fired_ms in db.execute("SELECT venue, account, fired_ms FROM deadman_firings")}
+
 
 # --------------------------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -433,6 +484,9 @@ _PG_INSERT = (f"INSERT INTO orders ({_INSERT_COLUMNS}) "  # noqa: S608 (constant
 _PG_GET = f"SELECT {_SELECT_POSTGRES} FROM orders WHERE {_KEY.format(p=_P)}"  # noqa: S608 (constants)
 _PG_UPDATE = (f"UPDATE orders SET {_UPDATE_SET.format(p=_P, greatest='GREATEST')} "  # noqa: S608 (constants)
               f"WHERE {_KEY.format(p=_P)} RETURNING {_UPDATED_POSTGRES}")
+_PG_RECORD_FIRING = ("INSERT INTO deadman_firings (venue, account, fired_ms) VALUES (%s, %s, %s) "
+                     "ON CONFLICT (venue, account) DO UPDATE "
+                     "SET fired_ms = GREATEST(deadman_firings.fired_ms, EXCLUDED.fired_ms)")
 
 
 class PostgresOrderJournal(OrderJournal):
@@ -551,3 +605,11 @@ class PostgresOrderJournal(OrderJournal):
         rows = await self._fetch(f"SELECT COUNT(*) FROM orders WHERE {where}", params)  # noqa: S608
         found: int = rows[0][0]
         return found
+
+    async def record_deadman_firing(self, venue: str, account: str, fired_ms: int) -> None:
+        async with self._started().connection() as conn:
+            await conn.execute(_PG_RECORD_FIRING, (venue, account, fired_ms))
+
+    async def deadman_firings(self) -> dict[tuple[str, str], int]:
+        rows = await self._fetch("SELECT venue, account, fired_ms FROM deadman_firings", ())
+        return {(venue, account): fired_ms for venue, account, fired_ms in rows}

@@ -47,6 +47,7 @@ from portico.execution.validation import Instruments, check_against_instrument
 from portico.execution.venue import SyndrVenue, open_orders
 from portico.runtime.decimals import parse_optional_decimal
 from portico.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from portico.runtime.lifecycle import cancel_and_wait
 from portico.signer.client import SignerClient
 from portico.venues.syndr import models, typed_data, wire
 from portico.venues.syndr.constants import ErrorCode
@@ -127,12 +128,23 @@ class OrderManager:
         self._recent: OrderedDict[str, JournalEntry] = OrderedDict()
         # (venue, account in lower case) -> when its dead-man's switch last fired (epoch ms); see `deadman_fired`.
         self._deadman_fired_ms: dict[tuple[str, str], int] = {}
+        self._journaling_firings: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
         """Build the in-memory index from the journal (at start, before serving)."""
         self._unresolved.clear()
         for entry in await self.journal.unresolved():
             self._index(entry)
+        for key, fired_ms in (await self.journal.deadman_firings()).items():
+            self._deadman_fired_ms[key] = max(fired_ms, self._deadman_fired_ms.get(key, fired_ms))
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Give the journaling of dead-man firings up to `timeout_s` to finish (before the journal closes)."""
+        pending = set(self._journaling_firings)
+        if pending:
+            _, unfinished = await asyncio.wait(pending, timeout=timeout_s)
+            for task in unfinished:
+                await cancel_and_wait(task)
 
     # ------------------------------------------------------------------ the dead-man's switch
 
@@ -145,12 +157,27 @@ class OrderManager:
         firing (the client is back) are reconciled and sent again as before; a re-arm does not clear the record.
 
         Only the latest firing per account is kept (an order placed before an earlier firing was placed before
-        the latest too), and only in memory: a restart forgets it, and the reconciliation at start then sends
-        such an order again as it did before this rule existed.
+        the latest too). It holds in memory at once, and is journaled in the background (the switch's cancel
+        must not wait for a database): a restart reads it back (`load`) before reconciling, so the
+        reconciliation at start does not send such an order either. Should journaling it fail (logged), only a
+        restart before the order is resolved would forget it.
         """
         key = (venue, account.lower())
         fired_ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
         self._deadman_fired_ms[key] = max(fired_ms, self._deadman_fired_ms.get(key, fired_ms))
+        task = asyncio.create_task(self._journal_firing(*key, fired_ms), name=f"journal-deadman-{key[1]}")
+        self._journaling_firings.add(task)
+        task.add_done_callback(self._journaling_firings.discard)
+
+    async def _journal_firing(self, venue: str, account: str, fired_ms: int) -> None:
+        try:
+            await self.journal.record_deadman_firing(venue, account, fired_ms)
+        except (Exception, asyncio.CancelledError) as exc:  # cancelled: the journal was too slow at shutdown
+            log.error("could not journal the dead-man's firing: a restart before the account's orders of unknown "
+                      "outcome are resolved would send them again", extra={"account": account,
+                                                                         "error": type(exc).__name__})
+            if isinstance(exc, asyncio.CancelledError):
+                raise
 
     def _cancelled_by_deadman(self, entry: JournalEntry) -> bool:
         """True if the account's dead-man's switch fired at or after `entry` was placed."""

@@ -415,6 +415,7 @@ class ExecutionApp(GrpcServiceApp):
         await self.server.stop(grace_s)
         await self.deadman.aclose()
         await self.feeds.aclose()
+        await self.orders.aclose()
         await self.orders.instruments.aclose()
         await self.venue.aclose()
         await self.journal.aclose()

@@ -164,7 +164,7 @@ async def test_an_order_lost_before_the_switch_fired_is_not_sent_again_after_a_r
         await place_lost(stub, running, "dm-restart")
         sim.faults.update({"fail_rate": 1.0})  # every call: the order stays UNKNOWN, the switch's cancel fails
         await arm(stub, running, 1)
-        for _ in range(400):  # the firing is journaled before its cancel is known to have failed
+        for _ in range(400):  # journaled in the background as the switch fires
             if await running.app.journal.deadman_firings():
                 break
             await asyncio.sleep(0.05)

@@ -46,7 +46,14 @@ from portico.marketdata.v1 import order_book_pb2
 from portico.runtime.errors import FailedPrecondition, PorticoError, ResourceExhausted
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
-from portico.venues.syndr.errors import SyndrError, SyndrNotFound, refused_channel_error, to_portico_error
+from portico.venues.syndr.errors import (
+    SyndrError,
+    SyndrNotFound,
+    SyndrRateLimited,
+    SyndrTransportError,
+    refused_channel_error,
+    to_portico_error,
+)
 from portico.venues.syndr.http import SyndrHttpClient
 from portico.venues.syndr.ws import (
     ChannelRefused,
@@ -697,15 +704,12 @@ class InstrumentFeed:
     # ------------------------------------------------------------------ audit
 
     async def audit(self) -> None:
-        """Fetch the venue's book and compare it with ours at the same change id."""
+        """Fetch the venue's book and compare it with ours at the same change id (SyndrError if the venue's
+        snapshot cannot be had: the audit loop decides what that says about the venue)."""
         if not self.live or self.book is None:
             return
-        try:
-            snapshot = models.parse_order_book((await self._http.call(
-                "public/get_order_book", {"instrument_name": self.symbol, "depth": 10_000})).result)
-        except SyndrError as exc:
-            log.warning("audit snapshot failed", extra={"symbol": self.symbol, "error": str(exc)})
-            return
+        snapshot = models.parse_order_book((await self._http.call(
+            "public/get_order_book", {"instrument_name": self.symbol, "depth": 10_000})).result)
         if not self.live or self.book is None or snapshot.change_id is None:
             return
         if snapshot.change_id == self.book.change_id:
@@ -757,16 +761,41 @@ class VenueBooks:
         self._closing: dict[str, asyncio.TimerHandle] = {}
         self._dropping: set[asyncio.Task[None]] = set()  # feeds the venue ended, being closed
         self._auditor: asyncio.Task[None] | None = None
+        self.audit_rounds_cut = 0  # audit rounds ended early because the venue's snapshots failed
 
     def start_audits(self) -> None:
         if self.settings.audit_interval_s > 0 and self._auditor is None:
             self._auditor = asyncio.create_task(self._audit_loop(), name=f"audit-{self.venue}")
 
     async def _audit_loop(self) -> None:
+        """Audit every live book once per interval. A snapshot the venue cannot give because it is unreachable or
+        rate-limits us ends the round (the other books would fail alike, and a venue in trouble gets no burst of
+        look-ups), logged once until a snapshot comes back; any other failure is one book's, logged once per
+        book until that book's snapshot comes back. Before, every book logged a warning every interval."""
+        venue_failing: str | None = None  # why the venue's snapshots fail, while they do
+        book_failing: set[str] = set()  # books whose own snapshot fails
         while True:
             await asyncio.sleep(self.settings.audit_interval_s)
-            for feed in list(self.feeds.values()):
-                await feed.audit()
+            for symbol, feed in list(self.feeds.items()):
+                try:
+                    await feed.audit()
+                except (SyndrTransportError, SyndrRateLimited) as exc:
+                    self.audit_rounds_cut += 1
+                    if venue_failing is None:
+                        log.warning("book audits paused: the venue's snapshots fail; trying again each interval",
+                                    extra={"venue": self.venue, "symbol": symbol, "error": type(exc).__name__})
+                    venue_failing = type(exc).__name__
+                    break
+                except SyndrError as exc:
+                    if symbol not in book_failing:
+                        log.warning("audit snapshot failed", extra={"symbol": symbol, "error": str(exc)})
+                        book_failing.add(symbol)
+                    continue
+                if venue_failing is not None:
+                    log.info("book audits resumed: the venue's snapshots answer again",
+                             extra={"venue": self.venue, "after": venue_failing})
+                    venue_failing = None
+                book_failing.discard(symbol)
 
     async def attach(self, symbol: str, depth: int) -> BookConsumer:
         pending_close = self._closing.pop(symbol, None)

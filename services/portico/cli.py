@@ -70,8 +70,17 @@ port is in use), 2 bad options (or the state file describes a suite still
 running), 128+N stopped by signal N during start-up."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ("up", "book", "trades", "order", "account", "instruments", "sim", "signer", "token", "config-table")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or, given the `command` the user typed, one whose other sub-commands are names and help
+    lines only: their modules (the simulator, Vault's client, ...) are not imported, which took most of a
+    second of every command's start. An unknown or missing command builds none of them (`portico --help`)."""
     from portico.runtime.auth import SCOPES
+
+    def wanted(*names: str) -> bool:
+        return command is None or command in names
 
     parser = argparse.ArgumentParser(prog="portico", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,42 +102,50 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--account-port", type=int, default=50054, metavar="PORT", help="the account service (50054)")
     up.add_argument("--gateway-port", type=int, default=8080, metavar="PORT", help="the REST gateway (8080)")
 
-    from portico import terminal
-
     book = sub.add_parser("book", help="watch a live order book (verified against the stream's checksums)",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     trades = sub.add_parser("trades", help="watch the public trade tape",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    terminal.add_arguments(book, trades)
+    if wanted("book", "trades"):
+        from portico import terminal
 
-    from portico import order_cli
+        terminal.add_arguments(book, trades)
 
     order = sub.add_parser("order", help="place, cancel and list orders (through the execution service)",
-                           description=order_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    order_cli.add_arguments(order)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    if wanted("order"):
+        from portico import order_cli
 
-    from portico import account_cli
+        order.description = order_cli.__doc__
+        order_cli.add_arguments(order)
 
     account = sub.add_parser("account", help="the account summary and positions (through the account service)",
-                             description=account_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    account_cli.add_arguments(account)
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    if wanted("account"):
+        from portico import account_cli
 
-    from portico import instruments_cli
+        account.description = account_cli.__doc__
+        account_cli.add_arguments(account)
 
     instruments = sub.add_parser("instruments", help="list, show and sync instruments (through the reference-data "
-                                 "service)", description=instruments_cli.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    instruments_cli.add_arguments(instruments)
+                                 "service)", formatter_class=argparse.RawDescriptionHelpFormatter)
+    if wanted("instruments"):
+        from portico import instruments_cli
+
+        instruments.description = instruments_cli.__doc__
+        instruments_cli.add_arguments(instruments)
 
     sim = sub.add_parser("sim", help="run the Syndr-compatible venue simulator")
-    from portico.sim import __main__ as sim_main
+    if wanted("sim"):
+        from portico.sim import __main__ as sim_main
 
-    sim_main.add_arguments(sim)
+        sim_main.add_arguments(sim)
 
     signer = sub.add_parser("signer", help="signer administration (talks to Vault directly)")
-    from portico.signer import admin
+    if wanted("signer"):
+        from portico.signer import admin
 
-    admin.add_arguments(signer)
+        admin.add_arguments(signer)
 
     token = sub.add_parser("token", help="bearer tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
@@ -137,15 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--scopes", required=True, help=f"comma separated, from {','.join(SCOPES)}")
 
     sub.add_parser("config-table", help="print the PORTICO_* configuration table as Markdown")
+    assert set(sub.choices) == set(COMMANDS)
     return parser
+
+
+def _command_in(argv: list[str]) -> str:
+    """The sub-command `argv` names (its first word: the top level takes no option but --help), or ""."""
+    first = next((word for word in argv if not word.startswith("-")), "")
+    return first if first in COMMANDS else ""
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         try:
-            # Inside the try: building the parser imports every sub-command's module (a second or so), and a
-            # Ctrl-C then, or while a command checks its arguments, is the user stopping it, not a crash.
-            args = build_parser().parse_args(argv)
+            # Inside the try: building the parser imports the command's module, and a Ctrl-C then, or while a
+            # command checks its arguments, is the user stopping it, not a crash.
+            words = sys.argv[1:] if argv is None else argv
+            args = build_parser(_command_in(words)).parse_args(words)
             _dispatch(args)
         finally:
             sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below

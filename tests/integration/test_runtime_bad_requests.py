@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from opentelemetry.trace import SpanKind
 from tests.support.openbao import OpenBaoDevServer
@@ -123,6 +124,36 @@ async def test_a_string_that_is_not_utf8_deep_in_a_request_is_named_by_its_path(
     assert text == ("filter.quote_currencies[1]: not valid UTF-8; "
                     "the request is not a valid portico.refdata.v1.ListInstrumentsRequest")
     assert field_violations(error) == ["filter.quote_currencies[1]"]
+
+
+HEALTH = "/grpc.health.v1.Health"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+@pytest.mark.parametrize("body", [BAD_UTF8, GARBAGE], ids=["bad-utf8", "garbage"])
+@pytest.mark.parametrize("rpc", ["Check", "Watch", "reflection"])
+async def test_health_and_reflection_answer_a_request_that_does_not_decode_with_invalid_argument(
+        channel: grpc.aio.Channel, body: bytes, rpc: str) -> None:
+    """Public, so no token: the message type is named, never a field (nobody unauthenticated makes the server walk
+    the bytes), and not gRPC's UNKNOWN with the decoder's text (before the fix these were left to gRPC)."""
+    if rpc == "Check":
+        call: Any = channel.unary_unary(f"{HEALTH}/Check", **RAW)(body, timeout=10)
+        message_type = "grpc.health.v1.HealthCheckRequest"
+    elif rpc == "Watch":
+        call = channel.unary_stream(f"{HEALTH}/Watch", **RAW)(body, timeout=10)
+        message_type = "grpc.health.v1.HealthCheckRequest"
+    else:
+        call = channel.stream_stream(REFLECTION, **RAW)(iter([body]), timeout=10)
+        message_type = "grpc.reflection.v1alpha.ServerReflectionRequest"
+    error = await refused(call)
+    code, text, reason, metadata = details(error)
+    assert (code, reason, metadata) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED",
+                                        {"message_type": message_type}), (code, text)
+    assert text.startswith(f"the request is not a valid {message_type}: ")
+    assert field_violations(error) == []
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="liveness"),
+                                                            timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING  # still serving
 
 
 @pytest.mark.parametrize("body", [BAD_UTF8, GARBAGE], ids=["bad-utf8", "garbage"])

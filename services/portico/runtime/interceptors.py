@@ -87,17 +87,51 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        service, _ = _split(method)
-        if handler is None or service in PUBLIC_SERVICES:
+        if handler is None:
             return handler
+        method: str = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        scope = self._scopes.get(method)
-        wrapped = _rewrap(handler, method, lambda behavior, streaming: self._wrap(behavior, method, scope, streaming))
+        service, _ = _split(method)
+        if service in PUBLIC_SERVICES:
+            wrapped = _rewrap(handler, method, lambda behavior, streaming: self._wrap_public(behavior, streaming),
+                              name_field=False)
+        else:
+            scope = self._scopes.get(method)
+            wrapped = _rewrap(handler, method,
+                              lambda behavior, streaming: self._wrap(behavior, method, scope, streaming))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+    def _wrap_public(self, behavior: Behavior, streaming: bool) -> Behavior:
+        """Health and reflection: no span, no auth, no error mapping; only a request that does not decode is
+        INVALID_ARGUMENT (REQUEST_MALFORMED) naming the message type, as everywhere, rather than gRPC's UNKNOWN
+        with the decoder's text. Anyone may call these, so no field is looked for in the bytes."""
+        async def refuse(error: PorticoError, context: grpc.aio.ServicerContext) -> None:
+            status = to_grpc_status(error, self._domain)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        if not streaming:
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if request.__class__ is _Undecodable:
+                    await refuse(request.error, context)
+                return await behavior(request, context)
+            return unary
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if request.__class__ is _Undecodable:
+                await refuse(request.error, context)
+            try:
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:
+                    await result
+            except MalformedRequest as exc:  # a streamed request's message, decoded as the servicer reads it
+                await refuse(exc, context)
+        return stream
 
     def _wrap(self, behavior: Behavior, method: str, scope: str | None, streaming: bool) -> Behavior:
         service, name = _split(method)
@@ -196,9 +230,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return stream
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, method: str,
-            wrap: Callable[[Behavior, bool], Behavior]) -> grpc.RpcMethodHandler:
-    deserializer = _guarded(handler.request_deserializer, method, handler.request_streaming)
+def _rewrap(handler: grpc.RpcMethodHandler, method: str, wrap: Callable[[Behavior, bool], Behavior], *,
+            name_field: bool = True) -> grpc.RpcMethodHandler:
+    deserializer = _guarded(handler.request_deserializer, method, handler.request_streaming, name_field=name_field)
     codec = {"request_deserializer": deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **codec)
@@ -227,18 +261,21 @@ class _Undecodable:
         return _malformed(self._cause, self._data, self._descriptor, self._name)
 
 
-def _guarded(deserializer: Deserializer | None, method: str, request_streaming: bool) -> Deserializer | None:
+def _guarded(deserializer: Deserializer | None, method: str, request_streaming: bool, *,
+             name_field: bool = True) -> Deserializer | None:
     """`deserializer`, turning a decode failure into the caller's INVALID_ARGUMENT (see `_Undecodable`).
 
     A streamed request's messages are decoded as the servicer reads them, after authentication: there the
     error is raised, out of the servicer's read and on to the error mapping (not INTERNAL, as the decoder's
-    own exception would be). The success path costs one Python call per message.
+    own exception would be). The success path costs one Python call per message. Without `name_field` the
+    error names the message type only (no walk over the bytes for a bad string).
     """
     if deserializer is None:  # bytes in, bytes out: nothing to fail
         return None
     message = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)  # `Message.FromString`'s class
-    descriptor = message if isinstance(message, Descriptor) else None
-    name = descriptor.full_name if descriptor is not None else f"request of {method}"
+    found = message if isinstance(message, Descriptor) else None
+    name = found.full_name if found is not None else f"request of {method}"
+    descriptor = found if name_field else None
     decode = deserializer
 
     if request_streaming:

@@ -512,10 +512,21 @@ def book_frame(data: dict[str, Any], *, method: str = "subscription", channel: s
     ({"timestamp": "yesterday"}, "timestamp"),
     ({"instrument_name": 5}, "instrument_name"),
     ({"change_id": "two"}, "change_id"),
+    ({"change_id": "1" * 5000}, "change_id"),  # int() refuses it (ValueError, not the venue's protocol error)
 ])
 def test_book_change_rejects_malformed_levels(data: dict[str, Any], field: str) -> None:
     with pytest.raises(SyndrProtocolError, match=field):
         m.parse_book_change(book_frame(data))
+
+
+@pytest.mark.parametrize("token", [b'"' + b"1" * 5000 + b'"', b"1e999999999", b"1e100"])
+def test_an_integer_too_long_to_be_one_of_the_venues_is_a_protocol_error(token: bytes) -> None:
+    """A 5,000-digit string made int() raise ValueError (past the parser's protocol error, out of the caller's
+    handling); an exponent would have built a number of a billion digits."""
+    response = orjson.loads(fixture("public.get_order_book.response.json"))
+    response["result"]["timestamp"] = orjson.Fragment(token)
+    with pytest.raises(SyndrProtocolError, match="timestamp"):
+        m.parse_order_book(m.parse_rpc_response(orjson.dumps(response), where="public/get_order_book").result)
 
 
 def test_book_change_rejects_missing_side_and_wrong_frames() -> None:

@@ -276,13 +276,20 @@ def _ident(obj: Mapping[str, Any], where: str, *keys: str) -> str:
     return _to_str(value, where, key)
 
 
+# Integers in the venue's answers are ids, counts, times and uint256 salts (78 digits). A longer digit string
+# would make `int()` raise (Python's 4,300-digit limit) or, from an exponent ("1e999999999"), build a number of a
+# billion digits: either is a malformed answer, not an integer to convert.
+_MAX_INT_DIGITS = 100
+
+
 def _to_int(value: Any, where: str, key: str) -> int:
     kind = type(value)
     if kind is int:
         return value  # type: ignore[no-any-return]
-    if kind is str and value.isascii() and value.isdigit():
+    if kind is str and value.isascii() and value.isdigit() and len(value) <= _MAX_INT_DIGITS:
         return int(value)
-    if kind is Decimal and value.is_finite() and value == value.to_integral_value():
+    if (kind is Decimal and value.is_finite() and value.adjusted() < _MAX_INT_DIGITS
+            and value == value.to_integral_value()):
         return int(value)
     _protocol(where, f"field {key!r} is not an integer: {_preview(value)}")
 

@@ -47,10 +47,11 @@ from portico.runtime.errors import FailedPrecondition, PorticoError, ResourceExh
 from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr import models
 from portico.venues.syndr.errors import (
+    SyndrConnectionError,
     SyndrError,
+    SyndrHttpError,
     SyndrNotFound,
     SyndrRateLimited,
-    SyndrTransportError,
     refused_channel_error,
     to_portico_error,
 )
@@ -703,21 +704,23 @@ class InstrumentFeed:
 
     # ------------------------------------------------------------------ audit
 
-    async def audit(self) -> None:
-        """Fetch the venue's book and compare it with ours at the same change id (SyndrError if the venue's
-        snapshot cannot be had: the audit loop decides what that says about the venue)."""
+    async def audit(self) -> bool:
+        """Fetch the venue's book and compare it with ours at the same change id. False if there was nothing to
+        audit (the book is not live), True once the venue's snapshot came back; SyndrError if it cannot be had
+        (the audit loop decides what that says about the venue)."""
         if not self.live or self.book is None:
-            return
+            return False
         snapshot = models.parse_order_book((await self._http.call(
             "public/get_order_book", {"instrument_name": self.symbol, "depth": 10_000})).result)
         if not self.live or self.book is None or snapshot.change_id is None:
-            return
+            return True
         if snapshot.change_id == self.book.change_id:
             self._compare(snapshot)
         elif snapshot.change_id > self.book.change_id:
             self._audit = snapshot  # compared when our book reaches that change id
         else:
             self.audits_skipped += 1  # we are already past it; the next audit will line up
+        return True
 
     def _compare(self, snapshot: models.OrderBook) -> bool:
         """Record the divergence; rebuild if there is any. True if the books agree."""
@@ -747,6 +750,13 @@ class InstrumentFeed:
                     view.publish(view.status_frame(STALE), now)
 
 
+def _venue_wide(exc: BaseException) -> bool:
+    """True if a failed snapshot says the venue as a whole cannot answer now, not that one book's cannot."""
+    if isinstance(exc, SyndrHttpError):
+        return exc.status >= 500 or exc.status == 429
+    return isinstance(exc, SyndrConnectionError | SyndrRateLimited)
+
+
 class VenueBooks:
     """Every instrument feed of one venue, over one shared upstream WebSocket."""
 
@@ -768,28 +778,32 @@ class VenueBooks:
             self._auditor = asyncio.create_task(self._audit_loop(), name=f"audit-{self.venue}")
 
     async def _audit_loop(self) -> None:
-        """Audit every live book once per interval. A snapshot the venue cannot give because it is unreachable or
-        rate-limits us ends the round (the other books would fail alike, and a venue in trouble gets no burst of
-        look-ups), logged once until a snapshot comes back; any other failure is one book's, logged once per
-        book until that book's snapshot comes back. Before, every book logged a warning every interval."""
+        """Audit every live book once per interval. A snapshot refused for a reason that is the venue's as a whole
+        (no connection, a 5xx, its rate limit: `_venue_wide`) ends the round (the other books would fail alike,
+        and a venue in trouble gets no burst of look-ups), logged once until a snapshot comes back. Any other
+        failure (a time-out, a 4xx, an answer we cannot read) is one book's: logged once until that book's
+        snapshot comes back, and the round goes on. Before, every book logged a warning every interval."""
         venue_failing: str | None = None  # why the venue's snapshots fail, while they do
         book_failing: set[str] = set()  # books whose own snapshot fails
         while True:
             await asyncio.sleep(self.settings.audit_interval_s)
+            book_failing &= self.feeds.keys()  # a book closed and opened again starts afresh
             for symbol, feed in list(self.feeds.items()):
                 try:
-                    await feed.audit()
-                except (SyndrTransportError, SyndrRateLimited) as exc:
-                    self.audit_rounds_cut += 1
-                    if venue_failing is None:
-                        log.warning("book audits paused: the venue's snapshots fail; trying again each interval",
-                                    extra={"venue": self.venue, "symbol": symbol, "error": type(exc).__name__})
-                    venue_failing = type(exc).__name__
-                    break
-                except SyndrError as exc:
+                    if not await feed.audit():
+                        continue  # not live: nothing asked, nothing learnt
+                except Exception as exc:
+                    if _venue_wide(exc):
+                        self.audit_rounds_cut += 1
+                        if venue_failing is None:
+                            log.warning("book audits paused: the venue's snapshots fail; trying again each interval",
+                                        extra={"venue": self.venue, "symbol": symbol, "error": type(exc).__name__})
+                        venue_failing = type(exc).__name__
+                        break
                     if symbol not in book_failing:
-                        log.warning("audit snapshot failed", extra={"symbol": symbol, "error": str(exc)})
                         book_failing.add(symbol)
+                        log.warning("audit snapshot failed", extra={
+                            "symbol": symbol, "error": str(exc) if isinstance(exc, SyndrError) else type(exc).__name__})
                     continue
                 if venue_failing is not None:
                     log.info("book audits resumed: the venue's snapshots answer again",

@@ -135,7 +135,8 @@ class OrderManager:
         self._unresolved.clear()
         for entry in await self.journal.unresolved():
             self._index(entry)
-        for key, fired_ms in (await self.journal.deadman_firings()).items():
+        for (venue, account), fired_ms in (await self.journal.deadman_firings()).items():
+            key = (venue, account.lower())  # journaled in lower case; compared so whatever wrote it
             self._deadman_fired_ms[key] = max(fired_ms, self._deadman_fired_ms.get(key, fired_ms))
 
     async def aclose(self, timeout_s: float = 5.0) -> None:

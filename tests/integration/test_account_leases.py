@@ -63,12 +63,13 @@ async def test_a_lease_has_one_holder_and_the_next_gets_it_once_released(
 async def test_an_expired_lease_is_taken_over_and_its_old_holder_neither_goes_on_nor_frees_it(
         sessions: Callable[[], VaultSession], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(leases, "_CLOCK_SKEW_S", 0.0)
-    first, second = AccountLeases(sessions(), ttl_s=0.6), AccountLeases(sessions(), ttl_s=30)
+    # A lease long enough that taking it (a Vault write) leaves half of it even on a slow machine.
+    first, second = AccountLeases(sessions(), ttl_s=3), AccountLeases(sessions(), ttl_s=30)
     third = AccountLeases(sessions(), ttl_s=30)
     address = account()
     stale = await first.acquire(VENUE, address, "signing-key", "a test")
-    stale.check(0.3, "the venue's call")  # plenty left now
-    taken = await asyncio.wait_for(second.acquire(VENUE, address, "signing-key", "a test"), 3)  # after expiry
+    stale.check(1.5, "the venue's call")  # plenty left now
+    taken = await asyncio.wait_for(second.acquire(VENUE, address, "signing-key", "a test"), 20)  # after expiry
     with pytest.raises(Unavailable) as refused:
         stale.check(0.0, "the venue's call")
     assert refused.value.reason == "LEASE_EXPIRED"

@@ -146,7 +146,9 @@ async def test_an_order_stream_ends_failed_precondition_and_the_next_one_works(s
 
         sim.faults.update({"refuse_channels": []})
         second = stub.StreamOrderUpdates(request, metadata=running.metadata("read"))
-        await asyncio.sleep(0.5)  # the new feed subscribes
+        # Placing once the stream follows a live feed (subscribed and caught up): an update before that reaches
+        # no stream (a fixed 0.5 s fell short on a loaded machine).
+        await until(lambda: running.app.feeds.consumers("syndr", stack.account.address, "orders") == 1, 20)
         placed = await stub.PlaceOrder(execution_pb.PlaceOrderRequest(
             venue="syndr", account=stack.account.address, symbol=STAYS, side=side_pb2.SIDE_BUY,
             type=order_pb2.ORDER_TYPE_LIMIT, amount="0.1", price=resting_bid(sim, STAYS),
@@ -170,7 +172,9 @@ async def test_a_position_stream_ends_failed_precondition_and_the_next_one_works
 
         sim.faults.update({"refuse_channels": []})
         second = stub.StreamPositions(request, metadata=running.metadata("read"))
-        await asyncio.sleep(0.5)  # the new feed subscribes and reads its starting point
+        # Trading once the stream follows a live feed that has read its starting point: a trade before that is
+        # in the starting point, not an update (a fixed 0.5 s fell short on a loaded machine).
+        await until(lambda: running.app.positions.consumers("syndr", stack.account.address) == 1, 20)
         increment = sim.engine.instrument(STAYS).contract_size
         async with SyndrHttpClient(sim.http_url, credentials=stack.account.credentials) as http:
             await http.call("private/buy", stack.account.order(STAYS, "buy", str(increment), order_type="market",

@@ -626,12 +626,15 @@ async def test_callers_waiting_on_a_hung_login_share_its_verdict(bao: OpenBaoDev
         try:
             await vault.start()  # times out; the background task starts its own attempt at once
             assert not vault.authenticated
+            logins = vault._logins_finished  # start's
             started = time.monotonic()
             outcomes = await asyncio.gather(*(vault.read_kv("app/x") for _ in range(6)), return_exceptions=True)
             elapsed = time.monotonic() - started
             assert all(isinstance(o, VaultUnavailable) for o in outcomes), outcomes
-            # They arrived while the background task's login hung: its timeout is their answer.
-            assert elapsed < 1.5 * settings.timeout_s, f"callers waited {elapsed:.1f}s, for a second login"
+            # They arrived while the background task's login hung: its timeout is their answer, not a login of
+            # their own (counted, not timed: a loaded machine can stretch one login past 1.5 timeouts).
+            assert vault._logins_finished - logins == 1, f"{vault._logins_finished - logins} logins for 6 callers"
+            assert elapsed < 3 * settings.timeout_s, f"callers waited {elapsed:.1f}s"
         finally:
             proxy.resume()
             await vault.aclose()

@@ -61,7 +61,8 @@ async def test_a_record_the_venue_keeps_refusing_is_not_read_again_on_every_call
     """Vault holds a key the venue refuses: each refusal dropped the record, so every call read Vault again (a
     Vault read per order at the order rate). Now it is read again once, and again only after a pause, so a
     fixed record in Vault is still picked up soon."""
-    monkeypatch.setattr(accounts_module, "_REREAD_REFUSED_S", 0.3, raising=False)
+    # A pause no run of the loop below outlasts, however slow the machine; ended below by setting it to 0.
+    monkeypatch.setattr(accounts_module, "_REREAD_REFUSED_S", 60.0, raising=False)
     account = to_checksum_address("0x" + secrets.token_hex(20))
     path = account_path("syndr", account)
     async with SyndrStub(api_key="good-key", api_secret="good-secret") as stub:
@@ -75,7 +76,7 @@ async def test_a_record_the_venue_keeps_refusing_is_not_read_again_on_every_call
             assert len(stub.http_requests) == 10
 
             await write_record(vault, account, ApiCredentials("good-key", "good-secret"))  # an operator fixes it
-            await asyncio.sleep(0.35)
+            monkeypatch.setattr(accounts_module, "_REREAD_REFUSED_S", 0.0, raising=False)  # the pause is over
             with pytest.raises(SyndrAuthError):  # the refused record is still the one in use...
                 await accounts.call(account, "private/get_positions")
             # ...but after the pause this refusal drops it, and the next call reads the fixed one.

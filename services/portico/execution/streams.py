@@ -208,6 +208,10 @@ class AccountFeed(ConsumerFeed):
         return (max(0, self._newest_order_ms - _CATCH_UP_MARGIN_MS),
                 max(0, self._newest_fill_ms - _CATCH_UP_MARGIN_MS))
 
+    def consumers(self, kind: str) -> int:
+        """How many streams of `kind` ("orders", "fills") this feed has now."""
+        return sum(1 for c in self._consumers if c.kind == kind)
+
     def watermarks(self) -> Watermarks:
         """Where this feed stands: what a catch-up asked for now would read back to, and its open orders."""
         return Watermarks(_earlier(self._since_newest(), self._catch_up_since), dict(self._open))
@@ -398,6 +402,12 @@ class AccountFeeds:
         self._first_sequence = time.time_ns() // 1_000
         self._following_again: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._closing = False
+
+    def consumers(self, venue_name: str, account: str, kind: str) -> int:
+        """How many streams of `kind` follow the account's live feed now (0 without one): for operators and tests.
+        A stream counts once its feed has subscribed and caught up: it gets every update from then on."""
+        feed = self._feeds.get((venue_name, account.lower()))
+        return 0 if feed is None or feed.ended is not None else feed.consumers(kind)
 
     async def get(self, venue_name: str, account: str) -> AccountFeed:
         key = (venue_name, account.lower())

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from tests.support.execution import ExecutionStack, resting_bid, running_execution
+from tests.support.execution import ExecutionStack, resting_bid, running_execution, until_journaled
 from tests.support.postgres import fresh_database, postgres_reachable
 from tests.support.waiting import until
 
@@ -204,7 +204,7 @@ async def test_not_ready_while_an_unknown_order_a_caller_is_retrying_at_start_is
             await restarted.stub(channel).PlaceOrder(x, metadata=restarted.metadata())
         info = error_info(retried.value)
         assert info is not None and info.reason == "ORDER_OUTCOME_UNKNOWN"
-        await asyncio.sleep(0.5)
+        await until_journaled(restarted, "a-1", OrderState.OPEN)  # the held read is answered: the pass is past a-1
         a_entry = await restarted.app.journal.get("syndr", account, "a-1")
         x_entry = await restarted.app.journal.get("syndr", account, "x-1")
         assert a_entry is not None and a_entry.state == OrderState.OPEN

@@ -90,27 +90,35 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
+async def rebuilt(feed: InstrumentFeed, before: int) -> None:
+    """Until a rebuild started after `before` rebuilds is live again: a fault while one runs is merged into it (its
+    snapshot is fetched again), so each fault injected only after that starts a rebuild of its own."""
+    await until(lambda: feed.rebuilds > before and feed.live, timeout_s=30)
+
+
 async def test_consumers_hold_the_venues_book_exactly_through_faults(sim: Simulator) -> None:
     async with running_marketdata(sim) as running, open_channel(running.target) as channel:
         stub = pb_grpc.MarketDataServiceStub(channel)
         consumers = [Consumer(depth) for depth in (1, 5, 10, 10, 50)]
         tasks = [asyncio.create_task(consume(stub, running, c)) for c in consumers]
         await until(lambda: all(c.snapshots for c in consumers))
+        feed = running.app.books["syndr"].feeds["ETH-PERP"]
         await asyncio.sleep(1.5)
-        await sim.close_websockets()  # upstream drops: reconnect, resubscribe, rebuild
-        await asyncio.sleep(1.5)
-        await sim.close_websockets()
-        await asyncio.sleep(1.5)
+        for _ in range(2):
+            before = feed.rebuilds
+            await sim.close_websockets()  # upstream drops: reconnect, resubscribe, rebuild
+            await rebuilt(feed, before)
+            await asyncio.sleep(1.5)
         # Updates flow again after the drops (their reconnects back off more and more: the venue drops each
         # connection soon after it goes live), to every depth, the shallowest included.
         await until(lambda: all(c.updates > 100 for c in consumers), timeout_s=20)
         # Gaps last, so that no later rebuild could hide a mishandled one: each dropped change must
         # be noticed and repaired by the service itself.
         for _ in range(4):
+            before = feed.rebuilds
             sim.faults.update({"skip_change_ids": {"ETH-PERP": 1}})
-            await asyncio.sleep(0.4)
+            await rebuilt(feed, before)
         sim.market_maker.changes_per_second = 0  # let everything drain, then compare
-        feed = running.app.books["syndr"].feeds["ETH-PERP"]
         await until(lambda: feed.live and feed.book is not None
                     and feed.book.change_id == sim.engine.book("ETH-PERP", 1).change_id)
         await until(lambda: all(c.sequence == feed.book.change_id or c.top() == venue_top(sim, "ETH-PERP", c.depth)
@@ -242,7 +250,7 @@ async def test_unary_reads_and_ticker_and_trade_streams(sim: Simulator) -> None:
         assert ticker.mark_price and ticker.symbol == "ETH-PERP"
         tickers = stub.StreamTickers(pb.StreamTickersRequest(venue="syndr", symbols=["ETH-PERP", "BTC-PERP"]),
                                      metadata=md)
-        seen = set()
+        seen: set[str] = set()
         async for message in tickers:
             seen.update(t.symbol for t in message.tickers)
             if seen == {"ETH-PERP", "BTC-PERP"}:

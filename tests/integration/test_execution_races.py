@@ -24,7 +24,7 @@ from tests.support.execution import (
 from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
-from portico.execution.model import OrderState
+from portico.execution.model import JournalEntry, OrderIntent, OrderState
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import order_pb2
 from portico.runtime.client import open_channel
@@ -34,6 +34,8 @@ from portico.venues.syndr.constants import ErrorCode
 
 SYMBOL = "ETH-PERP"
 HOLD_MS = 1000
+# Long enough for a caller to give up, and the service to see it, while the bytes are held (nothing waits it out).
+SECOND_CALLER_HOLD_MS = 3000
 
 
 @pytest.fixture
@@ -53,8 +55,8 @@ def buys(sim: Simulator, label: str) -> int:
     return sum(1 for r in sim.requests if r.method == "private/buy" and r.params.get("label") == label)
 
 
-def hold_next_buy(sim: Simulator) -> None:
-    sim.faults.update({"http_hold_next": 1, "http_hold_ms": HOLD_MS, "http_hold_method": "private/buy"})
+def hold_next_buy(sim: Simulator, hold_ms: int = HOLD_MS) -> None:
+    sim.faults.update({"http_hold_next": 1, "http_hold_ms": hold_ms, "http_hold_method": "private/buy"})
 
 
 async def until_journaled(stack: ExecutionStack, running: object, client_order_id: str) -> None:
@@ -93,19 +95,35 @@ async def test_a_call_by_client_id_waits_for_the_placement_in_flight(stack: Exec
         assert entry.state == (OrderState.OPEN if rpc == "GetOrder" else OrderState.CANCELLED)
 
 
-async def test_a_second_caller_is_not_handed_the_first_callers_cancellation(stack: ExecutionStack,
-                                                                            sim: Simulator) -> None:
+async def test_a_second_caller_is_not_handed_the_first_callers_cancellation(
+        stack: ExecutionStack, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
-        hold_next_buy(sim)
+        # A first order warms Vault, the signer and the contracts: the held one below is on its way at once.
+        await stub.PlaceOrder(place(stack, "warm-1", resting_bid(sim)), metadata=running.metadata(), timeout=30)
+        calls: list[str] = []  # what the service's placements of twice-1 came to, in order
+        place_order = running.app.orders.place
+
+        async def watched(intent: OrderIntent) -> JournalEntry:
+            calls.append("started")
+            try:
+                return await place_order(intent)
+            except asyncio.CancelledError:
+                calls.append("cancelled")
+                raise
+
+        monkeypatch.setattr(running.app.orders, "place", watched)
+        hold_next_buy(sim, SECOND_CALLER_HOLD_MS)
         request = place(stack, "twice-1", resting_bid(sim))
-        first = asyncio.ensure_future(stub.PlaceOrder(request, metadata=running.metadata(), timeout=0.5))
-        await until_journaled(stack, running, "twice-1")
+        first = asyncio.ensure_future(stub.PlaceOrder(request, metadata=running.metadata(), timeout=30))
+        await until(lambda: sim.faults.http_hold_next == 0)  # its bytes are held at the venue
         second = asyncio.ensure_future(stub.PlaceOrder(request, metadata=running.metadata(), timeout=30))
-        with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+        await until(lambda: calls.count("started") == 2)  # the second waits for the first's placement
+        first.cancel()  # the first caller gives up while its bytes are still held
+        with pytest.raises(asyncio.CancelledError):
             await first
-        assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         placed = await second  # settled from the journal and the venue, not by the first caller's fate
+        assert calls[:3] == ["started", "started", "cancelled"], calls  # the service saw the first one go
         assert placed.order.state == order_pb2.ORDER_STATE_OPEN
         assert [o.order_id for o in sim.engine.open_orders(stack.account.address)
                 if o.label == "twice-1"] == [placed.order.order_id]

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from tests.support.execution import ExecutionStack, running_execution
+from tests.support.waiting import until
 
 from portico.common.v1 import side_pb2
 from portico.execution.model import OrderState
@@ -89,26 +90,27 @@ async def test_a_burst_stays_under_the_share_and_what_waited_too_long_is_not_sen
 
 
 async def test_a_cancel_overtakes_orders_queued_for_the_budget(stack: ExecutionStack, sim: Simulator) -> None:
-    env = {"PORTICO_EXECUTION_VENUE_RATE_SHARE": str(SHARE), "PORTICO_EXECUTION_VENUE_TIMEOUT_MS": "10000"}
+    env = {"PORTICO_EXECUTION_VENUE_RATE_SHARE": str(SHARE), "PORTICO_EXECUTION_VENUE_TIMEOUT_MS": "30000"}
     async with running_execution(stack, env) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
         price = resting_price(sim)
+        # The bucket holds 50 order calls: the other 50 queue for it, draining at 10 a second.
         orders = [asyncio.ensure_future(stub.PlaceOrder(place(stack, f"queued-{i}", price),
-                                                        metadata=running.metadata(), timeout=30))
-                  for i in range(80)]
-        # The bucket holds 50 order calls: once they are at the venue, the other 30 queue at 10 a second.
-        deadline = time.monotonic() + 10
-        while sum(r.method == "private/buy" for r in sim.requests) < CAPACITY_CALLS - 5:
-            assert time.monotonic() < deadline, "the first orders never reached the venue"
-            await asyncio.sleep(0.02)
+                                                        metadata=running.metadata(), timeout=60))
+                  for i in range(int(CAPACITY_CALLS) + 50)]
+        await until(lambda: any(r.method == "private/buy" for r in sim.requests))  # the account's client exists
+        budget = running.app.venue.budget((await running.app.venue.session(stack.account.address)).record)
+        assert budget is not None
+        # Cancel once the budget's own queue is long (not after a while): even if the cancel then takes 2 s to
+        # reach the budget on a slow host, orders are still queued behind it.
+        await until(lambda: budget.waiting >= 25, timeout_s=20)
         reply = await stub.CancelAllOrders(pb.CancelAllOrdersRequest(venue="syndr", account=stack.account.address,
                                                                      symbol=SYMBOL),
-                                           metadata=running.metadata(), timeout=30)
+                                           metadata=running.metadata(), timeout=60)
         results = await asyncio.gather(*orders, return_exceptions=True)
         assert all(isinstance(r, pb.PlaceOrderResponse) for r in results), results
         # The cancel (and the read of open orders it starts with) went ahead of the orders still queued, which
-        # were placed after it (without the priority, every one of the 80 went first). Even a slow host, which
-        # needs a while to see 45 at the venue while the queue drains at 10 a second, leaves some of the 30.
+        # were placed after it (without the priority, every queued order went first and none came after it).
         methods = [r.method for r in sim.requests if r.method in ("private/buy", "private/cancel_all_by_instrument")]
         cancel_at = methods.index("private/cancel_all_by_instrument")
         assert methods[cancel_at + 1:].count("private/buy") >= 5, methods

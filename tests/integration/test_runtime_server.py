@@ -194,11 +194,10 @@ async def test_a_client_certificate_without_a_ca_is_refused_rather_than_dropped_
 # --------------------------------------------------------------------------- graceful shutdown
 
 
-@pytest.fixture
-def demo_process(tokens: tuple[dict[str, str], str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def spawn_demo(tokens: tuple[dict[str, str], str], grace_s: float) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     env = {**os.environ, "PORTICO_LISTEN_ADDR": f"127.0.0.1:{port}", "PORTICO_AUTH_TOKENS": tokens[1],
-           "PORTICO_SHUTDOWN_GRACE_SECONDS": "3"}
+           "PORTICO_SHUTDOWN_GRACE_SECONDS": str(grace_s)}
     process = subprocess.Popen([sys.executable, "-m", "tests.support.demo_server"], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout is not None
@@ -209,24 +208,51 @@ def demo_process(tokens: tuple[dict[str, str], str]) -> Iterator[tuple[subproces
     process.wait()
 
 
+# The draining tests' in-flight call sleeps DRAIN_CALL_MS: the child has that long after SIGTERM to report the
+# drain (a slow host may take a while), and the grace outlasts the call by as much again.
+DRAIN_CALL_MS = 4000
+DRAIN_GRACE_S = 10.0
+
+
+@pytest.fixture
+def demo_process(tokens: tuple[dict[str, str], str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    yield from spawn_demo(tokens, DRAIN_GRACE_S)
+
+
+@pytest.fixture
+def short_grace_process(tokens: tuple[dict[str, str], str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    yield from spawn_demo(tokens, 3)
+
+
+def start_in_flight(channel: grpc.aio.Channel, auth: object) -> Any:
+    """A DRAIN_CALL_MS Wait, started now (not in a task that starts it later), so that a call made after it on
+    the same connection reaches the server after it: once that one is answered, the server holds this one."""
+    return channel.unary_unary("/test.Demo/Wait")(str(DRAIN_CALL_MS).encode(), metadata=auth, timeout=30)
+
+
 async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
         demo_process: tuple[subprocess.Popen[str], str], tokens: tuple[dict[str, str], str]) -> None:
     process, target = demo_process
     auth = bearer(tokens[0]["read"])
     async with open_channel(target) as channel:
-        in_flight = asyncio.create_task(call(channel, "/test.Demo/Wait", b"1500", auth))
-        await asyncio.sleep(0.3)
-        process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
         health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == SERVING  # the connection is up
+        in_flight = start_in_flight(channel, auth)
+        assert await call(channel, "/test.Demo/Wait", b"1", auth) == b"1"  # ... and the server holds in_flight
+        process.send_signal(signal.SIGTERM)
+        drained = await asyncio.wait_for(watch.read(), DRAIN_CALL_MS / 1000)  # the child is draining now
+        assert drained.status == NOT_SERVING
+        watch.cancel()
+        assert not in_flight.done()
         with pytest.raises(grpc.aio.AioRpcError):  # new calls are refused while draining
             await call(channel, "/test.Demo/Wait", b"1", auth)
         with pytest.raises(grpc.aio.AioRpcError):
             await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-        assert await in_flight == b"1500"  # the in-flight call finished normally
+        assert await in_flight == str(DRAIN_CALL_MS).encode()  # the in-flight call finished normally
     started = time.monotonic()
     assert await asyncio.to_thread(process.wait, 10) == 0
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 5  # nothing left in flight: the grace period is not waited out
 
 
 async def test_sigterm_turns_liveness_and_readiness_not_serving_while_draining(
@@ -234,26 +260,27 @@ async def test_sigterm_turns_liveness_and_readiness_not_serving_while_draining(
     """Health watches opened before SIGTERM see liveness, the overall status and the service's own go
     NOT_SERVING when the drain starts, while an in-flight call still finishes."""
     process, target = demo_process
+    auth = bearer(tokens[0]["read"])
     async with open_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         names = (LIVENESS_SERVICE, "", "test.Demo")
         watches = [health.Watch(health_pb2.HealthCheckRequest(service=name)) for name in names]
         assert [(await w.read()).status for w in watches] == [SERVING] * 3
-        in_flight = asyncio.create_task(call(channel, "/test.Demo/Wait", b"1500", bearer(tokens[0]["read"])))
-        await asyncio.sleep(0.3)
+        in_flight = start_in_flight(channel, auth)
+        assert await call(channel, "/test.Demo/Wait", b"1", auth) == b"1"  # the server holds in_flight
         process.send_signal(signal.SIGTERM)
-        changed = [await asyncio.wait_for(w.read(), 2) for w in watches]
+        changed = [await asyncio.wait_for(w.read(), DRAIN_CALL_MS / 1000) for w in watches]
         assert [c.status for c in changed] == [NOT_SERVING] * 3
         assert not in_flight.done()  # still draining
-        assert await in_flight == b"1500"
+        assert await in_flight == str(DRAIN_CALL_MS).encode()
         for watch in watches:
             watch.cancel()
     assert await asyncio.to_thread(process.wait, 10) == 0
 
 
 async def test_sigterm_cancels_calls_that_outlive_the_grace_period(
-        demo_process: tuple[subprocess.Popen[str], str], tokens: tuple[dict[str, str], str]) -> None:
-    process, target = demo_process
+        short_grace_process: tuple[subprocess.Popen[str], str], tokens: tuple[dict[str, str], str]) -> None:
+    process, target = short_grace_process
     async with open_channel(target) as channel:
         too_long = asyncio.create_task(call(channel, "/test.Demo/Wait", b"20000", bearer(tokens[0]["read"])))
         await asyncio.sleep(0.3)

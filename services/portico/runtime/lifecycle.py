@@ -54,16 +54,23 @@ async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task and wait until it has finished (None is fine)."""
+    """Cancel a background task and wait until it has finished (None is fine).
+
+    A cancellation of the caller that arrives while it waits is passed on; the task's own is not. The caller may
+    already be being cancelled (cleaning up in an `except BaseException` or `finally` of a cancelled task): only
+    a request that arrived during this wait counts, or the first such clean-up step would stop all the others
+    (it did: a feed whose start was cancelled left its WebSocket reconnecting for ever).
+    """
     if task is None:
         return
+    current = asyncio.current_task()
+    requested = current.cancelling() if current is not None else 0
     task.cancel()
     try:
         await task
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # the caller itself is being cancelled: that is not ours to swallow
+        if current is not None and current.cancelling() > requested:
+            raise  # the caller itself was cancelled meanwhile: that is not ours to swallow
 
 
 class GrpcServiceApp(abc.ABC):

@@ -91,10 +91,10 @@ async def test_an_order_lost_before_the_switch_fired_is_not_sent_again_after_it(
     account = stack.account.address
     async with running_execution(stack) as running, open_channel(running.target) as channel:
         stub = running.stub(channel)
-        await arm(stub, running, 2)
         rest = await stub.PlaceOrder(place(stack, "dm-rest"), metadata=running.metadata())
         assert rest.order.state == order_pb2.ORDER_STATE_OPEN
         lost = await place_lost(stub, running, "dm-lost")
+        await arm(stub, running, 1)  # armed once both are placed: it fires after them however slow the host
 
         await until(lambda: running.app.deadman.fired.get(("syndr", account.lower())) == 1, timeout_s=10)
         assert sim.engine.open_orders(account) == []

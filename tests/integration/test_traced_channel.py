@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from tests.support.waiting import until
 
 from portico.runtime.client import open_channel
 
@@ -102,7 +103,8 @@ async def test_call_of_a_cancelled_caller_ends_its_span_as_cancelled(server: tup
                 await caller
             never_awaited = slow(b"y", timeout=60)  # a call nobody awaits, cancelled by its owner
             never_awaited.cancel()
-            await asyncio.sleep(0.05)
+            # The spans end from the cancellations (not the channel's close): wait for both in here.
+            await until(lambda: len(client_spans(spans, SLOW.lstrip("/"))) >= 2, timeout_s=20)
     ended = client_spans(spans, SLOW.lstrip("/"))
     assert len(ended) == 2
     for span in ended:
@@ -120,6 +122,7 @@ async def test_server_stream_span_ends_when_the_stream_does(server: tuple[str, l
             assert first.status == health_pb2.HealthCheckResponse.SERVING
             assert client_spans(spans, "grpc.health.v1.Health/Watch") == []  # still open
             watch.cancel()
-            await asyncio.sleep(0.05)
+            # Ended by the cancel, not by the channel's close: wait for it in here.
+            await until(lambda: client_spans(spans, "grpc.health.v1.Health/Watch"), timeout_s=20)
     (span,) = client_spans(spans, "grpc.health.v1.Health/Watch")
     assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]

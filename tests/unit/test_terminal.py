@@ -14,7 +14,9 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from tests.support.waiting import until
 
+from portico import terminal
 from portico.common.v1 import side_pb2
 from portico.connection import Connection
 from portico.marketdata.book import Book, book_checksum
@@ -362,6 +364,25 @@ def frames(text: str) -> list[str]:
     return text.split(CURSOR_HOME)[1:]
 
 
+def last_frame_shows(out: io.StringIO, text: str) -> bool:
+    drawn = frames(out.getvalue())
+    return bool(drawn) and text in drawn[-1]
+
+
+@pytest.fixture
+def books(monkeypatch: pytest.MonkeyPatch) -> list[LocalBook]:
+    """Every `LocalBook` `watch_book` makes, so a test can wait on its state while no frame is drawn."""
+    made: list[LocalBook] = []
+
+    class Recorded(LocalBook):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(terminal, "LocalBook", Recorded)
+    return made
+
+
 # --- watchers -------------------------------------------------------------------------------------------------
 
 
@@ -455,30 +476,40 @@ async def test_watch_book_cancellation_restores_the_cursor(fake: tuple[FakeMarke
     out = io.StringIO()
     task = asyncio.create_task(watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=out,
                                           err=io.StringIO()))
-    await asyncio.sleep(0.5)
+    # Cancellation draws no last frame: wait until one shows the whole script before cancelling.
+    await until(lambda: last_frame_shows(out, "seq 102"), timeout_s=20)
     task.cancel()  # what asyncio.run does on Ctrl-C
     with pytest.raises(asyncio.CancelledError):
         await task
     assert out.getvalue().endswith(SHOW_CURSOR) and "seq 102" in frames(out.getvalue())[-1]
 
 
-async def test_watch_book_stop_event_ends_it_like_time_up(fake: tuple[FakeMarketData, str]) -> None:
+async def test_watch_book_stop_event_ends_it_like_time_up(fake: tuple[FakeMarketData, str],
+                                                          books: list[LocalBook]) -> None:
     """What Ctrl-C and SIGTERM do under `run_book`: a clean end, with the exit code and summary of `--seconds`."""
     servicer, target = fake
     servicer.book_scripts = [[*live_script(VenueBook(), 2), None]]
     stop, out = asyncio.Event(), io.StringIO()
-    asyncio.get_running_loop().call_later(0.4, stop.set)
-    started = asyncio.get_running_loop().time()
-    assert await watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=out, err=io.StringIO(),
-                            refresh_hz=0.5, stop=stop) == 0
-    assert asyncio.get_running_loop().time() - started < 1.0  # not held up by the slow refresh
+    # A 50 s refresh: only `stop` can end the wait in time. No frame comes before it, so wait on the book itself.
+    task = asyncio.create_task(watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=out,
+                                          err=io.StringIO(), refresh_hz=0.02, stop=stop))
+    await until(lambda: books and books[0].sequence == 102, timeout_s=20)
+    stop.set()
+    stopped = asyncio.get_running_loop().time()
+    assert await task == 0
+    assert asyncio.get_running_loop().time() - stopped < 10  # not held up by the slow refresh
     assert out.getvalue().endswith(SHOW_CURSOR) and "seq 102" in frames(out.getvalue())[-1]
     venue = VenueBook()
-    servicer.book_scripts = [[responses(venue.snapshot()), responses(venue.delta(previous=5)), None]]
+    # A clean resubscription, so a late `stop` cannot see a second break (scripts count from this run's first).
+    servicer.book_requests.clear()
+    servicer.book_scripts = [[responses(venue.snapshot()), responses(venue.delta(previous=5)), None],
+                             [responses(VenueBook(sequence=200).snapshot()), None]]
     stop, err = asyncio.Event(), io.StringIO()
-    asyncio.get_running_loop().call_later(0.3, stop.set)
-    assert await watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=io.StringIO(), err=err,
-                            stop=stop) == 1
+    task = asyncio.create_task(watch_book(Connection(target, TOKEN), "syndr", "ETH-PERP", DEPTH, out=io.StringIO(),
+                                          err=err, stop=stop))
+    await until(lambda: len(books) == 2 and books[1].breaks == 1, timeout_s=20)
+    stop.set()
+    assert await task == 1
     assert "broke 1 time(s)" in err.getvalue() and "gap: delta 101 follows 5" in err.getvalue()
 
 

@@ -13,6 +13,7 @@ import contextlib
 import socket
 import ssl
 import struct
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 from tests.support.certs import CertificateAuthority
+from tests.support.waiting import until
 
 from portico.runtime.http1 import Http1ConnectionError, Http1Pool, Http1ProtocolError
 from portico.venues.syndr.constants import ErrorCode
@@ -141,10 +143,14 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced(echo: Scripte
 
 
 async def test_a_connection_idle_too_long_is_not_reused(echo: ScriptedServer) -> None:
-    async with Http1Pool(echo.url(), keepalive_s=0.1) as pool:
+    keepalive_s = 2.0  # seconds: "at once" must stay within it even on a stalled host
+    async with Http1Pool(echo.url(), keepalive_s=keepalive_s) as pool:
         assert (await pool.post(b"1", {}))[0] == 200
         assert (await pool.post(b"2", {}))[0] == 200  # at once: the same connection
-        await asyncio.sleep(0.2)
+        assert echo.connections == 1
+        [idle] = pool._idle
+        # Wait until the pool's own idle clock says it expired, not a sleep just past keepalive_s.
+        await until(lambda: time.monotonic() - idle.idle_since >= keepalive_s, timeout_s=20)
         assert await pool.post(b"3", {}) == (200, b"echo:3")  # idle past keepalive_s: a new one
     assert echo.connections == 2
 

@@ -82,7 +82,7 @@ def marketdata(d: dict[str, Any]) -> Summary:
 
 def execution(d: dict[str, Any]) -> Summary:
     one, loaded, t = d["place_one_in_flight"], d["place_loaded"], d["targets"]
-    return (f"added latency p50 {one['added_p50_ms']:.1f} / p99 {one['added_p99_ms']:.1f} ms one in flight; "
+    return (f"added latency p50 {one['added_p50_ms']:.2f} / p99 {one['added_p99_ms']:.2f} ms one in flight; "
             f"{_n(loaded['per_second'])} orders/s loaded",
             f"added p50 < {t['added_p50_ms_one_in_flight']:g} ms, p99 < {t['added_p99_ms_one_in_flight']:g} ms; "
             f">= {_n(t['orders_per_second'])} orders/s", all(d["targets_met"].values()))

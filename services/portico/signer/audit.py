@@ -2,8 +2,8 @@
 
 Every signature is recorded as one line (`portico.signer.audit`, message `signed`: key id, caller, primary type,
 digest, address, salt, trace id). The line goes to the process's log (stderr, through the root logger's handler,
-in `PORTICO_LOG_FORMAT`) as before, and, when `PORTICO_SIGNER_AUDIT_LOG` is set, to that file as a JSON line,
-formatted by the same `JsonFormatter("signer")` as before.
+in `PORTICO_LOG_FORMAT`), on the event loop's turn after the answer, and, when `PORTICO_SIGNER_AUDIT_LOG` is set,
+to that file as a JSON line, formatted by the same `JsonFormatter("signer")`, before the answer.
 
 The file is the audit record, and it fails closed. It is written here rather than by a `logging.FileHandler`
 because a handler swallows its write errors (`Handler.handleError` prints a traceback and carries on): with the
@@ -36,6 +36,7 @@ replaces (medians, both with the stderr line, on a loaded 2-core host).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -98,14 +99,23 @@ class AuditLog:
     def signed(self, fields: Mapping[str, Any]) -> None:
         """Record one signature: appended to the file (Unavailable AUDIT_UNAVAILABLE if it cannot be), then logged.
 
-        Call it before the signature is returned, on the event loop's thread (it is not locked).
+        Call it before the signature is returned, on the event loop's thread (it is not locked). The file's line
+        is written before this returns; the log's copy, best effort as every log line, is handed to the log on
+        the loop's next turn (in this context, so with this trace id), just after the answer has left, rather
+        than delaying it: formatting a line and writing it to stderr is a sizeable part of a signature's time.
+        Without a running loop it is logged at once.
         """
         record = audit.makeRecord(audit.name, logging.INFO, "(unknown file)", 0, "signed", (), None,
                                   extra=dict(fields))
         if self.path is not None:
             self._append((self._formatter.format(record) + "\n").encode("utf-8"))
         if audit.isEnabledFor(logging.INFO):
-            audit.handle(record)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                audit.handle(record)
+            else:
+                loop.call_soon(audit.handle, record)
 
     def _append(self, line: bytes) -> None:
         path = self.path

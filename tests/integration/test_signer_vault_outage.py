@@ -20,6 +20,7 @@ from tests.support.tcp_proxy import TcpProxy
 
 from portico.runtime.client import open_channel
 from portico.runtime.errors import error_info
+from portico.runtime.server import LIVENESS_SERVICE
 from portico.runtime.signing_keys import KeyAdmin, KeyPaths, KeyPolicy
 from portico.runtime.vault import VaultSession, VaultSettings
 from portico.signer.v1 import signer_service_pb2 as pb
@@ -98,9 +99,12 @@ async def test_unreachable_vault_is_unavailable_then_recovers(proxy: TcpProxy, s
         await proxy.block()
         await until(lambda: _is(readiness(channel), health_pb2.HealthCheckResponse.NOT_SERVING))
         assert await sign_code(channel, signer) == (grpc.StatusCode.UNAVAILABLE, "VAULT_UNAVAILABLE")
-        # Liveness stays up: only the service's readiness follows Vault.
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # Readiness (the overall status as well as the service's) follows Vault; liveness stays up.
+        health = health_pb2_grpc.HealthStub(channel)
+        overall = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert overall.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        alive = await health.Check(health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE))
+        assert alive.status == health_pb2.HealthCheckResponse.SERVING
         await proxy.unblock()
         await until(lambda: _is(readiness(channel), health_pb2.HealthCheckResponse.SERVING))
         assert await sign_code(channel, signer) == (grpc.StatusCode.OK, None)
@@ -156,8 +160,8 @@ async def test_a_token_vault_refuses_is_not_serving_until_vault_accepts_one(
         root.auth.token.revoke(first)
         await until(lambda: _is(readiness(channel), health_pb2.HealthCheckResponse.NOT_SERVING))
         assert await sign_code(channel, signer) == (grpc.StatusCode.UNAVAILABLE, "VAULT_PERMISSION_DENIED")
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING  # liveness: alive, only not ready
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING  # alive, only not ready
         for _ in range(3):  # more checks during the same outage: still one warning
             await signer.app.vault_watch.check()
         assert await readiness(channel) == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -212,7 +212,7 @@ class SignerApp(GrpcServiceApp):
         available = access is VaultAccess.AVAILABLE
         if not available:
             self.keys.clear()
-        await self.server.set_serving(SERVICE_NAME, available)
+        await self.server.set_ready(available)  # the overall status and the service's: readiness, as everywhere
 
     async def aclose(self, grace_s: float | None = None) -> None:
         await self.vault_watch.aclose()

@@ -2,8 +2,9 @@
 
 Why not aiohttp: the venue's JSON-RPC endpoint is one URL that every order
 goes to, and aiohttp's general-purpose client (URL objects, cookie jars,
-request/response objects, trace signals) spent about 90 us per call here
-against 55 us for the bare exchange (tests/bench/bench_http1.py). This client
+request/response objects, trace signals) took 142 us per call here against 56
+us for the bare exchange, and this client 60 us (bench-results/http1.json,
+tests/bench/bench_http1.py). This client
 does only what that endpoint needs, on `asyncio.Protocol` with the llhttp
 parser (`httptools`, as uvicorn uses) for the response:
 

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from tests.integration.test_account import SYMBOL, request, vault_secret
+from tests.integration.test_account import SYMBOL, request, vault_secret, venue_signing_address
 from tests.support.account import RunningAccount, running_account
 from tests.support.execution import ExecutionStack
 from tests.support.waiting import until
@@ -105,7 +105,7 @@ async def test_register_signing_key_outlives_a_client_deadline(stack: ExecutionS
         assert sim.faults.http_hold_next == 0  # the deadline passed while the venue held the registration
 
         async def agreed() -> bool:  # the venue has a new key, and Vault names it
-            venue_key = sim.security.signing_key(account).address.lower()
+            venue_key = venue_signing_address(sim, account).lower()
             record = await vault_secret(stack, account_path("syndr", account))
             return venue_key != old_key and bool(record["signing_key_address"].lower() == venue_key)
 
@@ -132,7 +132,7 @@ async def test_shutdown_waits_for_a_registration_whose_caller_went_away(stack: E
             await call
     # Closed (grace 0.5 s, less than the venue's hold): the work was waited for, not cut off.
     record = await vault_secret(stack, account_path("syndr", account))
-    assert record["signing_key_address"].lower() == sim.security.signing_key(account).address.lower()
+    assert record["signing_key_address"].lower() == venue_signing_address(sim, account).lower()
     assert record["signing_key_address"].lower() != stack.account.signing_key.address.lower()
     assert sim.security.authenticate(record["api_key"], record["api_secret"]).active
 
@@ -158,7 +158,7 @@ async def test_a_lost_registration_answer_is_logged_as_needing_re_registration(s
         # The venue took the new key; Vault still names the old one: what the log line warns about.
         record = await vault_secret(stack, account_path("syndr", account))
         assert record["signing_key_address"].lower() == stack.account.signing_key.address.lower()
-        assert sim.security.signing_key(account).address.lower() != record["signing_key_address"].lower()
+        assert venue_signing_address(sim, account).lower() != record["signing_key_address"].lower()
         errors = [line for line in log_lines.getvalue().splitlines()
                   if '"ERROR"' in line and "register_signing_key outcome unknown" in line]
         assert errors and "re-registration is needed" in errors[0] and account in errors[0]
@@ -168,7 +168,7 @@ async def test_a_lost_registration_answer_is_logged_as_needing_re_registration(s
                                               metadata=running.metadata("admin"))
         record = await vault_secret(stack, account_path("syndr", account))
         assert record["signing_key_address"] == again.signing_key_address
-        assert sim.security.signing_key(account).address.lower() == again.signing_key_address.lower()
+        assert venue_signing_address(sim, account).lower() == again.signing_key_address.lower()
     assert stack.account.credentials.api_secret not in log_lines.getvalue()
     assert record["api_secret"] not in log_lines.getvalue()
 
@@ -187,7 +187,7 @@ async def test_an_out_of_range_validity_is_invalid_argument(stack: ExecutionStac
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
         info = error_info(caught.value)
         assert info is not None and info.metadata["field"] == "validity"
-        assert sim.security.signing_key(account).address == stack.account.signing_key.address
+        assert venue_signing_address(sim, account) == stack.account.signing_key.address
 
 
 # --------------------------------------------------------------------------- API keys
@@ -420,8 +420,10 @@ async def test_deposits_arriving_while_paging_neither_repeat_nor_skip_entries(st
         stub = running.stub(channel)
 
         async def page(token: str) -> pb.ListDepositsResponse:
-            return await stub.ListDeposits(request(pb.ListDepositsRequest, stack, page_size=2, page_token=token),
-                                           metadata=running.metadata("read"))
+            response: pb.ListDepositsResponse = await stub.ListDeposits(
+                request(pb.ListDepositsRequest, stack, page_size=2, page_token=token),
+                metadata=running.metadata("read"))
+            return response
 
         pages = [await page("")]
         while pages[-1].next_page_token:

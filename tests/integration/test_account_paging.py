@@ -50,8 +50,10 @@ async def test_a_position_closed_while_paging_does_not_hide_the_next_one(stack: 
         stub = running.stub(channel)
 
         async def page(token: str) -> pb.ListPositionsResponse:
-            return await stub.ListPositions(request(pb.ListPositionsRequest, stack, page_size=1, page_token=token),
-                                            metadata=running.metadata("read"))
+            response: pb.ListPositionsResponse = await stub.ListPositions(
+                request(pb.ListPositionsRequest, stack, page_size=1, page_token=token),
+                metadata=running.metadata("read"))
+            return response
 
         pages = [await page("")]
         await trade(stack, SYMBOLS[0], "sell", sizes[SYMBOLS[0]])  # the first page's position is closed

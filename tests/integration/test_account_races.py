@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tests.integration.test_account import SYMBOL, request, vault_secret
+from tests.integration.test_account import SYMBOL, request, vault_secret, venue_signing_address
 from tests.support.account import running_account
 from tests.support.execution import ExecutionStack
 from tests.support.waiting import until
@@ -53,7 +53,7 @@ async def test_two_processes_rotating_one_accounts_key_leave_vault_naming_the_ke
         one = asyncio.ensure_future(first.stub(first_channel).RegisterSigningKey(
             request(pb.RegisterSigningKeyRequest, stack), metadata=first.metadata("admin")))
         await asyncio.wait_for(parked.wait(), 10)  # the venue took the first key; its record is on its way
-        first_key = sim.security.signing_key(account).address
+        first_key = venue_signing_address(sim, account)
         two = asyncio.ensure_future(second.stub(second_channel).RegisterSigningKey(
             request(pb.RegisterSigningKeyRequest, stack), metadata=second.metadata("admin")))
         await asyncio.wait({two}, timeout=3)  # time enough for a whole rotation, if nothing stops it
@@ -62,7 +62,7 @@ async def test_two_processes_rotating_one_accounts_key_leave_vault_naming_the_ke
 
     assert replies[0].signing_key_address.lower() == first_key.lower()
     assert replies[1].signing_key_address.lower() != first_key.lower()
-    venue_key = sim.security.signing_key(account).address.lower()
+    venue_key = venue_signing_address(sim, account).lower()
     assert venue_key == replies[1].signing_key_address.lower()  # the second registered after the first
     record = await vault_secret(stack, account_path("syndr", account))
     assert record["signing_key_address"].lower() == venue_key

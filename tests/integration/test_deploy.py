@@ -34,9 +34,9 @@ from unittest import mock
 from unittest.mock import MagicMock
 
 import grpc
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]  # it ships neither stubs nor py.typed
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # types-PyYAML is not among the dev dependencies
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.binaries import installed_binary
 from tests.support.certs import CertificateAuthority

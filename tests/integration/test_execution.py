@@ -54,7 +54,7 @@ def best(sim: Simulator) -> tuple[Decimal, Decimal]:
     return book.bids[0][0], book.asks[0][0]
 
 
-def place_request(stack: ExecutionStack, client_order_id: str, *, side: int = side_pb2.SIDE_BUY,
+def place_request(stack: ExecutionStack, client_order_id: str, *, side: side_pb2.Side.ValueType = side_pb2.SIDE_BUY,
                   price: str | None = None, amount: str = "0.1", **fields: Any) -> pb.PlaceOrderRequest:
     request = pb.PlaceOrderRequest(venue="syndr", account=stack.account.address, symbol=SYMBOL, side=side,
                                    type=order_pb2.ORDER_TYPE_LIMIT, amount=amount, client_order_id=client_order_id,

@@ -101,7 +101,8 @@ async def test_an_order_lost_before_the_switch_fired_is_not_sent_again_after_it(
         await arm(stub, running, 600)  # the client is back: that does not make the lost order sendable again
         entry = await running.app.journal.get("syndr", account, "dm-lost")
         # Refused 503 until now, or already journaled REJECTED by a pass since the firing: never placed.
-        assert entry is not None and entry.state in (OrderState.UNKNOWN, OrderState.REJECTED), entry.state
+        assert entry is not None
+        assert entry.state in (OrderState.UNKNOWN, OrderState.REJECTED), entry.state
 
         sim.faults.update({"http_5xx_method": "", "http_5xx_rate": 0.0})
         running.app.orders.wake_reconciler()
@@ -176,7 +177,8 @@ async def test_an_order_lost_before_the_switch_fired_is_not_sent_again_after_a_r
     sim.faults.reset()
     async with running_execution(stack) as restarted:  # serving only once every UNKNOWN order is resolved
         entry = await restarted.app.journal.get("syndr", account, "dm-restart")
-        assert entry is not None and entry.state == OrderState.REJECTED, entry.state  # before the fix: OPEN
+        assert entry is not None
+        assert entry.state == OrderState.REJECTED, entry.state  # before the fix: OPEN
         assert "dead-man's switch cancelled the account's orders" in entry.reject_reason
     assert sent(sim, "dm-restart") == 0
     assert sim.engine.open_orders(account) == []

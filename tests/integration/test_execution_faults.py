@@ -203,4 +203,6 @@ async def test_one_trace_per_order_across_execution_signer_and_venue(stack: Exec
     assert place[0].name in ancestors(sign_client[0])
     assert place[0].name in ancestors(venue[0])
     attributes = venue[0].attributes or {}
-    assert int(attributes["syndr.us_in"]) <= int(attributes["syndr.us_out"])
+    us_in, us_out = attributes["syndr.us_in"], attributes["syndr.us_out"]
+    assert isinstance(us_in, int) and isinstance(us_out, int), (us_in, us_out)
+    assert us_in <= us_out

@@ -63,7 +63,7 @@ async def test_a_burst_stays_under_the_share_and_what_waited_too_long_is_not_sen
 
         placed = {cid for cid, outcome in zip(ids, outcomes, strict=True) if isinstance(outcome, pb.PlaceOrderResponse)}
         refused = {cid: outcome for cid, outcome in zip(ids, outcomes, strict=True) if cid not in placed}
-        sent = [r.params.get("label") for r in sim.requests if r.method == "private/buy"]
+        sent = [r.params.get("label", "") for r in sim.requests if r.method == "private/buy"]
         # What reached the venue is exactly what was placed, each once, and no more than the share allows.
         assert sorted(sent) == sorted(placed)
         assert len(sent) <= CAPACITY_CALLS + REFILL_CALLS_PER_S * elapsed + 1

@@ -51,7 +51,7 @@ async def test_order_update_numbers_go_on_upwards_across_a_restart(stack: Execut
             await stub.CancelOrder(pb.CancelOrderRequest(venue="syndr", account=account,
                                                          order_id=placed.order.order_id), metadata=running.metadata())
             order_id = placed.order.order_id
-            await read_until(stream, lambda u, oid=order_id: u.order.order_id == oid  # type: ignore[misc]
+            await read_until(stream, lambda u, oid=order_id: u.order.order_id == oid
                              and u.order.state == order_pb2.ORDER_STATE_CANCELLED, seen)
         stream.cancel()
     assert len(seen) >= 6 and seen == list(range(seen[0], seen[0] + len(seen)))

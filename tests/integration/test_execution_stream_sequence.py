@@ -61,7 +61,7 @@ async def test_a_new_feed_of_the_account_goes_on_from_the_account_s_number(stack
             await stub.CancelOrder(pb.CancelOrderRequest(venue="syndr", account=account,
                                                          order_id=placed.order.order_id), metadata=running.metadata())
             order_id = placed.order.order_id
-            await read_until(first, lambda u, oid=order_id: u.order.order_id == oid  # type: ignore[misc]
+            await read_until(first, lambda u, oid=order_id: u.order.order_id == oid
                              and u.order.state == order_pb2.ORDER_STATE_CANCELLED, seen)
         assert seen == list(range(seen[0], seen[0] + len(seen))) and len(seen) >= 6
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import pytest
@@ -60,6 +60,11 @@ BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 SYMBOL = "ETH-PERP"
 
 FD = pb_descriptor.FieldDescriptor
+if TYPE_CHECKING:
+    from google._upb._message import FieldDescriptor as UpbFieldDescriptor
+
+    # What a message's DESCRIPTOR.fields hold, as types-protobuf declares it (pure-Python or upb descriptors).
+    AnyFieldDescriptor: TypeAlias = pb_descriptor.FieldDescriptor | UpbFieldDescriptor
 
 # Strings no service should choke on, of every kind the task names.
 EDGE_STRINGS: tuple[str, ...] = (
@@ -155,7 +160,7 @@ def describe(request: Message) -> str:
     return f"{type(request).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
 
 
-def scalar_edge(rng: random.Random, fd: pb_descriptor.FieldDescriptor) -> Any:
+def scalar_edge(rng: random.Random, fd: AnyFieldDescriptor) -> Any:
     t = fd.type
     if t == FD.TYPE_STRING:
         if fd.name in DECIMAL_FIELDS and rng.random() < 0.7:
@@ -177,6 +182,7 @@ def scalar_edge(rng: random.Random, fd: pb_descriptor.FieldDescriptor) -> Any:
     if t == FD.TYPE_BOOL:
         return rng.random() < 0.5
     if t == FD.TYPE_ENUM:
+        assert fd.enum_type is not None  # set on every enum field
         known = [v.number for v in fd.enum_type.values]
         return rng.choice(known + list(ENUM_EXTRA))
     if t in (FD.TYPE_DOUBLE, FD.TYPE_FLOAT):
@@ -197,7 +203,7 @@ def fill_message(rng: random.Random, msg: Message) -> None:
             set_edge(rng, msg, fd)
 
 
-def set_edge(rng: random.Random, msg: Message, fd: pb_descriptor.FieldDescriptor) -> None:
+def set_edge(rng: random.Random, msg: Message, fd: AnyFieldDescriptor) -> None:
     if fd.name == "page_token" and rng.random() < 0.3:
         setattr(msg, fd.name, rng.choice(TOKEN_EDGES))
         return
@@ -301,7 +307,7 @@ def build_request(rng: random.Random, service: Service, method: pb_descriptor.Me
                   request_class: type[Message]) -> Message:
     valid = service.valid(method.name)
     request = request_class(**valid)
-    fields = list(request_class.DESCRIPTOR.fields)
+    fields: list[AnyFieldDescriptor] = list(request_class.DESCRIPTOR.fields)
     if rng.random() < 0.1:  # wholly random
         request = request_class()
         chosen = [fd for fd in fields if rng.random() < 0.6]
@@ -410,7 +416,8 @@ async def healthy(target: str) -> bool:
                 health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
         except grpc.aio.AioRpcError:
             return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    serving: bool = reply.status == health_pb2.HealthCheckResponse.SERVING
+    return serving
 
 
 async def fuzz_service(service: Service, seed: int, calls_per_rpc: int) -> list[Failure]:
@@ -510,10 +517,11 @@ async def suite(sim: Simulator, openbao: OpenBaoDevServer, tmp_path_factory: pyt
         price = far_bid(sim)
 
         def refdata_valid(method: str) -> dict[str, Any]:
-            return {"SyncInstruments": {"venue": "syndr", "symbols": [SYMBOL]},
-                    "GetInstrument": {"venue": "syndr", "symbol": SYMBOL},
-                    "ListInstruments": {"venue": "syndr", "page_size": 2},
-                    "WatchInstruments": {"venue": "syndr"}}[method]
+            valid: dict[str, dict[str, Any]] = {"SyncInstruments": {"venue": "syndr", "symbols": [SYMBOL]},
+                                                "GetInstrument": {"venue": "syndr", "symbol": SYMBOL},
+                                                "ListInstruments": {"venue": "syndr", "page_size": 2},
+                                                "WatchInstruments": {"venue": "syndr"}}
+            return valid[method]
 
         def marketdata_valid(method: str) -> dict[str, Any]:
             base: dict[str, Any] = {"venue": "syndr", "symbol": SYMBOL}

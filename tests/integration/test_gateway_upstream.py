@@ -67,6 +67,18 @@ class Backend(refdata_grpc.ReferenceDataServiceServicer):
         return refdata_pb2.ListInstrumentsResponse(instruments=[self.instrument],
                                                    next_page_token=self.next_token(request.page_token))
 
+    # Not called by the gateway's read endpoints; the servicer's interface declares them, so they are here,
+    # answering UNIMPLEMENTED as the generated base class's would.
+    async def SyncInstruments(self, request: refdata_pb2.SyncInstrumentsRequest,
+                              context: grpc.aio.ServicerContext) -> refdata_pb2.SyncInstrumentsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        raise AssertionError("abort returns by raising")
+
+    async def WatchInstruments(self, request: refdata_pb2.WatchInstrumentsRequest, context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[refdata_pb2.WatchInstrumentsResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        yield refdata_pb2.WatchInstrumentsResponse()  # never reached (abort raises): makes this a stream handler
+
 
 @contextlib.asynccontextmanager
 async def gateway_in_front_of(backend: Backend) -> AsyncIterator[str]:

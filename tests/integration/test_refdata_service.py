@@ -49,13 +49,14 @@ async def channel(refdata: RunningRefdata) -> AsyncIterator[grpc.aio.Channel]:
 
 async def sync(refdata: RunningRefdata, channel: grpc.aio.Channel, *symbols: str,
                venue: str = "syndr") -> pb.SyncInstrumentsResponse:
-    return await refdata.stub(channel).SyncInstruments(pb.SyncInstrumentsRequest(venue=venue, symbols=symbols),
-                                                       metadata=refdata.metadata(), timeout=30)
+    response: pb.SyncInstrumentsResponse = await refdata.stub(channel).SyncInstruments(
+        pb.SyncInstrumentsRequest(venue=venue, symbols=symbols), metadata=refdata.metadata(), timeout=30)
+    return response
 
 
 async def get(refdata: RunningRefdata, channel: grpc.aio.Channel, symbol: str) -> instrument_pb2.Instrument:
-    reply = await refdata.stub(channel).GetInstrument(pb.GetInstrumentRequest(venue="syndr", symbol=symbol),
-                                                      metadata=refdata.metadata("read"), timeout=10)
+    reply: pb.GetInstrumentResponse = await refdata.stub(channel).GetInstrument(
+        pb.GetInstrumentRequest(venue="syndr", symbol=symbol), metadata=refdata.metadata("read"), timeout=10)
     return reply.instrument
 
 
@@ -164,7 +165,7 @@ async def test_bad_sync_requests_name_the_field(refdata: RunningRefdata, channel
         await sync(refdata, channel, *symbols, venue=venue)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info(caught.value)
-    assert (info.metadata["field"], info.reason) == (field, reason)
+    assert info is not None and (info.metadata["field"], info.reason) == (field, reason)
     if symbols and symbols[0]:
         assert "DOGE-PERP" in caught.value.details()
 
@@ -299,7 +300,8 @@ async def test_bad_list_requests(refdata: RunningRefdata, channel: grpc.aio.Chan
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await refdata.stub(channel).ListInstruments(request_, metadata=refdata.metadata("read"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(caught.value).metadata["field"] == field
+    info = error_info(caught.value)
+    assert info is not None and info.metadata["field"] == field
 
 
 async def test_a_page_token_only_works_for_its_own_filter(refdata: RunningRefdata, channel: grpc.aio.Channel) -> None:
@@ -310,7 +312,8 @@ async def test_a_page_token_only_works_for_its_own_filter(refdata: RunningRefdat
         await refdata.stub(channel).ListInstruments(pb.ListInstrumentsRequest(
             venue="syndr", page_size=2, page_token=first.next_page_token,
             filter=instrument_pb2.InstrumentFilter(active=True)), metadata=refdata.metadata("read"))
-    assert error_info(caught.value).metadata["field"] == "page_token"
+    info = error_info(caught.value)
+    assert info is not None and info.metadata["field"] == "page_token"
 
 
 async def test_a_page_token_works_for_the_same_filter_in_another_order(refdata: RunningRefdata,
@@ -351,7 +354,8 @@ async def test_venue_down_is_unavailable(backend: str, tmp_path: Path) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await sync(refdata, channel)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert error_info(caught.value).reason == "VENUE_UNAVAILABLE"
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "VENUE_UNAVAILABLE"
 
 
 async def test_scheduled_and_startup_syncs(sim: Simulator, backend: str, tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ async def test_invalid_argument_carries_error_info_and_bad_request(plain: str, t
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "price: must be on the tick"
     info = error_info(error)
+    assert info is not None
     assert (info.reason, info.domain, info.metadata["field"]) == ("INVALID_ARGUMENT", "test.portico", "price")
     status = rpc_status.from_call(error)
     bad = error_details_pb2.BadRequest()
@@ -80,7 +81,7 @@ async def test_unavailable_keeps_reason_and_metadata(plain: str, tokens: tuple[d
             await call(channel, "/test.Demo/Fail", b"unavailable", bearer(tokens[0]["read"]))
     info = error_info(caught.value)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert (info.reason, dict(info.metadata)) == ("VENUE_UNREACHABLE", {"venue": "syndr"})
+    assert info is not None and (info.reason, dict(info.metadata)) == ("VENUE_UNREACHABLE", {"venue": "syndr"})
 
 
 async def test_unexpected_exception_is_internal_without_its_text(plain: str, tokens: tuple[dict[str, str], str],
@@ -100,7 +101,8 @@ async def test_method_without_declared_scope_fails_closed(plain: str, tokens: tu
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(channel, "/test.Demo/Undeclared", b"1", bearer(tokens[0]["admin"]))
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert error_info(caught.value).reason == "SCOPE_UNDECLARED"
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "SCOPE_UNDECLARED"
 
 
 async def test_unknown_method_is_unimplemented(plain: str) -> None:
@@ -303,7 +305,7 @@ async def test_a_stream_to_a_silently_vanished_peer_fails_instead_of_waiting_for
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""),
                                                           metadata=bearer(tokens[0]["read"]))
         first = await watch.read()
-        assert first.status == health_pb2.HealthCheckResponse.SERVING  # type: ignore[union-attr]
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
         await asyncio.sleep(6.5)  # one ping answered: the server did not object to it (no GOAWAY)
         assert not watch.done()
         proxy.stall()

@@ -9,12 +9,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from tests.integration.test_account import SYMBOL, request, vault_secret
+from tests.integration.test_account import SYMBOL, request, vault_secret, venue_signing_address
 from tests.support.account import running_account
 from tests.support.execution import ExecutionStack
 from tests.support.tcp_proxy import TcpProxy
 
 from portico.account import settings as account_settings
+from portico.account.leases import DEFAULT_TTL_S as LEASE_TTL_S
 from portico.account.v1 import account_service_pb2 as pb
 from portico.runtime.client import open_channel
 from portico.sim.server import SimConfig, Simulator
@@ -68,7 +69,7 @@ async def test_shutdown_waits_for_a_registration_whose_vault_write_is_slow(stack
         call.cancel()
         assert writes == FAILED_WRITES + 1
     record = await vault_secret(stack, account_path("syndr", account))
-    assert record["signing_key_address"].lower() == sim.security.signing_key(account).address.lower()
+    assert record["signing_key_address"].lower() == venue_signing_address(sim, account).lower()
     assert record["signing_key_address"].lower() != stack.account.signing_key.address.lower()
     assert sim.security.authenticate(record["api_key"], record["api_secret"]).active
 
@@ -77,6 +78,6 @@ def test_the_completion_wait_covers_a_registration_with_vault_slow_for_its_whole
     """The default timeouts (5 s each): a registration may write its record until a Vault timeout past its
     60 s lease, then release the lease; 3x the venue timeout + 5 s (20 s) did not cover a slow Vault at all."""
     wait = account_settings.completion_wait_s(5.0, 5.0)
-    assert wait >= account_settings.LEASE_TTL_S + 5.0 + 2 * 5.0
+    assert wait >= LEASE_TTL_S + 5.0 + 2 * 5.0
     # Larger either timeout, longer the wait.
     assert account_settings.completion_wait_s(5.0, 10.0) > wait < account_settings.completion_wait_s(10.0, 5.0)

@@ -96,7 +96,8 @@ async def channel(signer: RunningSigner) -> AsyncIterator[grpc.aio.Channel]:
 
 async def sign(channel: grpc.aio.Channel, signer: RunningSigner, request: pb.SignRequest,
                scope: str = "trade") -> pb.SignResponse:
-    return await stub(channel).Sign(request, metadata=signer.metadata(scope), timeout=10)
+    response: pb.SignResponse = await stub(channel).Sign(request, metadata=signer.metadata(scope), timeout=10)
+    return response
 
 
 async def sign_error(channel: grpc.aio.Channel, signer: RunningSigner, request: pb.SignRequest,
@@ -148,7 +149,8 @@ async def test_policy(channel: grpc.aio.Channel, signer: RunningSigner, key: str
     mutate(data)
     error = await sign_error(channel, signer, typed_request(key, data))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert error_info(error).reason == reason
+    info = error_info(error)
+    assert info is not None and info.reason == reason
 
 
 async def test_register_signing_key_type_denied_for_order_key(channel: grpc.aio.Channel,
@@ -156,13 +158,15 @@ async def test_register_signing_key_type_denied_for_order_key(channel: grpc.aio.
     data = syndr.register_signing_key_typed_data(verifying_contract=KEYS_MANAGER, key="0x" + "56" * 20, nonce=1)
     error = await sign_error(channel, signer, typed_request(ORDER_KEY, data))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert error_info(error).reason == "PRIMARY_TYPE_NOT_ALLOWED"
+    info = error_info(error)
+    assert info is not None and info.reason == "PRIMARY_TYPE_NOT_ALLOWED"
 
 
 async def test_raw_digest_denied_without_policy(channel: grpc.aio.Channel, signer: RunningSigner) -> None:
     error = await sign_error(channel, signer, pb.SignRequest(key_id=ORDER_KEY, digest=b"\x01" * 32))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert error_info(error).reason == "RAW_DIGEST_NOT_ALLOWED"
+    info = error_info(error)
+    assert info is not None and info.reason == "RAW_DIGEST_NOT_ALLOWED"
 
 
 async def test_policy_change_takes_effect_after_cache_ttl(channel: grpc.aio.Channel, signer: RunningSigner,
@@ -173,13 +177,15 @@ async def test_policy_change_takes_effect_after_cache_ttl(channel: grpc.aio.Chan
     await admin.set_policy(key_id, KeyPolicy.build(allow_raw_digest=True))
     await asyncio.sleep(0.5)  # the module's signer caches keys for 0.3 s
     error = await sign_error(channel, signer, typed_request(key_id, order(salt=secrets.randbits(64))))
-    assert error_info(error).reason == "PRIMARY_TYPE_NOT_ALLOWED"
+    info = error_info(error)
+    assert info is not None and info.reason == "PRIMARY_TYPE_NOT_ALLOWED"
 
 
 async def test_unknown_key_is_not_found(channel: grpc.aio.Channel, signer: RunningSigner) -> None:
     error = await sign_error(channel, signer, typed_request(f"missing-{RUN}", order(salt=1)))
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert error_info(error).reason == "KEY_NOT_FOUND"
+    info = error_info(error)
+    assert info is not None and info.reason == "KEY_NOT_FOUND"
 
 
 # --------------------------------------------------------------------------- salt watermark
@@ -192,7 +198,8 @@ async def test_salt_reuse_with_other_payload_is_refused(channel: grpc.aio.Channe
     assert again.signature == first.signature  # a retry of the identical payload is fine
     error = await sign_error(channel, signer, typed_request(ORDER_KEY, order(salt, price="3001")))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_info(error).reason == "SALT_REUSED"
+    info = error_info(error)
+    assert info is not None and info.reason == "SALT_REUSED"
 
 
 async def test_salt_watermark_is_per_key(channel: grpc.aio.Channel, signer: RunningSigner, admin: KeyAdmin) -> None:
@@ -231,7 +238,8 @@ async def test_salt_watermark_survives_restart(openbao: OpenBaoDevServer, signer
     async with running_signer(openbao.addr, signer_vault_token, tmp_path) as second, \
             open_channel(second.target) as channel:
         error = await sign_error(channel, second, typed_request(ORDER_KEY, order(salt, price="2")))
-        assert error_info(error).reason == "SALT_REUSED"
+        info = error_info(error)
+        assert info is not None and info.reason == "SALT_REUSED"
 
 
 async def test_one_private_key_under_two_key_ids_never_signs_one_salt_twice(
@@ -246,7 +254,8 @@ async def test_one_private_key_under_two_key_ids_never_signs_one_salt_twice(
     salt = secrets.randbits(64)
     first = await sign(channel, signer, typed_request(ORDER_KEY, order(salt, price="1")))
     error = await sign_error(channel, signer, typed_request(twin, order(salt, price="2")))
-    assert error_info(error).reason == "SALT_REUSED"
+    info = error_info(error)
+    assert info is not None and info.reason == "SALT_REUSED"
     again = await sign(channel, signer, typed_request(twin, order(salt, price="1")))  # the same payload: allowed
     assert (again.signature, again.address) == (first.signature, first.address)
     with pytest.raises(KeyAdminError, match=f"already stored as key {ORDER_KEY}"):  # and no new twins
@@ -283,7 +292,8 @@ async def test_a_ledger_that_cannot_commit_is_unavailable_and_the_retry_signs(ch
         holder.execute("BEGIN IMMEDIATE")  # e.g. an operator's sqlite3 shell, or a long checkpoint
         error = await sign_error(channel, signer, request)
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
-        assert error_info(error).reason == "SALT_LEDGER_UNAVAILABLE"
+        info = error_info(error)
+        assert info is not None and info.reason == "SALT_LEDGER_UNAVAILABLE"
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -374,7 +384,8 @@ async def test_malformed_typed_data_is_invalid_argument(channel: grpc.aio.Channe
                                                         field: str, text: str) -> None:
     error = await sign_error(channel, signer, typed_request(ORDER_KEY, text))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(error).metadata["field"].startswith(field)
+    info = error_info(error)
+    assert info is not None and info.metadata["field"].startswith(field)
     assert len(error.details() or "") <= 512  # bounded, whatever the input quoted
 
 
@@ -390,7 +401,8 @@ async def test_bad_request_fields_are_invalid_argument(channel: grpc.aio.Channel
                                                        request_: pb.SignRequest, field: str) -> None:
     error = await sign_error(channel, signer, request_)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(error).metadata["field"] == field
+    info = error_info(error)
+    assert info is not None and info.metadata["field"] == field
 
 
 async def test_server_still_serves_after_bad_input(channel: grpc.aio.Channel, signer: RunningSigner) -> None:
@@ -417,7 +429,8 @@ async def test_auth(channel: grpc.aio.Channel, signer: RunningSigner, metadata: 
         metadata = signer.metadata("read")
     error = await sign_error(channel, signer, typed_request(ORDER_KEY, order(secrets.randbits(64))), metadata=metadata)
     assert error.code() == code
-    assert error_info(error).reason == reason
+    info = error_info(error)
+    assert info is not None and info.reason == reason
 
 
 async def test_health_check_and_watch_need_no_token(channel: grpc.aio.Channel) -> None:

@@ -58,7 +58,8 @@ async def channel(signer: RunningSigner) -> AsyncIterator[grpc.aio.Channel]:
 
 
 async def sign(channel: grpc.aio.Channel, signer: RunningSigner, data: dict[str, Any]) -> pb.SignResponse:
-    return await stub(channel).Sign(request(data), metadata=signer.metadata(), timeout=10)
+    response: pb.SignResponse = await stub(channel).Sign(request(data), metadata=signer.metadata(), timeout=10)
+    return response
 
 
 async def refused(channel: grpc.aio.Channel, signer: RunningSigner, data: dict[str, Any]) -> str:
@@ -67,7 +68,8 @@ async def refused(channel: grpc.aio.Channel, signer: RunningSigner, data: dict[s
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
     info = error_info(caught.value)
     assert info is not None
-    return info.reason
+    reason: str = info.reason
+    return reason
 
 
 def expirations(signer: RunningSigner, salts: list[int]) -> dict[int, int | None]:

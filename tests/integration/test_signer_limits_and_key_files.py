@@ -70,11 +70,13 @@ async def test_the_payload_limit_counts_bytes_not_characters(channel: grpc.aio.C
     assert len(text) < MAX_PAYLOAD < len(text.encode())
     error = await sign_error(channel, signer, text)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert error_info(error).metadata["field"] == "typed_data_json"
+    info = error_info(error)
+    assert info is not None and info.metadata["field"] == "typed_data_json"
     # Within the limit in bytes, non-ASCII text is read as before (and refused here by the policy alone).
     data["domain"]["name"] = "€" * 100
     error = await sign_error(channel, signer, json.dumps(data, ensure_ascii=False))
-    assert error_info(error).reason == "DOMAIN_NAME_NOT_ALLOWED"
+    info = error_info(error)
+    assert info is not None and info.reason == "DOMAIN_NAME_NOT_ALLOWED"
 
 
 @pytest.mark.parametrize("content", [None, b"\x9f" + secrets.token_bytes(31)], ids=["missing", "binary"])

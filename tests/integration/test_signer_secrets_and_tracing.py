@@ -96,6 +96,7 @@ async def test_one_trace_from_client_through_signer(setup: tuple[RunningSigner, 
     client_span, server_span = by_kind[SpanKind.CLIENT], by_kind[SpanKind.SERVER]
     assert client_span.parent is not None and client_span.parent.span_id == root.get_span_context().span_id
     assert server_span.parent is not None and server_span.parent.span_id == client_span.context.span_id
+    assert server_span.attributes is not None
     assert server_span.attributes["rpc.service"] == "portico.signer.v1.SignerService"
     assert server_span.attributes["rpc.grpc.status_code"] == 0
     assert server_span.attributes["enduser.id"] == "test-trade"

@@ -29,7 +29,7 @@ from portico.venues.syndr import models, typed_data
 from portico.venues.syndr.constants import ErrorCode
 from portico.venues.syndr.errors import SyndrInvalidRequest, SyndrRejected
 from portico.venues.syndr.http import SyndrHttpClient
-from portico.venues.syndr.ws import SyndrWebSocket
+from portico.venues.syndr.ws import Message, SyndrWebSocket
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources" / "syndr"
 # `jsonrpc.*` is the document's generic envelope example, with no concrete method to send.
@@ -130,7 +130,10 @@ class Scenario:
     async def setup(self) -> None:
         book = models.parse_order_book((await self.public.call("public/get_order_book",
                                                                {"instrument_name": "ETH-PERP"})).result)
-        self.best_bid, self.best_ask = book.best_bid_price, book.best_ask_price
+        best_bid, best_ask = book.best_bid_price, book.best_ask_price
+        assert best_bid is not None and best_ask is not None, "the market maker quotes both sides"
+        self.best_bid: Decimal = best_bid
+        self.best_ask: Decimal = best_ask
         taker = (await self.http.call("private/buy", self.account.order(
             "ETH-PERP", "buy", "0.01", str(self.best_ask), time_in_force="IOC"))).result["order"]
         self.filled_order_id = taker["order_id"]
@@ -282,7 +285,7 @@ async def test_every_channel_notifies_in_the_example_shape(scenario: Scenario) -
         for name, subscription in subscriptions.items():
             example = load(f"{name}.notification")
             event = await asyncio.wait_for(anext(subscription), 5)
-            if not hasattr(event, "data"):
+            if not isinstance(event, Message):  # the only event with `data`
                 problems.append(f"{name}: first event is {event!r}")
                 continue
             allowed = NOTIFICATION_DEVIATIONS.get(name, {})
@@ -382,6 +385,7 @@ async def test_channel_timestamps_are_the_tables_integers(scenario: Scenario) ->
         await scenario.resting_order()  # a book change, hence a ticker change, whatever the market maker does
         for channel, subscription in subscriptions.items():
             event = await asyncio.wait_for(anext(subscription), 5)
+            assert isinstance(event, Message), f"{channel}: first event is {event!r}"
             stamp = json.loads(event.raw)["params"]["data"]["timestamp"]
             assert type(stamp) is int and stamp > 10**12, f"{channel}: timestamp {stamp!r}"
     for method in ("public/ticker", "public/get_order_book"):

@@ -41,6 +41,12 @@ async def best(public: SyndrHttpClient, instrument: str = "ETH-PERP") -> models.
     return models.parse_order_book((await public.call("public/get_order_book", {"instrument_name": instrument})).result)
 
 
+def bid_of(book: models.OrderBook) -> Decimal:
+    """The book's best bid, which the simulator's market maker always quotes."""
+    assert book.best_bid_price is not None, f"{book.instrument_name}: no bid"
+    return book.best_bid_price
+
+
 async def next_event(subscription: Subscription, predicate: Any, timeout_s: float = 5.0) -> Any:
     async def find() -> Any:
         async for event in subscription:
@@ -75,14 +81,14 @@ async def test_order_lifecycle_with_private_channels(sim: Simulator, account: Sy
         transactions = await ws.subscribe(["user.transactions"])
 
         book = await best(public)
-        resting_price = str(book.best_bid_price - 50)
+        resting_price = str(bid_of(book) - 50)
         placed = models.parse_order((await private.call("private/buy", account.order(
             "ETH-PERP", "buy", "0.01", resting_price, post_only=True, label="rest"))).result["order"])
         assert placed.order_state == "open" and placed.price == Decimal(resting_price)
         update = models.parse_order_update((await next_event(orders, on("user.orders"))).data)
         assert update.order.order_id == placed.order_id
 
-        edited_price = str(book.best_bid_price - 60)
+        edited_price = str(bid_of(book) - 60)
         edit = (await private.call("private/edit", account.edit(placed, "0.02", edited_price))).result
         assert models.parse_order(edit["result"]).amount == Decimal("0.02")
         update = models.parse_order_update((await next_event(
@@ -112,7 +118,7 @@ async def test_order_lifecycle_with_private_channels(sim: Simulator, account: Sy
 async def test_order_signature_rejections(sim: Simulator, account: SyndrAccount, public: SyndrHttpClient,
                                           private: SyndrHttpClient, case: str) -> None:
     book = await best(public)
-    price = str(book.best_bid_price - 100)
+    price = str(bid_of(book) - 100)
     expected = ErrorCode.INVALID_SIGNATURE
     client = private
     if case == "wrong signer":
@@ -139,7 +145,7 @@ async def test_order_signature_rejections(sim: Simulator, account: SyndrAccount,
 
 async def test_a_new_signing_key_revokes_the_old_one(sim: Simulator, account: SyndrAccount, public: SyndrHttpClient,
                                                      private: SyndrHttpClient) -> None:
-    price = str((await best(public)).best_bid_price - 100)
+    price = str(bid_of(await best(public)) - 100)
     await private.call("private/buy", account.order("ETH-PERP", "buy", "0.01", price))
     rotated = await register(public, account_key=account.account_key)
     assert rotated.signing_key.address != account.signing_key.address
@@ -156,7 +162,7 @@ async def test_api_key_scopes_and_deactivation(sim: Simulator, private: SyndrHtt
     keys = models.parse_api_keys((await private.call("private/get_api_keys")).result)
     assert created.api_key in {k.api_key for k in keys}
     assert all(k.api_secret in (None, "") for k in keys)  # secrets are shown once, at creation
-    price = str((await best(public)).best_bid_price - 100)
+    price = str(bid_of(await best(public)) - 100)
     async with SyndrHttpClient(sim.http_url, credentials=ApiCredentials(created.api_key, created.api_secret)) as reader:
         await reader.call("private/get_open_orders")
         with pytest.raises(SyndrAuthError) as caught:
@@ -234,7 +240,7 @@ async def test_a_silent_venue_is_detected_and_reconnected(sim: Simulator) -> Non
 
 async def test_dropped_response_still_executed(sim: Simulator, account: SyndrAccount, public: SyndrHttpClient,
                                                private: SyndrHttpClient) -> None:
-    price = str((await best(public)).best_bid_price - 100)
+    price = str(bid_of(await best(public)) - 100)
     params = account.order("ETH-PERP", "buy", "0.01", price, label="dropped-response")
     sim.faults.update({"drop_response_rate": 1.0})
     try:
@@ -339,9 +345,9 @@ async def test_parameters_the_document_requires_are_required(sim: Simulator, acc
     """What the document's tables mark required is refused when missing (or when it names another instrument),
     so an adapter that leaves it out fails here rather than at the venue."""
     book = await best(public)
-    bought = await private.call("private/buy", account.order("ETH-PERP", "buy", "0.01", str(book.best_bid_price - 70)))
+    bought = await private.call("private/buy", account.order("ETH-PERP", "buy", "0.01", str(bid_of(book) - 70)))
     placed = models.parse_order(bought.result["order"])
-    edit = account.edit(placed, "0.02", str(book.best_bid_price - 71))
+    edit = account.edit(placed, "0.02", str(bid_of(book) - 71))
     now_s = int(time.time())
     history = {"count": 10, "start_time": now_s - 60, "end_time": now_s + 60}
     refused = [
@@ -446,7 +452,7 @@ async def test_delayed_frames_arrive_late(sim: Simulator, public: SyndrHttpClien
 
 async def test_http_5xx_is_retried_for_public_calls_only(sim: Simulator, account: SyndrAccount,
                                                          public: SyndrHttpClient, private: SyndrHttpClient) -> None:
-    price = str((await best(public)).best_bid_price - 100)
+    price = str(bid_of(await best(public)) - 100)
     before = len(sim.requests)
     sim.faults.update({"http_5xx_next": 1})
     with pytest.raises(SyndrTransportError):  # an order is never re-sent blindly
@@ -460,7 +466,7 @@ async def test_http_5xx_is_retried_for_public_calls_only(sim: Simulator, account
 
 async def test_http_5xx_can_target_one_method(sim: Simulator, account: SyndrAccount, public: SyndrHttpClient,
                                               private: SyndrHttpClient) -> None:
-    price = str((await best(public)).best_bid_price - 100)
+    price = str(bid_of(await best(public)) - 100)
     sim.faults.update({"http_5xx_next": 1, "http_5xx_method": "private/buy"})
     await public.call("public/get_instrument", {"instrument_name": "ETH-PERP"})  # another method passes
     assert sim.faults.http_5xx_next == 1

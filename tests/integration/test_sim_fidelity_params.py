@@ -101,6 +101,7 @@ async def test_order_integers_are_json_integers_as_the_examples_send_them(venue:
     (2345: "timestamp": 1718133867572, "expiration": 1718133868572, "salt": 647684)."""
     book = models.parse_order_book((await venue.public.call("public/get_order_book",
                                                             {"instrument_name": "ETH-PERP"})).result)
+    assert book.best_bid_price is not None
     price = str(book.best_bid_price - 100)
     for name in ("timestamp", "expiration", "salt"):
         params = venue.account.order("ETH-PERP", "buy", "0.01", price, post_only=True)

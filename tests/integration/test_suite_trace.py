@@ -93,8 +93,9 @@ async def test_one_order_is_one_trace_across_client_execution_signer_and_venue(
     in_trace = {s["context"]["span_id"]: s for s in [*mine, *from_services] if s["context"]["trace_id"] == trace_id}
 
     def only(name: str, kind: str, service: str) -> dict[str, Any]:
-        found = [s for s in in_trace.values() if s["name"] == name and s["kind"] == f"SpanKind.{kind}"
-                 and _service(s) == service]
+        found: list[dict[str, Any]] = [
+            s for s in in_trace.values()
+            if s["name"] == name and s["kind"] == f"SpanKind.{kind}" and _service(s) == service]
         assert len(found) == 1, (name, kind, service, sorted((s["name"], _service(s)) for s in in_trace.values()))
         return found[0]
 

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from tests.support.waiting import until
@@ -55,8 +56,8 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
         await grpc_server.stop(None)
 
 
-def client_spans(spans: InMemorySpanExporter, name: str) -> list[trace.Span]:
-    return [s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT and s.name == name]  # type: ignore[misc]
+def client_spans(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT and s.name == name]
 
 
 async def test_unary_call_is_one_client_span_under_the_current_one_and_sends_its_traceparent(

@@ -51,7 +51,12 @@ async def take(private: SyndrHttpClient, public: SyndrHttpClient, account: Syndr
     """An IOC order of ours that fills against the market maker; the venue's answer."""
     book = models.parse_order_book((await public.call("public/get_order_book",
                                                       {"instrument_name": "ETH-PERP"})).result)
-    price = book.best_ask_price + 50 if side == "buy" else book.best_bid_price - 50
+    if side == "buy":
+        assert book.best_ask_price is not None
+        price = book.best_ask_price + 50
+    else:
+        assert book.best_bid_price is not None
+        price = book.best_bid_price - 50
     result = (await private.call(f"private/{side}", account.order("ETH-PERP", side, amount, str(price),
                                                                   time_in_force="IOC"))).result
     return cast(dict[str, Any], result["order"])
@@ -113,6 +118,7 @@ async def test_an_order_update_in_seconds_is_not_older_than_the_answer_in_ms(
         orders = await ws.subscribe(["user.orders.ALL.raw"])
         book = models.parse_order_book((await public.call("public/get_order_book",
                                                           {"instrument_name": "ETH-PERP"})).result)
+        assert book.best_bid_price is not None
         placed = (await private.call("private/buy", account.order(
             "ETH-PERP", "buy", "0.01", str(book.best_bid_price - 100), post_only=True))).result["order"]
         await first_message(orders)  # its "open" echo

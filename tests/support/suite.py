@@ -26,11 +26,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from portico import up
+from portico.account.service import SERVICE_NAME as ACCOUNT_SERVICE
+from portico.execution.service import SERVICE_NAME as EXECUTION_SERVICE
+from portico.marketdata.service import SERVICE_NAME as MARKETDATA_SERVICE
+from portico.refdata.service import SERVICE_NAME as REFDATA_SERVICE
+from portico.signer.service import SERVICE_NAME as SIGNER_SERVICE
 from tests.support.portico_up import UpPorts
 
 # The gRPC service name each restartable process reports SERVING for.
-HEALTH_NAMES = {"signer": up.SIGNER_SERVICE, "refdata": up.REFDATA_SERVICE, "marketdata": up.MARKETDATA_SERVICE,
-                "account": up.ACCOUNT_SERVICE, "execution": up.EXECUTION_SERVICE}
+HEALTH_NAMES = {"signer": SIGNER_SERVICE, "refdata": REFDATA_SERVICE, "marketdata": MARKETDATA_SERVICE,
+                "account": ACCOUNT_SERVICE, "execution": EXECUTION_SERVICE}
 
 
 def up_options(data_dir: Path, ports: UpPorts | None = None) -> up.UpOptions:

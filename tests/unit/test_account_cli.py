@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -85,8 +86,8 @@ def test_rules_between_arguments(argv: list[str], message: str) -> None:
         check_arguments(parse(*argv))
 
 
-def summary(**fields: object) -> account_pb2.AccountSummary:
-    base: dict[str, object] = {
+def summary(**fields: Any) -> account_pb2.AccountSummary:
+    base: dict[str, Any] = {
         "venue": "syndr", "account": ACCOUNT, "equity": "10012.5", "available_balance": "9500.25",
         "initial_margin": "512.25", "maintenance_margin": "256.125", "initial_margin_utilization": "5.116",
         "maintenance_margin_utilization": "2.558", "realized_pnl": "-3.5", "unrealized_pnl": "16",
@@ -123,10 +124,10 @@ def test_render_summary_with_missing_values_and_other_states() -> None:
     assert lines[-2:] == ["  margin mode         portfolio", "  state               unknown (FROZEN)"]
 
 
-def position(symbol: str = "ETH-PERP", **fields: object) -> account_pb2.Position:
-    base: dict[str, object] = {"venue": "syndr", "account": ACCOUNT, "symbol": symbol,
-                               "direction": side_pb2.SIDE_BUY, "size": "0.1", "average_price": "2400.5",
-                               "mark_price": "2410", "unrealized_pnl": "0.95", "realized_pnl": "0"}
+def position(symbol: str = "ETH-PERP", **fields: Any) -> account_pb2.Position:
+    base: dict[str, Any] = {"venue": "syndr", "account": ACCOUNT, "symbol": symbol,
+                            "direction": side_pb2.SIDE_BUY, "size": "0.1", "average_price": "2400.5",
+                            "mark_price": "2410", "unrealized_pnl": "0.95", "realized_pnl": "0"}
     return account_pb2.Position(**{**base, **fields})
 
 

@@ -104,9 +104,13 @@ def serve(pager: Pager) -> Iterator[str]:
 
     async def start() -> None:
         server = grpc.aio.server()
-        execution_grpc.add_ExecutionServiceServicer_to_server(Execution(pager), server)
-        account_grpc.add_AccountServiceServicer_to_server(Account(pager), server)
-        refdata_grpc.add_ReferenceDataServiceServicer_to_server(ReferenceData(pager), server)
+        # The generated stubs declare every RPC abstract; those these fakes do not script answer UNIMPLEMENTED.
+        execution = Execution(pager)  # type: ignore[abstract]
+        account = Account(pager)  # type: ignore[abstract]
+        refdata = ReferenceData(pager)  # type: ignore[abstract]
+        execution_grpc.add_ExecutionServiceServicer_to_server(execution, server)
+        account_grpc.add_AccountServiceServicer_to_server(account, server)
+        refdata_grpc.add_ReferenceDataServiceServicer_to_server(refdata, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         started.append((server, port))

@@ -20,6 +20,7 @@ from portico.execution.streams import AccountFeed
 from portico.execution.v1 import execution_service_pb2 as pb
 from portico.execution.v1 import order_pb2
 from portico.runtime.fanout import StreamConsumer
+from portico.runtime.lifecycle import cancel_and_wait
 from portico.venues.syndr.errors import SyndrConnectionError
 from portico.venues.syndr.ws import Message, Reconnected
 
@@ -154,7 +155,7 @@ async def test_a_journal_failure_still_emits_the_update_and_the_journal_catches_
         assert taken(consumer) == []
         assert len(orders.journaled) == count + 1
     finally:
-        await streams.cancel_and_wait(getattr(feed, "_retrying", None))
+        await cancel_and_wait(getattr(feed, "_retrying", None))
 
 
 async def test_a_retry_never_replays_a_state_older_than_one_journaled_since(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,7 +172,7 @@ async def test_a_retry_never_replays_a_state_older_than_one_journaled_since(monk
         await until(lambda: feed._retrying is not None and not feed._journal_wake.is_set())
         assert orders.journaled == [FILLED]
     finally:
-        await streams.cancel_and_wait(getattr(feed, "_retrying", None))
+        await cancel_and_wait(getattr(feed, "_retrying", None))
 
 
 async def test_a_start_whose_only_caller_went_away_does_not_hold_the_account_up() -> None:

@@ -7,6 +7,7 @@ import io
 import json
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -139,10 +140,10 @@ def test_generated_client_order_ids_are_valid_and_fresh() -> None:
     assert all(CLIENT_ORDER_ID.fullmatch(i) and i.startswith("cli-") for i in ids)
 
 
-def order(**fields: object) -> order_pb2.Order:
-    base: dict[str, object] = {"order_id": "77", "client_order_id": "cli-1", "symbol": "ETH-PERP",
-                               "side": side_pb2.SIDE_BUY, "price": "2400.5", "amount": "0.1",
-                               "filled_amount": "0", "state": order_pb2.ORDER_STATE_OPEN}
+def order(**fields: Any) -> order_pb2.Order:
+    base: dict[str, Any] = {"order_id": "77", "client_order_id": "cli-1", "symbol": "ETH-PERP",
+                            "side": side_pb2.SIDE_BUY, "price": "2400.5", "amount": "0.1",
+                            "filled_amount": "0", "state": order_pb2.ORDER_STATE_OPEN}
     return order_pb2.Order(**{**base, **fields})
 
 
@@ -263,7 +264,7 @@ def test_an_order_state_or_side_newer_than_the_client_is_shown_not_a_traceback(
     assert render_order(order(state=99, side=7)).startswith("99  7 0.1 ETH-PERP @ 2400.5")
     assert render_orders([order(state=99)])[1].endswith("ETH-PERP  buy   2400.5     0.1       0  99")
 
-    servicer = NewerExecution()
+    servicer = NewerExecution()  # type: ignore[abstract]  # the RPCs it does not script answer UNIMPLEMENTED
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pb_grpc.add_ExecutionServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

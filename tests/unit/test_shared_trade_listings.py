@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -26,6 +26,11 @@ class Venue:
         if self.reads <= self.failures:
             raise Unavailable("the venue answered 503", reason="VENUE_UNAVAILABLE")
         return [f"trade-{self.reads}"]
+
+
+async def latest(shared: SharedTradeListings, symbol: str) -> list[str]:
+    """`shared.latest(symbol)`: the fake venue's listings are strings standing in for `models.Trade`s."""
+    return cast(list[str], await shared.latest(symbol))
 
 
 def listings(monkeypatch: pytest.MonkeyPatch, venue: Venue) -> SharedTradeListings:
@@ -50,17 +55,17 @@ async def test_a_failed_read_is_not_served_to_a_stream_that_asks_after_it_failed
     with pytest.raises(Unavailable):
         await shared.latest("ETH-PERP")
     await asyncio.sleep(0.1)  # well within the time a listing is kept for late streams
-    assert await shared.latest("ETH-PERP") == ["trade-2"]
-    assert await shared.latest("ETH-PERP") == ["trade-2"]  # a listing is still shared
+    assert await latest(shared, "ETH-PERP") == ["trade-2"]
+    assert await latest(shared, "ETH-PERP") == ["trade-2"]  # a listing is still shared
     assert venue.reads == 2
 
 
 async def test_a_new_reconnect_reads_again(monkeypatch: pytest.MonkeyPatch) -> None:
     venue = Venue(failures=0)
     shared = listings(monkeypatch, venue)
-    assert await shared.latest("ETH-PERP") == ["trade-1"]
+    assert await latest(shared, "ETH-PERP") == ["trade-1"]
     shared._books.ws.reconnects = 2
-    assert await shared.latest("ETH-PERP") == ["trade-2"]
+    assert await latest(shared, "ETH-PERP") == ["trade-2"]
 
 
 async def test_reads_for_every_stream_together_stay_within_the_venue_wide_bound(
@@ -81,6 +86,6 @@ async def test_reads_for_every_stream_together_stay_within_the_venue_wide_bound(
     books = SimpleNamespace(venue="syndr", http=object(), ws=SimpleNamespace(reconnects=1))
     shared = SharedTradeListings(books)  # type: ignore[arg-type]
     symbols = [f"S{i}-PERP" for i in range(40)]
-    results = await asyncio.gather(*(shared.latest(symbol) for symbol in symbols))
+    results = await asyncio.gather(*(latest(shared, symbol) for symbol in symbols))
     assert results == [[symbol] for symbol in symbols]
     assert most == service._TRADES_CATCH_UP_READS

@@ -692,7 +692,7 @@ def test_decimals_go_out_as_exact_json_numbers() -> None:
 @pytest.mark.parametrize("secret", [["s3cr3t-part", "two"], {"value": "s3cr3t-part"}, 123456789012345])
 def test_a_secret_sent_as_another_type_is_refused_without_its_value(secret: Any) -> None:
     # An error's text goes to logs and callers; a secret the venue sent in an unexpected shape must stay out.
-    with pytest.raises(m.SyndrProtocolError) as refused:
+    with pytest.raises(SyndrProtocolError) as refused:
         m.parse_created_api_key({"account": "0xabc", "api_key": "k", "api_secret": secret})
     assert "api_secret" in str(refused.value)
     assert "s3cr3t" not in str(refused.value) and "123456789012345" not in str(refused.value)

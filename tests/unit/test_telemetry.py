@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -54,7 +55,10 @@ def test_otlp_exporter_sends_to_the_standard_endpoint(monkeypatch: pytest.Monkey
             return trace_service_pb2.ExportTraceServiceResponse()
 
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    # The OpenTelemetry package's generated gRPC module is unannotated.
+    add_servicer = cast(Callable[[trace_service_pb2_grpc.TraceServiceServicer, grpc.Server], None],
+                        trace_service_pb2_grpc.add_TraceServiceServicer_to_server)
+    add_servicer(Collector(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

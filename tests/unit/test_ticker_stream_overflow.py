@@ -2,13 +2,13 @@
 backlog, as StreamTrades does, rather than carrying on with some symbols' last tickers silently missing."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 
-from portico.marketdata.feed import FeedSettings
-from portico.marketdata.service import MarketDataServicer
+from portico.marketdata.feed import FeedSettings, VenueBooks
+from portico.marketdata.service import MarketDataServicer, SymbolCheck
 from portico.marketdata.v1 import market_data_service_pb2 as pb
 from portico.runtime.errors import PorticoError
 from portico.venues.syndr.ws import Message, Overflow
@@ -65,11 +65,12 @@ async def test_a_ticker_consumer_whose_backlog_was_dropped_is_told_so() -> None:
     events = [Message("ticker.ETH-PERP", ticker("ETH-PERP", "2000"), b"", 0),
               Overflow(dropped=10_000),  # BTC-PERP's only move was in there
               Message("ticker.ETH-PERP", ticker("ETH-PERP", "2001"), b"", 0)]
-    servicer = MarketDataServicer({"syndr": Books(Ws(events))}, AnySymbol(), FeedSettings())  # type: ignore[arg-type]
-    seen = []
+    servicer = MarketDataServicer({"syndr": cast(VenueBooks, Books(Ws(events)))}, cast(SymbolCheck, AnySymbol()),
+                                  FeedSettings())
+    seen: list[str] = []
     request = pb.StreamTickersRequest(venue="syndr", symbols=["ETH-PERP", "BTC-PERP"])
     with pytest.raises(PorticoError) as caught:
-        async for response in servicer.StreamTickers(request, None):  # type: ignore[arg-type]
+        async for response in servicer.StreamTickers(request, None):
             seen.extend(t.mark_price for t in response.tickers)
     assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert caught.value.reason == "CONSUMER_TOO_SLOW"

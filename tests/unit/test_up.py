@@ -249,7 +249,8 @@ def test_a_state_file_of_a_suite_still_running_on_other_ports_is_left_alone(
         running.bind(("127.0.0.1", 0))
         running.listen()
         address = f"127.0.0.1:{running.getsockname()[1]}"
-        state = {"services": {"refdata": "127.0.0.1:1"}, "tokens": {"trade": "still-good"}}
+        state: dict[str, str | dict[str, str]] = {"services": {"refdata": "127.0.0.1:1"},
+                                                  "tokens": {"trade": "still-good"}}
         if recorded == "services":
             state["services"] = {"refdata": "127.0.0.1:1", "execution": address}
         elif recorded == "gateway":

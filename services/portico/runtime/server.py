@@ -201,7 +201,7 @@ class GrpcServer:
             await self.set_serving(name, ready)
 
     async def set_serving(self, service: str, serving: bool) -> None:
-        """Report one service's readiness (e.g. the signer while Vault is sealed)."""
+        """Report one service's readiness alone (`set_ready` sets the overall status and every service's)."""
         if service == LIVENESS_SERVICE:
             raise ValueError(f"{LIVENESS_SERVICE!r} is the runtime's own: it follows the server, not the service")
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -36,7 +36,7 @@ from unittest.mock import MagicMock
 import grpc
 import kubernetes_validate  # type: ignore[import-untyped]  # it ships neither stubs nor py.typed
 import pytest
-import yaml  # type: ignore[import-untyped]  # types-PyYAML is not among the dev dependencies
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.binaries import installed_binary
 from tests.support.certs import CertificateAuthority
